@@ -1,0 +1,80 @@
+//! Serde mirror of the TOML file. Every table denies unknown keys so a typo
+//! is an error rather than a silently ignored setting. Nothing here is
+//! trusted: `validate.rs` turns it into the typed [`crate::config::Config`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub runtime: RawRuntime,
+    #[serde(default)]
+    pub listener: Vec<RawListener>,
+    #[serde(default)]
+    pub upstream: BTreeMap<String, RawUpstream>,
+}
+
+/// `workers = "auto"` or `workers = 4`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawWorkers {
+    Count(i64),
+    Word(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRuntime {
+    pub workers: Option<RawWorkers>,
+    pub pin_cores: Option<bool>,
+    pub io_uring: Option<String>,
+    pub ring_entries: Option<i64>,
+    pub shutdown_timeout: Option<String>,
+    pub pipe_pool: Option<i64>,
+    pub pipe_size: Option<RawSize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListener {
+    pub name: Option<String>,
+    pub mode: Option<String>,
+    pub listen: Option<String>,
+    pub backlog: Option<i64>,
+    pub upstream: Option<String>,
+    pub max_connections: Option<i64>,
+    pub connect_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub connect_tries: Option<i64>,
+    pub proxy_protocol: Option<String>,
+    pub accept_proxy_protocol: Option<String>,
+    pub proxy_protocol_timeout: Option<String>,
+    pub transfer: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstream {
+    pub balance: Option<String>,
+    pub hash_key: Option<String>,
+    #[serde(default)]
+    pub servers: Vec<RawServer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub addr: String,
+    pub weight: Option<i64>,
+}
+
+/// A byte size: `65536` or `"64k"`, `"1m"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawSize {
+    Bytes(i64),
+    Text(String),
+}

@@ -1,0 +1,75 @@
+//! The `ringlb` binary: parse arguments, load the config, run.
+//! Exit codes: 0 success, 1 runtime failure, 2 invalid configuration.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "ringlb", version, about = "Thread-per-core io_uring load balancer")]
+struct Cli {
+    /// Config file (for the default `run` command).
+    #[arg(short, long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the load balancer (the default command).
+    Run,
+    /// Validate the config and exit: 0 when valid, 2 with one line naming the key when not.
+    Check,
+    /// Start a TCP listener plus two built-in echo backends on loopback.
+    Demo {
+        /// Address of the demo listener.
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+const DEFAULT_CONFIG: &str = "/etc/ringlb/ringlb.toml";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let path = cli.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let result = match cli.command.unwrap_or(Cmd::Run) {
+        Cmd::Check => match ringlb::Config::load(&path) {
+            Ok(cfg) => {
+                println!(
+                    "{}: ok ({} listener(s), {} upstream(s))",
+                    path.display(),
+                    cfg.listeners.len(),
+                    cfg.upstreams.len()
+                );
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
+        Cmd::Run => ringlb::Config::load(&path).and_then(ringlb::run),
+        Cmd::Demo { listen } => ringlb::demo::run(listen),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringlb: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RINGLB_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,204 @@
+//! L4 (TCP) proxying: [PROXY header in] -> pick -> connect (next backend on
+//! failure) -> [PROXY header out] -> relay both ways -> close.
+
+use std::{
+    cell::RefCell,
+    io,
+    net::{IpAddr, SocketAddr},
+    rc::Rc,
+};
+
+use monoio::net::TcpStream;
+
+use super::{
+    pool::Pools,
+    proxy_protocol::{self, MAX_HEADER},
+    relay::{self, Counts, RelayEnd},
+};
+use crate::{
+    balancer::{hash_key, Algorithm, Balancer, ServerSpec},
+    config::{HashKey, ListenerConfig, ProxyAccept, ProxySend, UpstreamConfig},
+    limiter::Permit,
+    runtime::drain::ConnGuard,
+    upstream,
+};
+
+/// One listener as one worker sees it: its config and its own balancer replica.
+pub struct L4Listener {
+    pub cfg: ListenerConfig,
+    pub servers: Vec<SocketAddr>,
+    pub hash_key: HashKey,
+    pub balancer: RefCell<Balancer>,
+    pub pools: Rc<Pools>,
+}
+
+impl L4Listener {
+    pub fn new(cfg: &ListenerConfig, up: &UpstreamConfig, worker: usize, pools: Rc<Pools>) -> Self {
+        let specs: Vec<ServerSpec<'_>> = up
+            .servers
+            .iter()
+            .map(|s| ServerSpec {
+                id: &s.id,
+                weight: s.weight,
+            })
+            .collect();
+        L4Listener {
+            cfg: cfg.clone(),
+            servers: up.servers.iter().map(|s| s.addr).collect(),
+            hash_key: up.hash_key.clone(),
+            balancer: RefCell::new(Balancer::new(up.balance, &specs, worker)),
+            pools,
+        }
+    }
+}
+
+/// Decrements the balancer's live count for the chosen backend on every exit path.
+struct Picked<'a> {
+    l: &'a L4Listener,
+    idx: usize,
+}
+
+impl Drop for Picked<'_> {
+    fn drop(&mut self) {
+        self.l.balancer.borrow_mut().connection_closed(self.idx);
+    }
+}
+
+/// Serve one accepted client connection to the end.
+pub async fn handle(
+    l: Rc<L4Listener>,
+    client: std::net::TcpStream,
+    peer: SocketAddr,
+    _permit: Permit,
+    _guard: ConnGuard,
+) {
+    let _ = client.set_nodelay(true);
+    let client = match TcpStream::from_std(client) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(listener = %l.cfg.name, %peer, "cannot register client socket: {e}");
+            return;
+        }
+    };
+
+    // The client's real address: from the PROXY header when a front balancer sends one.
+    let mut early = Vec::new();
+    let mut origin: Option<(SocketAddr, SocketAddr)> = None;
+    if l.cfg.accept_proxy_protocol != ProxyAccept::Off {
+        let read = read_proxy_header(&client, l.cfg.accept_proxy_protocol);
+        match monoio::time::timeout(l.cfg.proxy_protocol_timeout, read).await {
+            Ok(Ok((addrs, rest))) => {
+                origin = addrs;
+                early = rest;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(listener = %l.cfg.name, %peer, "PROXY header refused: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(listener = %l.cfg.name, %peer, "no PROXY header within {:?}", l.cfg.proxy_protocol_timeout);
+                return;
+            }
+        }
+    }
+    let src = origin.map_or(peer, |(s, _)| s);
+
+    let key = match (l.balancer.borrow().algorithm(), &l.hash_key) {
+        (Algorithm::ConsistentHash, HashKey::ClientIp) => match src.ip() {
+            IpAddr::V4(ip) => hash_key(&ip.octets()),
+            IpAddr::V6(ip) => hash_key(&ip.octets()),
+        },
+        _ => 0,
+    };
+
+    let Some((backend, idx)) = connect_any(&l, key, src).await else {
+        return;
+    };
+    l.balancer.borrow_mut().connection_opened(idx);
+    let _picked = Picked { l: &l, idx };
+
+    if l.cfg.proxy_protocol != ProxySend::Off {
+        let dst = match origin {
+            Some((_, d)) => Some(d),
+            None => client.local_addr().ok(),
+        };
+        if let Some(h) = dst.and_then(|d| proxy_protocol::encode(l.cfg.proxy_protocol, src, d)) {
+            early.splice(0..0, h);
+        }
+    }
+    if !early.is_empty() {
+        if let Err(e) = relay::write_all(&backend, &early).await {
+            tracing::debug!(listener = %l.cfg.name, %src, "backend write failed: {e}");
+            return;
+        }
+    }
+
+    let counts = Counts::default();
+    let end = relay::relay(
+        &client,
+        &backend,
+        &l.pools,
+        l.cfg.transfer,
+        l.cfg.idle_timeout,
+        &counts,
+    )
+    .await;
+    let (up, down) = (counts.up.get(), counts.down.get());
+    match end {
+        RelayEnd::Closed => {
+            tracing::debug!(listener = %l.cfg.name, %src, backend = %l.servers[idx], up, down, "closed")
+        }
+        RelayEnd::Idle => {
+            tracing::debug!(listener = %l.cfg.name, %src, backend = %l.servers[idx], up, down, "idle timeout")
+        }
+        RelayEnd::Error(e) => {
+            tracing::debug!(listener = %l.cfg.name, %src, backend = %l.servers[idx], up, down, "ended: {e}")
+        }
+    }
+}
+
+/// Try backends in balancer order, at most `connect_tries` distinct ones.
+async fn connect_any(l: &L4Listener, key: u64, src: SocketAddr) -> Option<(TcpStream, usize)> {
+    let mut tried: Vec<usize> = Vec::new();
+    for _ in 0..l.cfg.connect_tries {
+        let Some(idx) = l.balancer.borrow_mut().pick(key, |i| tried.contains(&i)) else {
+            break;
+        };
+        tried.push(idx);
+        let addr = l.servers[idx];
+        match upstream::connect(addr, l.cfg.connect_timeout).await {
+            Ok(s) => return Some((s, idx)),
+            Err(e) => tracing::warn!(listener = %l.cfg.name, %src, "{e}; trying next backend"),
+        }
+    }
+    tracing::warn!(listener = %l.cfg.name, %src, tries = tried.len(), "no backend answered; closing client");
+    None
+}
+
+/// Read a PROXY header; return the addresses it carries and any bytes that
+/// followed it in the same read.
+async fn read_proxy_header(
+    client: &TcpStream,
+    accept: ProxyAccept,
+) -> io::Result<(Option<(SocketAddr, SocketAddr)>, Vec<u8>)> {
+    let mut buf = vec![0u8; MAX_HEADER];
+    let mut len = 0;
+    loop {
+        let n = relay::read_some(client, &mut buf[len..]).await?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before the PROXY header ended"));
+        }
+        len += n;
+        match proxy_protocol::parse(&buf[..len], accept) {
+            Ok(Some(p)) => {
+                let rest = buf[p.len..len].to_vec();
+                return Ok((p.addrs, rest));
+            }
+            Ok(None) if len < buf.len() => continue,
+            Ok(None) => {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, proxy_protocol::HeaderError::TooLong))
+            }
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! One worker: a pinned thread running its own monoio runtime, with its own
+//! listening sockets, balancer replicas and pools. It is the only place that
+//! wires listener, limiter and proxy together.
+
+use std::{rc::Rc, sync::Arc, time::Duration};
+
+use futures_channel::oneshot;
+use futures_util::future::{select, Either};
+
+use super::drain::Drain;
+use crate::{
+    config::Config,
+    limiter::Limiter,
+    listener::{self, Accepted},
+    proxy::{
+        l4::{self, L4Listener},
+        pool::Pools,
+    },
+};
+
+/// Everything a worker thread is handed at spawn.
+pub struct WorkerSpec {
+    pub index: usize,
+    pub cfg: Arc<Config>,
+    /// One bound socket per listener, in config order.
+    pub sockets: Vec<std::net::TcpListener>,
+    pub limiters: Vec<Arc<Limiter>>,
+    /// Resolves with the drain deadline when the process must stop.
+    pub shutdown: oneshot::Receiver<Duration>,
+}
+
+/// The worker's main task: serve until shutdown, then drain.
+pub async fn run(spec: WorkerSpec) {
+    let drain = Drain::new();
+    let pools = Rc::new(Pools::new(spec.cfg.runtime.pipe_pool, spec.cfg.runtime.pipe_size));
+    for ((lcfg, sock), limiter) in spec
+        .cfg
+        .listeners
+        .iter()
+        .zip(spec.sockets)
+        .zip(spec.limiters.iter())
+    {
+        let up = &spec.cfg.upstreams[lcfg.upstream];
+        let l4 = Rc::new(L4Listener::new(lcfg, up, spec.index, Rc::clone(&pools)));
+        let listener = match monoio::net::TcpListener::from_std(sock) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(worker = spec.index, listener = %lcfg.name, "cannot register listening socket: {e}");
+                continue;
+            }
+        };
+        let d = Rc::clone(&drain);
+        let name: Rc<str> = Rc::from(lcfg.name.as_str());
+        let limiter = Arc::clone(limiter);
+        let worker = spec.index;
+        monoio::spawn(async move {
+            let conn_drain = Rc::clone(&d);
+            listener::accept_loop(listener, limiter, worker, d, name, move |a: Accepted| {
+                let guard = conn_drain.track();
+                monoio::spawn(l4::handle(Rc::clone(&l4), a.stream, a.peer, a.permit, guard));
+            })
+            .await;
+            // Dropping the listener here closes this worker's socket: only now,
+            // when stopping, since closing a reuseport socket drops its queue.
+        });
+    }
+
+    let grace = spec.shutdown.await.unwrap_or(Duration::ZERO);
+    drain.stop();
+    let active = drain.active();
+    if active > 0 {
+        tracing::info!(worker = spec.index, active, "draining connections for up to {grace:?}");
+        let idle = std::pin::pin!(drain.idle());
+        let timer = std::pin::pin!(monoio::time::sleep(grace));
+        if let Either::Right(_) = select(idle, timer).await {
+            tracing::warn!(worker = spec.index, left = drain.active(), "shutdown_timeout reached; closing remaining connections");
+        }
+    }
+}
