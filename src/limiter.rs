@@ -149,7 +149,7 @@ mod tests {
         let held = l.try_acquire().unwrap();
         let l2 = Arc::clone(&l);
         let t = std::thread::spawn(move || {
-            let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                 .build()
                 .unwrap();
             rt.block_on(async move {

@@ -24,7 +24,8 @@ pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
             .map(|s| format!(" (line {})", line_of(text, s.start)))
             .unwrap_or_default();
         let key = if path == "." { "(toml)".to_string() } else { path };
-        ConfigError::new(key, format!("{}{line}", inner.message().trim()))
+        let msg = inner.message().trim().replace('\n', "; ");
+        ConfigError::new(key, format!("{msg}{line}"))
     })?;
     build(raw)
 }

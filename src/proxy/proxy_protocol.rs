@@ -15,6 +15,8 @@ use crate::config::{ProxyAccept, ProxySend};
 /// Longest header we accept: v1 is at most 107 bytes; v2 is 16 bytes plus
 /// addresses and TLVs. Anything longer is refused rather than buffered.
 pub const MAX_HEADER: usize = 1024;
+/// Longest v1 line, CRLF included (the spec's bound).
+const V1_MAX: usize = 107;
 
 /// Encode the header announcing `src` (the client) connecting to `dst` (us).
 pub fn encode(version: ProxySend, src: SocketAddr, dst: SocketAddr) -> Option<Vec<u8>> {
@@ -76,6 +78,17 @@ pub enum HeaderError {
 pub fn parse(buf: &[u8], accept: ProxyAccept) -> Result<Option<Parsed>, HeaderError> {
     if buf.is_empty() {
         return Ok(None);
+    }
+    // A v1 header is one text line: wait for its end before parsing, since a
+    // line cut inside a field can look malformed rather than incomplete.
+    let v1_prefix = b"PROXY ";
+    let n = buf.len().min(v1_prefix.len());
+    if buf[..n] == v1_prefix[..n] && !buf.contains(&b'\n') {
+        return if buf.len() >= V1_MAX {
+            Err(HeaderError::Invalid)
+        } else {
+            Ok(None)
+        };
     }
     let res = HeaderResult::parse(buf);
     if res.is_incomplete() {

@@ -1,0 +1,286 @@
+//! Test harness: start the real `ringlb` binary on loopback with ephemeral
+//! ports, plus small real backends (echo, scripted). Everything started here
+//! is stopped by PID when its handle drops.
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ringlb");
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A unique temp file holding `text`.
+pub fn temp_file(prefix: &str, text: &str) -> PathBuf {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let p = std::env::temp_dir().join(format!("ringlb-test-{}-{prefix}-{n}.toml", std::process::id()));
+    std::fs::write(&p, text).expect("write temp config");
+    p
+}
+
+/// A running ringlb process.
+pub struct Ringlb {
+    pub child: Child,
+    pub addrs: HashMap<String, SocketAddr>,
+    pub log: Arc<Mutex<Vec<String>>>,
+    config: PathBuf,
+}
+
+impl Ringlb {
+    /// Start with this config text and wait until it reports ready.
+    pub fn start(config: &str) -> Ringlb {
+        Self::try_start(config).unwrap_or_else(|e| panic!("ringlb did not start: {e}"))
+    }
+
+    pub fn try_start(config: &str) -> Result<Ringlb, String> {
+        let path = temp_file("cfg", config);
+        let mut child = Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(&path)
+            .env("RINGLB_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel::<String>();
+        let log2 = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                log2.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut addrs = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some((name, addr)) = parse_listening(&line) {
+                        addrs.insert(name, addr);
+                    }
+                    if line.contains(" ready: ") {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("no ready line; log:\n{}", log.lock().unwrap().join("\n")));
+                }
+            }
+        }
+        // Keep draining the channel so the reader thread never blocks.
+        thread::spawn(move || while rx.recv().is_ok() {});
+        Ok(Ringlb {
+            child,
+            addrs,
+            log,
+            config: path,
+        })
+    }
+
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        *self.addrs.get(name).unwrap_or_else(|| panic!("no listener {name}: {:?}", self.addrs))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Wait for exit up to `limit`; returns the exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// (sockets, pipes) among the open fds.
+    pub fn fd_kinds(&self) -> (usize, usize) {
+        let mut sockets = 0;
+        let mut pipes = 0;
+        if let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", self.pid())) {
+            for e in dir.flatten() {
+                let target = std::fs::read_link(e.path()).unwrap_or_default();
+                let t = target.to_string_lossy();
+                if t.starts_with("socket:") {
+                    sockets += 1;
+                } else if t.starts_with("pipe:") {
+                    pipes += 1;
+                }
+            }
+        }
+        (sockets, pipes)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Ringlb {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
+    let rest = line.split("listener \"").nth(1)?;
+    let (name, rest) = rest.split_once('"')?;
+    let addr = rest.trim_start().strip_prefix("listening on ")?;
+    let addr = addr.split_whitespace().next()?;
+    Some((name.to_string(), addr.parse().ok()?))
+}
+
+/// A threaded echo backend; counts connections; optional greeting line.
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub conns: Arc<AtomicUsize>,
+}
+
+impl Echo {
+    pub fn start() -> Echo {
+        Self::with_greeting(None)
+    }
+
+    pub fn with_greeting(greeting: Option<&'static str>) -> Echo {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let c2 = Arc::clone(&conns);
+        thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                c2.fetch_add(1, Ordering::SeqCst);
+                thread::spawn(move || {
+                    if let Some(g) = greeting {
+                        if s.write_all(g.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => {
+                                let _ = s.shutdown(Shutdown::Write);
+                                return;
+                            }
+                            Ok(n) => {
+                                if s.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Echo { addr, conns }
+    }
+}
+
+/// A backend running `f` on each accepted connection (in its own thread).
+pub fn scripted<F>(f: F) -> SocketAddr
+where
+    F: Fn(TcpStream) + Send + Sync + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let f = Arc::new(f);
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let f = Arc::clone(&f);
+            thread::spawn(move || f(s));
+        }
+    });
+    addr
+}
+
+/// An address where nothing listens (connect is refused).
+pub fn refused_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Connect with generous timeouts set, so a broken proxy fails the test instead of hanging it.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Send `msg` and read back exactly as many bytes.
+pub fn echo_roundtrip(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
+    s.write_all(msg).unwrap();
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).unwrap();
+    back
+}
+
+/// A config with one tcp listener "l" on 127.0.0.1:0 in front of `servers`.
+pub fn l4_config(servers: &[SocketAddr], extra_listener: &str, extra_upstream: &str, extra_runtime: &str) -> String {
+    let list: Vec<String> = servers.iter().map(|a| format!("{{ addr = \"{a}\" }}")).collect();
+    let workers = if extra_runtime.contains("workers") { "" } else { "workers = 2" };
+    let ct = if extra_listener.contains("connect_timeout") { "" } else { "connect_timeout = \"1s\"" };
+    format!(
+        r#"[runtime]
+{workers}
+shutdown_timeout = "5s"
+{extra_runtime}
+
+[[listener]]
+name = "l"
+mode = "tcp"
+listen = "127.0.0.1:0"
+upstream = "u"
+{ct}
+{extra_listener}
+
+[upstream.u]
+servers = [{}]
+{extra_upstream}
+"#,
+        list.join(", ")
+    )
+}

@@ -1,0 +1,390 @@
+//! L4 proxying through the real binary: integrity, concurrency, half-close,
+//! failover, timeouts, PROXY protocol, IPv6, on both drivers and both
+//! transfer modes.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Shutdown, TcpStream},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// Push `data` through the proxy to an echo backend while reading it back;
+/// compare digests.
+fn bulk_echo(extra_listener: &str, extra_runtime: &str) {
+    let echo = Echo::start();
+    let lb = Ringlb::start(&l4_config(&[echo.addr], extra_listener, "", extra_runtime));
+    let data = Arc::new(random_bytes(50 << 20, 0x5eed));
+    let want = Sha256::digest(&*data);
+    let s = connect(lb.addr("l"));
+    let mut w = s.try_clone().unwrap();
+    let d2 = Arc::clone(&data);
+    let writer = thread::spawn(move || {
+        for chunk in d2.chunks(1 << 20) {
+            w.write_all(chunk).unwrap();
+        }
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut r = s;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0usize;
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n;
+    }
+    writer.join().unwrap();
+    assert_eq!(total, data.len(), "byte count");
+    assert_eq!(hasher.finalize(), want, "sha256 of echoed data");
+}
+
+#[test]
+fn bulk_50mb_intact_splice_io_uring() {
+    bulk_echo("transfer = \"splice\"", "");
+}
+
+#[test]
+fn bulk_50mb_intact_copy_io_uring() {
+    bulk_echo("transfer = \"copy\"", "");
+}
+
+#[test]
+fn bulk_50mb_intact_splice_epoll() {
+    bulk_echo("transfer = \"splice\"", "io_uring = \"off\"");
+}
+
+#[test]
+fn bulk_50mb_intact_when_pipe_pool_is_exhausted() {
+    // pipe_pool = 0: every burst falls back to the copy buffer.
+    bulk_echo("transfer = \"splice\"", "pipe_pool = 0");
+}
+
+fn concurrent(extra_runtime: &str) {
+    let echo = Echo::start();
+    let lb = Ringlb::start(&l4_config(&[echo.addr], "", "", extra_runtime));
+    let addr = lb.addr("l");
+    let handles: Vec<_> = (0..200)
+        .map(|i| {
+            thread::spawn(move || {
+                let mut s = connect(addr);
+                for round in 0..3 {
+                    let msg = format!("client {i} round {round} {}\n", "x".repeat(i * 7));
+                    assert_eq!(echo_roundtrip(&mut s, msg.as_bytes()), msg.as_bytes());
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(echo.conns.load(Ordering::SeqCst), 200);
+}
+
+#[test]
+fn two_hundred_concurrent_connections_echo() {
+    concurrent("");
+}
+
+#[test]
+fn two_hundred_concurrent_connections_echo_epoll() {
+    concurrent("io_uring = \"off\"");
+}
+
+#[test]
+fn client_half_close_keeps_reply_flowing() {
+    // Backend reads until EOF, then answers with the byte count and closes.
+    let backend = scripted(|mut s| {
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        thread::sleep(Duration::from_millis(100));
+        s.write_all(format!("got {} bytes", all.len()).as_bytes()).unwrap();
+    });
+    for transfer in ["splice", "copy"] {
+        let lb = Ringlb::start(&l4_config(&[backend], &format!("transfer = \"{transfer}\""), "", ""));
+        let mut s = connect(lb.addr("l"));
+        s.write_all(&[7u8; 100_000]).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        assert_eq!(reply, "got 100000 bytes", "transfer {transfer}");
+    }
+}
+
+#[test]
+fn backend_half_close_keeps_request_flowing() {
+    // Backend says hello and shuts its write half at once, then keeps
+    // reading; it reports what it read on a side channel.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = Arc::clone(&seen);
+    let backend = scripted(move |mut s| {
+        s.write_all(b"bye").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        seen2.lock().unwrap().push(all);
+    });
+    let lb = Ringlb::start(&l4_config(&[backend], "", "", ""));
+    let mut s = connect(lb.addr("l"));
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap(); // EOF from the backend reaches us...
+    assert_eq!(got, b"bye");
+    s.write_all(b"still talking").unwrap(); // ...and our direction still flows.
+    s.shutdown(Shutdown::Write).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen.lock().unwrap().is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(seen.lock().unwrap().first().map(|v| v.as_slice()), Some(&b"still talking"[..]));
+}
+
+#[test]
+fn refused_backend_is_skipped() {
+    let dead = refused_addr();
+    let echo = Echo::start();
+    let lb = Ringlb::start(&l4_config(&[dead, echo.addr], "connect_tries = 2", "", ""));
+    for i in 0..20 {
+        let mut s = connect(lb.addr("l"));
+        let msg = format!("ping {i}");
+        assert_eq!(echo_roundtrip(&mut s, msg.as_bytes()), msg.as_bytes());
+    }
+    assert_eq!(echo.conns.load(Ordering::SeqCst), 20);
+}
+
+#[test]
+fn all_backends_refusing_closes_client_promptly() {
+    let lb = Ringlb::start(&l4_config(&[refused_addr(), refused_addr()], "", "", ""));
+    let mut s = connect(lb.addr("l"));
+    let start = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "client must be closed");
+    assert!(start.elapsed() < Duration::from_secs(3), "closed after {:?}", start.elapsed());
+}
+
+/// A listening socket whose accept queue is full: SYNs to it are dropped,
+/// so connects hang until the client's timeout. Loopback only.
+fn blackhole() -> (socket2::Socket, Vec<TcpStream>, std::net::SocketAddr) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    s.listen(0).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(c) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            fillers.push(c);
+        }
+    }
+    (s, fillers, addr)
+}
+
+#[test]
+fn connect_timeout_then_next_backend_then_give_up() {
+    let (_hole, _fill, hole) = blackhole();
+    let echo = Echo::start();
+    // First: the black hole times out (300ms) and the next backend serves.
+    let cfg = l4_config(&[hole, echo.addr], "connect_timeout = \"300ms\"\nconnect_tries = 2", "balance = \"round_robin\"", "workers = 1");
+    let lb = Ringlb::start(&cfg);
+    for _ in 0..2 {
+        let mut s = connect(lb.addr("l"));
+        assert_eq!(echo_roundtrip(&mut s, b"hi"), b"hi");
+    }
+    drop(lb);
+    // Then: only black holes -> client closed after about tries x timeout.
+    let cfg = l4_config(&[hole], "connect_timeout = \"300ms\"\nconnect_tries = 2", "", "");
+    let lb = Ringlb::start(&cfg);
+    let mut s = connect(lb.addr("l"));
+    let start = Instant::now();
+    let mut buf = [0u8; 4];
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0);
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(250), "closed too early ({took:?}): timeout not applied");
+    assert!(took < Duration::from_secs(4), "closed after {took:?}");
+    assert!(lb.log_text().contains("timed out"), "log: {}", lb.log_text());
+}
+
+#[test]
+fn idle_timeout_closes_both_sides() {
+    let closed = Arc::new(AtomicUsize::new(0));
+    let c2 = Arc::clone(&closed);
+    let backend = scripted(move |mut s| {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let _ = s.write_all(&buf[..n]);
+        }
+        c2.fetch_add(1, Ordering::SeqCst);
+    });
+    let lb = Ringlb::start(&l4_config(&[backend], "idle_timeout = \"400ms\"", "", ""));
+    let mut s = connect(lb.addr("l"));
+    // Traffic keeps it alive past the timeout...
+    for _ in 0..4 {
+        assert_eq!(echo_roundtrip(&mut s, b"tick"), b"tick");
+        thread::sleep(Duration::from_millis(200));
+    }
+    // ...silence ends it: both sides see the close.
+    let start = Instant::now();
+    let mut buf = [0u8; 4];
+    assert_eq!(s.read(&mut buf).unwrap_or(0), 0);
+    assert!(start.elapsed() < Duration::from_secs(3));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while closed.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(closed.load(Ordering::SeqCst), 1, "backend side closed too");
+}
+
+#[test]
+fn ipv6_listener_and_backend() {
+    let Ok(l) = std::net::TcpListener::bind("[::1]:0") else {
+        eprintln!("no IPv6 loopback on this machine");
+        return;
+    };
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let cfg = l4_config(&[addr], "", "", "").replace("127.0.0.1:0", "[::1]:0");
+    let lb = Ringlb::start(&cfg);
+    assert!(lb.addr("l").is_ipv6());
+    let mut s = connect(lb.addr("l"));
+    assert_eq!(echo_roundtrip(&mut s, b"over v6"), b"over v6");
+}
+
+/// Backend that records the first line (the PROXY v1 header) and echoes the rest.
+fn header_recorder(seen: Arc<Mutex<Vec<Vec<u8>>>>, v2: bool) -> std::net::SocketAddr {
+    scripted(move |s| {
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let header = if v2 {
+            let mut fixed = [0u8; 16];
+            r.read_exact(&mut fixed).unwrap();
+            let len = u16::from_be_bytes([fixed[14], fixed[15]]) as usize;
+            let mut rest = vec![0u8; len];
+            r.read_exact(&mut rest).unwrap();
+            [fixed.to_vec(), rest].concat()
+        } else {
+            let mut line = Vec::new();
+            r.read_until(b'\n', &mut line).unwrap();
+            line
+        };
+        seen.lock().unwrap().push(header);
+        let mut w = s;
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 || w.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+#[test]
+fn sends_proxy_protocol_v1() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let backend = header_recorder(Arc::clone(&seen), false);
+    let lb = Ringlb::start(&l4_config(&[backend], "proxy_protocol = \"v1\"", "", ""));
+    let mut s = connect(lb.addr("l"));
+    assert_eq!(echo_roundtrip(&mut s, b"payload"), b"payload");
+    let me = s.local_addr().unwrap();
+    let want = format!("PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n", me.port(), lb.addr("l").port());
+    assert_eq!(String::from_utf8_lossy(&seen.lock().unwrap()[0]), want);
+}
+
+#[test]
+fn accepts_proxy_v1_and_forwards_real_client_in_v2() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let backend = header_recorder(Arc::clone(&seen), true);
+    let lb = Ringlb::start(&l4_config(
+        &[backend],
+        "accept_proxy_protocol = \"v1\"\nproxy_protocol = \"v2\"\nproxy_protocol_timeout = \"500ms\"",
+        "",
+        "",
+    ));
+    let mut s = connect(lb.addr("l"));
+    // Header and first payload bytes in one segment: the payload must not be lost.
+    s.write_all(b"PROXY TCP4 203.0.113.9 198.51.100.1 40000 443\r\nfirst").unwrap();
+    let mut back = [0u8; 5];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"first");
+    let h = seen.lock().unwrap()[0].clone();
+    let parsed = ppp::v2::Header::try_from(h.as_slice()).unwrap();
+    match parsed.addresses {
+        ppp::v2::Addresses::IPv4(a) => {
+            assert_eq!(a.source_address.to_string(), "203.0.113.9");
+            assert_eq!(a.source_port, 40000);
+            assert_eq!(a.destination_address.to_string(), "198.51.100.1");
+            assert_eq!(a.destination_port, 443);
+        }
+        other => panic!("unexpected addresses {other:?}"),
+    }
+
+    // A client without a header, or a bad one, is closed without reaching the backend.
+    let mut bad = connect(lb.addr("l"));
+    bad.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(bad.read(&mut buf).unwrap_or(0), 0);
+    let mut silent = connect(lb.addr("l"));
+    let start = Instant::now();
+    assert_eq!(silent.read(&mut buf).unwrap_or(0), 0, "silent client closed after the header timeout");
+    assert!(start.elapsed() < Duration::from_secs(3));
+    assert_eq!(seen.lock().unwrap().len(), 1, "only the valid client reached the backend");
+}
+
+#[test]
+fn accepts_proxy_v2() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let backend = header_recorder(Arc::clone(&seen), false);
+    let lb = Ringlb::start(&l4_config(&[backend], "accept_proxy_protocol = \"any\"\nproxy_protocol = \"v1\"", "", ""));
+    let mut s = connect(lb.addr("l"));
+    let h = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        ("[2001:db8::7]:5000".parse::<std::net::SocketAddr>().unwrap(), "[2001:db8::1]:80".parse::<std::net::SocketAddr>().unwrap()),
+    )
+    .build()
+    .unwrap();
+    s.write_all(&h).unwrap();
+    assert_eq!(echo_roundtrip(&mut s, b"abc"), b"abc");
+    assert_eq!(
+        String::from_utf8_lossy(&seen.lock().unwrap()[0]),
+        "PROXY TCP6 2001:db8::7 2001:db8::1 5000 80\r\n"
+    );
+}
