@@ -52,9 +52,20 @@ servers = [{{ addr = "{}" }}, {{ addr = "{}" }}]
         file: "(demo)".into(),
         err,
     })?;
-    println!("ringlb demo: echo backends on {} and {}", backends[0], backends[1]);
-    println!("try:  printf 'hello\\n' | nc -q1 {} {}   (run it twice: round robin)", listen.ip(), listen.port());
-    println!("  or: exec 3<>/dev/tcp/{}/{}; echo hi >&3; head -2 <&3", listen.ip(), listen.port());
+    println!(
+        "ringlb demo: echo backends on {} and {}",
+        backends[0], backends[1]
+    );
+    println!(
+        "try:  printf 'hello\\n' | nc -q1 {} {}   (run it twice: round robin)",
+        listen.ip(),
+        listen.port()
+    );
+    println!(
+        "  or: exec 3<>/dev/tcp/{}/{}; echo hi >&3; head -2 <&3",
+        listen.ip(),
+        listen.port()
+    );
     println!("stop with Ctrl-C");
     crate::run(cfg)
 }
@@ -67,7 +78,9 @@ fn echo_server(l: TcpListener, name: &'static str) {
 }
 
 fn echo(mut s: TcpStream, name: &str) {
-    if s.write_all(format!("hello from {name}\n").as_bytes()).is_err() {
+    if s.write_all(format!("hello from {name}\n").as_bytes())
+        .is_err()
+    {
         return;
     }
     let mut buf = [0u8; 16 * 1024];

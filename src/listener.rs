@@ -32,7 +32,11 @@ use crate::{limiter::Limiter, runtime::drain::Drain, sys};
 /// # Errors
 /// Address in use, permission denied (ports < 1024 need CAP_NET_BIND_SERVICE),
 /// address not available.
-pub fn bind_all(addr: SocketAddr, backlog: u32, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
+pub fn bind_all(
+    addr: SocketAddr,
+    backlog: u32,
+    n: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
     if addr.port() != 0 {
         let probe = new_socket(addr, false)?;
         probe.bind(&addr.into())?;
@@ -129,7 +133,8 @@ pub async fn accept_loop(
                 Err(e) => {
                     drop(permit);
                     // Out of fds or memory: pause, then retry. Never spin.
-                    backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                    backoff =
+                        (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
                     if last_warn.map_or(true, |t| t.elapsed() > Duration::from_secs(5)) {
                         tracing::warn!(
                             listener = &*name,
@@ -154,6 +159,13 @@ pub async fn accept_loop(
 fn is_transient(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO | libc::EPERM | libc::ENETDOWN | libc::EHOSTUNREACH)
+        Some(
+            libc::ECONNABORTED
+                | libc::EINTR
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::EHOSTUNREACH
+        )
     )
 }

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "ringlb", version, about = "Thread-per-core io_uring load balancer")]
+#[command(
+    name = "ringlb",
+    version,
+    about = "Thread-per-core io_uring load balancer"
+)]
 struct Cli {
     /// Config file (for the default `run` command).
     #[arg(short, long, global = true)]

@@ -123,10 +123,16 @@ fn client_half_close_keeps_reply_flowing() {
         let mut all = Vec::new();
         s.read_to_end(&mut all).unwrap();
         thread::sleep(Duration::from_millis(100));
-        s.write_all(format!("got {} bytes", all.len()).as_bytes()).unwrap();
+        s.write_all(format!("got {} bytes", all.len()).as_bytes())
+            .unwrap();
     });
     for transfer in ["splice", "copy"] {
-        let lb = Ringlb::start(&l4_config(&[backend], &format!("transfer = \"{transfer}\""), "", ""));
+        let lb = Ringlb::start(&l4_config(
+            &[backend],
+            &format!("transfer = \"{transfer}\""),
+            "",
+            "",
+        ));
         let mut s = connect(lb.addr("l"));
         s.write_all(&[7u8; 100_000]).unwrap();
         s.shutdown(Shutdown::Write).unwrap();
@@ -160,7 +166,10 @@ fn backend_half_close_keeps_request_flowing() {
     while seen.lock().unwrap().is_empty() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(seen.lock().unwrap().first().map(|v| v.as_slice()), Some(&b"still talking"[..]));
+    assert_eq!(
+        seen.lock().unwrap().first().map(|v| v.as_slice()),
+        Some(&b"still talking"[..])
+    );
 }
 
 #[test]
@@ -184,14 +193,24 @@ fn all_backends_refusing_closes_client_promptly() {
     let mut buf = [0u8; 16];
     let n = s.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0, "client must be closed");
-    assert!(start.elapsed() < Duration::from_secs(3), "closed after {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "closed after {:?}",
+        start.elapsed()
+    );
 }
 
 /// A listening socket whose accept queue is full: SYNs to it are dropped,
 /// so connects hang until the client's timeout. Loopback only.
 fn blackhole() -> (socket2::Socket, Vec<TcpStream>, std::net::SocketAddr) {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    s.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
     s.listen(0).unwrap();
     let addr = s.local_addr().unwrap().as_socket().unwrap();
     let mut fillers = Vec::new();
@@ -208,7 +227,12 @@ fn connect_timeout_then_next_backend_then_give_up() {
     let (_hole, _fill, hole) = blackhole();
     let echo = Echo::start();
     // First: the black hole times out (300ms) and the next backend serves.
-    let cfg = l4_config(&[hole, echo.addr], "connect_timeout = \"300ms\"\nconnect_tries = 2", "balance = \"round_robin\"", "workers = 1");
+    let cfg = l4_config(
+        &[hole, echo.addr],
+        "connect_timeout = \"300ms\"\nconnect_tries = 2",
+        "balance = \"round_robin\"",
+        "workers = 1",
+    );
     let lb = Ringlb::start(&cfg);
     for _ in 0..2 {
         let mut s = connect(lb.addr("l"));
@@ -216,7 +240,12 @@ fn connect_timeout_then_next_backend_then_give_up() {
     }
     drop(lb);
     // Then: only black holes -> client closed after about tries x timeout.
-    let cfg = l4_config(&[hole], "connect_timeout = \"300ms\"\nconnect_tries = 2", "", "");
+    let cfg = l4_config(
+        &[hole],
+        "connect_timeout = \"300ms\"\nconnect_tries = 2",
+        "",
+        "",
+    );
     let lb = Ringlb::start(&cfg);
     let mut s = connect(lb.addr("l"));
     let start = Instant::now();
@@ -224,9 +253,16 @@ fn connect_timeout_then_next_backend_then_give_up() {
     let n = s.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0);
     let took = start.elapsed();
-    assert!(took >= Duration::from_millis(250), "closed too early ({took:?}): timeout not applied");
+    assert!(
+        took >= Duration::from_millis(250),
+        "closed too early ({took:?}): timeout not applied"
+    );
     assert!(took < Duration::from_secs(4), "closed after {took:?}");
-    assert!(lb.log_text().contains("timed out"), "log: {}", lb.log_text());
+    assert!(
+        lb.log_text().contains("timed out"),
+        "log: {}",
+        lb.log_text()
+    );
 }
 
 #[test]
@@ -324,7 +360,11 @@ fn sends_proxy_protocol_v1() {
     let mut s = connect(lb.addr("l"));
     assert_eq!(echo_roundtrip(&mut s, b"payload"), b"payload");
     let me = s.local_addr().unwrap();
-    let want = format!("PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n", me.port(), lb.addr("l").port());
+    let want = format!(
+        "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n",
+        me.port(),
+        lb.addr("l").port()
+    );
     assert_eq!(String::from_utf8_lossy(&seen.lock().unwrap()[0]), want);
 }
 
@@ -340,7 +380,8 @@ fn accepts_proxy_v1_and_forwards_real_client_in_v2() {
     ));
     let mut s = connect(lb.addr("l"));
     // Header and first payload bytes in one segment: the payload must not be lost.
-    s.write_all(b"PROXY TCP4 203.0.113.9 198.51.100.1 40000 443\r\nfirst").unwrap();
+    s.write_all(b"PROXY TCP4 203.0.113.9 198.51.100.1 40000 443\r\nfirst")
+        .unwrap();
     let mut back = [0u8; 5];
     s.read_exact(&mut back).unwrap();
     assert_eq!(&back, b"first");
@@ -363,21 +404,39 @@ fn accepts_proxy_v1_and_forwards_real_client_in_v2() {
     assert_eq!(bad.read(&mut buf).unwrap_or(0), 0);
     let mut silent = connect(lb.addr("l"));
     let start = Instant::now();
-    assert_eq!(silent.read(&mut buf).unwrap_or(0), 0, "silent client closed after the header timeout");
+    assert_eq!(
+        silent.read(&mut buf).unwrap_or(0),
+        0,
+        "silent client closed after the header timeout"
+    );
     assert!(start.elapsed() < Duration::from_secs(3));
-    assert_eq!(seen.lock().unwrap().len(), 1, "only the valid client reached the backend");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "only the valid client reached the backend"
+    );
 }
 
 #[test]
 fn accepts_proxy_v2() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let backend = header_recorder(Arc::clone(&seen), false);
-    let lb = Ringlb::start(&l4_config(&[backend], "accept_proxy_protocol = \"any\"\nproxy_protocol = \"v1\"", "", ""));
+    let lb = Ringlb::start(&l4_config(
+        &[backend],
+        "accept_proxy_protocol = \"any\"\nproxy_protocol = \"v1\"",
+        "",
+        "",
+    ));
     let mut s = connect(lb.addr("l"));
     let h = ppp::v2::Builder::with_addresses(
         ppp::v2::Version::Two | ppp::v2::Command::Proxy,
         ppp::v2::Protocol::Stream,
-        ("[2001:db8::7]:5000".parse::<std::net::SocketAddr>().unwrap(), "[2001:db8::1]:80".parse::<std::net::SocketAddr>().unwrap()),
+        (
+            "[2001:db8::7]:5000"
+                .parse::<std::net::SocketAddr>()
+                .unwrap(),
+            "[2001:db8::1]:80".parse::<std::net::SocketAddr>().unwrap(),
+        ),
     )
     .build()
     .unwrap();
@@ -387,4 +446,86 @@ fn accepts_proxy_v2() {
         String::from_utf8_lossy(&seen.lock().unwrap()[0]),
         "PROXY TCP6 2001:db8::7 2001:db8::1 5000 80\r\n"
     );
+}
+
+/// Backends that greet with their index, so the client sees who served it.
+fn named_backends(n: usize) -> Vec<std::net::SocketAddr> {
+    (0..n)
+        .map(|i| {
+            scripted(move |mut s| {
+                let _ = s.write_all(format!("{i}\n").as_bytes());
+                let mut b = [0u8; 1];
+                let _ = s.read(&mut b);
+            })
+        })
+        .collect()
+}
+
+fn who(addr: std::net::SocketAddr) -> usize {
+    let mut s = connect(addr);
+    let mut line = String::new();
+    BufReader::new(&mut s).read_line(&mut line).unwrap();
+    line.trim().parse().unwrap()
+}
+
+#[test]
+fn weighted_distribution_over_real_connections() {
+    let b = named_backends(3);
+    let servers = format!(
+        "servers = [{{ addr = \"{}\", weight = 5 }}, {{ addr = \"{}\", weight = 1 }}, {{ addr = \"{}\", weight = 1 }}]",
+        b[0], b[1], b[2]
+    );
+    // One worker: the exact smooth sequence a a b a c a a.
+    let cfg = format!(
+        "[runtime]\nworkers = 1\n[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n[upstream.u]\nbalance = \"weighted_round_robin\"\n{servers}\n"
+    );
+    let lb = Ringlb::start(&cfg);
+    let seq: Vec<usize> = (0..14).map(|_| who(lb.addr("l"))).collect();
+    assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
+    drop(lb);
+    // Two workers, each with its own replica: the totals still follow the weights.
+    let lb = Ringlb::start(&cfg.replace("workers = 1", "workers = 2"));
+    let mut counts = [0usize; 3];
+    for _ in 0..140 {
+        counts[who(lb.addr("l"))] += 1;
+    }
+    assert!((90..=110).contains(&counts[0]), "{counts:?}");
+    assert!(
+        (12..=28).contains(&counts[1]) && (12..=28).contains(&counts[2]),
+        "{counts:?}"
+    );
+}
+
+#[test]
+fn consistent_hash_keeps_a_client_ip_on_one_backend() {
+    let b = named_backends(4);
+    let list: Vec<String> = b.iter().map(|a| format!("{{ addr = \"{a}\" }}")).collect();
+    let cfg = format!(
+        "[runtime]\nworkers = 2\n[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n[upstream.u]\nbalance = \"consistent_hash\"\nhash_key = \"client_ip\"\nservers = [{}]\n",
+        list.join(", ")
+    );
+    let lb = Ringlb::start(&cfg);
+    // Same client IP (127.0.0.1) on many connections, across both workers: one backend.
+    let first = who(lb.addr("l"));
+    for _ in 0..30 {
+        assert_eq!(who(lb.addr("l")), first);
+    }
+}
+
+#[test]
+fn least_conn_and_random_spread_over_all_backends() {
+    for balance in ["least_conn", "random"] {
+        let b = named_backends(3);
+        let list: Vec<String> = b.iter().map(|a| format!("{{ addr = \"{a}\" }}")).collect();
+        let cfg = format!(
+            "[runtime]\nworkers = 2\n[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n[upstream.u]\nbalance = \"{balance}\"\nservers = [{}]\n",
+            list.join(", ")
+        );
+        let lb = Ringlb::start(&cfg);
+        let mut counts = [0usize; 3];
+        for _ in 0..90 {
+            counts[who(lb.addr("l"))] += 1;
+        }
+        assert!(counts.iter().all(|c| *c >= 10), "{balance}: {counts:?}");
+    }
 }

@@ -34,7 +34,12 @@ fn max_connections_queues_the_eleventh_and_bounds_fds() {
     let echo = Echo::start();
     // pipe_pool = 2: at most 2 pipes (4 fds) per worker, so fds are bounded by
     // 2 per connection + 8 + a constant.
-    let lb = Ringlb::start(&l4_config(&[echo.addr], "max_connections = 10\nbacklog = 128", "", "pipe_pool = 2"));
+    let lb = Ringlb::start(&l4_config(
+        &[echo.addr],
+        "max_connections = 10\nbacklog = 128",
+        "",
+        "pipe_pool = 2",
+    ));
     let fds_idle = lb.open_fds();
     let addr = lb.addr("l");
     let mut served: Vec<TcpStream> = (0..10)
@@ -45,11 +50,18 @@ fn max_connections_queues_the_eleventh_and_bounds_fds() {
         })
         .collect();
     let fds_full = lb.open_fds();
-    assert!(fds_full <= fds_idle + 2 * 10 + 4, "10 connections use {} fds", fds_full - fds_idle);
+    assert!(
+        fds_full <= fds_idle + 2 * 10 + 4,
+        "10 connections use {} fds",
+        fds_full - fds_idle
+    );
 
     // The 11th connects at TCP level (kernel backlog) but is not served.
     let mut eleventh = connect(addr);
-    assert!(!served_within(&mut eleventh, Duration::from_millis(700)), "11th client served while 10 are open");
+    assert!(
+        !served_within(&mut eleventh, Duration::from_millis(700)),
+        "11th client served while 10 are open"
+    );
     assert!(lb.open_fds() <= fds_full + 4, "accepted beyond the limit");
     assert_eq!(echo.conns.load(std::sync::atomic::Ordering::SeqCst), 10);
 
@@ -63,7 +75,10 @@ fn max_connections_queues_the_eleventh_and_bounds_fds() {
     let mut waiting: Vec<TcpStream> = (0..40).map(|_| connect(addr)).collect();
     thread::sleep(Duration::from_millis(300));
     let fds_over = lb.open_fds();
-    assert!(fds_over <= fds_full + 4, "fds grew from {fds_full} to {fds_over} with waiting clients: accepted beyond the limit");
+    assert!(
+        fds_over <= fds_full + 4,
+        "fds grew from {fds_full} to {fds_over} with waiting clients: accepted beyond the limit"
+    );
     assert_eq!(echo.conns.load(std::sync::atomic::Ordering::SeqCst), 11);
 
     // Everyone is served eventually, in turn, as others leave; nothing is dropped.
@@ -71,12 +86,24 @@ fn max_connections_queues_the_eleventh_and_bounds_fds() {
     drop(eleventh);
     // (Closing is asynchronous on io_uring, so allow a few fds in flight.)
     for (i, mut s) in waiting.drain(..).enumerate() {
-        assert!(echo_ok(&mut s, format!("w{i}").as_bytes()), "waiting client {i} lost");
+        assert!(
+            echo_ok(&mut s, format!("w{i}").as_bytes()),
+            "waiting client {i} lost"
+        );
         let fds = lb.open_fds();
         let (sockets, pipes) = lb.fd_kinds();
-        assert!(sockets <= 2 + 2 * 10 + 4, "{sockets} sockets open for 10 connections + 2 listeners");
-        assert!(pipes <= 2 * 2 * 2, "{pipes} pipe fds, pool is 2 pipes per worker");
-        assert!(fds <= fds_idle + 2 * 10 + 8 + 4, "{fds} fds open, {fds_idle} when idle");
+        assert!(
+            sockets <= 2 + 2 * 10 + 4,
+            "{sockets} sockets open for 10 connections + 2 listeners"
+        );
+        assert!(
+            pipes <= 2 * 2 * 2,
+            "{pipes} pipe fds, pool is 2 pipes per worker"
+        );
+        assert!(
+            fds <= fds_idle + 2 * 10 + 8 + 4,
+            "{fds} fds open, {fds_idle} when idle"
+        );
     }
     assert_eq!(echo.conns.load(std::sync::atomic::Ordering::SeqCst), 51);
 }
@@ -92,14 +119,22 @@ fn sigterm_drains_open_connections_then_exits_zero() {
     // Still served during the drain...
     thread::sleep(Duration::from_millis(300));
     assert!(echo_ok(&mut open, b"during drain"));
-    assert_eq!(lb.wait_exit(Duration::from_millis(200)), None, "exited with a connection open");
+    assert_eq!(
+        lb.wait_exit(Duration::from_millis(200)),
+        None,
+        "exited with a connection open"
+    );
     // ...new connections are not accepted...
     let refused = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
     if let Ok(mut s) = refused {
-        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         let _ = s.write_all(b"x");
         let mut b = [0u8; 1];
-        assert!(!matches!(s.read(&mut b), Ok(1)), "new connection served during drain");
+        assert!(
+            !matches!(s.read(&mut b), Ok(1)),
+            "new connection served during drain"
+        );
     }
     // ...and when the last one closes, the process exits 0.
     drop(open);
@@ -110,13 +145,19 @@ fn sigterm_drains_open_connections_then_exits_zero() {
 #[test]
 fn shutdown_timeout_closes_stragglers_and_exits_zero() {
     let echo = Echo::start();
-    let mut lb = Ringlb::start(&l4_config(&[echo.addr], "", "", "shutdown_timeout = \"500ms\"").replace("shutdown_timeout = \"5s\"\n", ""));
+    let mut lb = Ringlb::start(
+        &l4_config(&[echo.addr], "", "", "shutdown_timeout = \"500ms\"")
+            .replace("shutdown_timeout = \"5s\"\n", ""),
+    );
     let mut open = connect(lb.addr("l"));
     assert!(echo_ok(&mut open, b"x"));
     let start = Instant::now();
     lb.signal("TERM");
     assert_eq!(lb.wait_exit(Duration::from_secs(5)), Some(0));
-    assert!(start.elapsed() >= Duration::from_millis(400), "did not wait for the drain");
+    assert!(
+        start.elapsed() >= Duration::from_millis(400),
+        "did not wait for the drain"
+    );
     let mut b = [0u8; 1];
     assert_eq!(open.read(&mut b).unwrap_or(0), 0, "straggler closed");
 }
@@ -124,7 +165,10 @@ fn shutdown_timeout_closes_stragglers_and_exits_zero() {
 #[test]
 fn second_signal_exits_at_once() {
     let echo = Echo::start();
-    let mut lb = Ringlb::start(&l4_config(&[echo.addr], "", "", "shutdown_timeout = \"60s\"").replace("shutdown_timeout = \"5s\"\n", ""));
+    let mut lb = Ringlb::start(
+        &l4_config(&[echo.addr], "", "", "shutdown_timeout = \"60s\"")
+            .replace("shutdown_timeout = \"5s\"\n", ""),
+    );
     let mut open = connect(lb.addr("l"));
     assert!(echo_ok(&mut open, b"x"));
     lb.signal("TERM");
@@ -136,7 +180,11 @@ fn second_signal_exits_at_once() {
 
 fn check(text: &str) -> (i32, String, String) {
     let path = temp_file("check", text);
-    let out = Command::new(BIN).args(["check", "-c"]).arg(&path).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
     let _ = std::fs::remove_file(&path);
     (
         out.status.code().unwrap_or(-1),
@@ -153,13 +201,34 @@ fn check_accepts_valid_and_names_the_key_of_broken_configs() {
     assert!(out.contains("ok"));
 
     let cases = [
-        (good.replace("mode = \"tcp\"", "mode = \"tcp\"\nlisten_port = 5"), "listen_port"),
-        (good.replace("connect_timeout = \"1s\"", "connect_timeout = \"soon\""), "listener[0].connect_timeout"),
-        (good.replace("upstream = \"u\"", "upstream = \"missing\""), "listener[0].upstream"),
-        (good.replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1\""), "listener[0].listen"),
-        (good.replace("workers = 2", "workers = 0"), "runtime.workers"),
-        (good.replace("[upstream.u]", "[upstream.u]\nbalance = \"fair\""), "upstream.u.balance"),
-        (good.replace("servers = [", "servers = [{ addr = \"nohost\" }, "), "upstream.u.servers[0].addr"),
+        (
+            good.replace("mode = \"tcp\"", "mode = \"tcp\"\nlisten_port = 5"),
+            "listen_port",
+        ),
+        (
+            good.replace("connect_timeout = \"1s\"", "connect_timeout = \"soon\""),
+            "listener[0].connect_timeout",
+        ),
+        (
+            good.replace("upstream = \"u\"", "upstream = \"missing\""),
+            "listener[0].upstream",
+        ),
+        (
+            good.replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1\""),
+            "listener[0].listen",
+        ),
+        (
+            good.replace("workers = 2", "workers = 0"),
+            "runtime.workers",
+        ),
+        (
+            good.replace("[upstream.u]", "[upstream.u]\nbalance = \"fair\""),
+            "upstream.u.balance",
+        ),
+        (
+            good.replace("servers = [", "servers = [{ addr = \"nohost\" }, "),
+            "upstream.u.servers[0].addr",
+        ),
         ("[[listener]\n".to_string(), "line 1"),
     ];
     for (text, key) in cases {
@@ -170,8 +239,15 @@ fn check_accepts_valid_and_names_the_key_of_broken_configs() {
         assert!(err.contains(".toml"), "error should name the file: {err}");
     }
     let (code, _, err) = {
-        let out = Command::new(BIN).args(["check", "-c", "/nonexistent/ringlb.toml"]).output().unwrap();
-        (out.status.code().unwrap_or(-1), (), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = Command::new(BIN)
+            .args(["check", "-c", "/nonexistent/ringlb.toml"])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            (),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/ringlb.toml"));
@@ -181,9 +257,14 @@ fn check_accepts_valid_and_names_the_key_of_broken_configs() {
 fn port_in_use_is_a_clear_error_with_exit_one() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let cfg = l4_config(&["127.0.0.1:1".parse().unwrap()], "", "", "").replace("127.0.0.1:0", &addr.to_string());
+    let cfg = l4_config(&["127.0.0.1:1".parse().unwrap()], "", "", "")
+        .replace("127.0.0.1:0", &addr.to_string());
     let path = temp_file("inuse", &cfg);
-    let out = Command::new(BIN).args(["run", "-c"]).arg(&path).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
     let _ = std::fs::remove_file(&path);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");

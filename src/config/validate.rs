@@ -23,7 +23,11 @@ pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
             .span()
             .map(|s| format!(" (line {})", line_of(text, s.start)))
             .unwrap_or_default();
-        let key = if path == "." { "(toml)".to_string() } else { path };
+        let key = if path == "." {
+            "(toml)".to_string()
+        } else {
+            path
+        };
         let msg = inner.message().trim().replace('\n', "; ");
         ConfigError::new(key, format!("{msg}{line}"))
     })?;
@@ -234,7 +238,11 @@ fn resolve(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
     }
 }
 
-fn listener(i: usize, l: RawListener, index: &UpstreamIndex) -> Result<ListenerConfig, ConfigError> {
+fn listener(
+    i: usize,
+    l: RawListener,
+    index: &UpstreamIndex,
+) -> Result<ListenerConfig, ConfigError> {
     let k = |f: &str| format!("listener[{i}].{f}");
     let name = l.name.unwrap_or_else(|| format!("listener{i}"));
     let mode = match l.mode.as_deref() {
@@ -267,7 +275,10 @@ fn listener(i: usize, l: RawListener, index: &UpstreamIndex) -> Result<ListenerC
     })?;
     let (max_connections, max_connections_default) = match l.max_connections {
         None => (DEFAULT_MAX_CONNECTIONS, true),
-        Some(n) => (range(&k("max_connections"), n, 1, 10_000_000)? as usize, false),
+        Some(n) => (
+            range(&k("max_connections"), n, 1, 10_000_000)? as usize,
+            false,
+        ),
     };
     let proxy_protocol = match l.proxy_protocol.as_deref() {
         None | Some("off") => ProxySend::Off,
@@ -312,7 +323,11 @@ fn listener(i: usize, l: RawListener, index: &UpstreamIndex) -> Result<ListenerC
         },
         proxy_protocol,
         accept_proxy_protocol,
-        proxy_protocol_timeout: nonzero_dur(&k("proxy_protocol_timeout"), l.proxy_protocol_timeout, 5)?,
+        proxy_protocol_timeout: nonzero_dur(
+            &k("proxy_protocol_timeout"),
+            l.proxy_protocol_timeout,
+            5,
+        )?,
         transfer,
     })
 }
@@ -345,7 +360,10 @@ fn range(key: &str, n: i64, lo: i64, hi: i64) -> Result<i64, ConfigError> {
 fn one_of(key: &str, got: &str, allowed: &[&str]) -> ConfigError {
     ConfigError::new(
         key,
-        format!("unknown value {got:?} (expected one of: {})", allowed.join(", ")),
+        format!(
+            "unknown value {got:?} (expected one of: {})",
+            allowed.join(", ")
+        ),
     )
 }
 
@@ -450,8 +468,14 @@ servers = [{ addr = "127.0.0.1:6379" }]
 
     #[test]
     fn unknown_key_is_named() {
-        let e = err(&MIN.replace("upstream = \"redis\"\n", "upstream = \"redis\"\nconect_timeout = \"1s\"\n"));
-        assert!(e.contains("listener[0]") && e.contains("conect_timeout"), "{e}");
+        let e = err(&MIN.replace(
+            "upstream = \"redis\"\n",
+            "upstream = \"redis\"\nconect_timeout = \"1s\"\n",
+        ));
+        assert!(
+            e.contains("listener[0]") && e.contains("conect_timeout"),
+            "{e}"
+        );
         let e = err(&format!("{MIN}\n[runtime]\nworkerz = 2\n"));
         assert!(e.contains("runtime") && e.contains("workerz"), "{e}");
     }
@@ -459,16 +483,56 @@ servers = [{ addr = "127.0.0.1:6379" }]
     #[test]
     fn bad_values_name_their_key() {
         let cases = [
-            ("listen = \"127.0.0.1:6380\"", "listen = \"nope\"", "listener[0].listen"),
-            ("upstream = \"redis\"", "upstream = \"nosuch\"", "listener[0].upstream"),
-            ("name = \"redis\"", "name = \"redis\"\nconnect_timeout = \"1x\"", "listener[0].connect_timeout"),
-            ("name = \"redis\"", "name = \"redis\"\nidle_timeout = \"0s\"", "listener[0].idle_timeout"),
-            ("name = \"redis\"", "name = \"redis\"\nmax_connections = 0", "listener[0].max_connections"),
-            ("name = \"redis\"", "name = \"redis\"\nproxy_protocol = \"v3\"", "listener[0].proxy_protocol"),
-            ("name = \"redis\"", "name = \"redis\"\nmode = \"udp\"", "listener[0].mode"),
-            ("{ addr = \"127.0.0.1:6379\" }", "{ addr = \"127.0.0.1\" }", "upstream.redis.servers[0].addr"),
-            ("{ addr = \"127.0.0.1:6379\" }", "{ addr = \"127.0.0.1:6379\", weight = 0 }", "upstream.redis.servers[0].weight"),
-            ("[upstream.redis]", "[upstream.redis]\nbalance = \"fastest\"", "upstream.redis.balance"),
+            (
+                "listen = \"127.0.0.1:6380\"",
+                "listen = \"nope\"",
+                "listener[0].listen",
+            ),
+            (
+                "upstream = \"redis\"",
+                "upstream = \"nosuch\"",
+                "listener[0].upstream",
+            ),
+            (
+                "name = \"redis\"",
+                "name = \"redis\"\nconnect_timeout = \"1x\"",
+                "listener[0].connect_timeout",
+            ),
+            (
+                "name = \"redis\"",
+                "name = \"redis\"\nidle_timeout = \"0s\"",
+                "listener[0].idle_timeout",
+            ),
+            (
+                "name = \"redis\"",
+                "name = \"redis\"\nmax_connections = 0",
+                "listener[0].max_connections",
+            ),
+            (
+                "name = \"redis\"",
+                "name = \"redis\"\nproxy_protocol = \"v3\"",
+                "listener[0].proxy_protocol",
+            ),
+            (
+                "name = \"redis\"",
+                "name = \"redis\"\nmode = \"udp\"",
+                "listener[0].mode",
+            ),
+            (
+                "{ addr = \"127.0.0.1:6379\" }",
+                "{ addr = \"127.0.0.1\" }",
+                "upstream.redis.servers[0].addr",
+            ),
+            (
+                "{ addr = \"127.0.0.1:6379\" }",
+                "{ addr = \"127.0.0.1:6379\", weight = 0 }",
+                "upstream.redis.servers[0].weight",
+            ),
+            (
+                "[upstream.redis]",
+                "[upstream.redis]\nbalance = \"fastest\"",
+                "upstream.redis.balance",
+            ),
         ];
         for (from, to, key) in cases {
             let e = err(&MIN.replace(from, to));
@@ -496,6 +560,8 @@ servers = [{ addr = "127.0.0.1:6379" }]
         .unwrap();
         assert!(c.listeners[0].listen.is_ipv6());
         assert_eq!(c.runtime.workers, Some(3));
-        assert!(err(&format!("[runtime]\nworkers = \"many\"\n{MIN}")).starts_with("runtime.workers"));
+        assert!(
+            err(&format!("[runtime]\nworkers = \"many\"\n{MIN}")).starts_with("runtime.workers")
+        );
     }
 }

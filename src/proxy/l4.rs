@@ -186,7 +186,10 @@ async fn read_proxy_header(
     loop {
         let n = relay::read_some(client, &mut buf[len..]).await?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before the PROXY header ended"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed before the PROXY header ended",
+            ));
         }
         len += n;
         match proxy_protocol::parse(&buf[..len], accept) {
@@ -196,7 +199,10 @@ async fn read_proxy_header(
             }
             Ok(None) if len < buf.len() => continue,
             Ok(None) => {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, proxy_protocol::HeaderError::TooLong))
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    proxy_protocol::HeaderError::TooLong,
+                ))
             }
             Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
         }

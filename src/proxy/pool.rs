@@ -72,7 +72,8 @@ impl Pools {
     /// Close a pipe that may still hold bytes.
     pub fn discard_pipe(&self, p: Pipe) {
         drop(p);
-        self.pipes_alive.set(self.pipes_alive.get().saturating_sub(1));
+        self.pipes_alive
+            .set(self.pipes_alive.get().saturating_sub(1));
     }
 
     /// Pipes alive (idle in the pool or in use).

@@ -191,17 +191,34 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_wrong_version() {
-        assert_eq!(parse(b"GET / HTTP/1.1\r\n\r\n", ProxyAccept::Any), Err(HeaderError::Invalid));
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\n\r\n", ProxyAccept::Any),
+            Err(HeaderError::Invalid)
+        );
         let v1 = b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n";
-        assert!(matches!(parse(v1, ProxyAccept::V2), Err(HeaderError::WrongVersion(..))));
+        assert!(matches!(
+            parse(v1, ProxyAccept::V2),
+            Err(HeaderError::WrongVersion(..))
+        ));
         let h = encode(ProxySend::V2, a("1.2.3.4:1"), a("5.6.7.8:2")).unwrap();
-        assert!(matches!(parse(&h, ProxyAccept::V1), Err(HeaderError::WrongVersion(..))));
-        assert_eq!(parse(b"PROXY UNKNOWN\r\n", ProxyAccept::V1).unwrap().unwrap().addrs, None);
+        assert!(matches!(
+            parse(&h, ProxyAccept::V1),
+            Err(HeaderError::WrongVersion(..))
+        ));
+        assert_eq!(
+            parse(b"PROXY UNKNOWN\r\n", ProxyAccept::V1)
+                .unwrap()
+                .unwrap()
+                .addrs,
+            None
+        );
     }
 
     #[test]
     fn mixed_families_are_mapped() {
         let h = encode(ProxySend::V1, a("1.2.3.4:1"), a("[::1]:2")).unwrap();
-        assert!(String::from_utf8(h).unwrap().starts_with("PROXY TCP6 ::ffff:1.2.3.4 ::1"));
+        assert!(String::from_utf8(h)
+            .unwrap()
+            .starts_with("PROXY TCP6 ::ffff:1.2.3.4 ::1"));
     }
 }

@@ -92,7 +92,12 @@ async fn idle_watch(last: &Cell<Instant>, idle: Duration) {
 }
 
 /// One direction, until EOF (then FIN the destination) or an error.
-async fn pump(src: &TcpStream, dst: &TcpStream, ctx: &Ctx<'_>, count: &Cell<u64>) -> io::Result<()> {
+async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    ctx: &Ctx<'_>,
+    count: &Cell<u64>,
+) -> io::Result<()> {
     let (sfd, dfd) = (src.as_raw_fd(), dst.as_raw_fd());
     loop {
         src.readable(false).await?;
@@ -174,7 +179,12 @@ async fn splice_burst(
 }
 
 /// The same with recv/send through a pooled buffer.
-async fn copy_burst(sfd: RawFd, dst: &TcpStream, ctx: &Ctx<'_>, count: &Cell<u64>) -> io::Result<bool> {
+async fn copy_burst(
+    sfd: RawFd,
+    dst: &TcpStream,
+    ctx: &Ctx<'_>,
+    count: &Cell<u64>,
+) -> io::Result<bool> {
     let mut buf = ctx.pools.take_buf();
     let result = async {
         loop {

@@ -55,10 +55,8 @@ pub struct Budget {
 pub fn apply_fd_budget(cfg: &mut Config, workers: usize) -> Budget {
     let w = workers as u64;
     let listeners = cfg.listeners.len() as u64;
-    let fixed = FDS_RESERVE
-        + w * FDS_PER_WORKER
-        + w * listeners
-        + w * 2 * cfg.runtime.pipe_pool as u64;
+    let fixed =
+        FDS_RESERVE + w * FDS_PER_WORKER + w * listeners + w * 2 * cfg.runtime.pipe_pool as u64;
     let wanted_conns = cfg.total_max_connections() as u64;
     let needed = fixed + 2 * wanted_conns;
     let (soft, hard) = sys::raise_nofile(needed);
@@ -81,7 +79,8 @@ pub fn apply_fd_budget(cfg: &mut Config, workers: usize) -> Budget {
             tracing::warn!("{msg}");
         }
         for l in &mut cfg.listeners {
-            let share = (l.max_connections as u128 * connections as u128 / wanted_conns.max(1) as u128) as usize;
+            let share = (l.max_connections as u128 * connections as u128
+                / wanted_conns.max(1) as u128) as usize;
             l.max_connections = share.max(1);
         }
     }
@@ -132,14 +131,18 @@ pub fn run(mut cfg: Config) -> Result<(), Error> {
 
     // Bind every socket before starting threads, so "address in use" is one
     // clear error and exit code 1.
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+        (0..workers).map(|_| Vec::new()).collect();
     for l in &cfg.listeners {
         let socks = listener::bind_all(l.listen, l.backlog, workers).map_err(|e| Error::Bind {
             name: l.name.clone(),
             addr: l.listen,
             msg: e.to_string(),
         })?;
-        let bound = socks.first().and_then(|s| s.local_addr().ok()).unwrap_or(l.listen);
+        let bound = socks
+            .first()
+            .and_then(|s| s.local_addr().ok())
+            .unwrap_or(l.listen);
         tracing::info!(
             "listener {:?} listening on {bound} (tcp, {workers} SO_REUSEPORT sockets, max_connections {})",
             l.name,
@@ -225,25 +228,22 @@ pub fn run(mut cfg: Config) -> Result<(), Error> {
     );
     sys::systemd::notify("READY=1");
 
-    loop {
-        match sys::wait_signal() {
-            sys::Signal::Hup => {
-                tracing::warn!("SIGHUP received: configuration reload is not supported yet; ignoring")
-            }
-            sys::Signal::Stop => break,
-        }
+    while sys::wait_signal() == sys::Signal::Hup {
+        tracing::warn!("SIGHUP received: configuration reload is not supported yet; ignoring");
     }
     let grace = cfg.runtime.shutdown_timeout;
     tracing::info!("stop signal received: no new connections; draining for up to {grace:?} (signal again to exit at once)");
     sys::systemd::notify("STOPPING=1");
     stop_all(stops, grace);
     // A second signal ends the process at once.
-    let _ = thread::Builder::new().name("ringlb-sig".into()).spawn(|| loop {
-        if sys::wait_signal() == sys::Signal::Stop {
-            tracing::warn!("second stop signal: exiting now");
-            std::process::exit(0);
-        }
-    });
+    let _ = thread::Builder::new()
+        .name("ringlb-sig".into())
+        .spawn(|| loop {
+            if sys::wait_signal() == sys::Signal::Stop {
+                tracing::warn!("second stop signal: exiting now");
+                std::process::exit(0);
+            }
+        });
     for h in handles {
         let _ = h.join();
     }
@@ -272,7 +272,11 @@ fn worker_thread(
         if core_affinity::set_for_current(c) {
             Some(c.id)
         } else {
-            tracing::warn!(worker = index, core = c.id, "could not pin worker to its core");
+            tracing::warn!(
+                worker = index,
+                core = c.id,
+                "could not pin worker to its core"
+            );
             None
         }
     });
@@ -307,7 +311,9 @@ fn worker_thread(
             rt.block_on(worker::run(spec));
         }
         Err(e) => {
-            let _ = ready.send(Err(format!("worker {index}: cannot start the epoll runtime: {e}")));
+            let _ = ready.send(Err(format!(
+                "worker {index}: cannot start the epoll runtime: {e}"
+            )));
         }
     }
 }

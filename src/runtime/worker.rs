@@ -32,7 +32,10 @@ pub struct WorkerSpec {
 /// The worker's main task: serve until shutdown, then drain.
 pub async fn run(spec: WorkerSpec) {
     let drain = Drain::new();
-    let pools = Rc::new(Pools::new(spec.cfg.runtime.pipe_pool, spec.cfg.runtime.pipe_size));
+    let pools = Rc::new(Pools::new(
+        spec.cfg.runtime.pipe_pool,
+        spec.cfg.runtime.pipe_size,
+    ));
     for ((lcfg, sock), limiter) in spec
         .cfg
         .listeners
@@ -57,7 +60,13 @@ pub async fn run(spec: WorkerSpec) {
             let conn_drain = Rc::clone(&d);
             listener::accept_loop(listener, limiter, worker, d, name, move |a: Accepted| {
                 let guard = conn_drain.track();
-                monoio::spawn(l4::handle(Rc::clone(&l4), a.stream, a.peer, a.permit, guard));
+                monoio::spawn(l4::handle(
+                    Rc::clone(&l4),
+                    a.stream,
+                    a.peer,
+                    a.permit,
+                    guard,
+                ));
             })
             .await;
             // Dropping the listener here closes this worker's socket: only now,
@@ -69,11 +78,19 @@ pub async fn run(spec: WorkerSpec) {
     drain.stop();
     let active = drain.active();
     if active > 0 {
-        tracing::info!(worker = spec.index, active, "draining connections for up to {grace:?}");
+        tracing::info!(
+            worker = spec.index,
+            active,
+            "draining connections for up to {grace:?}"
+        );
         let idle = std::pin::pin!(drain.idle());
         let timer = std::pin::pin!(monoio::time::sleep(grace));
         if let Either::Right(_) = select(idle, timer).await {
-            tracing::warn!(worker = spec.index, left = drain.active(), "shutdown_timeout reached; closing remaining connections");
+            tracing::warn!(
+                worker = spec.index,
+                left = drain.active(),
+                "shutdown_timeout reached; closing remaining connections"
+            );
         }
     }
 }

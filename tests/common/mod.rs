@@ -24,7 +24,10 @@ static SEQ: AtomicUsize = AtomicUsize::new(0);
 /// A unique temp file holding `text`.
 pub fn temp_file(prefix: &str, text: &str) -> PathBuf {
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    let p = std::env::temp_dir().join(format!("ringlb-test-{}-{prefix}-{n}.toml", std::process::id()));
+    let p = std::env::temp_dir().join(format!(
+        "ringlb-test-{}-{prefix}-{n}.toml",
+        std::process::id()
+    ));
     std::fs::write(&p, text).expect("write temp config");
     p
 }
@@ -81,7 +84,10 @@ impl Ringlb {
                 Err(_) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(format!("no ready line; log:\n{}", log.lock().unwrap().join("\n")));
+                    return Err(format!(
+                        "no ready line; log:\n{}",
+                        log.lock().unwrap().join("\n")
+                    ));
                 }
             }
         }
@@ -96,7 +102,10 @@ impl Ringlb {
     }
 
     pub fn addr(&self, name: &str) -> SocketAddr {
-        *self.addrs.get(name).unwrap_or_else(|| panic!("no listener {name}: {:?}", self.addrs))
+        *self
+            .addrs
+            .get(name)
+            .unwrap_or_else(|| panic!("no listener {name}: {:?}", self.addrs))
     }
 
     pub fn pid(&self) -> u32 {
@@ -259,10 +268,26 @@ pub fn echo_roundtrip(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
 }
 
 /// A config with one tcp listener "l" on 127.0.0.1:0 in front of `servers`.
-pub fn l4_config(servers: &[SocketAddr], extra_listener: &str, extra_upstream: &str, extra_runtime: &str) -> String {
-    let list: Vec<String> = servers.iter().map(|a| format!("{{ addr = \"{a}\" }}")).collect();
-    let workers = if extra_runtime.contains("workers") { "" } else { "workers = 2" };
-    let ct = if extra_listener.contains("connect_timeout") { "" } else { "connect_timeout = \"1s\"" };
+pub fn l4_config(
+    servers: &[SocketAddr],
+    extra_listener: &str,
+    extra_upstream: &str,
+    extra_runtime: &str,
+) -> String {
+    let list: Vec<String> = servers
+        .iter()
+        .map(|a| format!("{{ addr = \"{a}\" }}"))
+        .collect();
+    let workers = if extra_runtime.contains("workers") {
+        ""
+    } else {
+        "workers = 2"
+    };
+    let ct = if extra_listener.contains("connect_timeout") {
+        ""
+    } else {
+        "connect_timeout = \"1s\""
+    };
     format!(
         r#"[runtime]
 {workers}
