@@ -1,0 +1,392 @@
+#!/usr/bin/env python3
+"""Parse client outputs and summarise perf/l4.sh runs (stdlib only).
+
+Sub-commands:
+  parse-wrk FILE        -> "metric value" lines from `wrk --latency` text output
+  parse-redis FILE      -> "metric value" lines from `redis-benchmark --csv` output
+  parse-iperf FILE      -> "metric value" lines from `iperf3 -J` output
+  summarize RUN_DIR     -> reads RUN_DIR/raw.csv, writes RUN_DIR/summary.md, prints it
+
+raw.csv columns: round,target,workload,metric,value
+Figures are reported as median (min-max) over rounds. Ratios are paired per round
+(target / reference in the same round), then the median and min-max of those.
+"""
+import csv
+import json
+import os
+import re
+import statistics
+import sys
+from collections import defaultdict
+
+TARGET_ORDER = ["direct", "ringlb", "nginx", "haproxy", "haproxy-nosplice"]
+
+
+# --------------------------------------------------------------------------- parsers
+
+def _dur_ms(s):
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", s.strip())
+    if not m:
+        return None
+    v, u = float(m.group(1)), m.group(2)
+    return v * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}[u]
+
+
+def parse_wrk(path):
+    text = open(path, errors="replace").read()
+    out = {}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if m:
+        out["rps"] = float(m.group(1))
+    m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", text)
+    if m:
+        out["requests"] = int(m.group(1))
+    for pct, val in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", text, re.M):
+        ms = _dur_ms(val)
+        if ms is not None:
+            out[f"lat_p{pct}_ms"] = ms
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    out["socket_errors"] = sum(int(x) for x in m.groups()) if m else 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    out["non2xx"] = int(m.group(1)) if m else 0
+    return out
+
+
+def parse_redis(path):
+    out = {}
+    with open(path, errors="replace") as f:
+        rows = [r for r in csv.reader(f) if r]
+    if not rows:
+        return out
+    header = rows[0]
+    for r in rows[1:]:
+        if len(r) != len(header):
+            continue
+        rec = dict(zip(header, r))
+        test = rec.get("test", "").lower()
+        if not test:
+            continue
+        try:
+            out[f"{test}_rps"] = float(rec["rps"])
+            out[f"{test}_p50_ms"] = float(rec["p50_latency_ms"])
+            out[f"{test}_p99_ms"] = float(rec["p99_latency_ms"])
+        except (KeyError, ValueError):
+            pass
+    return out
+
+
+def parse_iperf(path):
+    try:
+        d = json.load(open(path))
+    except (OSError, ValueError):
+        return {}
+    if d.get("error"):
+        return {}
+    end = d.get("end", {})
+    recv = end.get("sum_received", {})
+    sent = end.get("sum_sent", {})
+    out = {}
+    if recv.get("bits_per_second"):
+        out["gbps"] = recv["bits_per_second"] / 1e9
+        out["bytes"] = int(recv.get("bytes", 0))
+    if "retransmits" in sent:
+        out["retransmits"] = sent["retransmits"]
+    return out
+
+
+def cmd_parse(kind, path):
+    fn = {"parse-wrk": parse_wrk, "parse-redis": parse_redis, "parse-iperf": parse_iperf}[kind]
+    for k, v in fn(path).items():
+        print(k, v)
+
+
+# --------------------------------------------------------------------------- summary
+
+# main throughput metric(s) per workload family
+def throughput_metrics(workload):
+    if workload.startswith("redis"):
+        return ["get_rps", "set_rps"]
+    if workload.startswith("wrk"):
+        return ["rps"]
+    if workload.startswith("iperf"):
+        return ["gbps"]
+    return []
+
+
+def unit_suffix(workload):
+    return "per_GB" if workload.startswith("iperf") else "per_100k_req"
+
+
+LABELS = {
+    "get_rps": "GET req/s",
+    "set_rps": "SET req/s",
+    "rps": "req/s",
+    "gbps": "Gbit/s",
+    "get_p50_ms": "GET p50 ms",
+    "get_p99_ms": "GET p99 ms",
+    "set_p50_ms": "SET p50 ms",
+    "set_p99_ms": "SET p99 ms",
+    "lat_p50_ms": "latency p50 ms",
+    "lat_p75_ms": "latency p75 ms",
+    "lat_p90_ms": "latency p90 ms",
+    "lat_p99_ms": "latency p99 ms",
+    "retransmits": "retransmits",
+    "socket_errors": "socket errors",
+    "non2xx": "non-2xx responses",
+    "proxy_over_backend": "proxy CPU ÷ backend CPU",
+    "proxy_cpu_s": "proxy CPU-s",
+    "backend_cpu_s": "backend CPU-s",
+    "proxy_cpu_s_per_100k_req": "proxy CPU-s / 100k req",
+    "proxy_cpu_s_per_GB": "proxy CPU-s / GB",
+    "backend_cpu_s_per_100k_req": "backend CPU-s / 100k req",
+    "backend_cpu_s_per_GB": "backend CPU-s / GB",
+    "machine_cpu_s_per_100k_req": "machine CPU-s / 100k req",
+    "machine_cpu_s_per_GB": "machine CPU-s / GB",
+    "machine_added_per_100k_req": "machine CPU-s / 100k req added over direct",
+    "machine_added_per_GB": "machine CPU-s / GB added over direct",
+    "machine_cpu_s": "machine CPU-s",
+    "client_cpu_s": "client CPU-s",
+    "unattributed_cpu_s": "unattributed CPU-s (machine − proxy − backend − client)",
+    "unattributed_frac": "unattributed ÷ machine CPU",
+    "cpu0_s": "CPU0 busy s",
+    "cpu1_s": "CPU1 busy s",
+    "wall_s": "wall s",
+}
+
+DETAIL_ORDER = [
+    "get_rps", "set_rps", "rps", "gbps",
+    "get_p50_ms", "get_p99_ms", "set_p50_ms", "set_p99_ms",
+    "lat_p50_ms", "lat_p75_ms", "lat_p90_ms", "lat_p99_ms",
+    "proxy_over_backend",
+    "proxy_cpu_s_per_100k_req", "proxy_cpu_s_per_GB",
+    "backend_cpu_s_per_100k_req", "backend_cpu_s_per_GB",
+    "machine_cpu_s_per_100k_req", "machine_cpu_s_per_GB",
+    "machine_added_per_100k_req", "machine_added_per_GB",
+    "proxy_cpu_s", "backend_cpu_s", "client_cpu_s", "machine_cpu_s", "unattributed_cpu_s", "unattributed_frac",
+    "cpu0_s", "cpu1_s", "wall_s",
+    "retransmits", "socket_errors", "non2xx",
+]
+
+
+def fmt(v, metric=""):
+    if v is None:
+        return "–"
+    a = abs(v)
+    if metric.endswith("rps") or metric in ("requests", "bytes"):
+        if a >= 1e6:
+            return f"{v/1e6:.2f}M"
+        if a >= 1e3:
+            return f"{v/1e3:.1f}k"
+        return f"{v:.0f}"
+    if metric in ("socket_errors", "non2xx", "retransmits"):
+        return f"{v:.0f}"
+    if a == 0:
+        return "0"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def med_range(vals, metric=""):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "–"
+    m = statistics.median(vals)
+    if len(vals) == 1:
+        return fmt(m, metric)
+    return f"{fmt(m, metric)} ({fmt(min(vals), metric)}–{fmt(max(vals), metric)})"
+
+
+def median_or_none(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def load(run_dir):
+    # data[workload][metric][target][round] = value
+    data = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    status = []
+    with open(os.path.join(run_dir, "raw.csv")) as f:
+        for row in csv.DictReader(f):
+            try:
+                val = float(row["value"])
+            except ValueError:
+                continue
+            rnd = int(row["round"])
+            if row["workload"].startswith("_"):
+                status.append(row)
+                continue
+            data[row["workload"]][row["metric"]][row["target"]][rnd] = val
+    return data, status
+
+
+def derive(data):
+    """Add machine CPU added over direct (paired per round)."""
+    for wl, metrics in data.items():
+        suf = unit_suffix(wl)
+        mk = f"machine_cpu_s_{suf}"
+        if mk not in metrics or "direct" not in metrics[mk]:
+            continue
+        direct = metrics[mk]["direct"]
+        for tgt, per_round in list(metrics[mk].items()):
+            if tgt == "direct":
+                continue
+            for rnd, v in per_round.items():
+                if rnd in direct:
+                    metrics[f"machine_added_{suf}"][tgt][rnd] = v - direct[rnd]
+
+
+def paired_ratio(metric_data, tgt, ref):
+    a, b = metric_data.get(tgt, {}), metric_data.get(ref, {})
+    out = []
+    for rnd, v in a.items():
+        if rnd in b and b[rnd]:
+            out.append(v / b[rnd])
+    return out
+
+
+def targets_in(data):
+    seen = set()
+    for metrics in data.values():
+        for per_t in metrics.values():
+            seen.update(per_t.keys())
+    order = [t for t in TARGET_ORDER if t in seen]
+    order += sorted(seen - set(order))
+    return order
+
+
+def workload_sort_key(wl):
+    fam = {"redis": 0, "wrk": 1, "iperf": 2}
+    f = next((v for k, v in fam.items() if wl.startswith(k)), 9)
+    nums = [int(x) for x in re.findall(r"\d+", wl)]
+    return (f, nums, wl)
+
+
+def summarize(run_dir):
+    data, status = load(run_dir)
+    derive(data)
+    targets = targets_in(data)
+    rounds = sorted({r for m in data.values() for t in m.values() for pr in t.values() for r in pr})
+    setup_line = ""
+    meta_path = os.path.join(run_dir, "meta.txt")
+    if os.path.exists(meta_path):
+        setup_line = open(meta_path).read().strip()
+    L = []
+    L.append(f"# L4 proxy comparison — {os.path.basename(os.path.abspath(run_dir))}")
+    L.append("")
+    if setup_line:
+        L.append(setup_line)
+        L.append("")
+    failed = [s for s in status if s["workload"] == "_failed"]
+    if failed:
+        L.append("**Failures:** " + "; ".join(
+            f"round {s['round']} {s['target']} {s['metric']}" for s in failed) + " (see Run notes, logs/).")
+        L.append("")
+    L.append(f"Rounds: {len(rounds)}. Figures: median (min–max) over rounds. "
+             "Ratios are paired per round (same round, same backends), then median (min–max). "
+             "CPU from /proc/PID/stat utime+stime; machine CPU from /proc/stat (busy = all but idle+iowait). "
+             "Unattributed = machine − proxy − backend − client (softirq, kworkers, and any other load on the machine): "
+             "a target whose unattributed share is well above direct's in the same round was disturbed or pushes work into the kernel.")
+    L.append("")
+
+    # ---------------- headline
+    heads = []
+    wls = sorted(data.keys(), key=workload_sort_key)
+    for wl in wls:
+        suf = unit_suffix(wl)
+        for tm in throughput_metrics(wl):
+            heads.append((f"{wl} {LABELS.get(tm, tm)}", wl, tm))
+        heads.append((f"{wl} proxy CPU ÷ backend CPU", wl, "proxy_over_backend"))
+        heads.append((f"{wl} {LABELS[f'proxy_cpu_s_{suf}']}", wl, f"proxy_cpu_s_{suf}"))
+        heads.append((f"{wl} {LABELS[f'machine_added_{suf}']}", wl, f"machine_added_{suf}"))
+        heads.append((f"{wl} unattributed ÷ machine CPU", wl, "unattributed_frac"))
+    L.append("## Headline (medians)")
+    L.append("")
+    L.append("| test | " + " | ".join(targets) + " |")
+    L.append("|---|" + "---|" * len(targets))
+    for label, wl, metric in heads:
+        md = data[wl].get(metric, {})
+        if not md:
+            continue
+        cells = []
+        for t in targets:
+            m = median_or_none(list(md.get(t, {}).values()))
+            cells.append(fmt(m, metric))
+        L.append(f"| {label} | " + " | ".join(cells) + " |")
+    L.append("")
+
+    # ---------------- per workload detail
+    for wl in wls:
+        metrics = data[wl]
+        L.append(f"## {wl}")
+        L.append("")
+        L.append("| metric | " + " | ".join(targets) + " |")
+        L.append("|---|" + "---|" * len(targets))
+        names = [m for m in DETAIL_ORDER if m in metrics]
+        names += sorted(m for m in metrics if m not in DETAIL_ORDER and m not in ("requests", "bytes"))
+        for m in names:
+            cells = [med_range(list(metrics[m].get(t, {}).values()), m) for t in targets]
+            L.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+        L.append("")
+        # ratios
+        suf = unit_suffix(wl)
+        ratio_rows = []
+        for ref in ("ringlb", "direct"):
+            if not any(ref in metrics.get(tm, {}) for tm in throughput_metrics(wl)):
+                continue
+            for tm in throughput_metrics(wl):
+                ratio_rows.append((f"{LABELS.get(tm, tm)} ÷ {ref}", tm, ref))
+        if any("ringlb" in metrics.get(m, {}) for m in ("proxy_over_backend",)):
+            for m in ("proxy_over_backend", f"proxy_cpu_s_{suf}", f"machine_cpu_s_{suf}"):
+                ratio_rows.append((f"{LABELS.get(m, m)} ÷ ringlb", m, "ringlb"))
+        if ratio_rows:
+            L.append(f"Ratios ({wl}), paired per round:")
+            L.append("")
+            L.append("| ratio | " + " | ".join(targets) + " |")
+            L.append("|---|" + "---|" * len(targets))
+            for label, m, ref in ratio_rows:
+                cells = []
+                for t in targets:
+                    if t == ref:
+                        cells.append("1")
+                        continue
+                    r = paired_ratio(metrics.get(m, {}), t, ref)
+                    cells.append(med_range(r, "ratio"))
+                L.append(f"| {label} | " + " | ".join(cells) + " |")
+            L.append("")
+
+    # ---------------- status / failures / machine load
+    if status:
+        L.append("## Run notes")
+        L.append("")
+        L.append("| round | target | what | metric | value |")
+        L.append("|---|---|---|---|---|")
+        for s in status:
+            L.append(f"| {s['round']} | {s['target']} | {s['workload']} | {s['metric']} | {s['value']} |")
+        L.append("")
+    text = "\n".join(L)
+    with open(os.path.join(run_dir, "summary.md"), "w") as f:
+        f.write(text + "\n")
+    print(text)
+
+
+def main(argv):
+    if len(argv) < 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    if argv[1].startswith("parse-"):
+        cmd_parse(argv[1], argv[2])
+        return 0
+    if argv[1] == "summarize":
+        summarize(argv[2])
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
