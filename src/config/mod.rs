@@ -32,7 +32,7 @@ pub struct RuntimeConfig {
     pub shutdown_timeout: Duration,
     /// Idle pipes kept per worker for splice (each pipe is two fds).
     pub pipe_pool: usize,
-    /// Pipe capacity requested with F_SETPIPE_SZ (0 = kernel default, 64 KiB).
+    /// Pipe capacity requested with F_SETPIPE_SZ (0 = kernel default, 64 KiB; default 256 KiB).
     pub pipe_size: usize,
 }
 

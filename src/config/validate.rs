@@ -110,7 +110,7 @@ fn runtime(r: super::raw::RawRuntime) -> Result<RuntimeConfig, ConfigError> {
         }
     };
     let pipe_size = match r.pipe_size {
-        None => 0,
+        None => 256 * 1024,
         Some(s) => {
             let n = size("runtime.pipe_size", s)?;
             if n != 0 && !(4096..=64 << 20).contains(&n) {

@@ -41,15 +41,6 @@ impl Pools {
         }
     }
 
-    /// Bytes one splice round moves at most (the pipe's capacity).
-    pub fn chunk(&self) -> usize {
-        if self.pipe_size > 0 {
-            self.pipe_size
-        } else {
-            64 * 1024
-        }
-    }
-
     /// A pipe from the pool, a new one, or `None` when the cap is reached or
     /// the kernel refuses (fd table full): the caller then copies instead.
     pub fn take_pipe(&self) -> Option<Pipe> {

@@ -127,7 +127,7 @@ async fn splice_burst(
     ctx: &Ctx<'_>,
     count: &Cell<u64>,
 ) -> io::Result<bool> {
-    let chunk = ctx.pools.chunk();
+    let chunk = pipe.capacity;
     let (pr, pw) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
     let mut result = Ok(false);
     'burst: loop {

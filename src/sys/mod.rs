@@ -28,6 +28,8 @@ fn cvt(ret: libc::ssize_t) -> io::Result<usize> {
 pub struct Pipe {
     pub read: OwnedFd,
     pub write: OwnedFd,
+    /// Capacity the kernel actually granted (F_GETPIPE_SZ).
+    pub capacity: usize,
 }
 
 impl Pipe {
@@ -46,10 +48,18 @@ impl Pipe {
         // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         if size > 0 {
-            // SAFETY: fcntl on an fd we own; F_SETPIPE_SZ takes an int argument.
+            // SAFETY: fcntl on an fd we own; F_SETPIPE_SZ takes an int argument. Failure
+            // (pipe-max-size, pipe-user-pages-soft) leaves the default size, read back below.
             unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
         }
-        Ok(Pipe { read, write })
+        // SAFETY: fcntl on an fd we own; F_GETPIPE_SZ takes no argument.
+        let got = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        let capacity = if got > 0 { got as usize } else { 64 * 1024 };
+        Ok(Pipe {
+            read,
+            write,
+            capacity,
+        })
     }
 }
 
