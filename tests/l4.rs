@@ -529,3 +529,39 @@ fn least_conn_and_random_spread_over_all_backends() {
         assert!(counts.iter().all(|c| *c >= 10), "{balance}: {counts:?}");
     }
 }
+
+#[test]
+fn bulk_50mb_intact_auto_default() {
+    bulk_echo("", "");
+}
+
+#[test]
+fn auto_mode_copies_small_bursts_and_splices_bulk() {
+    let echo = Echo::start();
+    let lb = Ringlb::start(&l4_config(&[echo.addr], "", "", ""));
+    // (stderr and inherited fds may be pipes too: count relative to the start.)
+    let pipes_at_start = lb.fd_kinds().1;
+    let mut s = connect(lb.addr("l"));
+    for i in 0..50 {
+        let msg = format!("small request {i}");
+        assert_eq!(echo_roundtrip(&mut s, msg.as_bytes()), msg.as_bytes());
+    }
+    assert_eq!(
+        lb.fd_kinds().1,
+        0,
+        "request/response traffic should not create pipes"
+    );
+    // Bulk: 8 MB each way makes the direction switch to splice (pooled pipes appear).
+    let data = random_bytes(8 << 20, 7);
+    let mut w = s.try_clone().unwrap();
+    let d2 = data.clone();
+    let writer = thread::spawn(move || w.write_all(&d2).unwrap());
+    let mut back = vec![0u8; data.len()];
+    s.read_exact(&mut back).unwrap();
+    writer.join().unwrap();
+    assert!(back == data, "bulk data corrupted");
+    assert!(
+        lb.fd_kinds().1 > pipes_at_start,
+        "bulk traffic should use splice pipes"
+    );
+}

@@ -41,6 +41,7 @@ fn max_connections_queues_the_eleventh_and_bounds_fds() {
         "pipe_pool = 2",
     ));
     let fds_idle = lb.open_fds();
+    let pipes_before = lb.fd_kinds().1;
     let addr = lb.addr("l");
     let mut served: Vec<TcpStream> = (0..10)
         .map(|i| {

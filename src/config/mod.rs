@@ -74,6 +74,10 @@ pub enum ProxyAccept {
 /// How an L4 listener moves bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transfer {
+    /// Per direction: copy while bursts are small (request/response traffic),
+    /// switch to splice once a burst fills a whole copy buffer (bulk), and
+    /// back to copy when bursts get small again.
+    Auto,
     /// splice(2) through a pipe taken from the worker's pool while bytes move.
     Splice,
     /// recv/send through a buffer taken from the worker's pool while bytes move.

@@ -300,9 +300,10 @@ fn listener(
         }
     };
     let transfer = match l.transfer.as_deref() {
-        None | Some("splice") => Transfer::Splice,
+        None | Some("auto") => Transfer::Auto,
+        Some("splice") => Transfer::Splice,
         Some("copy") => Transfer::Copy,
-        Some(o) => return Err(one_of(&k("transfer"), o, &["splice", "copy"])),
+        Some(o) => return Err(one_of(&k("transfer"), o, &["auto", "splice", "copy"])),
     };
     Ok(ListenerConfig {
         name,

@@ -1,6 +1,6 @@
 //! Moving bytes both ways between two connected, nonblocking sockets.
 //!
-//! Each direction is a [`pump`]: wait until the source is readable (an
+//! Each direction is a pump: wait until the source is readable (an
 //! io_uring PollAdd, or epoll readiness on the fallback driver; it holds no
 //! buffer), take a pipe (or a buffer) from the worker's pool, move what is
 //! queued with nonblocking splice(2) (or recv/send) until the source is
@@ -29,7 +29,7 @@ use std::{
 use futures_util::future::{select, try_join, Either};
 use monoio::net::TcpStream;
 
-use super::pool::Pools;
+use super::pool::{Pools, BUF_SIZE};
 use crate::{config::Transfer, sys};
 
 /// How a relay ended.
@@ -91,6 +91,9 @@ async fn idle_watch(last: &Cell<Instant>, idle: Duration) {
     }
 }
 
+/// A splice burst smaller than this sends an `Auto` direction back to copying.
+const SMALL_BURST: u64 = 16 * 1024;
+
 /// One direction, until EOF (then FIN the destination) or an error.
 async fn pump(
     src: &TcpStream,
@@ -99,14 +102,29 @@ async fn pump(
     count: &Cell<u64>,
 ) -> io::Result<()> {
     let (sfd, dfd) = (src.as_raw_fd(), dst.as_raw_fd());
+    // Auto: start copying; a burst that fills a whole copy buffer means bulk.
+    let mut bulk = false;
     loop {
         src.readable(false).await?;
-        let eof = match ctx.transfer {
-            Transfer::Splice => match ctx.pools.take_pipe() {
+        let before = count.get();
+        let use_splice = match ctx.transfer {
+            Transfer::Splice => true,
+            Transfer::Copy => false,
+            Transfer::Auto => bulk,
+        };
+        let eof = if use_splice {
+            match ctx.pools.take_pipe() {
                 Some(pipe) => splice_burst(sfd, dst, dfd, pipe, ctx, count).await?,
                 None => copy_burst(sfd, dst, ctx, count).await?,
-            },
-            Transfer::Copy => copy_burst(sfd, dst, ctx, count).await?,
+            }
+        } else {
+            copy_burst(sfd, dst, ctx, count).await?
+        };
+        let moved = count.get() - before;
+        bulk = if bulk {
+            moved >= SMALL_BURST
+        } else {
+            moved >= BUF_SIZE as u64
         };
         ctx.last.set(Instant::now());
         if eof {
