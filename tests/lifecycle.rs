@@ -93,6 +93,7 @@ fn max_connections_queues_the_eleventh_and_bounds_fds() {
         );
         let fds = lb.open_fds();
         let (sockets, pipes) = lb.fd_kinds();
+        let pipes = pipes - pipes_before;
         assert!(
             sockets <= 2 + 2 * 10 + 4,
             "{sockets} sockets open for 10 connections + 2 listeners"

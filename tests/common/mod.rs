@@ -143,7 +143,8 @@ impl Ringlb {
     pub fn fd_kinds(&self) -> (usize, usize) {
         let mut sockets = 0;
         let mut pipes = 0;
-        if let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", self.pid())) {
+        let dir = std::fs::read_dir(format!("/proc/{}/fd", self.pid())).expect("read /proc/PID/fd");
+        {
             for e in dir.flatten() {
                 let target = std::fs::read_link(e.path()).unwrap_or_default();
                 let t = target.to_string_lossy();
@@ -155,6 +156,22 @@ impl Ringlb {
             }
         }
         (sockets, pipes)
+    }
+
+    /// Every open fd with its target, for failure messages.
+    pub fn fd_list(&self) -> String {
+        let mut out = Vec::new();
+        if let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", self.pid())) {
+            for e in dir.flatten() {
+                let t = std::fs::read_link(e.path()).unwrap_or_default();
+                out.push(format!(
+                    "{}->{}",
+                    e.file_name().to_string_lossy(),
+                    t.display()
+                ));
+            }
+        }
+        out.join(" ")
     }
 
     pub fn log_text(&self) -> String {
@@ -253,7 +270,8 @@ pub fn refused_addr() -> SocketAddr {
 
 /// Connect with generous timeouts set, so a broken proxy fails the test instead of hanging it.
 pub fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
     s
