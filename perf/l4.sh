@@ -41,8 +41,8 @@ read -ra P_LIST <<<"$REDIS_PIPELINES"
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-declare -A TIDX=([direct]=0 [ringlb]=1 [nginx]=2 [haproxy]=3 [haproxy-nosplice]=4 [ringlb-copy]=5)
-for t in "${T_LIST[@]}"; do [[ -n ${TIDX[$t]+x} ]] || die "unknown target '$t' (direct ringlb ringlb-copy nginx haproxy haproxy-nosplice)"; done
+declare -A TIDX=([direct]=0 [ringlb]=1 [nginx]=2 [haproxy]=3 [haproxy-nosplice]=4 [ringlb-copy]=5 [ringlb-splice]=6)
+for t in "${T_LIST[@]}"; do [[ -n ${TIDX[$t]+x} ]] || die "unknown target '$t' (direct ringlb ringlb-copy ringlb-splice nginx haproxy haproxy-nosplice)"; done
 for w in "${WL_LIST[@]}"; do case $w in redis|wrk|iperf) ;; *) die "unknown workload '$w' (redis wrk iperf)";; esac; done
 [[ ${#T_LIST[@]} -gt 0 && ${#WL_LIST[@]} -gt 0 ]] || die "empty TARGETS or WORKLOADS"
 [[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -ge 1 ]] || die "ROUNDS must be >= 1"
@@ -103,7 +103,7 @@ elif ! nginx -V 2>&1 | grep -q -- '--with-stream'; then
 fi
 
 # ringlb binary: build it (release) from the repo root if the default path is missing
-if has_t ringlb || has_t ringlb-copy; then
+if has_t ringlb || has_t ringlb-copy || has_t ringlb-splice; then
     if [[ ! -x $RINGLB ]]; then
         if [[ $RINGLB == "$RINGLB_DEFAULT" ]]; then
             log "ringlb not built: cargo build --release in $REPO_ROOT"
@@ -264,7 +264,7 @@ start_iperf() {
 }
 
 # ----------------------------------------------------------------------------- proxy configs
-ringlb_conf() { # target (ringlb = default splice transfer, ringlb-copy = transfer "copy")
+ringlb_conf() { # target (ringlb = default transfer "auto", ringlb-copy / ringlb-splice force one)
     local t=$1 f="$OUT_DIR/conf/$1.toml" s
     {
         echo "[runtime]"
@@ -278,6 +278,7 @@ ringlb_conf() { # target (ringlb = default splice transfer, ringlb-copy = transf
             echo "mode = \"tcp\""
             echo "listen = \"127.0.0.1:$(port_of "$t" "$s")\""
             [[ $t != ringlb-copy ]] || echo "transfer = \"copy\""
+            [[ $t != ringlb-splice ]] || echo "transfer = \"splice\""
             echo "upstream = \"$s\""
             echo "max_connections = $MAXCONN"
             echo "connect_timeout = \"1s\""
@@ -357,7 +358,7 @@ start_proxy() { # target -> sets PROXY_PID; returns 1 on failure
     for s in "${SVCS[@]}"; do ports+=("$(port_of "$t" "$s")"); done
     case $t in
         direct) return 0;;
-        ringlb|ringlb-copy)
+        ringlb|ringlb-copy|ringlb-splice)
             conf=$(ringlb_conf "$t")
             # `ringlb check` exits 2 with the offending key when the config is invalid
             local crc=0

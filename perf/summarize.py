@@ -19,7 +19,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-TARGET_ORDER = ["direct", "ringlb", "ringlb-copy", "nginx", "haproxy", "haproxy-nosplice"]
+TARGET_ORDER = ["direct", "ringlb", "ringlb-copy", "ringlb-splice", "nginx", "haproxy", "haproxy-nosplice"]
 
 
 # --------------------------------------------------------------------------- parsers
