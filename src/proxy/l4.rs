@@ -208,3 +208,39 @@ async fn read_proxy_header(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The per-connection task is the only user-space memory an idle proxied
+    /// connection holds (no pipe, no buffer): keep its state machine small.
+    #[test]
+    fn connection_task_state_is_small() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let cfg = crate::Config::parse(
+                "[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n[upstream.u]\nservers = [{ addr = \"127.0.0.1:1\" }]\n",
+            )
+            .unwrap();
+            let pools = std::rc::Rc::new(super::Pools::new(1, 0));
+            let l = std::rc::Rc::new(super::L4Listener::new(
+                &cfg.listeners[0],
+                &cfg.upstreams[0],
+                0,
+                pools,
+            ));
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let limiter = crate::limiter::Limiter::new(1, 1);
+            let permit = limiter.try_acquire().unwrap();
+            let drain = crate::runtime::drain::Drain::new();
+            let fut = super::handle(l, client, "127.0.0.1:9".parse().unwrap(), permit, drain.track());
+            let size = std::mem::size_of_val(&fut);
+            eprintln!("connection task state: {size} bytes");
+            // 2,304 bytes in a debug build when this was written; nginx holds ~9.6 KB per connection.
+            assert!(size < 4096, "connection future is {size} bytes");
+        });
+    }
+}
