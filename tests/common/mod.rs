@@ -197,6 +197,18 @@ fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
     Some((name.to_string(), addr.parse().ok()?))
 }
 
+/// A loopback listener with a 1024-deep accept queue (std's default of 128
+/// overflows when 200 clients connect at once; a dropped SYN is retried
+/// only after 1 s, longer than the tests' connect timeout).
+pub fn listen_local() -> TcpListener {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    s.listen(1024).unwrap();
+    s.into()
+}
+
 /// A threaded echo backend; counts connections; optional greeting line.
 pub struct Echo {
     pub addr: SocketAddr,
@@ -209,7 +221,7 @@ impl Echo {
     }
 
     pub fn with_greeting(greeting: Option<&'static str>) -> Echo {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let l = listen_local();
         let addr = l.local_addr().unwrap();
         let conns = Arc::new(AtomicUsize::new(0));
         let c2 = Arc::clone(&conns);
@@ -249,7 +261,7 @@ pub fn scripted<F>(f: F) -> SocketAddr
 where
     F: Fn(TcpStream) + Send + Sync + 'static,
 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let l = listen_local();
     let addr = l.local_addr().unwrap();
     let f = Arc::new(f);
     thread::spawn(move || {
