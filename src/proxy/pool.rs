@@ -41,9 +41,20 @@ impl Pools {
         }
     }
 
+    /// Lease a pipe: it goes back to the pool only if the lease is marked
+    /// clean (drained); dropped any other way (an error, or the relay being
+    /// cancelled by the idle timeout mid-transfer) it is closed and counted out.
+    pub fn lease_pipe(&self) -> Option<PipeLease<'_>> {
+        self.take_pipe().map(|pipe| PipeLease {
+            pools: self,
+            pipe: Some(pipe),
+            clean: false,
+        })
+    }
+
     /// A pipe from the pool, a new one, or `None` when the cap is reached or
     /// the kernel refuses (fd table full): the caller then copies instead.
-    pub fn take_pipe(&self) -> Option<Pipe> {
+    fn take_pipe(&self) -> Option<Pipe> {
         if let Some(p) = self.pipes.borrow_mut().pop() {
             return Some(p);
         }
@@ -56,12 +67,12 @@ impl Pools {
     }
 
     /// Return an empty pipe.
-    pub fn put_pipe(&self, p: Pipe) {
+    fn put_pipe(&self, p: Pipe) {
         self.pipes.borrow_mut().push(p);
     }
 
     /// Close a pipe that may still hold bytes.
-    pub fn discard_pipe(&self, p: Pipe) {
+    fn discard_pipe(&self, p: Pipe) {
         drop(p);
         self.pipes_alive
             .set(self.pipes_alive.get().saturating_sub(1));
@@ -94,6 +105,38 @@ impl Pools {
     }
 }
 
+/// A pipe borrowed from [`Pools`] for one burst.
+#[derive(Debug)]
+pub struct PipeLease<'a> {
+    pools: &'a Pools,
+    pipe: Option<Pipe>,
+    clean: bool,
+}
+
+impl PipeLease<'_> {
+    /// The leased pipe.
+    pub fn pipe(&self) -> Option<&Pipe> {
+        self.pipe.as_ref()
+    }
+
+    /// Mark the pipe empty: it returns to the pool when the lease ends.
+    pub fn set_clean(&mut self, clean: bool) {
+        self.clean = clean;
+    }
+}
+
+impl Drop for PipeLease<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.pipe.take() {
+            if self.clean {
+                self.pools.put_pipe(p);
+            } else {
+                self.pools.discard_pipe(p);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +155,18 @@ mod tests {
         p.discard_pipe(b);
         assert_eq!(p.pipes_alive(), 0);
         assert!(p.take_pipe().is_some());
+    }
+
+    #[test]
+    fn a_lease_dropped_unclean_is_counted_out() {
+        let p = Pools::new(1, 0);
+        let lease = p.lease_pipe().unwrap();
+        assert!(p.lease_pipe().is_none(), "cap of 1");
+        drop(lease); // cancelled mid-transfer: closed, not pooled
+        assert_eq!((p.pipes_alive(), p.pipes_idle()), (0, 0));
+        let mut lease = p.lease_pipe().expect("the slot is free again");
+        lease.set_clean(true);
+        drop(lease);
+        assert_eq!((p.pipes_alive(), p.pipes_idle()), (1, 1));
     }
 }

@@ -34,7 +34,7 @@ use std::{
 use futures_util::future::{select, try_join, Either};
 use monoio::net::TcpStream;
 
-use super::pool::Pools;
+use super::pool::{PipeLease, Pools};
 use crate::{config::Transfer, sys};
 
 /// How a relay ended.
@@ -127,8 +127,8 @@ async fn pump(
             Transfer::Auto => bulk,
         };
         let eof = if use_splice {
-            match ctx.pools.take_pipe() {
-                Some(pipe) => splice_burst(sfd, dst, dfd, pipe, ctx, count).await?,
+            match ctx.pools.lease_pipe() {
+                Some(lease) => splice_burst(sfd, dst, dfd, lease, count).await?,
                 None => copy_burst(sfd, dst, ctx, count).await?,
             }
         } else {
@@ -157,16 +157,18 @@ async fn pump(
     }
 }
 
-/// Move everything queued on `sfd` through `pipe` into `dst`.
-/// Returns true at EOF. The pipe goes back to the pool only if empty.
+/// Move everything queued on `sfd` through the leased pipe into `dst`.
+/// Returns true at EOF. The pipe goes back to the pool only if drained.
 async fn splice_burst(
     sfd: RawFd,
     dst: &TcpStream,
     dfd: RawFd,
-    pipe: sys::Pipe,
-    ctx: &Ctx<'_>,
+    mut lease: PipeLease<'_>,
     count: &Cell<u64>,
 ) -> io::Result<bool> {
+    let Some(pipe) = lease.pipe() else {
+        return Ok(false);
+    };
     let chunk = pipe.capacity;
     let (pr, pw) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
     let mut result = Ok(false);
@@ -211,10 +213,7 @@ async fn splice_burst(
             break;
         }
     }
-    match result {
-        Ok(_) => ctx.pools.put_pipe(pipe),
-        Err(_) => ctx.pools.discard_pipe(pipe),
-    }
+    lease.set_clean(result.is_ok());
     result
 }
 
