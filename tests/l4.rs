@@ -566,3 +566,56 @@ fn auto_mode_copies_small_bursts_and_splices_bulk() {
         "bulk traffic should use splice pipes"
     );
 }
+
+#[test]
+fn slow_steady_reader_is_not_idle() {
+    // The backend streams 2 MB as fast as it can; the client drains it slowly
+    // through a small receive buffer, so one relay burst lasts well past the
+    // 300 ms idle timeout while bytes keep moving. It must not be cut off.
+    let total = 2 << 20;
+    let backend = scripted(move |mut s| {
+        let chunk = vec![0x42u8; 64 * 1024];
+        let mut sent = 0;
+        while sent < total {
+            if s.write_all(&chunk).is_err() {
+                return;
+            }
+            sent += chunk.len();
+        }
+    });
+    for transfer in ["auto", "splice", "copy"] {
+        let lb = Ringlb::start(&l4_config(
+            &[backend],
+            &format!("idle_timeout = \"300ms\"\ntransfer = \"{transfer}\""),
+            "",
+            "",
+        ));
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(16 * 1024).unwrap();
+        sock.connect(&lb.addr("l").into()).unwrap();
+        let mut s: TcpStream = sock.into();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let start = Instant::now();
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 32 * 1024];
+        while got < total {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) => panic!("{transfer}: read failed after {got} bytes: {e}"),
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            got,
+            total,
+            "{transfer}: cut off after {got} bytes ({:?})",
+            start.elapsed()
+        );
+        assert!(
+            start.elapsed() > Duration::from_millis(600),
+            "{transfer}: the reader was not slow enough to test anything"
+        );
+    }
+}

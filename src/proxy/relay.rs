@@ -128,7 +128,7 @@ async fn pump(
         };
         let eof = if use_splice {
             match ctx.pools.lease_pipe() {
-                Some(lease) => splice_burst(sfd, dst, dfd, lease, count).await?,
+                Some(lease) => splice_burst(sfd, dst, dfd, lease, ctx, count).await?,
                 None => copy_burst(sfd, dst, ctx, count).await?,
             }
         } else {
@@ -148,13 +148,21 @@ async fn pump(
         } else {
             bulk = moved >= BULK_BURST;
         }
-        ctx.last.set(Instant::now());
         if eof {
             // The peer may already be gone (ENOTCONN); the other pump will see it.
             let _ = sys::shutdown_write(dfd);
             return Ok(());
         }
     }
+}
+
+/// Count `n` bytes forwarded and note the activity for the idle watchdog.
+/// Done per chunk, not per burst: a burst lasts as long as the source keeps
+/// the buffer full, and may wait on a slow destination for longer than the
+/// idle timeout while bytes still move.
+fn progress(ctx: &Ctx<'_>, count: &Cell<u64>, n: usize) {
+    count.set(count.get() + n as u64);
+    ctx.last.set(Instant::now());
 }
 
 /// Move everything queued on `sfd` through the leased pipe into `dst`.
@@ -164,6 +172,7 @@ async fn splice_burst(
     dst: &TcpStream,
     dfd: RawFd,
     mut lease: PipeLease<'_>,
+    ctx: &Ctx<'_>,
     count: &Cell<u64>,
 ) -> io::Result<bool> {
     let Some(pipe) = lease.pipe() else {
@@ -207,7 +216,7 @@ async fn splice_burst(
                 }
             }
         }
-        count.set(count.get() + n as u64);
+        progress(ctx, count, n);
         if n < chunk {
             // Short read: the socket is (very likely) drained; go back to waiting.
             break;
@@ -235,7 +244,7 @@ async fn copy_burst(
                 Err(e) => return Err(e),
             };
             write_all(dst, &buf[..n]).await?;
-            count.set(count.get() + n as u64);
+            progress(ctx, count, n);
             if n < buf.len() {
                 return Ok(false);
             }
