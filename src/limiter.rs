@@ -50,11 +50,6 @@ impl Limiter {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// The configured limit.
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
     /// Take a permit now if one is free.
     pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
         let mut cur = self.active.load(Ordering::Relaxed);

@@ -94,8 +94,12 @@ fn max_connections_queues_the_eleventh_and_bounds_fds() {
         let fds = lb.open_fds();
         let (sockets, pipes) = lb.fd_kinds();
         let pipes = pipes - pipes_before;
+        // 11 connections were just dropped at once: on io_uring their closes are
+        // ring ops that complete on the next submission, so a slot can be reused
+        // a moment before its two sockets are gone. Allow that many in flight
+        // (the same +24 as the overload test in c100k.rs), no more.
         assert!(
-            sockets <= 2 + 2 * 10 + 4,
+            sockets <= 2 + 2 * 10 + 24,
             "{sockets} sockets open for 10 connections + 2 listeners"
         );
         assert!(
@@ -103,7 +107,7 @@ fn max_connections_queues_the_eleventh_and_bounds_fds() {
             "{pipes} pipe fds, pool is 2 pipes per worker"
         );
         assert!(
-            fds <= fds_idle + 2 * 10 + 8 + 4,
+            fds <= fds_idle + 2 * 10 + 8 + 24,
             "{fds} fds open, {fds_idle} when idle"
         );
     }

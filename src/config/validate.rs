@@ -99,7 +99,7 @@ fn runtime(r: super::raw::RawRuntime) -> Result<RuntimeConfig, ConfigError> {
     let ring_entries = match r.ring_entries {
         None => 4096,
         Some(n) => {
-            let n = range("runtime.ring_entries", n, 64, 32768)? as u32;
+            let n = range("runtime.ring_entries", n, 256, 32768)? as u32;
             if !n.is_power_of_two() {
                 return Err(ConfigError::new(
                     "runtime.ring_entries",

@@ -31,10 +31,6 @@ impl Drain {
         }
     }
 
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.get()
-    }
-
     /// Connections alive on this worker.
     pub fn active(&self) -> usize {
         self.active.get()

@@ -45,7 +45,6 @@ const FDS_RESERVE: u64 = 64;
 pub struct Budget {
     pub soft: u64,
     pub hard: u64,
-    pub needed: u64,
     /// Proxied connections (two sockets each) the limit leaves room for.
     pub connections: u64,
 }
@@ -87,7 +86,6 @@ pub fn apply_fd_budget(cfg: &mut Config, workers: usize) -> Budget {
     Budget {
         soft,
         hard,
-        needed,
         connections: connections.min(cfg.total_max_connections() as u64),
     }
 }
