@@ -62,6 +62,9 @@ fn new_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
         Some(Protocol::TCP),
     )?;
     s.set_reuse_address(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener on Linux: set it
+    // once here instead of one setsockopt per accepted connection.
+    s.set_nodelay(true)?;
     if reuse_port {
         s.set_reuse_port(true)?;
     }

@@ -72,7 +72,6 @@ pub async fn handle(
     _permit: Permit,
     _guard: ConnGuard,
 ) {
-    let _ = client.set_nodelay(true);
     let client = match TcpStream::from_std(client) {
         Ok(c) => c,
         Err(e) => {
