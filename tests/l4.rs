@@ -258,11 +258,7 @@ fn connect_timeout_then_next_backend_then_give_up() {
         "closed too early ({took:?}): timeout not applied"
     );
     assert!(took < Duration::from_secs(4), "closed after {took:?}");
-    assert!(
-        lb.log_text().contains("timed out"),
-        "log: {}",
-        lb.log_text()
-    );
+    assert!(lb.wait_log("timed out"), "log: {}", lb.log_text());
 }
 
 #[test]

@@ -145,7 +145,7 @@ fn sigterm_drains_open_connections_then_exits_zero() {
     // ...and when the last one closes, the process exits 0.
     drop(open);
     assert_eq!(lb.wait_exit(Duration::from_secs(5)), Some(0));
-    assert!(lb.log_text().contains("stop signal received"));
+    assert!(lb.wait_log("stop signal received"));
 }
 
 #[test]
