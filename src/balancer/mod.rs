@@ -20,7 +20,7 @@
 //! and every loop is bounded by the number of servers (or ring points).
 
 mod ring;
-mod rng;
+pub(crate) mod rng;
 
 #[cfg(test)]
 mod tests;

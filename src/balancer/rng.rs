@@ -2,19 +2,19 @@
 
 /// wyrand: a 64-bit state, one multiply per output, passes BigCrush/PractRand for this use.
 #[derive(Debug, Clone)]
-pub(super) struct WyRand {
+pub(crate) struct WyRand {
     state: u64,
 }
 
 impl WyRand {
-    pub(super) fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         WyRand {
             state: splitmix64(seed),
         }
     }
 
     #[inline]
-    pub(super) fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0xa076_1d64_78bd_642f);
         let t = u128::from(self.state) * u128::from(self.state ^ 0xe703_7ed1_a0b4_28db);
         ((t >> 64) as u64) ^ (t as u64)
@@ -38,7 +38,7 @@ pub(super) fn splitmix64(x: u64) -> u64 {
 
 /// A per-worker seed: the worker index, the address of a stack slot (differs per thread/ASLR run)
 /// and the wall clock, mixed together. Never fails: a clock before the epoch contributes 0.
-pub(super) fn seed_for_worker(worker: usize) -> u64 {
+pub(crate) fn seed_for_worker(worker: usize) -> u64 {
     let stack_slot = 0u8;
     let addr = std::ptr::addr_of!(stack_slot) as usize as u64;
     let nanos = std::time::SystemTime::now()

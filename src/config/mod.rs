@@ -51,6 +51,7 @@ pub enum IoUringMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Tcp,
+    Http,
 }
 
 /// PROXY protocol header sent to backends.
@@ -91,8 +92,9 @@ pub struct ListenerConfig {
     pub mode: Mode,
     pub listen: SocketAddr,
     pub backlog: u32,
-    /// Index into [`Config::upstreams`].
-    pub upstream: usize,
+    /// Index into [`Config::upstreams`]: required for tcp listeners; for
+    /// http listeners the catch-all route (also present in `http.routes`).
+    pub upstream: Option<usize>,
     pub max_connections: usize,
     /// True when `max_connections` was not written (it then follows the fd budget).
     pub max_connections_default: bool,
@@ -104,12 +106,61 @@ pub struct ListenerConfig {
     pub accept_proxy_protocol: ProxyAccept,
     pub proxy_protocol_timeout: Duration,
     pub transfer: Transfer,
+    /// Present for `mode = "http"`.
+    pub http: Option<HttpConfig>,
+}
+
+/// Settings of an http listener.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// The whole request head must arrive within this (408).
+    pub header_timeout: Duration,
+    /// An idle keep-alive client connection is closed after this.
+    pub keepalive_timeout: Duration,
+    /// The backend's response head must start within this (504).
+    pub response_timeout: Duration,
+    /// A body (either way) that moves no byte for this long ends the exchange.
+    pub body_timeout: Duration,
+    pub max_request_line: usize,
+    pub max_header_size: usize,
+    pub max_headers: usize,
+    /// Routes, in config order; the listener's `upstream` is the last one (any host, "/").
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One `[[listener.route]]`.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Lower-case host; `*.example.com` for a wildcard; `None` for any host.
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub strip_prefix: bool,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Largest request body accepted (413 above); 0 = unlimited.
+    pub max_body_size: u64,
+    /// Lower-case protocol names an `Upgrade` request may switch to.
+    pub upgrade: Vec<String>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+/// Headers to set (replacing any of the same name) and to remove.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderOps {
+    pub set: Vec<(String, String)>,
+    /// Lower-case names.
+    pub remove: Vec<String>,
 }
 
 /// Key for consistent hashing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashKey {
     ClientIp,
+    /// The request target (http listeners).
+    Uri,
+    /// The value of this header, lower-case name (http listeners).
+    Header(String),
 }
 
 /// One `[upstream.NAME]`.
@@ -119,6 +170,10 @@ pub struct UpstreamConfig {
     pub balance: Algorithm,
     pub hash_key: HashKey,
     pub servers: Vec<ServerConfig>,
+    /// Idle keep-alive connections pooled per backend per worker (http).
+    pub keepalive: usize,
+    /// A pooled connection idle longer than this is closed.
+    pub keepalive_timeout: Duration,
 }
 
 /// One backend server.

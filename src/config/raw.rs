@@ -53,6 +53,39 @@ pub(crate) struct RawListener {
     pub accept_proxy_protocol: Option<String>,
     pub proxy_protocol_timeout: Option<String>,
     pub transfer: Option<String>,
+    // http listeners
+    pub header_timeout: Option<String>,
+    pub keepalive_timeout: Option<String>,
+    pub response_timeout: Option<String>,
+    pub body_timeout: Option<String>,
+    pub max_request_line: Option<RawSize>,
+    pub max_header_size: Option<RawSize>,
+    pub max_headers: Option<i64>,
+    pub max_body_size: Option<RawSize>,
+    #[serde(default)]
+    pub route: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub strip_prefix: Option<bool>,
+    pub upstream: Option<String>,
+    pub max_body_size: Option<RawSize>,
+    pub upgrade: Option<Vec<String>>,
+    pub request_headers: Option<RawHeaderOps>,
+    pub response_headers: Option<RawHeaderOps>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHeaderOps {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +93,8 @@ pub(crate) struct RawListener {
 pub(crate) struct RawUpstream {
     pub balance: Option<String>,
     pub hash_key: Option<String>,
+    pub keepalive: Option<i64>,
+    pub keepalive_timeout: Option<String>,
     #[serde(default)]
     pub servers: Vec<RawServer>,
 }

@@ -8,9 +8,12 @@ use std::{
 };
 
 use super::{
-    raw::{RawConfig, RawListener, RawServer, RawSize, RawUpstream, RawWorkers},
-    Config, ConfigError, HashKey, IoUringMode, ListenerConfig, Mode, ProxyAccept, ProxySend,
-    RuntimeConfig, ServerConfig, Transfer, UpstreamConfig, DEFAULT_MAX_CONNECTIONS,
+    raw::{
+        RawConfig, RawHeaderOps, RawListener, RawRoute, RawServer, RawSize, RawUpstream, RawWorkers,
+    },
+    Config, ConfigError, HashKey, HeaderOps, HttpConfig, IoUringMode, ListenerConfig, Mode,
+    ProxyAccept, ProxySend, RouteConfig, RuntimeConfig, ServerConfig, Transfer, UpstreamConfig,
+    DEFAULT_MAX_CONNECTIONS,
 };
 use crate::balancer::Algorithm;
 
@@ -57,6 +60,18 @@ fn build(raw: RawConfig) -> Result<Config, ConfigError> {
     let mut listeners = Vec::with_capacity(raw.listener.len());
     for (i, l) in raw.listener.into_iter().enumerate() {
         let l = listener(i, l, &index)?;
+        if let (Mode::Tcp, Some(u)) = (l.mode, l.upstream) {
+            let up = &upstreams[u];
+            if up.hash_key != HashKey::ClientIp {
+                return Err(ConfigError::new(
+                    format!("upstream.{}.hash_key", up.name),
+                    format!(
+                        "tcp listener {:?} uses this upstream; tcp connections can only hash by client_ip",
+                        l.name
+                    ),
+                ));
+            }
+        }
         if !names.insert(l.name.clone()) {
             return Err(ConfigError::new(
                 format!("listener[{i}].name"),
@@ -171,8 +186,31 @@ fn upstreams(
         };
         let hash_key = match u.hash_key.as_deref() {
             None | Some("client_ip") => HashKey::ClientIp,
-            Some(o) => return Err(one_of(&format!("{key}.hash_key"), o, &["client_ip"])),
+            Some("uri") => HashKey::Uri,
+            Some(h) if h.starts_with("header:") => {
+                let name = &h["header:".len()..];
+                if !is_token(name) {
+                    return Err(ConfigError::new(
+                        format!("{key}.hash_key"),
+                        format!("{name:?} is not a valid header name"),
+                    ));
+                }
+                HashKey::Header(name.to_ascii_lowercase())
+            }
+            Some(o) => {
+                return Err(one_of(
+                    &format!("{key}.hash_key"),
+                    o,
+                    &["client_ip", "uri", "header:NAME"],
+                ))
+            }
         };
+        let keepalive = match u.keepalive {
+            None => 32,
+            Some(n) => range(&format!("{key}.keepalive"), n, 0, 100_000)? as usize,
+        };
+        let keepalive_timeout =
+            nonzero_dur(&format!("{key}.keepalive_timeout"), u.keepalive_timeout, 60)?;
         if u.servers.is_empty() {
             return Err(ConfigError::new(
                 format!("{key}.servers"),
@@ -197,6 +235,8 @@ fn upstreams(
             balance,
             hash_key,
             servers,
+            keepalive,
+            keepalive_timeout,
         });
     }
     Ok((out, index))
@@ -240,23 +280,19 @@ fn resolve(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
 
 fn listener(
     i: usize,
-    l: RawListener,
+    mut l: RawListener,
     index: &UpstreamIndex,
 ) -> Result<ListenerConfig, ConfigError> {
     let k = |f: &str| format!("listener[{i}].{f}");
-    let name = l.name.unwrap_or_else(|| format!("listener{i}"));
+    let name = l.name.take().unwrap_or_else(|| format!("listener{i}"));
     let mode = match l.mode.as_deref() {
         None | Some("tcp") => Mode::Tcp,
-        Some("http") => {
-            return Err(ConfigError::new(
-                k("mode"),
-                "\"http\" listeners are not implemented yet; use \"tcp\"",
-            ))
-        }
-        Some(o) => return Err(one_of(&k("mode"), o, &["tcp"])),
+        Some("http") => Mode::Http,
+        Some(o) => return Err(one_of(&k("mode"), o, &["tcp", "http"])),
     };
     let listen_text = l
         .listen
+        .take()
         .ok_or_else(|| ConfigError::new(k("listen"), "missing (e.g. listen = \"0.0.0.0:6380\")"))?;
     let listen: SocketAddr = listen_text.parse().map_err(|_| {
         ConfigError::new(
@@ -264,15 +300,35 @@ fn listener(
             format!("{listen_text:?} is not an ip:port address (e.g. 0.0.0.0:80 or [::]:80)"),
         )
     })?;
-    let upstream_name = l
-        .upstream
-        .ok_or_else(|| ConfigError::new(k("upstream"), "missing: name an [upstream.NAME] table"))?;
-    let upstream = *index.get(&upstream_name).ok_or_else(|| {
-        ConfigError::new(
-            k("upstream"),
-            format!("no [upstream.{upstream_name}] is defined"),
-        )
-    })?;
+    let upstream = match (&l.upstream, mode) {
+        (Some(name), _) => Some(upstream_ref(&k("upstream"), name, index)?),
+        (None, Mode::Tcp) => {
+            return Err(ConfigError::new(
+                k("upstream"),
+                "missing: name an [upstream.NAME] table",
+            ))
+        }
+        (None, Mode::Http) => None,
+    };
+    if mode == Mode::Tcp {
+        let http_only = [
+            ("header_timeout", l.header_timeout.is_some()),
+            ("keepalive_timeout", l.keepalive_timeout.is_some()),
+            ("response_timeout", l.response_timeout.is_some()),
+            ("body_timeout", l.body_timeout.is_some()),
+            ("max_request_line", l.max_request_line.is_some()),
+            ("max_header_size", l.max_header_size.is_some()),
+            ("max_headers", l.max_headers.is_some()),
+            ("max_body_size", l.max_body_size.is_some()),
+            ("route", !l.route.is_empty()),
+        ];
+        if let Some((f, _)) = http_only.iter().find(|(_, set)| *set) {
+            return Err(ConfigError::new(
+                k(f),
+                "only applies to mode = \"http\" listeners",
+            ));
+        }
+    }
     let (max_connections, max_connections_default) = match l.max_connections {
         None => (DEFAULT_MAX_CONNECTIONS, true),
         Some(n) => (
@@ -298,6 +354,10 @@ fn listener(
                 &["off", "v1", "v2", "any"],
             ))
         }
+    };
+    let http = match mode {
+        Mode::Tcp => None,
+        Mode::Http => Some(http(&k, &mut l, upstream, index)?),
     };
     let transfer = match l.transfer.as_deref() {
         None | Some("auto") => Transfer::Auto,
@@ -330,7 +390,216 @@ fn listener(
             5,
         )?,
         transfer,
+        http,
     })
+}
+
+fn upstream_ref(key: &str, name: &str, index: &UpstreamIndex) -> Result<usize, ConfigError> {
+    index
+        .get(name)
+        .copied()
+        .ok_or_else(|| ConfigError::new(key, format!("no [upstream.{name}] is defined")))
+}
+
+/// RFC 9110 token (header names, methods).
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn http(
+    k: &dyn Fn(&str) -> String,
+    l: &mut RawListener,
+    default_upstream: Option<usize>,
+    index: &UpstreamIndex,
+) -> Result<HttpConfig, ConfigError> {
+    let opt_size = |f: &str, v: Option<RawSize>, d: usize| -> Result<usize, ConfigError> {
+        match v {
+            None => Ok(d),
+            Some(v) => size(&k(f), v),
+        }
+    };
+    let max_request_line = opt_size("max_request_line", l.max_request_line.take(), 8 << 10)?;
+    let max_header_size = opt_size("max_header_size", l.max_header_size.take(), 32 << 10)?;
+    if !(64..=1 << 20).contains(&max_request_line) {
+        return Err(ConfigError::new(
+            k("max_request_line"),
+            "must be within 64..=1m",
+        ));
+    }
+    if !(256..=1 << 20).contains(&max_header_size) {
+        return Err(ConfigError::new(
+            k("max_header_size"),
+            "must be within 256..=1m",
+        ));
+    }
+    let max_headers = match l.max_headers {
+        None => 100,
+        Some(n) => range(&k("max_headers"), n, 1, 1000)? as usize,
+    };
+    let max_body_size = opt_size("max_body_size", l.max_body_size.take(), 0)? as u64;
+    let mut routes = Vec::with_capacity(l.route.len() + 1);
+    for (j, r) in std::mem::take(&mut l.route).into_iter().enumerate() {
+        routes.push(route(&k(&format!("route[{j}]")), r, max_body_size, index)?);
+    }
+    if let Some(up) = default_upstream {
+        routes.push(RouteConfig {
+            host: None,
+            path_prefix: "/".into(),
+            strip_prefix: false,
+            upstream: up,
+            max_body_size,
+            upgrade: vec!["websocket".into()],
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+        });
+    }
+    let mut seen = HashSet::new();
+    let user_routes = routes.len() - usize::from(default_upstream.is_some());
+    for (j, r) in routes.iter().enumerate() {
+        if !seen.insert((r.host.clone(), r.path_prefix.clone())) {
+            let key = if j < user_routes {
+                k(&format!("route[{j}]"))
+            } else {
+                k("upstream")
+            };
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "host {} and path_prefix {:?} are already routed by an earlier route",
+                    r.host.as_deref().unwrap_or("(any)"),
+                    r.path_prefix
+                ),
+            ));
+        }
+    }
+    if routes.is_empty() {
+        return Err(ConfigError::new(
+            k("route"),
+            "an http listener needs `upstream` or at least one [[listener.route]]",
+        ));
+    }
+    Ok(HttpConfig {
+        header_timeout: nonzero_dur(&k("header_timeout"), l.header_timeout.take(), 10)?,
+        keepalive_timeout: nonzero_dur(&k("keepalive_timeout"), l.keepalive_timeout.take(), 60)?,
+        response_timeout: nonzero_dur(&k("response_timeout"), l.response_timeout.take(), 60)?,
+        body_timeout: nonzero_dur(&k("body_timeout"), l.body_timeout.take(), 60)?,
+        max_request_line,
+        max_header_size: max_header_size.max(max_request_line),
+        max_headers,
+        routes,
+    })
+}
+
+fn route(
+    key: &str,
+    r: RawRoute,
+    listener_max_body: u64,
+    index: &UpstreamIndex,
+) -> Result<RouteConfig, ConfigError> {
+    let kf = |f: &str| format!("{key}.{f}");
+    let upstream_name = r.upstream.ok_or_else(|| {
+        ConfigError::new(kf("upstream"), "missing: name an [upstream.NAME] table")
+    })?;
+    let upstream = upstream_ref(&kf("upstream"), &upstream_name, index)?;
+    let host = match r.host {
+        None => None,
+        Some(h) => {
+            let h = h.to_ascii_lowercase();
+            let bare = h.strip_prefix("*.").unwrap_or(&h);
+            let ok = !bare.is_empty()
+                && bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+            if !ok {
+                return Err(ConfigError::new(
+                    kf("host"),
+                    format!(
+                        "{h:?} is not a host name (write \"api.example.com\" or \"*.example.com\")"
+                    ),
+                ));
+            }
+            Some(h)
+        }
+    };
+    let path_prefix = r.path_prefix.unwrap_or_else(|| "/".into());
+    if !path_prefix.starts_with('/') || path_prefix.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(ConfigError::new(
+            kf("path_prefix"),
+            format!(
+                "{path_prefix:?} must start with / and contain no spaces or control characters"
+            ),
+        ));
+    }
+    let upgrade = match r.upgrade {
+        None => vec!["websocket".to_string()],
+        Some(v) => {
+            let mut out = Vec::with_capacity(v.len());
+            for p in v {
+                let p = p.to_ascii_lowercase();
+                if p == "h2c" {
+                    return Err(ConfigError::new(
+                        kf("upgrade"),
+                        "\"h2c\" cannot be tunnelled (ringlb speaks HTTP/1.1 to backends)",
+                    ));
+                }
+                if !is_token(&p) {
+                    return Err(ConfigError::new(
+                        kf("upgrade"),
+                        format!("{p:?} is not a protocol token"),
+                    ));
+                }
+                out.push(p);
+            }
+            out
+        }
+    };
+    Ok(RouteConfig {
+        host,
+        path_prefix,
+        strip_prefix: r.strip_prefix.unwrap_or(false),
+        upstream,
+        max_body_size: match r.max_body_size {
+            None => listener_max_body,
+            Some(v) => size(&kf("max_body_size"), v)? as u64,
+        },
+        upgrade,
+        request_headers: header_ops(&kf("request_headers"), r.request_headers)?,
+        response_headers: header_ops(&kf("response_headers"), r.response_headers)?,
+    })
+}
+
+fn header_ops(key: &str, raw: Option<RawHeaderOps>) -> Result<HeaderOps, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(HeaderOps::default());
+    };
+    let mut ops = HeaderOps::default();
+    for (name, value) in raw.set {
+        if !is_token(&name) {
+            return Err(ConfigError::new(
+                format!("{key}.set"),
+                format!("{name:?} is not a valid header name"),
+            ));
+        }
+        if value.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f) {
+            return Err(ConfigError::new(
+                format!("{key}.set.{name}"),
+                "a header value cannot contain control characters",
+            ));
+        }
+        ops.set.push((name, value));
+    }
+    for name in raw.remove {
+        if !is_token(&name) {
+            return Err(ConfigError::new(
+                format!("{key}.remove"),
+                format!("{name:?} is not a valid header name"),
+            ));
+        }
+        ops.remove.push(name.to_ascii_lowercase());
+    }
+    Ok(ops)
 }
 
 fn nonzero_dur(key: &str, v: Option<String>, default_secs: u64) -> Result<Duration, ConfigError> {
@@ -445,7 +714,7 @@ servers = [{ addr = "127.0.0.1:6379" }]
         assert_eq!(l.connect_timeout, Duration::from_secs(5));
         assert_eq!(l.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert!(l.max_connections_default);
-        assert_eq!(c.upstreams[l.upstream].servers[0].weight, 1);
+        assert_eq!(c.upstreams[l.upstream.unwrap()].servers[0].weight, 1);
         assert_eq!(c.runtime.workers, None);
     }
 
@@ -564,5 +833,123 @@ servers = [{ addr = "127.0.0.1:6379" }]
         assert!(
             err(&format!("[runtime]\nworkers = \"many\"\n{MIN}")).starts_with("runtime.workers")
         );
+    }
+
+    const HTTP: &str = r#"
+[[listener]]
+name = "web"
+mode = "http"
+listen = "127.0.0.1:8080"
+upstream = "app"
+header_timeout = "2s"
+max_body_size = "1m"
+  [[listener.route]]
+  host = "API.example.com"
+  path_prefix = "/v1/"
+  strip_prefix = true
+  upstream = "api"
+  max_body_size = "10k"
+  request_headers = { set = { "X-Env" = "prod" }, remove = ["X-Debug"] }
+  [[listener.route]]
+  host = "*.example.com"
+  upstream = "api"
+  upgrade = []
+[upstream.app]
+servers = [{ addr = "127.0.0.1:9001" }]
+[upstream.api]
+balance = "consistent_hash"
+hash_key = "header:X-User"
+keepalive = 8
+servers = [{ addr = "127.0.0.1:9002" }]
+"#;
+
+    #[test]
+    fn http_listener_with_routes() {
+        let c = parse(HTTP).unwrap();
+        let l = &c.listeners[0];
+        assert_eq!(l.mode, Mode::Http);
+        let h = l.http.as_ref().unwrap();
+        assert_eq!(h.header_timeout, Duration::from_secs(2));
+        assert_eq!(h.keepalive_timeout, Duration::from_secs(60));
+        assert_eq!(h.routes.len(), 3, "two routes plus the listener's upstream");
+        assert_eq!(h.routes[0].host.as_deref(), Some("api.example.com"));
+        assert!(h.routes[0].strip_prefix);
+        assert_eq!(h.routes[0].max_body_size, 10 * 1024);
+        assert_eq!(h.routes[0].request_headers.remove, vec!["x-debug"]);
+        assert_eq!(h.routes[1].upgrade, Vec::<String>::new());
+        assert_eq!(h.routes[1].max_body_size, 1 << 20);
+        assert_eq!(h.routes[2].path_prefix, "/");
+        assert_eq!(h.routes[2].upgrade, vec!["websocket"]);
+        let api = &c.upstreams[h.routes[0].upstream];
+        assert_eq!(api.hash_key, HashKey::Header("x-user".into()));
+        assert_eq!(api.keepalive, 8);
+    }
+
+    #[test]
+    fn http_errors_name_their_key() {
+        let cases = [
+            (
+                "upgrade = []",
+                "upgrade = [\"h2c\"]",
+                "listener[0].route[1].upgrade",
+            ),
+            (
+                "path_prefix = \"/v1/\"",
+                "path_prefix = \"v1\"",
+                "listener[0].route[0].path_prefix",
+            ),
+            (
+                "host = \"*.example.com\"",
+                "host = \"bad host\"",
+                "listener[0].route[1].host",
+            ),
+            (
+                "host = \"*.example.com\"",
+                "host = \"api.example.com\"\n  path_prefix = \"/v1/\"",
+                "listener[0].route[1]",
+            ),
+            (
+                "hash_key = \"header:X-User\"",
+                "hash_key = \"cookie\"",
+                "upstream.api.hash_key",
+            ),
+            (
+                "header_timeout = \"2s\"",
+                "header_timeout = \"0s\"",
+                "listener[0].header_timeout",
+            ),
+            (
+                "max_body_size = \"1m\"",
+                "max_body_size = \"lots\"",
+                "listener[0].max_body_size",
+            ),
+            (
+                "\"X-Env\" = \"prod\"",
+                "\"X Env\" = \"prod\"",
+                "listener[0].route[0].request_headers.set",
+            ),
+            (
+                "  upstream = \"api\"\n  max_body_size",
+                "  upstream = \"nope\"\n  max_body_size",
+                "listener[0].route[0].upstream",
+            ),
+        ];
+        for (from, to, key) in cases {
+            let text = HTTP.replacen(from, to, 1);
+            assert_ne!(text, HTTP, "{from} not found");
+            let e = err(&text);
+            assert!(e.starts_with(key), "expected key {key}, got: {e}");
+        }
+        // An http listener needs somewhere to send requests.
+        let e = err("[[listener]]\nmode = \"http\"\nlisten = \"127.0.0.1:1\"\n[upstream.a]\nservers = [{ addr = \"127.0.0.1:2\" }]\n");
+        assert!(e.starts_with("listener[0].route"), "{e}");
+        // http keys on a tcp listener, and tcp listeners hash by client ip only.
+        let e = err(&MIN.replace(
+            "name = \"redis\"",
+            "name = \"redis\"\nheader_timeout = \"1s\"",
+        ));
+        assert!(e.starts_with("listener[0].header_timeout"), "{e}");
+        let e = err(&MIN.replace("[upstream.redis]", "[upstream.redis]\nhash_key = \"uri\""));
+        assert!(e.starts_with("upstream.redis.hash_key"), "{e}");
     }
 }

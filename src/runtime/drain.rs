@@ -4,9 +4,10 @@
 
 use std::{
     cell::{Cell, RefCell},
-    future::poll_fn,
+    future::{poll_fn, Future},
+    pin::Pin,
     rc::Rc,
-    task::{Poll, Waker},
+    task::{Context, Poll, Waker},
 };
 
 /// Per-worker drain state (never crosses threads).
@@ -14,7 +15,10 @@ use std::{
 pub struct Drain {
     stopping: Cell<bool>,
     active: Cell<usize>,
-    stop_wakers: RefCell<Vec<Waker>>,
+    /// Tasks waiting in [`Drain::stopped`]: a slab, so registering,
+    /// re-registering and leaving are O(1) however many connections wait.
+    stop_wakers: RefCell<Vec<Option<Waker>>>,
+    free_slots: RefCell<Vec<usize>>,
     idle_waker: RefCell<Option<Waker>>,
 }
 
@@ -26,9 +30,20 @@ impl Drain {
     /// Start stopping: wakes every task waiting in [`Drain::stopped`].
     pub fn stop(&self) {
         self.stopping.set(true);
-        for w in self.stop_wakers.borrow_mut().drain(..) {
+        let wakers: Vec<Waker> = self
+            .stop_wakers
+            .borrow_mut()
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+        for w in wakers {
             w.wake();
         }
+    }
+
+    /// True once [`Drain::stop`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.get()
     }
 
     /// Connections alive on this worker.
@@ -37,19 +52,11 @@ impl Drain {
     }
 
     /// Resolves once [`Drain::stop`] was called.
-    pub async fn stopped(&self) {
-        poll_fn(|cx| {
-            if self.stopping.get() {
-                Poll::Ready(())
-            } else {
-                let mut wakers = self.stop_wakers.borrow_mut();
-                if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                    wakers.push(cx.waker().clone());
-                }
-                Poll::Pending
-            }
-        })
-        .await;
+    pub fn stopped(&self) -> Stopped<'_> {
+        Stopped {
+            drain: self,
+            slot: None,
+        }
     }
 
     /// Resolves when no connection is alive.
@@ -72,9 +79,66 @@ impl Drain {
     }
 }
 
+/// Future of [`Drain::stopped`]; leaves its slot when dropped.
+pub struct Stopped<'a> {
+    drain: &'a Drain,
+    slot: Option<usize>,
+}
+
+impl Future for Stopped<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.drain.stopping.get() {
+            return Poll::Ready(());
+        }
+        let mut wakers = self.drain.stop_wakers.borrow_mut();
+        match self.slot {
+            Some(i) => match &mut wakers[i] {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                w => *w = Some(cx.waker().clone()),
+            },
+            None => {
+                let w = Some(cx.waker().clone());
+                let i = match self.drain.free_slots.borrow_mut().pop() {
+                    Some(i) => {
+                        wakers[i] = w;
+                        i
+                    }
+                    None => {
+                        wakers.push(w);
+                        wakers.len() - 1
+                    }
+                };
+                drop(wakers);
+                self.slot = Some(i);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        if let Some(i) = self.slot {
+            if let Some(w) = self.drain.stop_wakers.borrow_mut().get_mut(i) {
+                *w = None;
+            }
+            self.drain.free_slots.borrow_mut().push(i);
+        }
+    }
+}
+
 /// One live connection on this worker.
 #[derive(Debug)]
 pub struct ConnGuard(Rc<Drain>);
+
+impl ConnGuard {
+    /// The worker's drain state (to notice shutdown mid-connection).
+    pub fn drain(&self) -> &Drain {
+        &self.0
+    }
+}
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {

@@ -142,8 +142,12 @@ pub fn run(mut cfg: Config) -> Result<(), Error> {
             .and_then(|s| s.local_addr().ok())
             .unwrap_or(l.listen);
         tracing::info!(
-            "listener {:?} listening on {bound} (tcp, {workers} SO_REUSEPORT sockets, max_connections {})",
+            "listener {:?} listening on {bound} ({}, {workers} SO_REUSEPORT sockets, max_connections {})",
             l.name,
+            match l.mode {
+                crate::config::Mode::Tcp => "tcp",
+                crate::config::Mode::Http => "http",
+            },
             l.max_connections
         );
         for (w, s) in socks.into_iter().enumerate() {

@@ -9,11 +9,12 @@ use futures_util::future::{select, Either};
 
 use super::drain::Drain;
 use crate::{
-    config::Config,
+    config::{Config, Mode},
     limiter::Limiter,
     listener::{self, Accepted},
     proxy::{
         l4::{self, L4Listener},
+        l7::{self, HttpListener, UpstreamRt},
         pool::Pools,
     },
 };
@@ -36,6 +37,33 @@ pub async fn run(spec: WorkerSpec) {
         spec.cfg.runtime.pipe_pool,
         spec.cfg.runtime.pipe_size,
     ));
+    // Per-worker upstream state for http listeners: balancer replica and
+    // keep-alive pool, shared by every http listener of this worker.
+    let upstreams: Vec<Rc<UpstreamRt>> = spec
+        .cfg
+        .upstreams
+        .iter()
+        .map(|u| UpstreamRt::new(u, spec.index))
+        .collect();
+    if spec.cfg.listeners.iter().any(|l| l.mode == Mode::Http) {
+        let ups = upstreams.clone();
+        let d = Rc::clone(&drain);
+        monoio::spawn(async move {
+            loop {
+                let tick = std::pin::pin!(monoio::time::sleep(Duration::from_secs(1)));
+                let stop = std::pin::pin!(d.stopped());
+                if let Either::Right(_) = select(tick, stop).await {
+                    break;
+                }
+                for u in &ups {
+                    u.sweep();
+                }
+            }
+            for u in &ups {
+                u.clear();
+            }
+        });
+    }
     for ((lcfg, sock), limiter) in spec
         .cfg
         .listeners
@@ -43,8 +71,29 @@ pub async fn run(spec: WorkerSpec) {
         .zip(spec.sockets)
         .zip(spec.limiters.iter())
     {
-        let up = &spec.cfg.upstreams[lcfg.upstream];
-        let l4 = Rc::new(L4Listener::new(lcfg, up, spec.index, Rc::clone(&pools)));
+        let handler = match lcfg.mode {
+            Mode::Tcp => {
+                let Some(up) = lcfg.upstream.map(|u| &spec.cfg.upstreams[u]) else {
+                    tracing::error!(listener = %lcfg.name, "tcp listener without upstream");
+                    continue;
+                };
+                Handler::Tcp(Rc::new(L4Listener::new(
+                    lcfg,
+                    up,
+                    spec.index,
+                    Rc::clone(&pools),
+                )))
+            }
+            Mode::Http => {
+                match HttpListener::new(lcfg, &upstreams, Rc::clone(&pools), spec.index) {
+                    Ok(h) => Handler::Http(Rc::new(h)),
+                    Err(e) => {
+                        tracing::error!(listener = %lcfg.name, "{e}");
+                        continue;
+                    }
+                }
+            }
+        };
         let listener = match monoio::net::TcpListener::from_std(sock) {
             Ok(l) => l,
             Err(e) => {
@@ -60,13 +109,14 @@ pub async fn run(spec: WorkerSpec) {
             let conn_drain = Rc::clone(&d);
             listener::accept_loop(listener, limiter, worker, d, name, move |a: Accepted| {
                 let guard = conn_drain.track();
-                monoio::spawn(l4::handle(
-                    Rc::clone(&l4),
-                    a.stream,
-                    a.peer,
-                    a.permit,
-                    guard,
-                ));
+                match &handler {
+                    Handler::Tcp(l) => {
+                        monoio::spawn(l4::handle(Rc::clone(l), a.stream, a.peer, a.permit, guard));
+                    }
+                    Handler::Http(l) => {
+                        monoio::spawn(l7::handle(Rc::clone(l), a.stream, a.peer, a.permit, guard));
+                    }
+                }
             })
             .await;
             // Dropping the listener here closes this worker's socket: only now,
@@ -93,4 +143,10 @@ pub async fn run(spec: WorkerSpec) {
             );
         }
     }
+}
+
+/// What serves a listener's connections.
+enum Handler {
+    Tcp(Rc<L4Listener>),
+    Http(Rc<HttpListener>),
 }

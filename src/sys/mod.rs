@@ -94,6 +94,23 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     cvt(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
 }
 
+/// True when an idle pooled connection still looks usable: nothing queued to
+/// read (a backend that closed it has queued EOF; one that sent unsolicited
+/// bytes is out of step) and no pending error.
+pub fn idle_socket_usable(fd: RawFd) -> bool {
+    let mut byte = [0u8; 1];
+    // SAFETY: `byte` is valid for writes of 1 byte for the duration of the call.
+    let r = cvt(unsafe {
+        libc::recv(
+            fd,
+            byte.as_mut_ptr().cast(),
+            1,
+            libc::MSG_DONTWAIT | libc::MSG_PEEK,
+        )
+    });
+    matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
 /// Nonblocking send of `buf` (no SIGPIPE).
 ///
 /// # Errors

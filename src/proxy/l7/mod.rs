@@ -1,0 +1,1013 @@
+//! L7: an HTTP/1.1 reverse proxy on one client connection.
+//!
+//! The keep-alive loop: read a head (deadline `header_timeout`) -> parse and
+//! validate framing ([`codec`]) -> route ([`router`]) -> pick a backend ->
+//! take a pooled keep-alive connection or connect -> send the rewritten head
+//! ([`rewrite`]) and stream the body -> read the response head (deadline
+//! `response_timeout`) -> stream the response body -> return the backend
+//! connection to the pool when it can carry another request -> next
+//! request. A `101 Switching Protocols` turns both connections into an L4
+//! tunnel on the same relay as tcp listeners.
+//!
+//! Bodies are never buffered whole: each read is forwarded before the next.
+//! Sockets are nonblocking; reads wait on readiness (an io_uring PollAdd
+//! that holds no buffer) and every read and write has a deadline, so a
+//! timeout only ever drops a readiness wait, never bytes.
+
+mod buf;
+pub mod chunked;
+pub mod codec;
+pub mod respond;
+mod rewrite;
+pub mod router;
+
+use std::{
+    cell::RefCell,
+    collections::VecDeque,
+    io::{self, IoSlice},
+    net::SocketAddr,
+    os::fd::AsRawFd,
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+use futures_util::future::{select, Either};
+use monoio::net::TcpStream;
+
+use self::{
+    buf::RBuf,
+    chunked::Chunked,
+    codec::{Framing, HttpError, Limits, Request, Response},
+    rewrite::{RequestCtx, ResponseCtx},
+    router::Router,
+};
+use super::{
+    pool::Pools,
+    relay::{self, Counts},
+};
+use crate::{
+    balancer::{hash_key, rng::WyRand, Algorithm, Balancer, ServerSpec},
+    config::{HashKey, HttpConfig, ListenerConfig, RouteConfig, Transfer, UpstreamConfig},
+    limiter::Permit,
+    runtime::drain::ConnGuard,
+    sys, upstream,
+};
+
+/// First size of a connection's read buffers; they grow up to
+/// [`BUF_MAX`] (or the head limit) only when a head or a burst needs it.
+const BUF_INITIAL: usize = 4096;
+const BUF_MAX: usize = 64 * 1024;
+/// A request body this small that arrived with its head goes out in the
+/// same write as the head.
+const COALESCE_BODY: usize = 16 * 1024;
+/// Most bytes of response head accepted from a backend.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+// === impl UpstreamRt ===
+
+/// One upstream as one worker sees it: balancer replica and keep-alive pool.
+/// Shared by every http listener of the worker.
+pub struct UpstreamRt {
+    pub cfg: UpstreamConfig,
+    addrs: Vec<SocketAddr>,
+    balancer: RefCell<Balancer>,
+    /// Per backend: idle connections, most recently used at the back.
+    idle: RefCell<Vec<VecDeque<IdleConn>>>,
+}
+
+struct IdleConn {
+    stream: TcpStream,
+    since: Instant,
+}
+
+impl UpstreamRt {
+    pub fn new(cfg: &UpstreamConfig, worker: usize) -> Rc<UpstreamRt> {
+        let specs: Vec<ServerSpec<'_>> = cfg
+            .servers
+            .iter()
+            .map(|s| ServerSpec {
+                id: &s.id,
+                weight: s.weight,
+            })
+            .collect();
+        Rc::new(UpstreamRt {
+            cfg: cfg.clone(),
+            addrs: cfg.servers.iter().map(|s| s.addr).collect(),
+            balancer: RefCell::new(Balancer::new(cfg.balance, &specs, worker)),
+            idle: RefCell::new(cfg.servers.iter().map(|_| VecDeque::new()).collect()),
+        })
+    }
+
+    /// The most recently used idle connection to backend `idx` that still
+    /// looks usable; stale ones are closed on the way.
+    fn take_idle(&self, idx: usize) -> Option<TcpStream> {
+        let mut idle = self.idle.borrow_mut();
+        let q = idle.get_mut(idx)?;
+        while let Some(c) = q.pop_back() {
+            if c.since.elapsed() < self.cfg.keepalive_timeout
+                && sys::idle_socket_usable(c.stream.as_raw_fd())
+            {
+                return Some(c.stream);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, idx: usize, stream: TcpStream) {
+        if self.cfg.keepalive == 0 {
+            return;
+        }
+        let mut idle = self.idle.borrow_mut();
+        if let Some(q) = idle.get_mut(idx) {
+            if q.len() >= self.cfg.keepalive {
+                q.pop_front();
+            }
+            q.push_back(IdleConn {
+                stream,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Close pooled connections that timed out or that the backend closed.
+    /// Called about once a second per worker: O(pooled connections).
+    pub fn sweep(&self) {
+        let timeout = self.cfg.keepalive_timeout;
+        for q in self.idle.borrow_mut().iter_mut() {
+            q.retain(|c| {
+                c.since.elapsed() < timeout && sys::idle_socket_usable(c.stream.as_raw_fd())
+            });
+        }
+    }
+
+    /// Close every pooled connection (shutdown).
+    pub fn clear(&self) {
+        for q in self.idle.borrow_mut().iter_mut() {
+            q.clear();
+        }
+    }
+}
+
+/// Keeps the balancer's in-flight count for one request.
+struct InFlight<'a> {
+    up: &'a UpstreamRt,
+    idx: usize,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(up: &'a UpstreamRt, idx: usize) -> Self {
+        up.balancer.borrow_mut().connection_opened(idx);
+        InFlight { up, idx }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.up.balancer.borrow_mut().connection_closed(self.idx);
+    }
+}
+
+// === impl HttpListener ===
+
+struct Route {
+    cfg: RouteConfig,
+    up: Rc<UpstreamRt>,
+}
+
+/// One http listener as one worker sees it.
+pub struct HttpListener {
+    pub cfg: ListenerConfig,
+    http: HttpConfig,
+    limits: Limits,
+    router: Router,
+    routes: Vec<Route>,
+    pools: Rc<Pools>,
+    ids: RefCell<WyRand>,
+}
+
+impl HttpListener {
+    /// # Errors
+    /// Two routes with the same host and prefix (config validation catches it first).
+    pub fn new(
+        cfg: &ListenerConfig,
+        upstreams: &[Rc<UpstreamRt>],
+        pools: Rc<Pools>,
+        worker: usize,
+    ) -> Result<HttpListener, String> {
+        let http = cfg
+            .http
+            .clone()
+            .ok_or_else(|| format!("listener {:?} is not an http listener", cfg.name))?;
+        let router = Router::new(
+            http.routes
+                .iter()
+                .map(|r| (r.host.as_deref(), r.path_prefix.as_str())),
+        )
+        .map_err(|d| format!("route[{}] repeats an earlier host and path_prefix", d.0))?;
+        let mut routes = Vec::with_capacity(http.routes.len());
+        for r in &http.routes {
+            let up = upstreams
+                .get(r.upstream)
+                .ok_or_else(|| "route names an unknown upstream".to_string())?;
+            routes.push(Route {
+                cfg: r.clone(),
+                up: Rc::clone(up),
+            });
+        }
+        Ok(HttpListener {
+            cfg: cfg.clone(),
+            limits: Limits {
+                max_request_line: http.max_request_line,
+                max_header_size: http.max_header_size,
+                max_headers: http.max_headers,
+            },
+            http,
+            router,
+            routes,
+            pools,
+            ids: RefCell::new(WyRand::new(crate::balancer::rng::seed_for_worker(worker))),
+        })
+    }
+
+    fn new_request_id(&self, out: &mut String) {
+        let mut ids = self.ids.borrow_mut();
+        let (a, b) = (ids.next_u64(), ids.next_u64());
+        out.clear();
+        use std::fmt::Write;
+        let _ = write!(out, "{a:016x}{b:016x}");
+    }
+}
+
+/// Serve one accepted client connection to the end.
+pub async fn handle(
+    l: Rc<HttpListener>,
+    client: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: Permit,
+    guard: ConnGuard,
+) {
+    let _permit = permit;
+    let client = match TcpStream::from_std(client) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(listener = %l.cfg.name, %peer, "cannot register client socket: {e}");
+            return;
+        }
+    };
+    let head_max = l.http.max_header_size + 1;
+    let mut conn = Conn {
+        l: &l,
+        client,
+        peer,
+        ip: peer.ip().to_string(),
+        cbuf: RBuf::new(BUF_INITIAL, BUF_MAX.max(head_max)),
+        ubuf: RBuf::new(BUF_INITIAL, BUF_MAX.max(MAX_RESPONSE_HEAD)),
+        wbuf: Vec::with_capacity(1024),
+        hbuf: Vec::with_capacity(1024),
+        req: Request::default(),
+        resp: Response::default(),
+        host: String::new(),
+        id: String::new(),
+        guard: &guard,
+        served: 0,
+    };
+    conn.serve().await;
+}
+
+/// What happens to the client connection after an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+enum HeadRead {
+    Ready,
+    /// EOF, reset, keep-alive timeout or shutdown before a request started.
+    Gone,
+    /// Answer with this status and close.
+    Refuse(u16, &'static str),
+}
+
+/// Why moving a body stopped short.
+#[derive(Debug)]
+enum BodyError {
+    /// The sender closed or failed mid-body, or went quiet for body_timeout.
+    Source(io::Error),
+    /// The receiver failed or stopped reading for body_timeout.
+    Dest(io::Error),
+    /// Malformed chunked framing from the sender.
+    Chunk(&'static str),
+    /// A chunked request body passed max_body_size.
+    TooLarge,
+}
+
+/// One client connection.
+struct Conn<'a> {
+    l: &'a HttpListener,
+    client: TcpStream,
+    peer: SocketAddr,
+    ip: String,
+    /// Bytes from the client not yet handled (pipelined requests stay here).
+    cbuf: RBuf,
+    /// Bytes from the current backend not yet handled.
+    ubuf: RBuf,
+    /// The request head for the backend (plus a small body).
+    wbuf: Vec<u8>,
+    /// The response head for the client.
+    hbuf: Vec<u8>,
+    req: Request,
+    resp: Response,
+    host: String,
+    id: String,
+    guard: &'a ConnGuard,
+    served: u64,
+}
+
+impl Conn<'_> {
+    async fn serve(&mut self) {
+        loop {
+            match self.read_head().await {
+                HeadRead::Ready => {}
+                HeadRead::Gone => return,
+                HeadRead::Refuse(status, why) => {
+                    self.l.new_request_id(&mut self.id);
+                    tracing::debug!(listener = %self.l.cfg.name, peer = %self.peer, status, request_id = %self.id, "request refused: {why}");
+                    self.send_error(status, true).await;
+                    return;
+                }
+            }
+            self.served += 1;
+            if self.exchange().await == Next::Close {
+                return;
+            }
+        }
+    }
+
+    /// Wait for the next request head and parse it.
+    async fn read_head(&mut self) -> HeadRead {
+        let http = &self.l.http;
+        if self.cbuf.is_empty() {
+            // Between requests: wait for a byte, the keep-alive timeout or shutdown.
+            let idle = if self.served == 0 {
+                http.header_timeout
+            } else {
+                http.keepalive_timeout
+            };
+            let drain = self.guard.drain();
+            if drain.is_stopping() {
+                return HeadRead::Gone;
+            }
+            let readable = std::pin::pin!(self.client.readable(false));
+            let stop = std::pin::pin!(drain.stopped());
+            match monoio::time::timeout(idle, select(readable, stop)).await {
+                Ok(Either::Left((Ok(()), _))) => {}
+                _ => return HeadRead::Gone,
+            }
+        }
+        let deadline = Instant::now() + http.header_timeout;
+        loop {
+            if !self.cbuf.is_empty() {
+                match codec::parse_request(self.cbuf.data(), &self.l.limits, &mut self.req) {
+                    Ok(true) => return HeadRead::Ready,
+                    Ok(false) => {}
+                    Err(e) => return HeadRead::Refuse(respond::status_of(e), why(e)),
+                }
+            }
+            match self.cbuf.fill_until(&self.client, deadline).await {
+                Ok(0) => return HeadRead::Gone,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    return if self.cbuf.is_empty() {
+                        HeadRead::Gone
+                    } else {
+                        HeadRead::Refuse(408, "request head not received in time")
+                    };
+                }
+                Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                    return HeadRead::Refuse(431, "request head too large")
+                }
+                Err(_) => return HeadRead::Gone,
+            }
+        }
+    }
+
+    async fn send_error(&mut self, status: u16, close: bool) {
+        self.hbuf.clear();
+        respond::error(&mut self.hbuf, status, &self.id, close);
+        let _ = timed_write(&self.client, &self.hbuf, &[], self.l.http.body_timeout).await;
+    }
+
+    /// One request/response exchange; the head is parsed in `self.req`.
+    async fn exchange(&mut self) -> Next {
+        let started = Instant::now();
+        let l = self.l;
+        let http = &l.http;
+        let data = self.cbuf.data();
+        let req = &self.req;
+
+        // Request id: the client's when acceptable, else a fresh one.
+        match req.request_id {
+            Some(s) => {
+                self.id.clear();
+                self.id
+                    .push_str(std::str::from_utf8(s.get(data)).unwrap_or("invalid"));
+            }
+            None => l.new_request_id(&mut self.id),
+        }
+
+        // Route.
+        match req.host {
+            Some(h) => codec::host_key(h.get(data), &mut self.host),
+            None => self.host.clear(),
+        }
+        let path = req.path.get(data);
+        let lookup: &[u8] = if path.is_empty() || path == b"*" {
+            b"/"
+        } else {
+            path
+        };
+        let Some(route_idx) = l.router.find(&self.host, lookup) else {
+            let keep = req.framing == Framing::None && !req.conn.close;
+            self.cbuf.consume(self.req.head_len);
+            self.log(404, None, started);
+            self.send_error(404, !keep).await;
+            return if keep { Next::KeepAlive } else { Next::Close };
+        };
+        let route = &l.routes[route_idx];
+        let max_body = route.cfg.max_body_size;
+        if let Framing::Length(n) = req.framing {
+            if max_body > 0 && n > max_body {
+                self.log(413, None, started);
+                self.send_error(413, true).await;
+                return Next::Close;
+            }
+        }
+
+        // Upgrade only to protocols the route allows (never h2c: config refuses it).
+        let upgrade = match req.upgrade {
+            Some(u) if req.conn.upgrade && req.method.get(data) == b"GET" => {
+                let value = codec::trim(u.get(data));
+                let proto = value.split(|&b| b == b'/').next().unwrap_or(value);
+                let allowed = route
+                    .cfg
+                    .upgrade
+                    .iter()
+                    .any(|p| p.as_bytes().eq_ignore_ascii_case(proto));
+                allowed.then_some(value)
+            }
+            _ => None,
+        };
+
+        // Path after strip_prefix.
+        let mut stripped;
+        let fwd_path: &[u8] = if path.is_empty() {
+            b"/"
+        } else if route.cfg.strip_prefix && path.starts_with(route.cfg.path_prefix.as_bytes()) {
+            let rest = &path[route.cfg.path_prefix.len()..];
+            if rest.first() == Some(&b'/') {
+                rest
+            } else {
+                stripped = Vec::with_capacity(rest.len() + 1);
+                stripped.push(b'/');
+                stripped.extend_from_slice(rest);
+                &stripped[..]
+            }
+        } else {
+            path
+        };
+
+        let up = &route.up;
+        let key = if up.cfg.balance == Algorithm::ConsistentHash {
+            match &up.cfg.hash_key {
+                HashKey::ClientIp => ip_hash(self.peer),
+                HashKey::Uri => hash_key(path),
+                HashKey::Header(name) => req
+                    .headers
+                    .iter()
+                    .find(|(n, _)| n.get(data).eq_ignore_ascii_case(name.as_bytes()))
+                    .map(|(_, v)| hash_key(v.get(data)))
+                    .unwrap_or_else(|| ip_hash(self.peer)),
+            }
+        } else {
+            0
+        };
+
+        rewrite::request_head(
+            &mut self.wbuf,
+            data,
+            req,
+            &RequestCtx {
+                path: fwd_path,
+                client_ip: &self.ip,
+                request_id: &self.id,
+                upgrade,
+                ops: &route.cfg.request_headers,
+            },
+        );
+        let upgrading = upgrade.is_some();
+        let framing = req.framing;
+        let expect_continue = req.expect_continue && req.minor == 1;
+        let idempotent = req.idempotent;
+        let client_minor = req.minor;
+        let client_close = req.conn.close || (req.minor == 0 && !req.conn.keep_alive);
+        let is_head = req.is_head;
+        self.cbuf.consume(self.req.head_len);
+
+        // A small Content-Length body already here goes out with the head.
+        let mut body_sent = framing == Framing::None;
+        if let Framing::Length(n) = framing {
+            if n as usize <= COALESCE_BODY && self.cbuf.len() as u64 >= n {
+                self.wbuf.extend_from_slice(&self.cbuf.data()[..n as usize]);
+                self.cbuf.consume(n as usize);
+                body_sent = true;
+            }
+        }
+        // Only a request whose every byte we still hold can be sent again.
+        let replayable = idempotent && body_sent;
+
+        // Pick, connect or reuse, send; retry as allowed.
+        let tries = l.cfg.connect_tries as usize;
+        let mut tried: Vec<usize> = Vec::new();
+        let mut allow_pooled = true;
+        let mut continue_sent = false;
+        let mut attempts = 0;
+        let (upstream, idx, _inflight) = loop {
+            attempts += 1;
+            if tried.len() >= tries.min(up.addrs.len()) || attempts > tries + 2 {
+                self.log(502, None, started);
+                self.send_error(502, true).await;
+                return Next::Close;
+            }
+            let Some(idx) = up.balancer.borrow_mut().pick(key, |i| tried.contains(&i)) else {
+                self.log(502, None, started);
+                self.send_error(502, true).await;
+                return Next::Close;
+            };
+            let pooled = if allow_pooled {
+                up.take_idle(idx)
+            } else {
+                None
+            };
+            let reused = pooled.is_some();
+            let stream = match pooled {
+                Some(s) => s,
+                None => match upstream::connect(up.addrs[idx], l.cfg.connect_timeout).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(listener = %l.cfg.name, peer = %self.peer, request_id = %self.id, "{e}; trying next backend");
+                        tried.push(idx);
+                        continue;
+                    }
+                },
+            };
+            let inflight = InFlight::new(up, idx);
+            if expect_continue && !body_sent && !continue_sent {
+                continue_sent = true;
+                if timed_write(
+                    &self.client,
+                    b"HTTP/1.1 100 Continue\r\n\r\n",
+                    &[],
+                    http.body_timeout,
+                )
+                .await
+                .is_err()
+                {
+                    return Next::Close;
+                }
+            }
+            if let Err(e) = timed_write(&stream, &self.wbuf, &[], http.body_timeout).await {
+                if reused && replayable {
+                    allow_pooled = false;
+                    continue;
+                }
+                tracing::debug!(listener = %l.cfg.name, request_id = %self.id, "sending the request failed: {e}");
+                self.log(502, Some(up.addrs[idx]), started);
+                self.send_error(502, true).await;
+                return Next::Close;
+            }
+            if !body_sent {
+                let limit = if max_body > 0 { max_body } else { u64::MAX };
+                match forward_body(
+                    &self.client,
+                    &mut self.cbuf,
+                    &stream,
+                    framing,
+                    false,
+                    limit,
+                    http.body_timeout,
+                    &[],
+                )
+                .await
+                {
+                    Ok(_) => body_sent = true,
+                    Err(BodyError::Source(e)) => {
+                        tracing::debug!(listener = %l.cfg.name, request_id = %self.id, "request body cut short: {e}");
+                        return Next::Close;
+                    }
+                    Err(BodyError::TooLarge) => {
+                        self.log(413, Some(up.addrs[idx]), started);
+                        self.send_error(413, true).await;
+                        return Next::Close;
+                    }
+                    Err(BodyError::Chunk(why)) => {
+                        tracing::debug!(listener = %l.cfg.name, request_id = %self.id, "request body refused: {why}");
+                        self.log(400, Some(up.addrs[idx]), started);
+                        self.send_error(400, true).await;
+                        return Next::Close;
+                    }
+                    Err(BodyError::Dest(e)) => {
+                        tracing::debug!(listener = %l.cfg.name, request_id = %self.id, "backend stopped reading the body: {e}");
+                        self.log(502, Some(up.addrs[idx]), started);
+                        self.send_error(502, true).await;
+                        return Next::Close;
+                    }
+                }
+            }
+            // Read the response head.
+            self.ubuf.clear();
+            match self.read_response_head(&stream, is_head).await {
+                Ok(()) => break (stream, idx, inflight),
+                Err(RespErr::Gone(e)) if self.ubuf.is_empty() && reused && replayable => {
+                    tracing::debug!(listener = %l.cfg.name, request_id = %self.id, "pooled connection was closed by the backend ({e}); retrying on a new one");
+                    allow_pooled = false;
+                    continue;
+                }
+                Err(RespErr::Gone(e)) => {
+                    tracing::warn!(listener = %l.cfg.name, request_id = %self.id, backend = %up.addrs[idx], "backend closed without a response: {e}");
+                    self.log(502, Some(up.addrs[idx]), started);
+                    self.send_error(502, true).await;
+                    return Next::Close;
+                }
+                Err(RespErr::Timeout) => {
+                    tracing::warn!(listener = %l.cfg.name, request_id = %self.id, backend = %up.addrs[idx], "no response within {:?}", http.response_timeout);
+                    self.log(504, Some(up.addrs[idx]), started);
+                    self.send_error(504, true).await;
+                    return Next::Close;
+                }
+                Err(RespErr::Bad(why)) => {
+                    tracing::warn!(listener = %l.cfg.name, request_id = %self.id, backend = %up.addrs[idx], "invalid response: {why}");
+                    self.log(502, Some(up.addrs[idx]), started);
+                    self.send_error(502, true).await;
+                    return Next::Close;
+                }
+                Err(RespErr::Client) => return Next::Close,
+            }
+        };
+        let backend = up.addrs[idx];
+
+        // 101: become a tunnel (only when we asked for an upgrade).
+        if self.resp.status == 101 {
+            if !upgrading {
+                self.log(502, Some(backend), started);
+                self.send_error(502, true).await;
+                return Next::Close;
+            }
+            self.log(101, Some(backend), started);
+            // The 101 head as the backend sent it (its Connection/Upgrade
+            // fields are for this hop too), and whatever followed it.
+            if timed_write(&self.client, self.ubuf.data(), &[], http.body_timeout)
+                .await
+                .is_err()
+            {
+                return Next::Close;
+            }
+            if !self.cbuf.is_empty()
+                && timed_write(&upstream, self.cbuf.data(), &[], http.body_timeout)
+                    .await
+                    .is_err()
+            {
+                return Next::Close;
+            }
+            let counts = Counts::default();
+            let end = relay::relay(
+                &self.client,
+                &upstream,
+                &l.pools,
+                Transfer::Auto,
+                l.cfg.idle_timeout,
+                &counts,
+            )
+            .await;
+            tracing::debug!(listener = %l.cfg.name, request_id = %self.id, ?end, up = counts.up.get(), down = counts.down.get(), "tunnel closed");
+            return Next::Close;
+        }
+
+        // The final response.
+        let resp = &self.resp;
+        let dechunk = client_minor == 0 && resp.framing == Framing::Chunked;
+        let close = client_close
+            || resp.framing == Framing::UntilClose
+            || dechunk
+            || self.guard.drain().is_stopping();
+        let status = resp.status;
+        rewrite::response_head(
+            &mut self.hbuf,
+            self.ubuf.data(),
+            resp,
+            &ResponseCtx {
+                close,
+                keep_alive_1_0: client_minor == 0 && !close,
+                dechunk,
+                ops: &route.cfg.response_headers,
+            },
+        );
+        let resp_framing = resp.framing;
+        let backend_keeps = resp.minor == 1 && !resp.conn.close;
+        self.ubuf.consume(resp.head_len);
+        let moved = forward_body(
+            &upstream,
+            &mut self.ubuf,
+            &self.client,
+            resp_framing,
+            dechunk,
+            u64::MAX,
+            http.body_timeout,
+            &self.hbuf,
+        )
+        .await;
+        self.log(status, Some(backend), started);
+        match moved {
+            Ok(_) => {
+                if backend_keeps
+                    && resp_framing != Framing::UntilClose
+                    && body_sent
+                    && self.ubuf.is_empty()
+                {
+                    up.put_idle(idx, upstream);
+                }
+                if close {
+                    Next::Close
+                } else {
+                    Next::KeepAlive
+                }
+            }
+            Err(e) => {
+                tracing::debug!(listener = %l.cfg.name, request_id = %self.id, %backend, "response body cut short: {e:?}");
+                Next::Close
+            }
+        }
+    }
+
+    /// Read the backend's response head into `self.resp`, relaying 1xx
+    /// interim responses (but 101) to the client.
+    async fn read_response_head(&mut self, up: &TcpStream, is_head: bool) -> Result<(), RespErr> {
+        let http = &self.l.http;
+        let deadline = Instant::now() + http.response_timeout;
+        loop {
+            if !self.ubuf.is_empty() {
+                match codec::parse_response(
+                    self.ubuf.data(),
+                    MAX_RESPONSE_HEAD,
+                    is_head,
+                    &mut self.resp,
+                ) {
+                    Ok(true) => {
+                        let s = self.resp.status;
+                        if s >= 200 || s == 101 {
+                            return Ok(());
+                        }
+                        // Interim: relay to HTTP/1.1 clients (not 100: ringlb
+                        // answers Expect itself and does not forward it).
+                        let n = self.resp.head_len;
+                        if s != 100
+                            && self.req.minor == 1
+                            && timed_write(
+                                &self.client,
+                                &self.ubuf.data()[..n],
+                                &[],
+                                http.body_timeout,
+                            )
+                            .await
+                            .is_err()
+                        {
+                            return Err(RespErr::Client);
+                        }
+                        self.ubuf.consume(n);
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(why) => return Err(RespErr::Bad(why)),
+                }
+            }
+            match self.ubuf.fill_until(up, deadline).await {
+                Ok(0) => {
+                    return Err(RespErr::Gone(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "closed",
+                    )))
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(RespErr::Timeout),
+                Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                    return Err(RespErr::Bad("response head too large"))
+                }
+                Err(e) => return Err(RespErr::Gone(e)),
+            }
+        }
+    }
+
+    /// One line per request at debug level (the access log proper is an
+    /// operations feature).
+    fn log(&self, status: u16, backend: Option<SocketAddr>, started: Instant) {
+        tracing::debug!(
+            target: "ringlb::access",
+            listener = %self.l.cfg.name,
+            peer = %self.peer,
+            status,
+            backend = ?backend,
+            request_id = %self.id,
+            micros = started.elapsed().as_micros() as u64,
+        );
+    }
+}
+
+enum RespErr {
+    /// Closed or reset before a complete head.
+    Gone(io::Error),
+    Timeout,
+    Bad(&'static str),
+    /// The client went away while we relayed an interim response.
+    Client,
+}
+
+fn why(e: HttpError) -> &'static str {
+    match e {
+        HttpError::Bad(w) => w,
+        HttpError::UriTooLong => "request line too long",
+        HttpError::HeadersTooLarge => "header section too large",
+        HttpError::MethodNotAllowed => "CONNECT is not served",
+    }
+}
+
+fn ip_hash(peer: SocketAddr) -> u64 {
+    match peer.ip() {
+        std::net::IpAddr::V4(v4) => hash_key(&v4.octets()),
+        std::net::IpAddr::V6(v6) => hash_key(&v6.octets()),
+    }
+}
+
+/// Write `a` then `b` (one vectored send when both fit), waiting for room
+/// at most `limit` each time the socket is full.
+async fn timed_write(
+    dst: &TcpStream,
+    mut a: &[u8],
+    mut b: &[u8],
+    limit: Duration,
+) -> io::Result<()> {
+    let fd = dst.as_raw_fd();
+    while !a.is_empty() || !b.is_empty() {
+        let r = if a.is_empty() {
+            sys::send(fd, b)
+        } else if b.is_empty() {
+            sys::send(fd, a)
+        } else {
+            sys::with_sock(fd, |s| {
+                s.send_vectored_with_flags(
+                    &[IoSlice::new(a), IoSlice::new(b)],
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            })
+        };
+        match r {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(mut n) => {
+                let from_a = n.min(a.len());
+                a = &a[from_a..];
+                n -= from_a;
+                b = &b[n.min(b.len())..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match monoio::time::timeout(limit, dst.writable(false)).await {
+                    Ok(r) => r?,
+                    Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Move one message body from `src` (bytes already read are in `sbuf`) to
+/// `dst`. `head` is written first, in the same send as the first body bytes.
+/// `dechunk`: send only chunk data (for HTTP/1.0 clients). `limit`: most
+/// body bytes accepted (chunked; Content-Length was checked before).
+/// Returns the body bytes moved.
+#[allow(clippy::too_many_arguments)]
+async fn forward_body(
+    src: &TcpStream,
+    sbuf: &mut RBuf,
+    dst: &TcpStream,
+    framing: Framing,
+    dechunk: bool,
+    limit: u64,
+    timeout: Duration,
+    head: &[u8],
+) -> Result<u64, BodyError> {
+    let mut head = head;
+    let mut moved = 0u64;
+    match framing {
+        Framing::None => {
+            if !head.is_empty() {
+                timed_write(dst, head, &[], timeout)
+                    .await
+                    .map_err(BodyError::Dest)?;
+            }
+        }
+        Framing::Length(n) => {
+            let mut left = n;
+            while left > 0 {
+                if sbuf.is_empty() {
+                    fill(src, sbuf, timeout).await?;
+                }
+                let take = (sbuf.len() as u64).min(left) as usize;
+                timed_write(dst, head, &sbuf.data()[..take], timeout)
+                    .await
+                    .map_err(BodyError::Dest)?;
+                head = &[];
+                sbuf.consume(take);
+                left -= take as u64;
+                moved += take as u64;
+            }
+            if !head.is_empty() {
+                timed_write(dst, head, &[], timeout)
+                    .await
+                    .map_err(BodyError::Dest)?;
+            }
+        }
+        Framing::Chunked => {
+            let mut scan = Chunked::new();
+            while !scan.is_done() {
+                if sbuf.is_empty() {
+                    fill(src, sbuf, timeout).await?;
+                }
+                // Scan what is buffered; forward it in as few writes as possible.
+                let data = sbuf.data();
+                let mut at = 0;
+                while at < data.len() && !scan.is_done() {
+                    let step = scan.step(&data[at..]).map_err(|e| BodyError::Chunk(e.0))?;
+                    if scan.data_total > limit {
+                        return Err(BodyError::TooLarge);
+                    }
+                    if dechunk && step.data && step.len > 0 {
+                        timed_write(dst, head, &data[at..at + step.len], timeout)
+                            .await
+                            .map_err(BodyError::Dest)?;
+                        head = &[];
+                    }
+                    at += step.len;
+                    if step.len == 0 {
+                        break;
+                    }
+                }
+                if !dechunk && at > 0 {
+                    timed_write(dst, head, &data[..at], timeout)
+                        .await
+                        .map_err(BodyError::Dest)?;
+                    head = &[];
+                }
+                sbuf.consume(at);
+                moved = scan.data_total;
+            }
+            if !head.is_empty() {
+                timed_write(dst, head, &[], timeout)
+                    .await
+                    .map_err(BodyError::Dest)?;
+            }
+        }
+        Framing::UntilClose => {
+            if !head.is_empty() || !sbuf.is_empty() {
+                timed_write(dst, head, sbuf.data(), timeout)
+                    .await
+                    .map_err(BodyError::Dest)?;
+                moved += sbuf.len() as u64;
+                sbuf.clear();
+            }
+            loop {
+                match sbuf.fill(src, timeout).await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => return Err(BodyError::Source(e)),
+                }
+                timed_write(dst, sbuf.data(), &[], timeout)
+                    .await
+                    .map_err(BodyError::Dest)?;
+                moved += sbuf.len() as u64;
+                sbuf.clear();
+            }
+            let _ = sys::shutdown_write(dst.as_raw_fd());
+        }
+    }
+    Ok(moved)
+}
+
+/// Read more body bytes; EOF mid-body is an error.
+async fn fill(src: &TcpStream, sbuf: &mut RBuf, timeout: Duration) -> Result<(), BodyError> {
+    match sbuf.fill(src, timeout).await {
+        Ok(0) => Err(BodyError::Source(io::ErrorKind::UnexpectedEof.into())),
+        Ok(_) => Ok(()),
+        Err(e) => Err(BodyError::Source(e)),
+    }
+}

@@ -1,0 +1,269 @@
+//! The heads ringlb sends: the request to the backend and the response to
+//! the client, rebuilt from the parsed spans in one pass, without
+//! hop-by-hop fields and with normalized framing fields.
+
+use super::codec::{Framing, Kind, Request, Response, Span};
+use crate::config::HeaderOps;
+
+/// Request facts the rewriting needs beyond the parsed head.
+pub struct RequestCtx<'a> {
+    /// Path and query to send (after strip_prefix).
+    pub path: &'a [u8],
+    pub client_ip: &'a str,
+    pub request_id: &'a str,
+    /// `Some(protocol)` when the request is upgraded.
+    pub upgrade: Option<&'a [u8]>,
+    pub ops: &'a HeaderOps,
+}
+
+#[inline]
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn nominated(buf: &[u8], noms: &[Span], name: &[u8]) -> bool {
+    noms.iter().any(|n| n.get(buf).eq_ignore_ascii_case(name))
+}
+
+/// Removed or replaced by the route's header operations.
+fn overridden(ops: &HeaderOps, name: &[u8]) -> bool {
+    ops.remove
+        .iter()
+        .any(|r| r.as_bytes().eq_ignore_ascii_case(name))
+        || ops
+            .set
+            .iter()
+            .any(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
+}
+
+fn decimal(out: &mut Vec<u8>, n: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&tmp[i..]);
+}
+
+fn te_field(out: &mut Vec<u8>, buf: &[u8], te: &[Span]) {
+    out.extend_from_slice(b"Transfer-Encoding: ");
+    for (i, v) in te.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(v.get(buf));
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The request head for the backend, into `out` (cleared first).
+pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &Request, cx: &RequestCtx<'_>) {
+    out.clear();
+    out.extend_from_slice(req.method.get(buf));
+    out.push(b' ');
+    out.extend_from_slice(cx.path);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let noms = &req.conn.nominated;
+    // Earlier hops' X-Forwarded-For values, in order (no allocation unless present).
+    let mut xff: Vec<&[u8]> = Vec::new();
+    let mut host_written = false;
+    for (i, (n, v)) in req.headers.iter().enumerate() {
+        let kind = req.kinds[i];
+        match kind {
+            Kind::Plain | Kind::XForwardedFor | Kind::Expect | Kind::Host => {}
+            _ => continue,
+        }
+        let name = n.get(buf);
+        if !noms.is_empty() && nominated(buf, noms, name) {
+            continue;
+        }
+        if (!cx.ops.remove.is_empty() || !cx.ops.set.is_empty()) && overridden(cx.ops, name) {
+            continue;
+        }
+        let value = v.get(buf);
+        match kind {
+            Kind::XForwardedFor => {
+                let value = super::codec::trim(value);
+                if !value.is_empty() {
+                    xff.push(value);
+                }
+                continue;
+            }
+            Kind::Expect if req.expect_continue => continue,
+            Kind::Host => {
+                if req.absolute || host_written {
+                    continue;
+                }
+                host_written = true;
+            }
+            _ => {}
+        }
+        field(out, name, value);
+    }
+    if req.absolute {
+        if let Some(h) = req.host {
+            field(out, b"Host", h.get(buf));
+        }
+    }
+    match req.framing {
+        Framing::Chunked => te_field(out, buf, &req.te),
+        _ => {
+            if let Some(n) = req.content_length {
+                out.extend_from_slice(b"Content-Length: ");
+                decimal(out, n);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    for v in &xff {
+        out.extend_from_slice(v);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(cx.client_ip.as_bytes());
+    out.extend_from_slice(b"\r\nX-Real-IP: ");
+    out.extend_from_slice(cx.client_ip.as_bytes());
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
+    out.extend_from_slice(cx.request_id.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(proto) = cx.upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
+        out.extend_from_slice(proto);
+        out.extend_from_slice(b"\r\n");
+    }
+    for (n, v) in &cx.ops.set {
+        field(out, n.as_bytes(), v.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the response travels to the client.
+pub struct ResponseCtx<'a> {
+    /// Add `Connection: close`.
+    pub close: bool,
+    /// Add `Connection: keep-alive` (an HTTP/1.0 client that asked for it).
+    pub keep_alive_1_0: bool,
+    /// The chunked body is decoded for an HTTP/1.0 client.
+    pub dechunk: bool,
+    pub ops: &'a HeaderOps,
+}
+
+/// The response head for the client, into `out` (cleared first).
+pub fn response_head(out: &mut Vec<u8>, buf: &[u8], resp: &Response, cx: &ResponseCtx<'_>) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    decimal(out, u64::from(resp.status));
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.get(buf));
+    out.extend_from_slice(b"\r\n");
+    let noms = &resp.conn.nominated;
+    for (i, (n, v)) in resp.headers.iter().enumerate() {
+        match resp.kinds[i] {
+            Kind::Hop | Kind::Upgrade | Kind::ContentLength | Kind::TransferEncoding => continue,
+            _ => {}
+        }
+        let name = n.get(buf);
+        if !noms.is_empty() && nominated(buf, noms, name) {
+            continue;
+        }
+        if (!cx.ops.remove.is_empty() || !cx.ops.set.is_empty()) && overridden(cx.ops, name) {
+            continue;
+        }
+        field(out, name, v.get(buf));
+    }
+    let chunked_out = resp.framing == Framing::Chunked && !cx.dechunk;
+    if chunked_out || (resp.framing == Framing::UntilClose && !resp.te.is_empty()) {
+        te_field(out, buf, &resp.te);
+    } else if let Some(n) = resp.content_length {
+        if resp.te.is_empty() {
+            out.extend_from_slice(b"Content-Length: ");
+            decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if cx.close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if cx.keep_alive_1_0 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    for (n, v) in &cx.ops.set {
+        field(out, n.as_bytes(), v.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::l7::codec::{parse_request, Limits};
+
+    const LIMITS: Limits = Limits {
+        max_request_line: 8192,
+        max_header_size: 32768,
+        max_headers: 100,
+    };
+
+    fn rewrite(raw: &[u8], ops: &HeaderOps) -> String {
+        let mut req = Request::default();
+        assert!(parse_request(raw, &LIMITS, &mut req).unwrap());
+        let mut out = Vec::new();
+        let cx = RequestCtx {
+            path: req.path.get(raw),
+            client_ip: "10.0.0.9",
+            request_id: "rid",
+            upgrade: None,
+            ops,
+        };
+        request_head(&mut out, raw, &req, &cx);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_removed_and_forwarding_fields_added() {
+        let got = rewrite(
+            b"GET /a?b HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nProxy-Connection: x\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-For: 1.1.1.1\r\nAccept: */*\r\nX-Forwarded-For: 2.2.2.2\r\nUser-Agent: t\r\n\r\n",
+            &HeaderOps::default(),
+        );
+        assert_eq!(
+            got,
+            "GET /a?b HTTP/1.1\r\nHost: h\r\nAccept: */*\r\nUser-Agent: t\r\nX-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\nX-Real-IP: 10.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Request-Id: rid\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn framing_is_normalized_and_ops_applied() {
+        let ops = HeaderOps {
+            set: vec![("X-Env".into(), "prod".into())],
+            remove: vec!["x-debug".into()],
+        };
+        let got = rewrite(
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\nX-Debug: 1\r\nX-Env: dev\r\nExpect: 100-continue\r\n\r\n",
+            &ops,
+        );
+        assert_eq!(
+            got,
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nX-Forwarded-For: 10.0.0.9\r\nX-Real-IP: 10.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Request-Id: rid\r\nX-Env: prod\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn absolute_form_takes_its_host() {
+        let got = rewrite(
+            b"GET http://example.com:8080/x HTTP/1.1\r\nHost: other\r\n\r\n",
+            &HeaderOps::default(),
+        );
+        assert!(
+            got.starts_with("GET /x HTTP/1.1\r\nHost: example.com:8080\r\n"),
+            "{got}"
+        );
+    }
+}
