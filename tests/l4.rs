@@ -19,16 +19,7 @@ use common::*;
 use sha2::{Digest, Sha256};
 
 fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(n);
-    out
+    common::http::pseudo_random(n, seed)
 }
 
 /// Push `data` through the proxy to an echo backend while reading it back;

@@ -54,8 +54,24 @@ pub struct Budget {
 pub fn apply_fd_budget(cfg: &mut Config, workers: usize) -> Budget {
     let w = workers as u64;
     let listeners = cfg.listeners.len() as u64;
-    let fixed =
-        FDS_RESERVE + w * FDS_PER_WORKER + w * listeners + w * 2 * cfg.runtime.pipe_pool as u64;
+    // Idle keep-alive connections pooled by http listeners, per worker.
+    let mut pooled_ups: Vec<usize> = cfg
+        .listeners
+        .iter()
+        .filter_map(|l| l.http.as_ref())
+        .flat_map(|h| h.routes.iter().map(|r| r.upstream))
+        .collect();
+    pooled_ups.sort_unstable();
+    pooled_ups.dedup();
+    let pooled: u64 = pooled_ups
+        .iter()
+        .map(|&u| (cfg.upstreams[u].keepalive * cfg.upstreams[u].servers.len()) as u64)
+        .sum();
+    let fixed = FDS_RESERVE
+        + w * FDS_PER_WORKER
+        + w * listeners
+        + w * 2 * cfg.runtime.pipe_pool as u64
+        + w * pooled;
     let wanted_conns = cfg.total_max_connections() as u64;
     let needed = fixed + 2 * wanted_conns;
     let (soft, hard) = sys::raise_nofile(needed);
@@ -69,7 +85,7 @@ pub fn apply_fd_budget(cfg: &mut Config, workers: usize) -> Budget {
             .collect();
         let msg = format!(
             "RLIMIT_NOFILE is {soft} (hard limit {hard}) but max_connections totalling {wanted_conns} need {needed} fds \
-             (2 per connection + {fixed} fixed); capping to {connections} connections. \
+             (2 per connection + {fixed} for listeners, pipes and keep-alive pools); capping to {connections} connections. \
              Raise the limit (systemd LimitNOFILE={needed}) to allow more"
         );
         if explicit.is_empty() {

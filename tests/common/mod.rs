@@ -3,6 +3,8 @@
 //! is stopped by PID when its handle drops.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Read, Write},

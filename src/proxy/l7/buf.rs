@@ -92,6 +92,24 @@ impl RBuf {
         Ok(n)
     }
 
+    /// Wait until `s` is readable, then read: for a reply that cannot be
+    /// there yet (it saves the recv that would find nothing).
+    ///
+    /// # Errors
+    /// As [`RBuf::fill`].
+    pub async fn fill_after_wait(
+        &mut self,
+        s: &TcpStream,
+        deadline: std::time::Instant,
+    ) -> io::Result<usize> {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match monoio::time::timeout(left, s.readable(false)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+        }
+        self.fill_until(s, deadline).await
+    }
+
     /// Like [`RBuf::fill`] with an absolute deadline.
     pub async fn fill_until(
         &mut self,

@@ -754,6 +754,7 @@ impl Conn<'_> {
     async fn read_response_head(&mut self, up: &TcpStream, is_head: bool) -> Result<(), RespErr> {
         let http = &self.l.http;
         let deadline = Instant::now() + http.response_timeout;
+        let mut first = true;
         loop {
             if !self.ubuf.is_empty() {
                 match codec::parse_response(
@@ -790,7 +791,13 @@ impl Conn<'_> {
                     Err(why) => return Err(RespErr::Bad(why)),
                 }
             }
-            match self.ubuf.fill_until(up, deadline).await {
+            let read = if first {
+                first = false;
+                self.ubuf.fill_after_wait(up, deadline).await
+            } else {
+                self.ubuf.fill_until(up, deadline).await
+            };
+            match read {
                 Ok(0) => {
                     return Err(RespErr::Gone(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
