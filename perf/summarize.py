@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Parse client outputs and summarise perf/l4.sh runs (stdlib only).
+"""Parse client outputs and summarise perf/l4.sh and perf/l7.sh runs (stdlib only).
 
 Sub-commands:
   parse-wrk FILE        -> "metric value" lines from `wrk --latency` text output
@@ -8,6 +8,8 @@ Sub-commands:
   summarize RUN_DIR     -> reads RUN_DIR/raw.csv, writes RUN_DIR/summary.md, prints it
 
 raw.csv columns: round,target,workload,metric,value
+RUN_DIR/kind holding "l7" (written by perf/l7.sh) selects the L7 layout: one comparison table
+(req/s, p50/p99, proxy CPU, with ratios to direct and to ringlb) and ringlb's goals.
 Figures are reported as median (min-max) over rounds. Ratios are paired per round
 (target / reference in the same round), then the median and min-max of those.
 """
@@ -38,6 +40,10 @@ def parse_wrk(path):
     m = re.search(r"Requests/sec:\s+([\d.]+)", text)
     if m:
         out["rps"] = float(m.group(1))
+    m = re.search(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB|TB)", text)
+    if m:
+        scale = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}[m.group(2)]
+        out["transfer_mib_s"] = float(m.group(1)) * scale / (1 << 20)
     m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", text)
     if m:
         out["requests"] = int(m.group(1))
@@ -121,6 +127,7 @@ LABELS = {
     "get_rps": "GET req/s",
     "set_rps": "SET req/s",
     "rps": "req/s",
+    "transfer_mib_s": "transfer MiB/s",
     "gbps": "Gbit/s",
     "get_p50_ms": "GET p50 ms",
     "get_p99_ms": "GET p99 ms",
@@ -154,7 +161,7 @@ LABELS = {
 }
 
 DETAIL_ORDER = [
-    "get_rps", "set_rps", "rps", "gbps",
+    "get_rps", "set_rps", "rps", "transfer_mib_s", "gbps",
     "get_p50_ms", "get_p99_ms", "set_p50_ms", "set_p99_ms",
     "lat_p50_ms", "lat_p75_ms", "lat_p90_ms", "lat_p99_ms",
     "proxy_over_backend",
@@ -262,8 +269,135 @@ def targets_in(data):
 def workload_sort_key(wl):
     fam = {"redis": 0, "wrk": 1, "iperf": 2}
     f = next((v for k, v in fam.items() if wl.startswith(k)), 9)
+    # L7: wrk_<size>_c<conns>, small first, then by size, then by connections
+    m = re.fullmatch(r"wrk_(small|(\d+)k)_c(\d+)", wl)
+    if m:
+        return (f, [0 if m.group(1) == "small" else int(m.group(2)), int(m.group(3))], wl)
     nums = [int(x) for x in re.findall(r"\d+", wl)]
     return (f, nums, wl)
+
+
+def table_header(first, columns):
+    """Markdown table head: the first column names, then one column per target (or goal)."""
+    names = list(first) + list(columns)
+    return ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+
+
+def run_kind(run_dir):
+    try:
+        return open(os.path.join(run_dir, "kind")).read().strip() or "l4"
+    except OSError:
+        return "l4"
+
+
+# --------------------------------------------------------------------------- L7 layout
+
+L7_GOALS = [  # (label, metric, reference, limit, higher_is_better)
+    ("req/s ÷ direct ≥ 0.85", "rps", "direct", 0.85, True),
+    ("proxy CPU ÷ backend CPU ≤ 1.2", "proxy_over_backend", None, 1.2, False),
+    ("p99 ÷ nginx p99 ≤ 1", "lat_p99_ms", "nginx", 1.0, False),
+]
+
+
+def errors_of(metrics, tgt):
+    """Socket errors + non-2xx responses per round."""
+    out = defaultdict(float)
+    for m in ("socket_errors", "non2xx"):
+        for rnd, v in metrics.get(m, {}).get(tgt, {}).items():
+            out[rnd] += v
+    return out
+
+
+def l7_comparison(data, wls, targets):
+    """One table: per workload, figures as median (min–max) and paired ratios to direct / ringlb."""
+    L = ["## Comparison", "",
+         "Per workload: median (min–max) over rounds; ratios paired per round. "
+         "Errors = wrk socket errors + non-2xx responses.", ""] + table_header(["workload", "metric"], targets)
+
+    def value_row(wl, label, metric, md):
+        cells = [med_range(list(md.get(t, {}).values()), metric) for t in targets]
+        if any(c != "–" for c in cells):
+            L.append(f"| {wl} | {label} | " + " | ".join(cells) + " |")
+
+    def ratio_row(wl, label, md, ref):
+        if ref not in targets:
+            return
+        cells = []
+        for t in targets:
+            if t == ref:
+                cells.append("1" if md.get(ref) else "–")
+            else:
+                cells.append(med_range(paired_ratio(md, t, ref), "ratio"))
+        if any(c not in ("–", "1") for c in cells):
+            L.append(f"| {wl} | {label} | " + " | ".join(cells) + " |")
+
+    for wl in wls:
+        metrics = data[wl]
+        get = lambda m: metrics.get(m, {})
+        value_row(wl, "req/s", "rps", get("rps"))
+        ratio_row(wl, "req/s ÷ direct", get("rps"), "direct")
+        ratio_row(wl, "req/s ÷ ringlb", get("rps"), "ringlb")
+        value_row(wl, "p50 ms", "lat_p50_ms", get("lat_p50_ms"))
+        value_row(wl, "p99 ms", "lat_p99_ms", get("lat_p99_ms"))
+        ratio_row(wl, "p99 ÷ ringlb", get("lat_p99_ms"), "ringlb")
+        value_row(wl, "proxy CPU-s / 100k req", "proxy_cpu_s_per_100k_req", get("proxy_cpu_s_per_100k_req"))
+        ratio_row(wl, "proxy CPU-s / 100k req ÷ ringlb", get("proxy_cpu_s_per_100k_req"), "ringlb")
+        value_row(wl, "proxy CPU ÷ backend CPU", "proxy_over_backend", get("proxy_over_backend"))
+        ratio_row(wl, "proxy CPU ÷ backend CPU, ÷ ringlb", get("proxy_over_backend"), "ringlb")
+        value_row(wl, "machine CPU-s / 100k req added over direct", "machine_added_per_100k_req",
+                  get("machine_added_per_100k_req"))
+        value_row(wl, "unattributed ÷ machine CPU", "unattributed_frac", get("unattributed_frac"))
+        errs = {t: errors_of(metrics, t) for t in targets}
+        if any(v for e in errs.values() for v in e.values()):
+            value_row(wl, "errors", "socket_errors", errs)
+    L.append("")
+
+    if "ringlb" in targets:
+        L += ["## ringlb goals (issue 4: 1 worker pinned)", "",
+              "Median (min–max) over rounds, paired per round; ✓/✗ by the median.", ""]
+        L += table_header(["workload"], [g[0] for g in L7_GOALS])
+        for wl in wls:
+            cells = []
+            for _label, metric, ref, limit, higher in L7_GOALS:
+                md = data[wl].get(metric, {})
+                vals = paired_ratio(md, "ringlb", ref) if ref else list(md.get("ringlb", {}).values())
+                if not vals:
+                    cells.append("–")
+                    continue
+                m = statistics.median(vals)
+                ok = m >= limit if higher else m <= limit
+                cells.append(f"{med_range(vals, 'ratio')} {'✓' if ok else '✗'}")
+            L.append(f"| {wl} | " + " | ".join(cells) + " |")
+        L.append("")
+    return L
+
+
+def headline(data, wls, targets):
+    """L4 layout: the main figures of every workload, medians only."""
+    heads = []
+    for wl in wls:
+        suf = unit_suffix(wl)
+        for tm in throughput_metrics(wl):
+            heads.append((f"{wl} {LABELS.get(tm, tm)}", wl, tm))
+        heads.append((f"{wl} proxy CPU ÷ backend CPU", wl, "proxy_over_backend"))
+        heads.append((f"{wl} {LABELS[f'proxy_cpu_s_{suf}']}", wl, f"proxy_cpu_s_{suf}"))
+        heads.append((f"{wl} {LABELS[f'machine_added_{suf}']}", wl, f"machine_added_{suf}"))
+        heads.append((f"{wl} unattributed ÷ machine CPU", wl, "unattributed_frac"))
+    L = []
+    L.append("## Headline (medians)")
+    L.append("")
+    L += table_header(["test"], targets)
+    for label, wl, metric in heads:
+        md = data[wl].get(metric, {})
+        if not md:
+            continue
+        cells = []
+        for t in targets:
+            m = median_or_none(list(md.get(t, {}).values()))
+            cells.append(fmt(m, metric))
+        L.append(f"| {label} | " + " | ".join(cells) + " |")
+    L.append("")
+    return L
 
 
 def summarize(run_dir):
@@ -276,7 +410,9 @@ def summarize(run_dir):
     if os.path.exists(meta_path):
         setup_line = open(meta_path).read().strip()
     L = []
-    L.append(f"# L4 proxy comparison — {os.path.basename(os.path.abspath(run_dir))}")
+    kind = run_kind(run_dir)
+    title = "L7 HTTP proxy comparison" if kind == "l7" else "L4 proxy comparison"
+    L.append(f"# {title} — {os.path.basename(os.path.abspath(run_dir))}")
     L.append("")
     if setup_line:
         L.append(setup_line)
@@ -293,39 +429,20 @@ def summarize(run_dir):
              "a target whose unattributed share is well above direct's in the same round was disturbed or pushes work into the kernel.")
     L.append("")
 
-    # ---------------- headline
-    heads = []
     wls = sorted(data.keys(), key=workload_sort_key)
-    for wl in wls:
-        suf = unit_suffix(wl)
-        for tm in throughput_metrics(wl):
-            heads.append((f"{wl} {LABELS.get(tm, tm)}", wl, tm))
-        heads.append((f"{wl} proxy CPU ÷ backend CPU", wl, "proxy_over_backend"))
-        heads.append((f"{wl} {LABELS[f'proxy_cpu_s_{suf}']}", wl, f"proxy_cpu_s_{suf}"))
-        heads.append((f"{wl} {LABELS[f'machine_added_{suf}']}", wl, f"machine_added_{suf}"))
-        heads.append((f"{wl} unattributed ÷ machine CPU", wl, "unattributed_frac"))
-    L.append("## Headline (medians)")
-    L.append("")
-    L.append("| test | " + " | ".join(targets) + " |")
-    L.append("|---|" + "---|" * len(targets))
-    for label, wl, metric in heads:
-        md = data[wl].get(metric, {})
-        if not md:
-            continue
-        cells = []
-        for t in targets:
-            m = median_or_none(list(md.get(t, {}).values()))
-            cells.append(fmt(m, metric))
-        L.append(f"| {label} | " + " | ".join(cells) + " |")
-    L.append("")
+    if kind == "l7":
+        L += l7_comparison(data, wls, targets)
+        L.append("Per workload, every figure:")
+        L.append("")
+    else:
+        L += headline(data, wls, targets)
 
     # ---------------- per workload detail
     for wl in wls:
         metrics = data[wl]
         L.append(f"## {wl}")
         L.append("")
-        L.append("| metric | " + " | ".join(targets) + " |")
-        L.append("|---|" + "---|" * len(targets))
+        L += table_header(["metric"], targets)
         names = [m for m in DETAIL_ORDER if m in metrics]
         names += sorted(m for m in metrics if m not in DETAIL_ORDER and m not in ("requests", "bytes"))
         for m in names:
@@ -346,8 +463,7 @@ def summarize(run_dir):
         if ratio_rows:
             L.append(f"Ratios ({wl}), paired per round:")
             L.append("")
-            L.append("| ratio | " + " | ".join(targets) + " |")
-            L.append("|---|" + "---|" * len(targets))
+            L += table_header(["ratio"], targets)
             for label, m, ref in ratio_rows:
                 cells = []
                 for t in targets:

@@ -1551,3 +1551,21 @@ fn h2c_upgrade_is_not_honoured() {
         assert!(!h.has(hop), "{hop} forwarded:\n{}", h.text());
     }
 }
+
+#[test]
+fn accepts_proxy_protocol_from_a_front_balancer() {
+    let b = Backend::start();
+    let lb = Ringlb::start(&cfg(&[b.addr], "accept_proxy_protocol = \"v1\"", ""));
+    let mut c = Client::connect(lb.addr("web"));
+    // The PROXY header and the first request in one write.
+    c.send(b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 80\r\nGET /pp HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(c.response().status, 200);
+    let reqs = b.wait_requests(1);
+    assert_eq!(reqs[0].header("x-real-ip"), Some("203.0.113.9"));
+    assert_eq!(reqs[0].header("x-forwarded-for"), Some("203.0.113.9"));
+    // Without the header the connection is closed before any request is read.
+    let mut c = Client::connect(lb.addr("web"));
+    c.send(b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(c.closed());
+    assert_eq!(b.wait_requests(1).len(), 1);
+}

@@ -355,6 +355,12 @@ fn listener(
             ))
         }
     };
+    if mode == Mode::Http && proxy_protocol != ProxySend::Off {
+        return Err(ConfigError::new(
+            k("proxy_protocol"),
+            "cannot be sent on http listeners: their backend connections are pooled and shared by many clients (the client address goes in X-Forwarded-For / X-Real-IP)",
+        ));
+    }
     let http = match mode {
         Mode::Tcp => None,
         Mode::Http => Some(http(&k, &mut l, upstream, index)?),

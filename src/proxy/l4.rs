@@ -176,7 +176,7 @@ async fn connect_any(l: &L4Listener, key: u64, src: SocketAddr) -> Option<(TcpSt
 
 /// Read a PROXY header; return the addresses it carries and any bytes that
 /// followed it in the same read.
-async fn read_proxy_header(
+pub(crate) async fn read_proxy_header(
     client: &TcpStream,
     accept: ProxyAccept,
 ) -> io::Result<(Option<(SocketAddr, SocketAddr)>, Vec<u8>)> {

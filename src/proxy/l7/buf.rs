@@ -52,6 +52,21 @@ impl RBuf {
         }
     }
 
+    /// Append bytes read elsewhere (what followed a PROXY header).
+    pub fn extend(&mut self, bytes: &[u8]) {
+        let mut at = 0;
+        while at < bytes.len() {
+            let spare = self.spare();
+            if spare.is_empty() {
+                return;
+            }
+            let n = spare.len().min(bytes.len() - at);
+            spare[..n].copy_from_slice(&bytes[at..at + n]);
+            self.end += n;
+            at += n;
+        }
+    }
+
     pub fn clear(&mut self) {
         self.start = 0;
         self.end = 0;
@@ -84,11 +99,18 @@ impl RBuf {
         if spare.is_empty() {
             return Err(io::ErrorKind::OutOfMemory.into());
         }
+        let room = spare.len();
         let n = match monoio::time::timeout(limit, read_some(s, spare)).await {
             Ok(r) => r?,
             Err(_) => return Err(io::ErrorKind::TimedOut.into()),
         };
         self.end += n;
+        // A read that filled all the room means more is queued: a bigger
+        // buffer moves the rest in fewer syscalls.
+        if n == room && self.buf.len() < self.max {
+            let grown = (self.buf.len() * 4).min(self.max);
+            self.buf.resize(grown, 0);
+        }
         Ok(n)
     }
 

@@ -10,7 +10,7 @@
 //! A parsed head is a set of [`Span`]s into the caller's buffer, so nothing
 //! is copied; the vectors are reused from one request to the next.
 
-use std::ops::Range;
+use std::{mem::MaybeUninit, ops::Range};
 
 /// Most headers a head may carry, whatever the config says.
 pub const MAX_HEADERS_HARD: usize = 256;
@@ -173,10 +173,12 @@ pub struct Request {
 /// # Errors
 /// A refused head; the connection must be answered and closed.
 pub fn parse_request(buf: &[u8], limits: &Limits, req: &mut Request) -> Result<bool, HttpError> {
-    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_HARD];
+    // Uninitialized header slots: initializing 256 of them costs more than
+    // parsing a typical head.
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_HARD];
     let n_max = limits.max_headers.min(MAX_HEADERS_HARD);
-    let mut parsed = httparse::Request::new(&mut storage[..n_max]);
-    let status = match parsed.parse(buf) {
+    let mut parsed = httparse::Request::new(&mut []);
+    let status = match parsed.parse_with_uninit_headers(buf, &mut storage[..n_max]) {
         Ok(s) => s,
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadersTooLarge),
         Err(e) => {
@@ -361,9 +363,13 @@ pub fn parse_response(
     head_request: bool,
     resp: &mut Response,
 ) -> Result<bool, &'static str> {
-    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_HARD];
-    let mut parsed = httparse::Response::new(&mut storage);
-    let head_len = match parsed.parse(buf) {
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_HARD];
+    let mut parsed = httparse::Response::new(&mut []);
+    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut storage,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= max_size => {
             return Err("response head too large")

@@ -18,7 +18,7 @@ mod buf;
 pub mod chunked;
 pub mod codec;
 pub mod respond;
-mod rewrite;
+pub mod rewrite;
 pub mod router;
 
 use std::{
@@ -47,7 +47,7 @@ use super::{
 };
 use crate::{
     balancer::{hash_key, rng::WyRand, Algorithm, Balancer, ServerSpec},
-    config::{HashKey, HttpConfig, ListenerConfig, RouteConfig, Transfer, UpstreamConfig},
+    config::{HashKey, HttpConfig, ListenerConfig, ProxyAccept, RouteConfig, UpstreamConfig},
     limiter::Permit,
     runtime::drain::ConnGuard,
     sys, upstream,
@@ -254,6 +254,28 @@ pub async fn handle(
             return;
         }
     };
+    // Behind a front balancer: the client's real address from its PROXY header.
+    let mut peer = peer;
+    let mut early = Vec::new();
+    if l.cfg.accept_proxy_protocol != ProxyAccept::Off {
+        let read = super::l4::read_proxy_header(&client, l.cfg.accept_proxy_protocol);
+        match monoio::time::timeout(l.cfg.proxy_protocol_timeout, read).await {
+            Ok(Ok((addrs, rest))) => {
+                if let Some((src, _)) = addrs {
+                    peer = src;
+                }
+                early = rest;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(listener = %l.cfg.name, %peer, "PROXY header refused: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(listener = %l.cfg.name, %peer, "no PROXY header within {:?}", l.cfg.proxy_protocol_timeout);
+                return;
+            }
+        }
+    }
     let head_max = l.http.max_header_size + 1;
     let mut conn = Conn {
         l: &l,
@@ -271,6 +293,7 @@ pub async fn handle(
         guard: &guard,
         served: 0,
     };
+    conn.cbuf.extend(&early);
     conn.serve().await;
 }
 
@@ -597,6 +620,7 @@ impl Conn<'_> {
                     limit,
                     http.body_timeout,
                     &[],
+                    &l.pools,
                 )
                 .await
                 {
@@ -684,7 +708,7 @@ impl Conn<'_> {
                 &self.client,
                 &upstream,
                 &l.pools,
-                Transfer::Auto,
+                l.cfg.transfer,
                 l.cfg.idle_timeout,
                 &counts,
             )
@@ -724,6 +748,7 @@ impl Conn<'_> {
             u64::MAX,
             http.body_timeout,
             &self.hbuf,
+            &l.pools,
         )
         .await;
         self.log(status, Some(backend), started);
@@ -912,6 +937,7 @@ async fn forward_body(
     limit: u64,
     timeout: Duration,
     head: &[u8],
+    pools: &Pools,
 ) -> Result<u64, BodyError> {
     let mut head = head;
     let mut moved = 0u64;
@@ -927,6 +953,20 @@ async fn forward_body(
             let mut left = n;
             while left > 0 {
                 if sbuf.is_empty() {
+                    if left >= SPLICE_MIN {
+                        // Bulk: what is left moves kernel-side through a pipe.
+                        if head.is_empty() || timed_write(dst, head, &[], timeout).await.is_ok() {
+                            head = &[];
+                            if let Some(lease) = pools.lease_pipe() {
+                                splice_exact(src, dst, left, lease, timeout).await?;
+                                moved += left;
+                                left = 0;
+                                continue;
+                            }
+                        } else {
+                            return Err(BodyError::Dest(io::ErrorKind::BrokenPipe.into()));
+                        }
+                    }
                     fill(src, sbuf, timeout).await?;
                 }
                 let take = (sbuf.len() as u64).min(left) as usize;
@@ -1008,6 +1048,81 @@ async fn forward_body(
         }
     }
     Ok(moved)
+}
+
+/// A Content-Length body with at least this much left (and nothing
+/// buffered) is spliced instead of copied.
+const SPLICE_MIN: u64 = 16 * 1024;
+
+/// Move exactly `left` bytes from `src` to `dst` through a leased pipe.
+async fn splice_exact(
+    src: &TcpStream,
+    dst: &TcpStream,
+    mut left: u64,
+    mut lease: super::pool::PipeLease<'_>,
+    timeout: Duration,
+) -> Result<(), BodyError> {
+    let Some(pipe) = lease.pipe() else {
+        return Err(BodyError::Source(io::ErrorKind::Other.into()));
+    };
+    let (pr, pw) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
+    let (sfd, dfd) = (src.as_raw_fd(), dst.as_raw_fd());
+    let cap = pipe.capacity as u64;
+    let mut result = Ok(());
+    'outer: while left > 0 {
+        let n = match sys::splice(sfd, pw, left.min(cap) as usize) {
+            Ok(0) => {
+                result = Err(BodyError::Source(io::ErrorKind::UnexpectedEof.into()));
+                break;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match monoio::time::timeout(timeout, src.readable(false)).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => result = Err(BodyError::Source(e)),
+                    Err(_) => result = Err(BodyError::Source(io::ErrorKind::TimedOut.into())),
+                }
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                result = Err(BodyError::Source(e));
+                break;
+            }
+        };
+        left -= n as u64;
+        let mut in_pipe = n;
+        while in_pipe > 0 {
+            match sys::splice(pr, dfd, in_pipe) {
+                Ok(0) => {
+                    result = Err(BodyError::Dest(io::ErrorKind::WriteZero.into()));
+                    break 'outer;
+                }
+                Ok(m) => in_pipe -= m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    match monoio::time::timeout(timeout, dst.writable(false)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            result = Err(BodyError::Dest(e));
+                            break 'outer;
+                        }
+                        Err(_) => {
+                            result = Err(BodyError::Dest(io::ErrorKind::TimedOut.into()));
+                            break 'outer;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    result = Err(BodyError::Dest(e));
+                    break 'outer;
+                }
+            }
+        }
+    }
+    // A pipe left holding bytes is not returned to the pool.
+    lease.set_clean(result.is_ok());
+    result
 }
 
 /// Read more body bytes; EOF mid-body is an error.

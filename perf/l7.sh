@@ -1,0 +1,245 @@
+#!/usr/bin/env bash
+# perf/l7.sh — whole-system L7 (HTTP/1.1 reverse proxy) comparison on one machine, in one run:
+#   direct (wrk -> backend), ringlb (mode = "http"), nginx (http proxy_pass, upstream keepalive),
+#   HAProxy (mode http, http-reuse always)
+# against the same backend (one nginx, 1 worker, on two ports: `/` "hello\n", `/64k` 64 KiB),
+# with wrk -t1 -c64 / -c256 --latency on the small and the 64 KiB response.
+# Method: /work/shared/perf-method.md (see perf/README.md). Every process started here is
+# tracked by PID and stopped by the EXIT trap. Shared parts: perf/lib.sh.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
+SUMMARIZE="$SCRIPT_DIR/summarize.py"
+
+# ----------------------------------------------------------------------------- knobs
+TARGETS=${TARGETS:-"direct ringlb nginx haproxy"}
+WRK_CONNS=${WRK_CONNS:-"64 256"}
+SIZES=${SIZES:-"small 64k"}         # small: GET / ("hello\n"); 64k: GET /64k (65536 bytes)
+KEEPALIVE=${KEEPALIVE:-64}          # idle upstream keep-alive connections (ringlb keepalive, nginx upstream keepalive)
+# shared knobs (ROUNDS DURATION WARMUP IDLE_WAIT PIN RINGLB RINGLB_EXTRA RINGLB_IO_URING PORT_OFFSET
+# PAUSE), processes, limits, CPU accounting, backend nginx, wrk, rounds (PX/CL/PWORKERS from PIN)
+source "$SCRIPT_DIR/lib.sh"
+list_knob WRK_CONNS C_LIST
+list_knob SIZES S_LIST
+
+declare -A TIDX=([direct]=0 [ringlb]=1 [nginx]=2 [haproxy]=3)
+for t in "${T_LIST[@]}"; do [[ -n ${TIDX[$t]+x} ]] || die "unknown target '$t' (direct ringlb nginx haproxy)"; done
+for s in "${S_LIST[@]}"; do case $s in small|64k) ;; *) die "unknown size '$s' (small 64k)";; esac; done
+for c in "${C_LIST[@]}"; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "WRK_CONNS: '$c' is not a connection count"; done
+[[ ${#T_LIST[@]} -gt 0 && ${#S_LIST[@]} -gt 0 && ${#C_LIST[@]} -gt 0 ]] || die "empty TARGETS, SIZES or WRK_CONNS"
+[[ $KEEPALIVE =~ ^[1-9][0-9]*$ ]] || die "KEEPALIVE must be >= 1"
+
+# ports: the backend's two, then one per proxy (direct = the backend's first port)
+B1=$((18180 + PORT_OFFSET)); B2=$((18181 + PORT_OFFSET))
+port_of() { local i=${TIDX[$1]}; if ((i == 0)); then echo "$B1"; else echo $((18190 + PORT_OFFSET + i)); fi; }
+path_of() { [[ $1 == small ]] && echo / || echo /64k; }
+BODY_64K=65536
+
+# ----------------------------------------------------------------------------- install
+need=()
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v nginx >/dev/null 2>&1 || need+=(nginx)
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v ss >/dev/null 2>&1 || need+=(iproute2)
+command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+apt_install "${need[@]}"
+command -v python3 >/dev/null 2>&1 || die "python3 is required"
+if has_t ringlb; then ensure_ringlb; fi
+
+# ----------------------------------------------------------------------------- run dir
+init_out_dir "-l7$([[ $PIN == 1 ]] || echo -unpinned)"
+echo l7 >"$OUT_DIR/kind"   # summarize.py: L7 layout
+ports=("$B1" "$B2")
+for t in "${T_LIST[@]}"; do [[ $t == direct ]] || ports+=("$(port_of "$t")"); done
+check_ports_free "${ports[@]}"
+
+# ----------------------------------------------------------------------------- backend
+backend_pids() { pids_with_children "$BE_NGINX_PID"; }   # nginx master + worker
+fetch_ok() { # port size: 200 and the right body through that port
+    local r want
+    r=$(timeout 5 curl -s -o /dev/null -w '%{http_code} %{size_download}' "http://127.0.0.1:$1$(path_of "$2")" 2>/dev/null) || true
+    [[ $2 == small ]] && want="200 6" || want="200 $BODY_64K"
+    [[ $r == "$want" ]] || { log "GET $(path_of "$2") on port $1: got '$r', want '$want' (status bytes)"; return 1; }
+}
+start_backend() {
+    local www="$TMP/www" s
+    # the worker (an unprivileged user when run as root) must read the file: TMP is 0700
+    mkdir -p "$www"; chmod 755 "$TMP" "$www"
+    head -c "$BODY_64K" /dev/zero | tr '\0' 'x' >"$www/64k"; chmod 644 "$www/64k"
+    start_be_nginx "$B1" "$B2" \
+"    # /64k: a static 65536-byte file, sent with sendfile, its descriptor cached
+    sendfile on;
+    tcp_nopush on;
+    open_file_cache max=16 inactive=1h;
+    open_file_cache_valid 1h;" \
+"        location = /64k { root $www; default_type application/octet-stream; }"
+    for s in "${S_LIST[@]}"; do fetch_ok "$B1" "$s" && fetch_ok "$B2" "$s" || die "backend nginx does not serve $(path_of "$s") (logs/backend-nginx.*)"; done
+}
+
+# ----------------------------------------------------------------------------- proxy configs
+# Same everywhere: connect timeout 1s, client/server idle 10m, request head 60s, logging off,
+# connection cap MAXCONN, round robin over the backend's two ports, upstream keep-alive.
+ringlb_conf() {
+    local f="$OUT_DIR/conf/ringlb.toml"
+    cat >"$f" <<EOF
+[runtime]
+workers = $PWORKERS
+pin_cores = false   # taskset does the pinning
+io_uring = "$RINGLB_IO_URING"
+
+[[listener]]
+name = "web"
+mode = "http"
+listen = "127.0.0.1:$(port_of ringlb)"
+upstream = "app"
+max_connections = $MAXCONN
+connect_timeout = "1s"
+header_timeout = "60s"
+keepalive_timeout = "10m"
+response_timeout = "10m"
+${RINGLB_EXTRA:+$RINGLB_EXTRA
+}
+[upstream.app]
+balance = "round_robin"
+keepalive = $KEEPALIVE
+keepalive_timeout = "10m"
+servers = [{ addr = "127.0.0.1:$B1" }, { addr = "127.0.0.1:$B2" }]
+EOF
+    echo "$f"
+}
+nginx_conf() {
+    local f="$OUT_DIR/conf/nginx-http.conf" pre="$TMP/px-nginx"
+    cat >"$f" <<EOF
+$(nginx_head "$pre" nginx-http "$PWORKERS")
+events { worker_connections $((2 * MAXCONN + 100)); }
+http {
+    access_log off;
+    keepalive_timeout 10m;
+    keepalive_requests 100000000;
+    client_header_timeout 60s;
+$(nginx_temp_paths "$pre")
+    upstream app {
+        server 127.0.0.1:$B1;
+        server 127.0.0.1:$B2;
+        keepalive $KEEPALIVE;
+        keepalive_timeout 10m;
+        keepalive_requests 100000000;
+    }
+    server {
+        listen 127.0.0.1:$(port_of nginx);
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_read_timeout 10m;
+            proxy_send_timeout 10m;
+            # default in-memory buffers; never spill a response to a temp file (no disk I/O)
+            proxy_max_temp_file_size 0;
+        }
+    }
+}
+EOF
+    echo "$f"
+}
+haproxy_conf() {
+    local f="$OUT_DIR/conf/haproxy.cfg"
+    cat >"$f" <<EOF
+global
+    nbthread $PWORKERS
+    maxconn $MAXCONN
+    # no 'log' lines: logging off
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 1s
+    timeout client 10m
+    timeout server 10m
+    timeout http-keep-alive 10m
+    timeout http-request 60s
+frontend fe_http
+    bind 127.0.0.1:$(port_of haproxy)
+    maxconn $MAXCONN
+    default_backend be_http
+backend be_http
+    balance roundrobin
+    server s1 127.0.0.1:$B1
+    server s2 127.0.0.1:$B2
+EOF
+    echo "$f"
+}
+
+start_proxy() { # target -> PROXY_PID; returns 1 on failure
+    local t=$1 s
+    PROXY_PID=""
+    case $t in
+        direct) return 0;;
+        ringlb)  launch_ringlb "$(ringlb_conf)" ringlb || return 1;;
+        nginx)   launch_nginx "$(nginx_conf)" nginx-http;;
+        haproxy) launch_haproxy "$(haproxy_conf)" haproxy || return 1;;
+    esac
+    if ! wait_listen "$PROXY_PID" 15 "$(port_of "$t")"; then
+        log "$t: not listening on $(port_of "$t") within 15s (logs/)"; return 1
+    fi
+    for s in "${S_LIST[@]}"; do fetch_ok "$(port_of "$t")" "$s" || { log "$t: GET $(path_of "$s") through the proxy failed"; return 1; }; done
+}
+
+# ----------------------------------------------------------------------------- workloads
+url_of() { echo "http://127.0.0.1:$(port_of "$1")$(path_of "$2")"; }
+warm_up() { # target (unrecorded)
+    local s
+    for s in "${S_LIST[@]}"; do wrk_warm "$(url_of "$1" "$s")" "${C_LIST[0]}" "$WARMUP"; done
+}
+run_workloads() { # target: wrk_<size>_c<conns>
+    local s c
+    for s in "${S_LIST[@]}"; do
+        for c in "${C_LIST[@]}"; do
+            sleep "$PAUSE"
+            wrk_measure "$1" "wrk_${s}_c$c" "$(url_of "$1" "$s")" "$c"
+        done
+    done
+}
+
+# ----------------------------------------------------------------------------- setup record
+write_setup() {
+    {
+        echo "# Setup (L7)"
+        echo
+        setup_host_lines
+        echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
+        echo "- haproxy: $(haproxy -v 2>&1 | head -1)"
+        echo "- wrk: $(wrk -v 2>&1 | head -1)"
+        setup_ringlb_lines
+        setup_limits_line
+        echo
+        echo "## Command line"
+        echo
+        echo '```'
+        echo "ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP TARGETS=\"$TARGETS\" WRK_CONNS=\"$WRK_CONNS\" SIZES=\"$SIZES\" \\"
+        echo "  KEEPALIVE=$KEEPALIVE PIN=$PIN PORT_OFFSET=$PORT_OFFSET RINGLB=$RINGLB RINGLB_IO_URING=$RINGLB_IO_URING RINGLB_EXTRA='$RINGLB_EXTRA' \\"
+        echo "  $0 $*"
+        echo '```'
+        echo
+        echo "## Method"
+        echo
+        setup_pin_line
+        echo "- Backend: one nginx, 1 worker, on ports $B1 and $B2 (keepalive_requests 1e8, keepalive_timeout 600s): \`GET /\` → \`return 200 \"hello\\n\"\`; \`GET /64k\` → a static 65536-byte file (sendfile, open_file_cache). direct = wrk straight to port $B1."
+        echo "- Proxies, round robin over both ports, logging off, connect timeout 1s, client and server idle 10m, request-head timeout 60s, connection cap $MAXCONN:"
+        echo "  ringlb \`mode = \"http\"\`, upstream \`keepalive = $KEEPALIVE\`; nginx http \`proxy_pass\` to an upstream block with \`keepalive $KEEPALIVE\`, \`proxy_http_version 1.1\`, \`proxy_set_header Connection \"\"\` (default proxy buffers, \`proxy_max_temp_file_size 0\`, keepalive_requests 1e8 both sides); HAProxy \`mode http\`, \`http-reuse always\`. Configs in conf/."
+        echo "- Each round starts every target in turn (order rotated per round), warms it up unrecorded (wrk ${WARMUP}s per response size), runs the measurements, and stops it (SIGTERM by PID)."
+        echo "- CPU: utime+stime from /proc/PID/stat of the proxy (nginx master + worker; HAProxy and ringlb: one process, all threads) and of the backend nginx (master + worker) before and after each measurement; machine CPU from /proc/stat (busy = all but idle and iowait); client CPU from the shell's children times."
+        echo "- Clients: wrk -t1 -c{$WRK_CONNS} -d${DURATION}s --latency on {$SIZES} (/ and /64k)."
+    } >"$OUT_DIR/SETUP.md"
+    echo "L7, PIN=$PIN ($(pin_summary)); $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v 2>&1 | head -1 | awk '{print $3}')$(has_t ringlb && echo ", $RINGLB_VERSION"); host $(hostname), kernel $(uname -r). See SETUP.md." >"$OUT_DIR/meta.txt"
+}
+
+# ----------------------------------------------------------------------------- main
+write_setup "$@"
+log "results: $OUT_DIR"
+log "targets: ${T_LIST[*]}; sizes: ${S_LIST[*]}; connections: ${C_LIST[*]}; rounds: $ROUNDS; PIN=$PIN"
+start_backend
+run_rounds
+finish
