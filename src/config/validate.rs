@@ -206,7 +206,7 @@ fn upstreams(
             }
         };
         let keepalive = match u.keepalive {
-            None => 32,
+            None => 64,
             Some(n) => range(&format!("{key}.keepalive"), n, 0, 100_000)? as usize,
         };
         let keepalive_timeout =
