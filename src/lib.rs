@@ -10,6 +10,7 @@ pub mod balancer;
 pub mod config;
 pub mod demo;
 mod error;
+pub mod health;
 pub mod limiter;
 pub mod listener;
 pub mod proxy;

@@ -108,6 +108,8 @@ pub struct ListenerConfig {
     pub transfer: Transfer,
     /// Present for `mode = "http"`.
     pub http: Option<HttpConfig>,
+    /// Concurrent connections per client IP, process-wide (0 = unlimited).
+    pub max_connections_per_ip: u32,
 }
 
 /// Settings of an http listener.
@@ -143,6 +145,27 @@ pub struct RouteConfig {
     pub upgrade: Vec<String>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// A route's token bucket.
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    /// Tokens (requests) added per second.
+    pub rate: f64,
+    /// Bucket capacity.
+    pub burst: u32,
+    pub key: RateKey,
+}
+
+/// What a rate limit counts per.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    ClientIp,
+    /// One bucket for the whole route.
+    Route,
+    /// The value of this header (lower-case name); without it, the client IP.
+    Header(String),
 }
 
 /// Headers to set (replacing any of the same name) and to remove.
@@ -174,6 +197,46 @@ pub struct UpstreamConfig {
     pub keepalive: usize,
     /// A pooled connection idle longer than this is closed.
     pub keepalive_timeout: Duration,
+    pub health: Option<HealthConfig>,
+    /// Passive ejection; `None` when `eject.failures = 0`.
+    pub eject: Option<EjectConfig>,
+    /// A backend coming back ramps its share over this (zero = off).
+    pub slow_start: Duration,
+    /// http: requests that may wait for a backend below its max_connections.
+    pub queue: u32,
+    pub queue_timeout: Duration,
+}
+
+/// Active health checks of an upstream.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub kind: HealthKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthKind {
+    Tcp,
+    Http {
+        path: String,
+        host: Option<String>,
+        /// Accepted status range, inclusive.
+        status: (u16, u16),
+    },
+}
+
+/// Passive ejection (circuit breaker) of an upstream's backends.
+#[derive(Debug, Clone)]
+pub struct EjectConfig {
+    /// Consecutive failures that open the circuit.
+    pub failures: u32,
+    pub cooldown: Duration,
+    pub max_cooldown: Duration,
+    /// Requests (connections) let through while half-open.
+    pub half_open: u32,
 }
 
 /// One backend server.
@@ -183,6 +246,10 @@ pub struct ServerConfig {
     pub id: String,
     pub addr: SocketAddr,
     pub weight: u32,
+    /// Used only when every primary is unavailable.
+    pub backup: bool,
+    /// Process-wide cap on connections (tcp) / requests in flight (http); 0 = none.
+    pub max_connections: u32,
 }
 
 /// A configuration error: which key, and what is wrong with it.

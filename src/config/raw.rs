@@ -62,6 +62,7 @@ pub(crate) struct RawListener {
     pub max_header_size: Option<RawSize>,
     pub max_headers: Option<i64>,
     pub max_body_size: Option<RawSize>,
+    pub max_connections_per_ip: Option<i64>,
     #[serde(default)]
     pub route: Vec<RawRoute>,
 }
@@ -77,6 +78,7 @@ pub(crate) struct RawRoute {
     pub upgrade: Option<Vec<String>>,
     pub request_headers: Option<RawHeaderOps>,
     pub response_headers: Option<RawHeaderOps>,
+    pub rate_limit: Option<RawRateLimit>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -95,6 +97,11 @@ pub(crate) struct RawUpstream {
     pub hash_key: Option<String>,
     pub keepalive: Option<i64>,
     pub keepalive_timeout: Option<String>,
+    pub health: Option<RawHealth>,
+    pub eject: Option<RawEject>,
+    pub slow_start: Option<String>,
+    pub queue: Option<i64>,
+    pub queue_timeout: Option<String>,
     #[serde(default)]
     pub servers: Vec<RawServer>,
 }
@@ -104,6 +111,38 @@ pub(crate) struct RawUpstream {
 pub(crate) struct RawServer {
     pub addr: String,
     pub weight: Option<i64>,
+    pub backup: Option<bool>,
+    pub max_connections: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealth {
+    pub kind: Option<String>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub status: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub rise: Option<i64>,
+    pub fall: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEject {
+    pub failures: Option<i64>,
+    pub cooldown: Option<String>,
+    pub max_cooldown: Option<String>,
+    pub half_open: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    pub rate: f64,
+    pub burst: Option<i64>,
+    pub key: Option<String>,
 }
 
 /// A byte size: `65536` or `"64k"`, `"1m"`.

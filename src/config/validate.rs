@@ -9,11 +9,12 @@ use std::{
 
 use super::{
     raw::{
-        RawConfig, RawHeaderOps, RawListener, RawRoute, RawServer, RawSize, RawUpstream, RawWorkers,
+        RawConfig, RawEject, RawHeaderOps, RawHealth, RawListener, RawRateLimit, RawRoute,
+        RawServer, RawSize, RawUpstream, RawWorkers,
     },
-    Config, ConfigError, HashKey, HeaderOps, HttpConfig, IoUringMode, ListenerConfig, Mode,
-    ProxyAccept, ProxySend, RouteConfig, RuntimeConfig, ServerConfig, Transfer, UpstreamConfig,
-    DEFAULT_MAX_CONNECTIONS,
+    Config, ConfigError, EjectConfig, HashKey, HeaderOps, HealthConfig, HealthKind, HttpConfig,
+    IoUringMode, ListenerConfig, Mode, ProxyAccept, ProxySend, RateKey, RateLimitConfig,
+    RouteConfig, RuntimeConfig, ServerConfig, Transfer, UpstreamConfig, DEFAULT_MAX_CONNECTIONS,
 };
 use crate::balancer::Algorithm;
 
@@ -211,6 +212,17 @@ fn upstreams(
         };
         let keepalive_timeout =
             nonzero_dur(&format!("{key}.keepalive_timeout"), u.keepalive_timeout, 60)?;
+        let health = match u.health {
+            None => None,
+            Some(h) => Some(health(&format!("{key}.health"), h)?),
+        };
+        let eject = eject(&format!("{key}.eject"), u.eject)?;
+        let slow_start = dur_or(&format!("{key}.slow_start"), u.slow_start, Duration::ZERO)?;
+        let queue = match u.queue {
+            None => 0,
+            Some(n) => range(&format!("{key}.queue"), n, 0, 1_000_000)? as u32,
+        };
+        let queue_timeout = nonzero_dur(&format!("{key}.queue_timeout"), u.queue_timeout, 5)?;
         if u.servers.is_empty() {
             return Err(ConfigError::new(
                 format!("{key}.servers"),
@@ -229,6 +241,12 @@ fn upstreams(
             }
             servers.push(s);
         }
+        if servers.iter().all(|s| s.backup) {
+            return Err(ConfigError::new(
+                format!("{key}.servers"),
+                "every server is a backup; at least one must be a primary",
+            ));
+        }
         index.insert(name.clone(), out.len());
         out.push(UpstreamConfig {
             name,
@@ -237,6 +255,11 @@ fn upstreams(
             servers,
             keepalive,
             keepalive_timeout,
+            health,
+            eject,
+            slow_start,
+            queue,
+            queue_timeout,
         });
     }
     Ok((out, index))
@@ -248,10 +271,16 @@ fn server(key: &str, s: RawServer) -> Result<ServerConfig, ConfigError> {
         None => 1,
         Some(w) => range(&format!("{key}.weight"), w, 1, 1000)? as u32,
     };
+    let max_connections = match s.max_connections {
+        None => 0,
+        Some(n) => range(&format!("{key}.max_connections"), n, 0, 10_000_000)? as u32,
+    };
     Ok(ServerConfig {
         id: s.addr,
         addr,
         weight,
+        backup: s.backup.unwrap_or(false),
+        max_connections,
     })
 }
 
@@ -397,6 +426,146 @@ fn listener(
         )?,
         transfer,
         http,
+        max_connections_per_ip: match l.max_connections_per_ip {
+            None => 0,
+            Some(n) => range(&k("max_connections_per_ip"), n, 0, 10_000_000)? as u32,
+        },
+    })
+}
+
+fn health(key: &str, h: RawHealth) -> Result<HealthConfig, ConfigError> {
+    let kf = |f: &str| format!("{key}.{f}");
+    let kind = match h.kind.as_deref() {
+        None | Some("tcp") => {
+            if h.path.is_some() || h.host.is_some() || h.status.is_some() {
+                return Err(ConfigError::new(
+                    kf("kind"),
+                    "path, host and status need kind = \"http\"",
+                ));
+            }
+            HealthKind::Tcp
+        }
+        Some("http") => {
+            let path = h.path.unwrap_or_else(|| "/".into());
+            if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                return Err(ConfigError::new(
+                    kf("path"),
+                    format!(
+                        "{path:?} must start with / and contain no spaces or control characters"
+                    ),
+                ));
+            }
+            if let Some(host) = &h.host {
+                if host.is_empty() || host.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                    return Err(ConfigError::new(
+                        kf("host"),
+                        format!("{host:?} is not a host"),
+                    ));
+                }
+            }
+            let status = match h.status.as_deref() {
+                None => (200, 399),
+                Some(t) => parse_status_range(t).ok_or_else(|| {
+                    ConfigError::new(
+                        kf("status"),
+                        format!("{t:?} is not a status or range like \"200-399\""),
+                    )
+                })?,
+            };
+            HealthKind::Http {
+                path,
+                host: h.host,
+                status,
+            }
+        }
+        Some(o) => return Err(one_of(&kf("kind"), o, &["tcp", "http"])),
+    };
+    let interval = nonzero_dur(&kf("interval"), h.interval, 2)?;
+    let timeout = nonzero_dur(&kf("timeout"), h.timeout, 1)?;
+    Ok(HealthConfig {
+        kind,
+        interval,
+        timeout,
+        rise: match h.rise {
+            None => 2,
+            Some(n) => range(&kf("rise"), n, 1, 100)? as u32,
+        },
+        fall: match h.fall {
+            None => 3,
+            Some(n) => range(&kf("fall"), n, 1, 100)? as u32,
+        },
+    })
+}
+
+fn parse_status_range(t: &str) -> Option<(u16, u16)> {
+    let (a, b) = t.split_once('-').unwrap_or((t, t));
+    let (a, b): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    ((100..=599).contains(&a) && (a..=599).contains(&b)).then_some((a, b))
+}
+
+fn eject(key: &str, e: Option<RawEject>) -> Result<Option<EjectConfig>, ConfigError> {
+    let kf = |f: &str| format!("{key}.{f}");
+    let (failures, cooldown, max_cooldown, half_open) = match e {
+        None => (None, None, None, None),
+        Some(e) => (e.failures, e.cooldown, e.max_cooldown, e.half_open),
+    };
+    let failures = match failures {
+        None => 5,
+        Some(n) => range(&kf("failures"), n, 0, 1_000_000)? as u32,
+    };
+    if failures == 0 {
+        return Ok(None);
+    }
+    let cooldown = nonzero_dur(&kf("cooldown"), cooldown, 10)?;
+    let max_cooldown = dur_or(&kf("max_cooldown"), max_cooldown, Duration::from_secs(300))?;
+    if max_cooldown < cooldown {
+        return Err(ConfigError::new(
+            kf("max_cooldown"),
+            "must be at least cooldown",
+        ));
+    }
+    Ok(Some(EjectConfig {
+        failures,
+        cooldown,
+        max_cooldown,
+        half_open: match half_open {
+            None => 1,
+            Some(n) => range(&kf("half_open"), n, 1, 1000)? as u32,
+        },
+    }))
+}
+
+fn rate_limit(key: &str, r: RawRateLimit) -> Result<RateLimitConfig, ConfigError> {
+    let kf = |f: &str| format!("{key}.{f}");
+    if !(r.rate > 0.0 && r.rate <= 1_000_000.0) {
+        return Err(ConfigError::new(
+            kf("rate"),
+            "must be within (0, 1000000] requests per second",
+        ));
+    }
+    let burst = match r.burst {
+        None => r.rate.ceil().max(1.0) as i64,
+        Some(b) => b,
+    };
+    let burst = range(&kf("burst"), burst, 1, 65_535)? as u32;
+    let key = match r.key.as_deref() {
+        None | Some("client_ip") => RateKey::ClientIp,
+        Some("route") => RateKey::Route,
+        Some(h) if h.starts_with("header:") && is_token(&h["header:".len()..]) => {
+            RateKey::Header(h["header:".len()..].to_ascii_lowercase())
+        }
+        Some(o) => {
+            return Err(one_of(
+                &kf("key"),
+                o,
+                &["client_ip", "route", "header:NAME"],
+            ))
+        }
+    };
+    Ok(RateLimitConfig {
+        rate: r.rate,
+        burst,
+        key,
     })
 }
 
@@ -459,6 +628,7 @@ fn http(
             upgrade: vec!["websocket".into()],
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
+            rate_limit: None,
         });
     }
     let mut seen = HashSet::new();
@@ -573,6 +743,10 @@ fn route(
         upgrade,
         request_headers: header_ops(&kf("request_headers"), r.request_headers)?,
         response_headers: header_ops(&kf("response_headers"), r.response_headers)?,
+        rate_limit: match r.rate_limit {
+            None => None,
+            Some(rl) => Some(rate_limit(&kf("rate_limit"), rl)?),
+        },
     })
 }
 

@@ -6,6 +6,7 @@ use std::{
     io,
     net::{IpAddr, SocketAddr},
     rc::Rc,
+    sync::Arc,
 };
 
 use monoio::net::TcpStream;
@@ -18,6 +19,7 @@ use super::{
 use crate::{
     balancer::{hash_key, Algorithm, Balancer, ServerSpec},
     config::{HashKey, ListenerConfig, ProxyAccept, ProxySend, UpstreamConfig},
+    health::{self, Slot, UpstreamState},
     limiter::Permit,
     runtime::drain::ConnGuard,
     upstream,
@@ -30,10 +32,18 @@ pub struct L4Listener {
     pub hash_key: HashKey,
     pub balancer: RefCell<Balancer>,
     pub pools: Rc<Pools>,
+    /// Process-wide health, circuit and connection counts of the upstream.
+    pub state: Arc<UpstreamState>,
 }
 
 impl L4Listener {
-    pub fn new(cfg: &ListenerConfig, up: &UpstreamConfig, worker: usize, pools: Rc<Pools>) -> Self {
+    pub fn new(
+        cfg: &ListenerConfig,
+        up: &UpstreamConfig,
+        worker: usize,
+        pools: Rc<Pools>,
+        state: Arc<UpstreamState>,
+    ) -> Self {
         let specs: Vec<ServerSpec<'_>> = up
             .servers
             .iter()
@@ -48,6 +58,7 @@ impl L4Listener {
             hash_key: up.hash_key.clone(),
             balancer: RefCell::new(Balancer::new(up.balance, &specs, worker)),
             pools,
+            state,
         }
     }
 }
@@ -110,7 +121,7 @@ pub async fn handle(
         _ => 0,
     };
 
-    let Some((backend, idx)) = connect_any(&l, key, src).await else {
+    let Some((backend, idx, _slot)) = connect_any(&l, key, src).await else {
         return;
     };
     l.balancer.borrow_mut().connection_opened(idx);
@@ -156,18 +167,35 @@ pub async fn handle(
     }
 }
 
-/// Try backends in balancer order, at most `connect_tries` distinct ones.
-async fn connect_any(l: &L4Listener, key: u64, src: SocketAddr) -> Option<(TcpStream, usize)> {
+/// Try available backends in balancer order, at most `connect_tries`
+/// distinct ones. The slot counts toward the backend's max_connections for
+/// the connection's life.
+async fn connect_any(
+    l: &L4Listener,
+    key: u64,
+    src: SocketAddr,
+) -> Option<(TcpStream, usize, Slot)> {
     let mut tried: Vec<usize> = Vec::new();
     for _ in 0..l.cfg.connect_tries {
-        let Some(idx) = l.balancer.borrow_mut().pick(key, |i| tried.contains(&i)) else {
-            break;
+        let (idx, slot) = match health::pick(&mut l.balancer.borrow_mut(), &l.state, key, &tried) {
+            Ok(p) => p,
+            Err(_) if tried.is_empty() => {
+                tracing::warn!(listener = %l.cfg.name, %src, "no backend available; closing client");
+                return None;
+            }
+            Err(_) => break,
         };
         tried.push(idx);
         let addr = l.servers[idx];
         match upstream::connect(addr, l.cfg.connect_timeout).await {
-            Ok(s) => return Some((s, idx)),
-            Err(e) => tracing::warn!(listener = %l.cfg.name, %src, "{e}; trying next backend"),
+            Ok(s) => {
+                l.state.report_success(idx);
+                return Some((s, idx, slot));
+            }
+            Err(e) => {
+                l.state.report_failure(idx, &e.to_string());
+                tracing::warn!(listener = %l.cfg.name, %src, "{e}; trying next backend");
+            }
         }
     }
     tracing::warn!(listener = %l.cfg.name, %src, tries = tried.len(), "no backend answered; closing client");
@@ -229,6 +257,7 @@ mod tests {
                 &cfg.upstreams[0],
                 0,
                 pools,
+                crate::health::UpstreamState::new(&cfg.upstreams[0]),
             ));
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();

@@ -179,6 +179,11 @@ pub fn run(mut cfg: Config) -> Result<(), Error> {
     sys::block_signals().map_err(|e| Error::Startup(format!("cannot block signals: {e}")))?;
 
     let cfg = Arc::new(cfg);
+    // Backend health, circuit breakers and limits: one state for the process.
+    let shared = crate::health::Shared::new(&cfg);
+    let health_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    crate::health::spawn_checker(&cfg, Arc::clone(&shared), Arc::clone(&health_stop))
+        .map_err(|e| Error::Startup(format!("cannot start the health-check thread: {e}")))?;
     let (ready_tx, ready_rx) =
         mpsc::channel::<Result<(usize, Option<usize>, Driver, Option<TaskRun>), String>>();
     let mut stops = Vec::with_capacity(workers);
@@ -191,6 +196,7 @@ pub fn run(mut cfg: Config) -> Result<(), Error> {
             cfg: Arc::clone(&cfg),
             sockets,
             limiters: limiters.clone(),
+            shared: Arc::clone(&shared),
             shutdown: stop_rx,
         };
         let core = if cfg.runtime.pin_cores && !cores.is_empty() {
@@ -255,6 +261,7 @@ pub fn run(mut cfg: Config) -> Result<(), Error> {
     let grace = cfg.runtime.shutdown_timeout;
     tracing::info!("stop signal received: no new connections; draining for up to {grace:?} (signal again to exit at once)");
     sys::systemd::notify("STOPPING=1");
+    health_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     stop_all(stops, grace);
     // A second signal ends the process at once.
     let _ = thread::Builder::new()

@@ -26,6 +26,8 @@ pub struct WorkerSpec {
     /// One bound socket per listener, in config order.
     pub sockets: Vec<std::net::TcpListener>,
     pub limiters: Vec<Arc<Limiter>>,
+    /// Process-wide backend state and limits.
+    pub shared: Arc<crate::health::Shared>,
     /// Resolves with the drain deadline when the process must stop.
     pub shutdown: oneshot::Receiver<Duration>,
 }
@@ -43,7 +45,8 @@ pub async fn run(spec: WorkerSpec) {
         .cfg
         .upstreams
         .iter()
-        .map(|u| UpstreamRt::new(u, spec.index))
+        .zip(spec.shared.upstreams.iter())
+        .map(|(u, st)| UpstreamRt::new(u, spec.index, Arc::clone(st)))
         .collect();
     if spec.cfg.listeners.iter().any(|l| l.mode == Mode::Http) {
         let ups = upstreams.clone();
@@ -64,28 +67,38 @@ pub async fn run(spec: WorkerSpec) {
             }
         });
     }
-    for ((lcfg, sock), limiter) in spec
+    for (li, ((lcfg, sock), limiter)) in spec
         .cfg
         .listeners
         .iter()
         .zip(spec.sockets)
         .zip(spec.limiters.iter())
+        .enumerate()
     {
+        let ip_limit = spec.shared.ip_limits.get(li).cloned().flatten();
         let handler = match lcfg.mode {
             Mode::Tcp => {
-                let Some(up) = lcfg.upstream.map(|u| &spec.cfg.upstreams[u]) else {
+                let Some(u) = lcfg.upstream else {
                     tracing::error!(listener = %lcfg.name, "tcp listener without upstream");
                     continue;
                 };
                 Handler::Tcp(Rc::new(L4Listener::new(
                     lcfg,
-                    up,
+                    &spec.cfg.upstreams[u],
                     spec.index,
                     Rc::clone(&pools),
+                    Arc::clone(&spec.shared.upstreams[u]),
                 )))
             }
             Mode::Http => {
-                match HttpListener::new(lcfg, &upstreams, Rc::clone(&pools), spec.index) {
+                let rate_limits = spec.shared.rate_limits.get(li).cloned().unwrap_or_default();
+                match HttpListener::new(
+                    lcfg,
+                    &upstreams,
+                    Rc::clone(&pools),
+                    spec.index,
+                    rate_limits,
+                ) {
                     Ok(h) => Handler::Http(Rc::new(h)),
                     Err(e) => {
                         tracing::error!(listener = %lcfg.name, "{e}");
@@ -108,13 +121,32 @@ pub async fn run(spec: WorkerSpec) {
         monoio::spawn(async move {
             let conn_drain = Rc::clone(&d);
             listener::accept_loop(listener, limiter, worker, d, name, move |a: Accepted| {
+                // Per-client-IP limit (process-wide): over it, refuse at once.
+                let ip_permit = match &ip_limit {
+                    None => None,
+                    Some(lim) => match lim.acquire(a.peer.ip()) {
+                        Some(p) => Some(p),
+                        None => {
+                            refuse_over_ip_limit(&handler, &a);
+                            return;
+                        }
+                    },
+                };
                 let guard = conn_drain.track();
                 match &handler {
                     Handler::Tcp(l) => {
-                        monoio::spawn(l4::handle(Rc::clone(l), a.stream, a.peer, a.permit, guard));
+                        let conn = l4::handle(Rc::clone(l), a.stream, a.peer, a.permit, guard);
+                        monoio::spawn(async move {
+                            conn.await;
+                            drop(ip_permit);
+                        });
                     }
                     Handler::Http(l) => {
-                        monoio::spawn(l7::handle(Rc::clone(l), a.stream, a.peer, a.permit, guard));
+                        let conn = l7::handle(Rc::clone(l), a.stream, a.peer, a.permit, guard);
+                        monoio::spawn(async move {
+                            conn.await;
+                            drop(ip_permit);
+                        });
                     }
                 }
             })
@@ -149,4 +181,17 @@ pub async fn run(spec: WorkerSpec) {
 enum Handler {
     Tcp(Rc<L4Listener>),
     Http(Rc<HttpListener>),
+}
+
+/// A client over `max_connections_per_ip`: tcp is closed at once, http gets
+/// a 429 JSON answer first (one nonblocking send; it fits any socket buffer).
+fn refuse_over_ip_limit(handler: &Handler, a: &Accepted) {
+    tracing::debug!(peer = %a.peer, "over max_connections_per_ip; refused");
+    if let Handler::Http(l) = handler {
+        let mut out = Vec::with_capacity(256);
+        let mut id = String::new();
+        l.new_request_id(&mut id);
+        l7::respond::error(&mut out, 429, &id, true);
+        let _ = crate::sys::send(std::os::fd::AsRawFd::as_raw_fd(&a.stream), &out);
+    }
 }

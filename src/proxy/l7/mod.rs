@@ -28,6 +28,7 @@ use std::{
     net::SocketAddr,
     os::fd::AsRawFd,
     rc::Rc,
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
@@ -47,7 +48,14 @@ use super::{
 };
 use crate::{
     balancer::{hash_key, rng::WyRand, Algorithm, Balancer, ServerSpec},
-    config::{HashKey, HttpConfig, ListenerConfig, ProxyAccept, RouteConfig, UpstreamConfig},
+    config::{
+        HashKey, HttpConfig, ListenerConfig, ProxyAccept, RateKey, RouteConfig, UpstreamConfig,
+    },
+    health::{
+        self,
+        limits::{RateLimiter, RetryAfter},
+        NoPick, Slot, UpstreamState,
+    },
     limiter::Permit,
     runtime::drain::ConnGuard,
     sys, upstream,
@@ -73,6 +81,8 @@ pub struct UpstreamRt {
     balancer: RefCell<Balancer>,
     /// Per backend: idle connections, most recently used at the back.
     idle: RefCell<Vec<VecDeque<IdleConn>>>,
+    /// Process-wide health, circuit and counts of these backends.
+    state: Arc<UpstreamState>,
 }
 
 struct IdleConn {
@@ -81,7 +91,7 @@ struct IdleConn {
 }
 
 impl UpstreamRt {
-    pub fn new(cfg: &UpstreamConfig, worker: usize) -> Rc<UpstreamRt> {
+    pub fn new(cfg: &UpstreamConfig, worker: usize, state: Arc<UpstreamState>) -> Rc<UpstreamRt> {
         let specs: Vec<ServerSpec<'_>> = cfg
             .servers
             .iter()
@@ -95,6 +105,7 @@ impl UpstreamRt {
             addrs: cfg.servers.iter().map(|s| s.addr).collect(),
             balancer: RefCell::new(Balancer::new(cfg.balance, &specs, worker)),
             idle: RefCell::new(cfg.servers.iter().map(|_| VecDeque::new()).collect()),
+            state,
         })
     }
 
@@ -148,16 +159,22 @@ impl UpstreamRt {
     }
 }
 
-/// Keeps the balancer's in-flight count for one request.
+/// Keeps the balancer's in-flight count and the backend's process-wide
+/// slot for one request.
 struct InFlight<'a> {
     up: &'a UpstreamRt,
     idx: usize,
+    _slot: Slot,
 }
 
 impl<'a> InFlight<'a> {
-    fn new(up: &'a UpstreamRt, idx: usize) -> Self {
+    fn new(up: &'a UpstreamRt, idx: usize, slot: Slot) -> Self {
         up.balancer.borrow_mut().connection_opened(idx);
-        InFlight { up, idx }
+        InFlight {
+            up,
+            idx,
+            _slot: slot,
+        }
     }
 }
 
@@ -183,6 +200,8 @@ pub struct HttpListener {
     routes: Vec<Route>,
     pools: Rc<Pools>,
     ids: RefCell<WyRand>,
+    /// Per route: the process-wide token buckets.
+    rate_limits: Vec<Option<Arc<RateLimiter>>>,
 }
 
 impl HttpListener {
@@ -193,6 +212,7 @@ impl HttpListener {
         upstreams: &[Rc<UpstreamRt>],
         pools: Rc<Pools>,
         worker: usize,
+        rate_limits: Vec<Option<Arc<RateLimiter>>>,
     ) -> Result<HttpListener, String> {
         let http = cfg
             .http
@@ -226,10 +246,11 @@ impl HttpListener {
             routes,
             pools,
             ids: RefCell::new(WyRand::new(crate::balancer::rng::seed_for_worker(worker))),
+            rate_limits,
         })
     }
 
-    fn new_request_id(&self, out: &mut String) {
+    pub fn new_request_id(&self, out: &mut String) {
         let mut ids = self.ids.borrow_mut();
         let (a, b) = (ids.next_u64(), ids.next_u64());
         out.clear();
@@ -458,6 +479,36 @@ impl Conn<'_> {
             return if keep { Next::KeepAlive } else { Next::Close };
         };
         let route = &l.routes[route_idx];
+        if let Some(Some(rl)) = l.rate_limits.get(route_idx) {
+            let ip;
+            let key: &[u8] = match &rl.cfg.key {
+                RateKey::Route => b"",
+                RateKey::ClientIp => {
+                    ip = ip_bytes(self.peer);
+                    &ip
+                }
+                RateKey::Header(name) => match req
+                    .headers
+                    .iter()
+                    .find(|(n, _)| n.get(data).eq_ignore_ascii_case(name.as_bytes()))
+                {
+                    Some((_, v)) => v.get(data),
+                    None => {
+                        ip = ip_bytes(self.peer);
+                        &ip
+                    }
+                },
+            };
+            if let Err(RetryAfter(secs)) = rl.take(key) {
+                let keep = req.framing == Framing::None && !req.conn.close;
+                self.cbuf.consume(self.req.head_len);
+                self.log(429, None, started);
+                self.hbuf.clear();
+                respond::error_with(&mut self.hbuf, 429, &self.id, !keep, Some(secs));
+                let _ = timed_write(&self.client, &self.hbuf, &[], http.body_timeout).await;
+                return if keep { Next::KeepAlive } else { Next::Close };
+            }
+        }
         let max_body = route.cfg.max_body_size;
         if let Framing::Length(n) = req.framing {
             if max_body > 0 && n > max_body {
@@ -555,6 +606,7 @@ impl Conn<'_> {
         let mut allow_pooled = true;
         let mut continue_sent = false;
         let mut attempts = 0;
+        let mut queued_until: Option<Instant> = None;
         let (upstream, idx, _inflight) = loop {
             attempts += 1;
             if tried.len() >= tries.min(up.addrs.len()) || attempts > tries + 2 {
@@ -562,11 +614,50 @@ impl Conn<'_> {
                 self.send_error(502, true).await;
                 return Next::Close;
             }
-            let Some(idx) = up.balancer.borrow_mut().pick(key, |i| tried.contains(&i)) else {
-                self.log(502, None, started);
-                self.send_error(502, true).await;
-                return Next::Close;
+            let picked = health::pick(&mut up.balancer.borrow_mut(), &up.state, key, &tried);
+            let (idx, slot) = match picked {
+                Ok(p) => p,
+                // Every backend is at max_connections: wait in the bounded queue.
+                Err(NoPick { full: true }) if tried.is_empty() && up.cfg.queue > 0 => {
+                    let deadline = match queued_until {
+                        Some(d) => d,
+                        None => {
+                            let q = &up.state.queued;
+                            if q.fetch_add(1, Ordering::Relaxed) >= up.cfg.queue {
+                                q.fetch_sub(1, Ordering::Relaxed);
+                                self.log(503, None, started);
+                                self.send_error(503, true).await;
+                                return Next::Close;
+                            }
+                            let d = Instant::now() + up.cfg.queue_timeout;
+                            queued_until = Some(d);
+                            d
+                        }
+                    };
+                    if Instant::now() >= deadline {
+                        up.state.queued.fetch_sub(1, Ordering::Relaxed);
+                        self.log(503, None, started);
+                        self.send_error(503, true).await;
+                        return Next::Close;
+                    }
+                    // Slots free on any worker; look again shortly.
+                    monoio::time::sleep(QUEUE_POLL).await;
+                    attempts -= 1;
+                    continue;
+                }
+                Err(_) => {
+                    if queued_until.take().is_some() {
+                        up.state.queued.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    let status = if tried.is_empty() { 503 } else { 502 };
+                    self.log(status, None, started);
+                    self.send_error(status, true).await;
+                    return Next::Close;
+                }
             };
+            if queued_until.take().is_some() {
+                up.state.queued.fetch_sub(1, Ordering::Relaxed);
+            }
             let pooled = if allow_pooled {
                 up.take_idle(idx)
             } else {
@@ -578,13 +669,14 @@ impl Conn<'_> {
                 None => match upstream::connect(up.addrs[idx], l.cfg.connect_timeout).await {
                     Ok(s) => s,
                     Err(e) => {
+                        up.state.report_failure(idx, &e.to_string());
                         tracing::warn!(listener = %l.cfg.name, peer = %self.peer, request_id = %self.id, "{e}; trying next backend");
                         tried.push(idx);
                         continue;
                     }
                 },
             };
-            let inflight = InFlight::new(up, idx);
+            let inflight = InFlight::new(up, idx, slot);
             if expect_continue && !body_sent && !continue_sent {
                 continue_sent = true;
                 if timed_write(
@@ -650,7 +742,20 @@ impl Conn<'_> {
             }
             // Read the response head.
             self.ubuf.clear();
-            match self.read_response_head(&stream, is_head).await {
+            let read = self.read_response_head(&stream, is_head).await;
+            match &read {
+                Ok(()) if self.resp.status >= 500 => {
+                    up.state.report_failure(idx, "5xx response");
+                }
+                Ok(()) => up.state.report_success(idx),
+                Err(RespErr::Timeout) => up.state.report_failure(idx, "response timeout"),
+                Err(RespErr::Bad(why)) => up.state.report_failure(idx, why),
+                Err(RespErr::Gone(_)) if !(reused && replayable) => {
+                    up.state.report_failure(idx, "closed without a response")
+                }
+                Err(_) => {}
+            }
+            match read {
                 Ok(()) => break (stream, idx, inflight),
                 Err(RespErr::Gone(e)) if self.ubuf.is_empty() && reused && replayable => {
                     tracing::debug!(listener = %l.cfg.name, request_id = %self.id, "pooled connection was closed by the backend ({e}); retrying on a new one");
@@ -869,6 +974,16 @@ fn why(e: HttpError) -> &'static str {
         HttpError::UriTooLong => "request line too long",
         HttpError::HeadersTooLarge => "header section too large",
         HttpError::MethodNotAllowed => "CONNECT is not served",
+    }
+}
+
+/// How often a queued request looks for a free backend slot.
+const QUEUE_POLL: Duration = Duration::from_millis(5);
+
+fn ip_bytes(peer: SocketAddr) -> Vec<u8> {
+    match peer.ip() {
+        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
     }
 }
 

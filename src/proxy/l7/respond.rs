@@ -22,6 +22,7 @@ fn words(status: u16) -> (&'static str, &'static str) {
         408 => ("Request Timeout", "request timeout"),
         413 => ("Content Too Large", "content too large"),
         414 => ("URI Too Long", "uri too long"),
+        429 => ("Too Many Requests", "too many requests"),
         431 => (
             "Request Header Fields Too Large",
             "request header fields too large",
@@ -37,13 +38,31 @@ fn words(status: u16) -> (&'static str, &'static str) {
 /// `request_id` is `[A-Za-z0-9._:-]` only (checked or generated), so it
 /// needs no JSON escaping.
 pub fn error(out: &mut Vec<u8>, status: u16, request_id: &str, close: bool) {
+    error_with(out, status, request_id, close, None);
+}
+
+/// [`error`] with a `Retry-After: SECONDS` field.
+pub fn error_with(
+    out: &mut Vec<u8>,
+    status: u16,
+    request_id: &str,
+    close: bool,
+    retry_after: Option<u64>,
+) {
     let (reason, word) = words(status);
     let body_len =
         r#"{"status":,"error":"","request_id":""}"#.len() + 3 + word.len() + request_id.len() + 1;
     // Writing into a Vec cannot fail.
     let _ = write!(
         out,
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {body_len}\r\nX-Request-Id: {request_id}\r\n{}\r\n{{\"status\":{status},\"error\":\"{word}\",\"request_id\":\"{request_id}\"}}\n",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {body_len}\r\nX-Request-Id: {request_id}\r\n",
+    );
+    if let Some(s) = retry_after {
+        let _ = write!(out, "Retry-After: {s}\r\n");
+    }
+    let _ = write!(
+        out,
+        "{}\r\n{{\"status\":{status},\"error\":\"{word}\",\"request_id\":\"{request_id}\"}}\n",
         if close { "Connection: close\r\n" } else { "" },
     );
 }
@@ -54,7 +73,7 @@ mod tests {
 
     #[test]
     fn body_length_matches() {
-        for status in [400, 404, 405, 408, 413, 414, 431, 502, 503, 504] {
+        for status in [400, 404, 405, 408, 413, 414, 429, 431, 502, 503, 504] {
             let mut out = Vec::new();
             error(&mut out, status, "abc123", true);
             let text = String::from_utf8(out).unwrap();

@@ -1,0 +1,137 @@
+//! The health-check thread: one for the process, whatever the worker
+//! count. It runs every upstream's active checks (one task per backend) and
+//! the circuit-breaker timers, and publishes verdicts in the shared state.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+};
+
+use monoio::io::AsyncWriteRentExt;
+
+use super::{now_ms, Shared, UpstreamState, TICK};
+use crate::config::{Config, HealthConfig, HealthKind};
+
+/// Start the checker thread. It stops when `stop` is set.
+///
+/// # Errors
+/// The thread could not be started.
+pub fn spawn(cfg: &Config, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    let plans: Vec<(Arc<UpstreamState>, HealthConfig)> = cfg
+        .upstreams
+        .iter()
+        .zip(shared.upstreams.iter())
+        .filter_map(|(u, s)| u.health.clone().map(|h| (Arc::clone(s), h)))
+        .collect();
+    thread::Builder::new()
+        .name("ringlb-health".into())
+        .spawn(move || {
+            let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build();
+            let mut rt = match rt {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("health checks cannot run: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                for (up, h) in plans {
+                    for i in 0..up.backends.len() {
+                        monoio::spawn(check_loop(Arc::clone(&up), i, h.clone(), Arc::clone(&stop)));
+                    }
+                }
+                while !stop.load(Ordering::Relaxed) {
+                    let now = now_ms();
+                    for u in &shared.upstreams {
+                        u.tick(now);
+                    }
+                    monoio::time::sleep(TICK).await;
+                }
+            });
+        })
+        .map(|_| ())
+}
+
+async fn check_loop(up: Arc<UpstreamState>, i: usize, h: HealthConfig, stop: Arc<AtomicBool>) {
+    let addr = up.backends[i].addr;
+    let (mut ok_run, mut fail_run) = (0u32, 0u32);
+    // Until the first verdict a backend counts as up, as nginx and HAProxy do.
+    let mut down = false;
+    while !stop.load(Ordering::Relaxed) {
+        let result = match monoio::time::timeout(h.timeout, probe(addr, &h)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {:?}", h.timeout)),
+        };
+        match result {
+            Ok(()) => {
+                fail_run = 0;
+                ok_run += 1;
+                if down && ok_run >= h.rise {
+                    down = false;
+                    up.set_down(i, false);
+                    tracing::warn!(upstream = %up.name, backend = %addr, "backend is UP ({ok_run} checks passed)");
+                }
+            }
+            Err(why) => {
+                ok_run = 0;
+                fail_run += 1;
+                if !down && fail_run >= h.fall {
+                    down = true;
+                    up.set_down(i, true);
+                    tracing::warn!(upstream = %up.name, backend = %addr, "backend is DOWN ({fail_run} checks failed: {why})");
+                }
+            }
+        }
+        monoio::time::sleep(h.interval).await;
+    }
+}
+
+/// One check: Ok when the backend passes.
+async fn probe(addr: std::net::SocketAddr, h: &HealthConfig) -> Result<(), String> {
+    let stream = crate::upstream::connect(addr, h.timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let HealthKind::Http { path, host, status } = &h.kind else {
+        return Ok(());
+    };
+    let host = host.clone().unwrap_or_else(|| addr.to_string());
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringlb-health\r\nConnection: close\r\n\r\n"
+    );
+    let mut stream = stream;
+    let (r, _) = stream.write_all(req.into_bytes()).await;
+    r.map_err(|e| format!("send: {e}"))?;
+    let mut buf = vec![0u8; 1024];
+    let mut len = 0;
+    loop {
+        let n = crate::proxy::relay::read_some(&stream, &mut buf[len..])
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("closed before a status line".into());
+        }
+        len += n;
+        let mut headers = [httparse::EMPTY_HEADER; 0];
+        let mut resp = httparse::Response::new(&mut headers);
+        // Only the status line matters: more headers than slots is fine.
+        match resp.parse(&buf[..len]) {
+            Ok(_) | Err(httparse::Error::TooManyHeaders) => {}
+            Err(e) => return Err(format!("bad response: {e}")),
+        }
+        if let Some(code) = resp.code {
+            return if (status.0..=status.1).contains(&code) {
+                Ok(())
+            } else {
+                Err(format!("status {code}"))
+            };
+        }
+        if len == buf.len() {
+            return Err("status line too long".into());
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Process-wide traffic limits with bounded memory: token buckets for http
+//! routes and concurrent-connection counters per client IP.
+//!
+//! Both are fixed arrays of atomics allocated at start, indexed by a hash
+//! of the key. Memory never grows with the number of clients: a flood of
+//! source addresses only makes keys share slots (two keys in one slot
+//! share a bucket or a count, which errs on the strict side). Every worker
+//! updates the same slot with a compare-and-swap, so a limit holds for the
+//! whole process however the kernel spreads connections over workers.
+
+use std::{
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    time::Instant,
+};
+
+use crate::config::RateLimitConfig;
+
+/// Token buckets per key. 16,384 slots of 8 bytes: 128 KiB per limited route.
+pub const RATE_SLOTS: usize = 16 * 1024;
+/// Per-IP counters per listener: 65,536 slots of 4 bytes, 256 KiB.
+pub const IP_SLOTS: usize = 64 * 1024;
+
+/// Token units per token (fixed point).
+const UNIT: u64 = 256;
+/// Low 40 bits: microseconds of the last refill; high 24 bits: tokens in 1/256.
+const TIME_BITS: u32 = 40;
+const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
+
+fn now_us() -> u64 {
+    use std::sync::OnceLock;
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// Stable 64-bit hash of a key (same in every worker).
+fn key_hash(bytes: &[u8]) -> u64 {
+    crate::balancer::hash_key(bytes)
+}
+
+#[derive(Debug)]
+pub struct RateLimiter {
+    slots: Box<[AtomicU64]>,
+    /// Rate in thousandths of a request per second (integer math: no drift).
+    rate_milli: u64,
+    burst_units: u64,
+    pub cfg: RateLimitConfig,
+}
+
+/// A refused request: seconds until a token is back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAfter(pub u64);
+
+impl RateLimiter {
+    pub fn new(cfg: &RateLimitConfig) -> RateLimiter {
+        let n = if cfg.key == crate::config::RateKey::Route {
+            1
+        } else {
+            RATE_SLOTS
+        };
+        RateLimiter {
+            slots: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            rate_milli: ((cfg.rate * 1000.0).round() as u64).max(1),
+            burst_units: u64::from(cfg.burst) * UNIT,
+            cfg: cfg.clone(),
+        }
+    }
+
+    /// Microseconds that earn `units` token units.
+    fn micros_for(&self, units: u64) -> u64 {
+        (u128::from(units) * 1_000_000_000 / (u128::from(self.rate_milli) * u128::from(UNIT)))
+            as u64
+    }
+
+    /// Take one token for `key`.
+    ///
+    /// # Errors
+    /// The bucket is empty: how long until it holds a token again.
+    pub fn take(&self, key: &[u8]) -> Result<(), RetryAfter> {
+        self.take_at(key, now_us())
+    }
+
+    fn take_at(&self, key: &[u8], now: u64) -> Result<(), RetryAfter> {
+        let idx = if self.slots.len() == 1 {
+            0
+        } else {
+            (key_hash(key) % self.slots.len() as u64) as usize
+        };
+        let slot = &self.slots[idx];
+        let now = now & TIME_MASK;
+        let mut cur = slot.load(Relaxed);
+        loop {
+            let (tokens, t) = if cur == 0 {
+                (self.burst_units, now)
+            } else {
+                (cur >> TIME_BITS, cur & TIME_MASK)
+            };
+            let elapsed = now.wrapping_sub(t) & TIME_MASK;
+            // Credit whole units only, and move the clock by exactly their
+            // worth, so no fraction of a token is ever lost between calls.
+            let earned = (u128::from(elapsed) * u128::from(self.rate_milli) * u128::from(UNIT)
+                / 1_000_000_000)
+                .min(u128::from(self.burst_units)) as u64;
+            let (tokens, t) = if tokens + earned >= self.burst_units {
+                (self.burst_units, now)
+            } else if earned == 0 {
+                (tokens, t)
+            } else {
+                let spent_us = self.micros_for(earned);
+                (tokens + earned, (t + spent_us) & TIME_MASK)
+            };
+            if tokens < UNIT {
+                let missing = UNIT - tokens;
+                let us = self.micros_for(missing);
+                return Err(RetryAfter(us.div_ceil(1_000_000).max(1)));
+            }
+            let next = ((tokens - UNIT) << TIME_BITS) | t;
+            // A stored 0 means "never used"; a real state of 0 is harmless as a full bucket
+            // only when tokens were 0 and t was 0, which the +1 avoids.
+            let next = if next == 0 { 1 } else { next };
+            match slot.compare_exchange_weak(cur, next, Relaxed, Relaxed) {
+                Ok(_) => return Ok(()),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+}
+
+/// Concurrent connections per client IP, process-wide.
+#[derive(Debug)]
+pub struct IpLimiter {
+    slots: Box<[AtomicU32]>,
+    max: u32,
+}
+
+/// Holds one connection's place in its IP's count.
+#[derive(Debug)]
+pub struct IpPermit {
+    lim: Arc<IpLimiter>,
+    idx: usize,
+}
+
+impl Drop for IpPermit {
+    fn drop(&mut self) {
+        self.lim.slots[self.idx].fetch_sub(1, Relaxed);
+    }
+}
+
+impl IpLimiter {
+    pub fn new(max: u32) -> IpLimiter {
+        IpLimiter {
+            slots: (0..IP_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            max,
+        }
+    }
+
+    /// Count a new connection from `ip`; `None` when it already has `max`.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpPermit> {
+        let h = match ip {
+            IpAddr::V4(v4) => key_hash(&v4.octets()),
+            IpAddr::V6(v6) => key_hash(&v6.octets()),
+        };
+        let idx = (h % self.slots.len() as u64) as usize;
+        self.slots[idx]
+            .fetch_update(Relaxed, Relaxed, |n| (n < self.max).then_some(n + 1))
+            .ok()
+            .map(|_| IpPermit {
+                lim: Arc::clone(self),
+                idx,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RateKey;
+
+    fn limiter(rate: f64, burst: u32) -> RateLimiter {
+        RateLimiter::new(&RateLimitConfig {
+            rate,
+            burst,
+            key: RateKey::ClientIp,
+        })
+    }
+
+    #[test]
+    fn burst_then_rate() {
+        let l = limiter(10.0, 5);
+        let t0 = 1_000_000;
+        for _ in 0..5 {
+            assert_eq!(l.take_at(b"a", t0), Ok(()));
+        }
+        assert_eq!(l.take_at(b"a", t0), Err(RetryAfter(1)));
+        // Another key has its own bucket.
+        assert_eq!(l.take_at(b"b", t0), Ok(()));
+        // 10/s: one token per 100 ms.
+        assert!(l.take_at(b"a", t0 + 99_000).is_err());
+        assert_eq!(l.take_at(b"a", t0 + 100_000), Ok(()));
+        // Over 10 s of steady calls every 1 ms, exactly rate x time pass.
+        let mut ok = 0;
+        for ms in 0..10_000u64 {
+            if l.take_at(b"a", t0 + 100_000 + ms * 1000 + 1000).is_ok() {
+                ok += 1;
+            }
+        }
+        assert!((99..=101).contains(&ok), "{ok}");
+    }
+
+    #[test]
+    fn fractional_rates_and_retry_after() {
+        let l = limiter(0.5, 1);
+        assert!(l.take_at(b"k", 10).is_ok());
+        assert_eq!(l.take_at(b"k", 10), Err(RetryAfter(2)));
+        assert!(l.take_at(b"k", 10 + 1_999_999).is_err());
+        assert!(l.take_at(b"k", 10 + 2_000_000).is_ok());
+    }
+
+    #[test]
+    fn idle_bucket_refills_to_burst_only() {
+        let l = limiter(100.0, 3);
+        for _ in 0..3 {
+            assert!(l.take_at(b"k", 5).is_ok());
+        }
+        let later = 5 + 60_000_000;
+        for _ in 0..3 {
+            assert!(l.take_at(b"k", later).is_ok());
+        }
+        assert!(l.take_at(b"k", later).is_err());
+    }
+
+    #[test]
+    fn ip_limiter_counts_and_releases() {
+        let l = Arc::new(IpLimiter::new(2));
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let a = l.acquire(ip).unwrap();
+        let _b = l.acquire(ip).unwrap();
+        assert!(l.acquire(ip).is_none());
+        assert!(l.acquire("10.1.2.4".parse().unwrap()).is_some());
+        drop(a);
+        assert!(l.acquire(ip).is_some());
+    }
+}
