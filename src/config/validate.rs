@@ -1132,4 +1132,69 @@ servers = [{ addr = "127.0.0.1:9002" }]
         let e = err(&MIN.replace("[upstream.redis]", "[upstream.redis]\nhash_key = \"uri\""));
         assert!(e.starts_with("upstream.redis.hash_key"), "{e}");
     }
+
+    #[test]
+    fn resilience_keys() {
+        let text = HTTP
+            .replace(
+                "keepalive = 8",
+                "keepalive = 8\nslow_start = \"30s\"\nqueue = 10\nqueue_timeout = \"2s\"\nhealth = { kind = \"http\", path = \"/hz\", status = \"200-299\", interval = \"1s\", rise = 3 }\neject = { failures = 4, cooldown = \"5s\", max_cooldown = \"1m\", half_open = 2 }",
+            )
+            .replace(
+                "servers = [{ addr = \"127.0.0.1:9002\" }]",
+                "servers = [{ addr = \"127.0.0.1:9002\", max_connections = 50 }, { addr = \"127.0.0.1:9003\", backup = true }]",
+            )
+            .replace(
+                "upgrade = []",
+                "upgrade = []\n  rate_limit = { rate = 2.5, burst = 10, key = \"header:X-Key\" }",
+            )
+            .replace("header_timeout = \"2s\"", "header_timeout = \"2s\"\nmax_connections_per_ip = 20");
+        let c = parse(&text).unwrap();
+        let api = c.upstreams.iter().find(|u| u.name == "api").unwrap();
+        let h = api.health.as_ref().unwrap();
+        assert_eq!(
+            h.kind,
+            HealthKind::Http {
+                path: "/hz".into(),
+                host: None,
+                status: (200, 299)
+            }
+        );
+        assert_eq!((h.interval, h.timeout, h.rise, h.fall), (Duration::from_secs(1), Duration::from_secs(1), 3, 3));
+        let e = api.eject.as_ref().unwrap();
+        assert_eq!((e.failures, e.half_open), (4, 2));
+        assert_eq!(api.slow_start, Duration::from_secs(30));
+        assert_eq!((api.queue, api.queue_timeout), (10, Duration::from_secs(2)));
+        assert_eq!(api.servers[0].max_connections, 50);
+        assert!(api.servers[1].backup);
+        let l = &c.listeners[0];
+        assert_eq!(l.max_connections_per_ip, 20);
+        let rl = l.http.as_ref().unwrap().routes[1].rate_limit.as_ref().unwrap();
+        assert_eq!((rl.rate, rl.burst), (2.5, 10));
+        assert_eq!(rl.key, RateKey::Header("x-key".into()));
+        // Defaults: passive ejection on (5 failures, 10 s), no active checks.
+        let app = c.upstreams.iter().find(|u| u.name == "app").unwrap();
+        assert!(app.health.is_none());
+        assert_eq!(app.eject.as_ref().map(|e| e.failures), Some(5));
+
+        let cases = [
+            ("rise = 3", "rise = 0", "upstream.api.health.rise"),
+            ("status = \"200-299\"", "status = \"299-200\"", "upstream.api.health.status"),
+            ("kind = \"http\"", "kind = \"icmp\"", "upstream.api.health.kind"),
+            ("max_cooldown = \"1m\"", "max_cooldown = \"1s\"", "upstream.api.eject.max_cooldown"),
+            ("rate = 2.5", "rate = 0.0", "listener[0].route[1].rate_limit.rate"),
+            ("burst = 10", "burst = 100000", "listener[0].route[1].rate_limit.burst"),
+            ("key = \"header:X-Key\"", "key = \"cookie\"", "listener[0].route[1].rate_limit.key"),
+        ];
+        for (from, to, key) in cases {
+            let t = text.replacen(from, to, 1);
+            assert_ne!(t, text, "{from} not found");
+            let e = err(&t);
+            assert!(e.starts_with(key), "expected key {key}, got: {e}");
+        }
+        let all_backup = MIN.replace("{ addr = \"127.0.0.1:6379\" }", "{ addr = \"127.0.0.1:6379\", backup = true }");
+        assert!(err(&all_backup).starts_with("upstream.redis.servers"));
+        let tcp_health_path = MIN.replace("[upstream.redis]", "[upstream.redis]\nhealth = { path = \"/\" }");
+        assert!(err(&tcp_health_path).starts_with("upstream.redis.health.kind"));
+    }
 }
