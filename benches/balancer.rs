@@ -14,7 +14,10 @@
 use std::sync::Mutex;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use ringlb::balancer::{hash_key, Algorithm, Balancer, ServerSpec};
+use ringlb::{
+    balancer::{hash_key, Algorithm, Balancer, ServerSpec},
+    health::{self, UpstreamState},
+};
 
 const SIZES: [usize; 3] = [2, 16, 256];
 const KEYS: usize = 1024;
@@ -288,8 +291,37 @@ fn bench_consistent_hash(c: &mut Criterion) {
     g.finish();
 }
 
+/// The whole pick as the proxy does it: balancer plus the process-wide
+/// health state (one relaxed load per candidate) and the slot reservation
+/// (one atomic add, one sub when the slot drops), next to the bare pick.
+fn bench_pick_with_health(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pick_with_health");
+    for n in SIZES {
+        let servers: String = server_ids(n)
+            .iter()
+            .map(|a| format!("{{ addr = \"{a}\" }},"))
+            .collect();
+        let cfg = ringlb::Config::parse(&format!(
+            "[[listener]]\nlisten = \"127.0.0.1:1\"\nupstream = \"u\"\n[upstream.u]\nservers = [{servers}]\n"
+        ))
+        .expect("valid config");
+        let st = UpstreamState::new(&cfg.upstreams[0]);
+        let ids = server_ids(n);
+        let mut b = Balancer::new(Algorithm::RoundRobin, &specs(&ids), 0);
+        g.bench_with_input(BenchmarkId::new("health_pick", n), &n, |bench, _| {
+            bench.iter(|| black_box(health::pick(&mut b, &st, black_box(0), &[]).map(|p| p.0)))
+        });
+        let mut b = Balancer::new(Algorithm::RoundRobin, &specs(&ids), 0);
+        g.bench_with_input(BenchmarkId::new("bare_pick", n), &n, |bench, _| {
+            bench.iter(|| b.pick(black_box(0), no_skip))
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    bench_pick_with_health,
     bench_round_robin,
     bench_weighted_round_robin,
     bench_random,
