@@ -1160,7 +1160,10 @@ servers = [{ addr = "127.0.0.1:9002" }]
                 status: (200, 299)
             }
         );
-        assert_eq!((h.interval, h.timeout, h.rise, h.fall), (Duration::from_secs(1), Duration::from_secs(1), 3, 3));
+        assert_eq!(
+            (h.interval, h.timeout, h.rise, h.fall),
+            (Duration::from_secs(1), Duration::from_secs(1), 3, 3)
+        );
         let e = api.eject.as_ref().unwrap();
         assert_eq!((e.failures, e.half_open), (4, 2));
         assert_eq!(api.slow_start, Duration::from_secs(30));
@@ -1169,7 +1172,10 @@ servers = [{ addr = "127.0.0.1:9002" }]
         assert!(api.servers[1].backup);
         let l = &c.listeners[0];
         assert_eq!(l.max_connections_per_ip, 20);
-        let rl = l.http.as_ref().unwrap().routes[1].rate_limit.as_ref().unwrap();
+        let rl = l.http.as_ref().unwrap().routes[1]
+            .rate_limit
+            .as_ref()
+            .unwrap();
         assert_eq!((rl.rate, rl.burst), (2.5, 10));
         assert_eq!(rl.key, RateKey::Header("x-key".into()));
         // Defaults: passive ejection on (5 failures, 10 s), no active checks.
@@ -1179,12 +1185,36 @@ servers = [{ addr = "127.0.0.1:9002" }]
 
         let cases = [
             ("rise = 3", "rise = 0", "upstream.api.health.rise"),
-            ("status = \"200-299\"", "status = \"299-200\"", "upstream.api.health.status"),
-            ("kind = \"http\"", "kind = \"icmp\"", "upstream.api.health.kind"),
-            ("max_cooldown = \"1m\"", "max_cooldown = \"1s\"", "upstream.api.eject.max_cooldown"),
-            ("rate = 2.5", "rate = 0.0", "listener[0].route[1].rate_limit.rate"),
-            ("burst = 10", "burst = 100000", "listener[0].route[1].rate_limit.burst"),
-            ("key = \"header:X-Key\"", "key = \"cookie\"", "listener[0].route[1].rate_limit.key"),
+            (
+                "status = \"200-299\"",
+                "status = \"299-200\"",
+                "upstream.api.health.status",
+            ),
+            (
+                "kind = \"http\"",
+                "kind = \"icmp\"",
+                "upstream.api.health.kind",
+            ),
+            (
+                "max_cooldown = \"1m\"",
+                "max_cooldown = \"1s\"",
+                "upstream.api.eject.max_cooldown",
+            ),
+            (
+                "rate = 2.5",
+                "rate = 0.0",
+                "listener[0].route[1].rate_limit.rate",
+            ),
+            (
+                "burst = 10",
+                "burst = 100000",
+                "listener[0].route[1].rate_limit.burst",
+            ),
+            (
+                "key = \"header:X-Key\"",
+                "key = \"cookie\"",
+                "listener[0].route[1].rate_limit.key",
+            ),
         ];
         for (from, to, key) in cases {
             let t = text.replacen(from, to, 1);
@@ -1192,9 +1222,15 @@ servers = [{ addr = "127.0.0.1:9002" }]
             let e = err(&t);
             assert!(e.starts_with(key), "expected key {key}, got: {e}");
         }
-        let all_backup = MIN.replace("{ addr = \"127.0.0.1:6379\" }", "{ addr = \"127.0.0.1:6379\", backup = true }");
+        let all_backup = MIN.replace(
+            "{ addr = \"127.0.0.1:6379\" }",
+            "{ addr = \"127.0.0.1:6379\", backup = true }",
+        );
         assert!(err(&all_backup).starts_with("upstream.redis.servers"));
-        let tcp_health_path = MIN.replace("[upstream.redis]", "[upstream.redis]\nhealth = { path = \"/\" }");
+        let tcp_health_path = MIN.replace(
+            "[upstream.redis]",
+            "[upstream.redis]\nhealth = { path = \"/\" }",
+        );
         assert!(err(&tcp_health_path).starts_with("upstream.redis.health.kind"));
     }
 }

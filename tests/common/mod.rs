@@ -3,6 +3,7 @@
 //! is stopped by PID when its handle drops.
 #![allow(dead_code)]
 
+pub mod backends;
 pub mod http;
 
 use std::{
