@@ -57,18 +57,7 @@ fn cfg(backends: &[SocketAddr], listener: &str, upstream: &str) -> String {
     )
 }
 
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-}
+use common::backends::wait_until;
 
 // ------------------------------------------------------------------ curl
 
