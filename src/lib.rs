@@ -13,6 +13,7 @@ mod error;
 pub mod health;
 pub mod limiter;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
 pub mod runtime;
 pub mod sys;

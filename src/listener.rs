@@ -89,6 +89,7 @@ pub async fn accept_loop(
     worker: usize,
     drain: Rc<Drain>,
     name: Rc<str>,
+    on_full: impl Fn(),
     mut on_conn: impl FnMut(Accepted),
 ) {
     let fd = listener.as_raw_fd();
@@ -114,6 +115,7 @@ pub async fn accept_loop(
             let permit = match limiter.try_acquire() {
                 Some(p) => p,
                 None => {
+                    on_full();
                     let acq = std::pin::pin!(limiter.acquire(worker));
                     let stop = std::pin::pin!(drain.stopped());
                     match select(acq, stop).await {

@@ -40,9 +40,12 @@ const DEFAULT_CONFIG: &str = "/etc/ringlb/ringlb.toml";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     let path = cli.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
-    let result = match cli.command.unwrap_or(Cmd::Run) {
+    let command = cli.command.unwrap_or(Cmd::Run);
+    if !matches!(command, Cmd::Run) {
+        init_logging("info");
+    }
+    let result = match command {
         Cmd::Check => match ringlb::Config::load(&path) {
             Ok(cfg) => {
                 println!(
@@ -55,7 +58,10 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
-        Cmd::Run => ringlb::Config::load(&path).and_then(ringlb::run),
+        Cmd::Run => ringlb::Config::load(&path).and_then(|cfg| {
+            init_logging(&cfg.log_level);
+            ringlb::run(cfg)
+        }),
         Cmd::Demo { listen } => ringlb::demo::run(listen),
     };
     match result {
@@ -67,10 +73,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+/// `level` from the config; RINGLB_LOG (or RUST_LOG) overrides it.
+fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RINGLB_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -19,6 +19,25 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub listeners: Vec<ListenerConfig>,
     pub upstreams: Vec<UpstreamConfig>,
+    /// `[admin] listen`: the admin/metrics listener.
+    pub admin: Option<SocketAddr>,
+    /// `[log] level` (error, warn, info, debug); RINGLB_LOG overrides.
+    pub log_level: String,
+    pub access_log: Option<AccessLogConfig>,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Clone)]
+pub struct AccessLogConfig {
+    /// `None` = stdout.
+    pub path: Option<std::path::PathBuf>,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Combined,
+    Json,
 }
 
 /// `[runtime]`.

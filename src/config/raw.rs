@@ -15,6 +15,28 @@ pub(crate) struct RawConfig {
     pub listener: Vec<RawListener>,
     #[serde(default)]
     pub upstream: BTreeMap<String, RawUpstream>,
+    pub admin: Option<RawAdmin>,
+    pub log: Option<RawLog>,
+    pub access_log: Option<RawAccessLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLog {
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccessLog {
+    pub path: Option<String>,
+    pub format: Option<String>,
 }
 
 /// `workers = "auto"` or `workers = 4`.

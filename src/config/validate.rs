@@ -12,9 +12,10 @@ use super::{
         RawConfig, RawEject, RawHeaderOps, RawHealth, RawListener, RawRateLimit, RawRoute,
         RawServer, RawSize, RawUpstream, RawWorkers,
     },
-    Config, ConfigError, EjectConfig, HashKey, HeaderOps, HealthConfig, HealthKind, HttpConfig,
-    IoUringMode, ListenerConfig, Mode, ProxyAccept, ProxySend, RateKey, RateLimitConfig,
-    RouteConfig, RuntimeConfig, ServerConfig, Transfer, UpstreamConfig, DEFAULT_MAX_CONNECTIONS,
+    AccessLogConfig, Config, ConfigError, EjectConfig, HashKey, HeaderOps, HealthConfig,
+    HealthKind, HttpConfig, IoUringMode, ListenerConfig, LogFormat, Mode, ProxyAccept, ProxySend,
+    RateKey, RateLimitConfig, RouteConfig, RuntimeConfig, ServerConfig, Transfer, UpstreamConfig,
+    DEFAULT_MAX_CONNECTIONS,
 };
 use crate::balancer::Algorithm;
 
@@ -87,10 +88,45 @@ fn build(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         listeners.push(l);
     }
+    let admin = match raw.admin.and_then(|a| a.listen) {
+        None => None,
+        Some(t) => Some(t.parse::<SocketAddr>().map_err(|_| {
+            ConfigError::new(
+                "admin.listen",
+                format!("{t:?} is not an ip:port address (e.g. 127.0.0.1:9900)"),
+            )
+        })?),
+    };
+    let log_level = match raw.log.and_then(|l| l.level) {
+        None => "info".to_string(),
+        Some(l) => match l.as_str() {
+            "error" | "warn" | "info" | "debug" | "trace" => l,
+            o => return Err(one_of("log.level", o, &["error", "warn", "info", "debug"])),
+        },
+    };
+    let access_log = match raw.access_log {
+        None => None,
+        Some(a) => {
+            let format = match a.format.as_deref() {
+                None | Some("combined") => LogFormat::Combined,
+                Some("json") => LogFormat::Json,
+                Some(o) => return Err(one_of("access_log.format", o, &["combined", "json"])),
+            };
+            let path = match a.path.as_deref() {
+                None | Some("stdout") | Some("-") => None,
+                Some("") => return Err(ConfigError::new("access_log.path", "is empty")),
+                Some(p) => Some(std::path::PathBuf::from(p)),
+            };
+            Some(AccessLogConfig { path, format })
+        }
+    };
     Ok(Config {
         runtime,
         listeners,
         upstreams,
+        admin,
+        log_level,
+        access_log,
     })
 }
 

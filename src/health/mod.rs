@@ -65,6 +65,11 @@ pub struct BackendState {
     open_until: AtomicU64,
     /// Connections (tcp) / requests (http) in flight, process-wide.
     active: AtomicU32,
+    /// Failures reported (metrics).
+    failures: AtomicU64,
+    /// Active-check transitions to up and to down (metrics).
+    went_up: AtomicU64,
+    went_down: AtomicU64,
 }
 
 impl BackendState {
@@ -79,6 +84,9 @@ impl BackendState {
             cooldown_ms: AtomicU64::new(0),
             open_until: AtomicU64::new(0),
             active: AtomicU32::new(0),
+            failures: AtomicU64::new(0),
+            went_up: AtomicU64::new(0),
+            went_down: AtomicU64::new(0),
         }
     }
 
@@ -91,6 +99,15 @@ impl BackendState {
     /// Connections or requests in flight to this backend, all workers.
     pub fn active(&self) -> u32 {
         self.active.load(Relaxed)
+    }
+
+    pub fn failures_total(&self) -> u64 {
+        self.failures.load(Relaxed)
+    }
+
+    /// Active-check transitions: (to up, to down).
+    pub fn transitions(&self) -> (u64, u64) {
+        (self.went_up.load(Relaxed), self.went_down.load(Relaxed))
     }
 
     pub fn is_full(&self) -> bool {
@@ -258,6 +275,9 @@ impl UpstreamState {
     /// A connection or request to backend `i` failed (refused, timed out,
     /// reset, or an http 5xx).
     pub fn report_failure(&self, i: usize, why: &str) {
+        if let Some(b) = self.backends.get(i) {
+            b.failures.fetch_add(1, Relaxed);
+        }
         let (Some(b), Some(e)) = (self.backends.get(i), &self.eject) else {
             return;
         };
@@ -324,6 +344,11 @@ impl UpstreamState {
     fn set_down(&self, i: usize, down: bool) {
         if let Some(b) = self.backends.get(i) {
             b.set_flag(DOWN, down);
+            if down {
+                b.went_down.fetch_add(1, Relaxed);
+            } else {
+                b.went_up.fetch_add(1, Relaxed);
+            }
             if !down {
                 b.fails.store(0, Relaxed);
                 if self.slow_start_ms > 0 {

@@ -21,6 +21,10 @@ use crate::{
     config::{HashKey, ListenerConfig, ProxyAccept, ProxySend, UpstreamConfig},
     health::{self, Slot, UpstreamState},
     limiter::Permit,
+    metrics::{
+        access::{self, AccessLog},
+        WorkerMetrics,
+    },
     runtime::drain::ConnGuard,
     upstream,
 };
@@ -34,6 +38,16 @@ pub struct L4Listener {
     pub pools: Rc<Pools>,
     /// Process-wide health, circuit and connection counts of the upstream.
     pub state: Arc<UpstreamState>,
+    pub obs: L4Obs,
+}
+
+/// Where an L4 listener reports: its metrics shard and the access log.
+pub struct L4Obs {
+    pub metrics: Arc<WorkerMetrics>,
+    /// Listener and upstream indices in the config (and the metrics).
+    pub li: usize,
+    pub ui: usize,
+    pub access: Option<AccessLog>,
 }
 
 impl L4Listener {
@@ -43,6 +57,7 @@ impl L4Listener {
         worker: usize,
         pools: Rc<Pools>,
         state: Arc<UpstreamState>,
+        obs: L4Obs,
     ) -> Self {
         let specs: Vec<ServerSpec<'_>> = up
             .servers
@@ -59,6 +74,7 @@ impl L4Listener {
             balancer: RefCell::new(Balancer::new(up.balance, &specs, worker)),
             pools,
             state,
+            obs,
         }
     }
 }
@@ -121,7 +137,9 @@ pub async fn handle(
         _ => 0,
     };
 
+    let started = std::time::Instant::now();
     let Some((backend, idx, _slot)) = connect_any(&l, key, src).await else {
+        log_tcp(&l, src, None, 0, 0, started, "no_backend");
         return;
     };
     l.balancer.borrow_mut().connection_opened(idx);
@@ -154,6 +172,15 @@ pub async fn handle(
     )
     .await;
     let (up, down) = (counts.up.get(), counts.down.get());
+    let lm = &l.obs.metrics.listeners[l.obs.li];
+    lm.bytes_in.add(up);
+    lm.bytes_out.add(down);
+    let how = match &end {
+        RelayEnd::Closed => "closed",
+        RelayEnd::Idle => "idle",
+        RelayEnd::Error(_) => "error",
+    };
+    log_tcp(&l, src, Some(l.servers[idx]), up, down, started, how);
     match end {
         RelayEnd::Closed => {
             tracing::debug!(listener = %l.cfg.name, %src, backend = %l.servers[idx], up, down, "closed")
@@ -187,12 +214,17 @@ async fn connect_any(
         };
         tried.push(idx);
         let addr = l.servers[idx];
+        let t = std::time::Instant::now();
+        let um = &l.obs.metrics.upstreams[l.obs.ui];
         match upstream::connect(addr, l.cfg.connect_timeout).await {
             Ok(s) => {
+                um.connect.record(t.elapsed());
+                um.backends[idx].requests.inc();
                 l.state.report_success(idx);
                 return Some((s, idx, slot));
             }
             Err(e) => {
+                l.obs.metrics.listeners[l.obs.li].retries.inc();
                 l.state.report_failure(idx, &e.to_string());
                 tracing::warn!(listener = %l.cfg.name, %src, "{e}; trying next backend");
             }
@@ -200,6 +232,32 @@ async fn connect_any(
     }
     tracing::warn!(listener = %l.cfg.name, %src, tries = tried.len(), "no backend answered; closing client");
     None
+}
+
+/// One access-log line per TCP connection.
+fn log_tcp(
+    l: &L4Listener,
+    client: SocketAddr,
+    backend: Option<SocketAddr>,
+    bytes_in: u64,
+    bytes_out: u64,
+    started: std::time::Instant,
+    end: &str,
+) {
+    if let Some(a) = &l.obs.access {
+        a.send(access::tcp_line(
+            a.format,
+            &access::TcpEntry {
+                listener: &l.cfg.name,
+                client,
+                backend,
+                bytes_in,
+                bytes_out,
+                duration: started.elapsed(),
+                end,
+            },
+        ));
+    }
 }
 
 /// Read a PROXY header; return the addresses it carries and any bytes that
@@ -258,6 +316,12 @@ mod tests {
                 0,
                 pools,
                 crate::health::UpstreamState::new(&cfg.upstreams[0]),
+                super::L4Obs {
+                    metrics: crate::metrics::WorkerMetrics::new(&cfg),
+                    li: 0,
+                    ui: 0,
+                    access: None,
+                },
             ));
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();

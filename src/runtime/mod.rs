@@ -184,6 +184,47 @@ pub fn run(mut cfg: Config) -> Result<(), Error> {
     let health_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     crate::health::spawn_checker(&cfg, Arc::clone(&shared), Arc::clone(&health_stop))
         .map_err(|e| Error::Startup(format!("cannot start the health-check thread: {e}")))?;
+    // Metrics shards (one per worker), the access log writer, the admin listener.
+    let worker_metrics: Vec<Arc<crate::metrics::WorkerMetrics>> = (0..workers)
+        .map(|_| crate::metrics::WorkerMetrics::new(&cfg))
+        .collect();
+    let access_dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reopen_access = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let access = match &cfg.access_log {
+        None => None,
+        Some(a) => Some(
+            crate::metrics::access::start(
+                a,
+                Arc::clone(&reopen_access),
+                Arc::clone(&access_dropped),
+            )
+            .map_err(|e| {
+                Error::Startup(format!(
+                    "cannot open the access log {}: {e}",
+                    a.path
+                        .as_ref()
+                        .map_or("stdout".into(), |p| p.display().to_string())
+                ))
+            })?,
+        ),
+    };
+    if let Some(addr) = cfg.admin {
+        let reg = Arc::new(crate::metrics::Registry {
+            cfg: Arc::clone(&cfg),
+            shared: Arc::clone(&shared),
+            workers: worker_metrics.clone(),
+            access_dropped: Arc::clone(&access_dropped),
+        });
+        let bound =
+            crate::metrics::admin::start(addr, reg, Arc::clone(&health_stop)).map_err(|e| {
+                Error::Bind {
+                    name: "admin".into(),
+                    addr,
+                    msg: e.to_string(),
+                }
+            })?;
+        tracing::info!("admin listening on {bound} (/healthz /readyz /metrics /status)");
+    }
     let (ready_tx, ready_rx) =
         mpsc::channel::<Result<(usize, Option<usize>, Driver, Option<TaskRun>), String>>();
     let mut stops = Vec::with_capacity(workers);
@@ -197,6 +238,8 @@ pub fn run(mut cfg: Config) -> Result<(), Error> {
             sockets,
             limiters: limiters.clone(),
             shared: Arc::clone(&shared),
+            metrics: Arc::clone(&worker_metrics[index]),
+            access: access.clone(),
             shutdown: stop_rx,
         };
         let core = if cfg.runtime.pin_cores && !cores.is_empty() {
@@ -255,8 +298,18 @@ pub fn run(mut cfg: Config) -> Result<(), Error> {
     );
     sys::systemd::notify("READY=1");
 
-    while sys::wait_signal() == sys::Signal::Hup {
-        tracing::warn!("SIGHUP received: configuration reload is not supported yet; ignoring");
+    drop(access);
+    loop {
+        match sys::wait_signal() {
+            sys::Signal::Hup => tracing::warn!(
+                "SIGHUP received: configuration reload is not supported yet; ignoring"
+            ),
+            sys::Signal::Usr1 => {
+                reopen_access.store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!("SIGUSR1 received: reopening the access log");
+            }
+            sys::Signal::Stop => break,
+        }
     }
     let grace = cfg.runtime.shutdown_timeout;
     tracing::info!("stop signal received: no new connections; draining for up to {grace:?} (signal again to exit at once)");

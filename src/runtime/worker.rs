@@ -12,8 +12,9 @@ use crate::{
     config::{Config, Mode},
     limiter::Limiter,
     listener::{self, Accepted},
+    metrics::{access::AccessLog, WorkerMetrics},
     proxy::{
-        l4::{self, L4Listener},
+        l4::{self, L4Listener, L4Obs},
         l7::{self, HttpListener, UpstreamRt},
         pool::Pools,
     },
@@ -28,6 +29,9 @@ pub struct WorkerSpec {
     pub limiters: Vec<Arc<Limiter>>,
     /// Process-wide backend state and limits.
     pub shared: Arc<crate::health::Shared>,
+    /// This worker's metrics shard.
+    pub metrics: Arc<WorkerMetrics>,
+    pub access: Option<AccessLog>,
     /// Resolves with the drain deadline when the process must stop.
     pub shutdown: oneshot::Receiver<Duration>,
 }
@@ -46,7 +50,8 @@ pub async fn run(spec: WorkerSpec) {
         .upstreams
         .iter()
         .zip(spec.shared.upstreams.iter())
-        .map(|(u, st)| UpstreamRt::new(u, spec.index, Arc::clone(st)))
+        .enumerate()
+        .map(|(ui, (u, st))| UpstreamRt::new(u, spec.index, Arc::clone(st), ui))
         .collect();
     if spec.cfg.listeners.iter().any(|l| l.mode == Mode::Http) {
         let ups = upstreams.clone();
@@ -88,6 +93,12 @@ pub async fn run(spec: WorkerSpec) {
                     spec.index,
                     Rc::clone(&pools),
                     Arc::clone(&spec.shared.upstreams[u]),
+                    L4Obs {
+                        metrics: Arc::clone(&spec.metrics),
+                        li,
+                        ui: u,
+                        access: spec.access.clone(),
+                    },
                 )))
             }
             Mode::Http => {
@@ -98,6 +109,9 @@ pub async fn run(spec: WorkerSpec) {
                     Rc::clone(&pools),
                     spec.index,
                     rate_limits,
+                    Arc::clone(&spec.metrics),
+                    li,
+                    spec.access.clone(),
                 ) {
                     Ok(h) => Handler::Http(Rc::new(h)),
                     Err(e) => {
@@ -117,39 +131,57 @@ pub async fn run(spec: WorkerSpec) {
         let d = Rc::clone(&drain);
         let name: Rc<str> = Rc::from(lcfg.name.as_str());
         let limiter = Arc::clone(limiter);
+        let metrics = Arc::clone(&spec.metrics);
         let worker = spec.index;
         monoio::spawn(async move {
             let conn_drain = Rc::clone(&d);
-            listener::accept_loop(listener, limiter, worker, d, name, move |a: Accepted| {
-                // Per-client-IP limit (process-wide): over it, refuse at once.
-                let ip_permit = match &ip_limit {
-                    None => None,
-                    Some(lim) => match lim.acquire(a.peer.ip()) {
-                        Some(p) => Some(p),
-                        None => {
-                            refuse_over_ip_limit(&handler, &a);
-                            return;
+            let m_full = Arc::clone(&metrics);
+            let on_full = move || m_full.listeners[li].saturated.inc();
+            listener::accept_loop(
+                listener,
+                limiter,
+                worker,
+                d,
+                name,
+                on_full,
+                move |a: Accepted| {
+                    let lm = &metrics.listeners[li];
+                    // Per-client-IP limit (process-wide): over it, refuse at once.
+                    let ip_permit = match &ip_limit {
+                        None => None,
+                        Some(lim) => match lim.acquire(a.peer.ip()) {
+                            Some(p) => Some(p),
+                            None => {
+                                lm.rejected_per_ip.inc();
+                                refuse_over_ip_limit(&handler, &a);
+                                return;
+                            }
+                        },
+                    };
+                    lm.accepted.inc();
+                    lm.active.add(1);
+                    let m_end = Arc::clone(&metrics);
+                    let guard = conn_drain.track();
+                    match &handler {
+                        Handler::Tcp(l) => {
+                            let conn = l4::handle(Rc::clone(l), a.stream, a.peer, a.permit, guard);
+                            monoio::spawn(async move {
+                                conn.await;
+                                drop(ip_permit);
+                                m_end.listeners[li].active.add(-1);
+                            });
                         }
-                    },
-                };
-                let guard = conn_drain.track();
-                match &handler {
-                    Handler::Tcp(l) => {
-                        let conn = l4::handle(Rc::clone(l), a.stream, a.peer, a.permit, guard);
-                        monoio::spawn(async move {
-                            conn.await;
-                            drop(ip_permit);
-                        });
+                        Handler::Http(l) => {
+                            let conn = l7::handle(Rc::clone(l), a.stream, a.peer, a.permit, guard);
+                            monoio::spawn(async move {
+                                conn.await;
+                                drop(ip_permit);
+                                m_end.listeners[li].active.add(-1);
+                            });
+                        }
                     }
-                    Handler::Http(l) => {
-                        let conn = l7::handle(Rc::clone(l), a.stream, a.peer, a.permit, guard);
-                        monoio::spawn(async move {
-                            conn.await;
-                            drop(ip_permit);
-                        });
-                    }
-                }
-            })
+                },
+            )
             .await;
             // Dropping the listener here closes this worker's socket: only now,
             // when stopping, since closing a reuseport socket drops its queue.

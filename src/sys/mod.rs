@@ -205,6 +205,8 @@ pub enum Signal {
     Stop,
     /// SIGHUP: reload (reserved; today it is logged and ignored).
     Hup,
+    /// SIGUSR1: reopen the access log.
+    Usr1,
 }
 
 /// Block SIGTERM, SIGINT and SIGHUP in the calling thread (and so in every
@@ -219,6 +221,7 @@ pub fn block_signals() -> io::Result<()> {
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
         let ret = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if ret != 0 {
             return Err(io::Error::from_raw_os_error(ret));
@@ -238,6 +241,7 @@ pub fn wait_signal() -> Signal {
             libc::sigaddset(&mut set, libc::SIGTERM);
             libc::sigaddset(&mut set, libc::SIGINT);
             libc::sigaddset(&mut set, libc::SIGHUP);
+            libc::sigaddset(&mut set, libc::SIGUSR1);
             libc::sigwait(&set, &mut sig)
         };
         if ret != 0 {
@@ -245,6 +249,7 @@ pub fn wait_signal() -> Signal {
         }
         return match sig {
             libc::SIGHUP => Signal::Hup,
+            libc::SIGUSR1 => Signal::Usr1,
             _ => Signal::Stop,
         };
     }

@@ -57,6 +57,10 @@ use crate::{
         NoPick, Slot, UpstreamState,
     },
     limiter::Permit,
+    metrics::{
+        access::{self, AccessLog},
+        WorkerMetrics,
+    },
     runtime::drain::ConnGuard,
     sys, upstream,
 };
@@ -83,6 +87,8 @@ pub struct UpstreamRt {
     idle: RefCell<Vec<VecDeque<IdleConn>>>,
     /// Process-wide health, circuit and counts of these backends.
     state: Arc<UpstreamState>,
+    /// Index in the config (and in the metrics).
+    ui: usize,
 }
 
 struct IdleConn {
@@ -91,7 +97,12 @@ struct IdleConn {
 }
 
 impl UpstreamRt {
-    pub fn new(cfg: &UpstreamConfig, worker: usize, state: Arc<UpstreamState>) -> Rc<UpstreamRt> {
+    pub fn new(
+        cfg: &UpstreamConfig,
+        worker: usize,
+        state: Arc<UpstreamState>,
+        ui: usize,
+    ) -> Rc<UpstreamRt> {
         let specs: Vec<ServerSpec<'_>> = cfg
             .servers
             .iter()
@@ -106,6 +117,7 @@ impl UpstreamRt {
             balancer: RefCell::new(Balancer::new(cfg.balance, &specs, worker)),
             idle: RefCell::new(cfg.servers.iter().map(|_| VecDeque::new()).collect()),
             state,
+            ui,
         })
     }
 
@@ -202,17 +214,25 @@ pub struct HttpListener {
     ids: RefCell<WyRand>,
     /// Per route: the process-wide token buckets.
     rate_limits: Vec<Option<Arc<RateLimiter>>>,
+    metrics: Arc<WorkerMetrics>,
+    /// This listener's index in the config (and in the metrics).
+    li: usize,
+    access: Option<AccessLog>,
 }
 
 impl HttpListener {
     /// # Errors
     /// Two routes with the same host and prefix (config validation catches it first).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: &ListenerConfig,
         upstreams: &[Rc<UpstreamRt>],
         pools: Rc<Pools>,
         worker: usize,
         rate_limits: Vec<Option<Arc<RateLimiter>>>,
+        metrics: Arc<WorkerMetrics>,
+        li: usize,
+        access: Option<AccessLog>,
     ) -> Result<HttpListener, String> {
         let http = cfg
             .http
@@ -247,6 +267,9 @@ impl HttpListener {
             pools,
             ids: RefCell::new(WyRand::new(crate::balancer::rng::seed_for_worker(worker))),
             rate_limits,
+            metrics,
+            li,
+            access,
         })
     }
 
@@ -313,6 +336,9 @@ pub async fn handle(
         id: String::new(),
         guard: &guard,
         served: 0,
+        route_idx: l.routes.len(),
+        bytes_out: 0,
+        lf: LogFields::default(),
     };
     conn.cbuf.extend(&early);
     conn.serve().await;
@@ -366,6 +392,21 @@ struct Conn<'a> {
     id: String,
     guard: &'a ConnGuard,
     served: u64,
+    /// The current request's route (`routes.len()` = none), for metrics.
+    route_idx: usize,
+    /// Bytes sent to the client for the current request.
+    bytes_out: u64,
+    /// Request fields kept for the access log (only filled when it is on).
+    lf: LogFields,
+}
+
+#[derive(Default)]
+struct LogFields {
+    method: String,
+    path: String,
+    user_agent: String,
+    referer: String,
+    minor: u8,
 }
 
 impl Conn<'_> {
@@ -377,7 +418,9 @@ impl Conn<'_> {
                 HeadRead::Refuse(status, why) => {
                     self.l.new_request_id(&mut self.id);
                     tracing::debug!(listener = %self.l.cfg.name, peer = %self.peer, status, request_id = %self.id, "request refused: {why}");
-                    self.send_error(status, true).await;
+                    self.route_idx = self.l.routes.len();
+                    self.lf = LogFields::default();
+                    self.fail(status, None, Instant::now(), true).await;
                     return;
                 }
             }
@@ -436,9 +479,18 @@ impl Conn<'_> {
         }
     }
 
-    async fn send_error(&mut self, status: u16, close: bool) {
+    /// Answer with ringlb's own error response, and log it.
+    async fn fail(
+        &mut self,
+        status: u16,
+        backend: Option<SocketAddr>,
+        started: Instant,
+        close: bool,
+    ) {
         self.hbuf.clear();
         respond::error(&mut self.hbuf, status, &self.id, close);
+        self.bytes_out = self.hbuf.len() as u64;
+        self.log(status, backend, started);
         let _ = timed_write(&self.client, &self.hbuf, &[], self.l.http.body_timeout).await;
     }
 
@@ -449,6 +501,26 @@ impl Conn<'_> {
         let http = &l.http;
         let data = self.cbuf.data();
         let req = &self.req;
+        let lm = &l.metrics.listeners[l.li];
+        lm.bytes_in.add(req.head_len as u64);
+        self.route_idx = l.routes.len();
+        self.bytes_out = 0;
+        if l.access.is_some() {
+            let text = |s: codec::Span| String::from_utf8_lossy(s.get(data)).into_owned();
+            self.lf.method = text(req.method);
+            self.lf.path = text(req.path);
+            self.lf.minor = req.minor;
+            self.lf.user_agent.clear();
+            self.lf.referer.clear();
+            for (n, v) in &req.headers {
+                let name = n.get(data);
+                if name.eq_ignore_ascii_case(b"user-agent") {
+                    self.lf.user_agent = text(*v);
+                } else if name.eq_ignore_ascii_case(b"referer") {
+                    self.lf.referer = text(*v);
+                }
+            }
+        }
 
         // Request id: the client's when acceptable, else a fresh one.
         match req.request_id {
@@ -474,11 +546,11 @@ impl Conn<'_> {
         let Some(route_idx) = l.router.find(&self.host, lookup) else {
             let keep = req.framing == Framing::None && !req.conn.close;
             self.cbuf.consume(self.req.head_len);
-            self.log(404, None, started);
-            self.send_error(404, !keep).await;
+            self.fail(404, None, started, !keep).await;
             return if keep { Next::KeepAlive } else { Next::Close };
         };
         let route = &l.routes[route_idx];
+        self.route_idx = route_idx;
         if let Some(Some(rl)) = l.rate_limits.get(route_idx) {
             let ip;
             let key: &[u8] = match &rl.cfg.key {
@@ -502,9 +574,11 @@ impl Conn<'_> {
             if let Err(RetryAfter(secs)) = rl.take(key) {
                 let keep = req.framing == Framing::None && !req.conn.close;
                 self.cbuf.consume(self.req.head_len);
-                self.log(429, None, started);
+                lm.routes[route_idx].rate_limited.inc();
                 self.hbuf.clear();
                 respond::error_with(&mut self.hbuf, 429, &self.id, !keep, Some(secs));
+                self.bytes_out = self.hbuf.len() as u64;
+                self.log(429, None, started);
                 let _ = timed_write(&self.client, &self.hbuf, &[], http.body_timeout).await;
                 return if keep { Next::KeepAlive } else { Next::Close };
             }
@@ -512,8 +586,7 @@ impl Conn<'_> {
         let max_body = route.cfg.max_body_size;
         if let Framing::Length(n) = req.framing {
             if max_body > 0 && n > max_body {
-                self.log(413, None, started);
-                self.send_error(413, true).await;
+                self.fail(413, None, started, true).await;
                 return Next::Close;
             }
         }
@@ -610,8 +683,7 @@ impl Conn<'_> {
         let (upstream, idx, _inflight) = loop {
             attempts += 1;
             if tried.len() >= tries.min(up.addrs.len()) || attempts > tries + 2 {
-                self.log(502, None, started);
-                self.send_error(502, true).await;
+                self.fail(502, None, started, true).await;
                 return Next::Close;
             }
             let picked = health::pick(&mut up.balancer.borrow_mut(), &up.state, key, &tried);
@@ -625,8 +697,7 @@ impl Conn<'_> {
                             let q = &up.state.queued;
                             if q.fetch_add(1, Ordering::Relaxed) >= up.cfg.queue {
                                 q.fetch_sub(1, Ordering::Relaxed);
-                                self.log(503, None, started);
-                                self.send_error(503, true).await;
+                                self.fail(503, None, started, true).await;
                                 return Next::Close;
                             }
                             let d = Instant::now() + up.cfg.queue_timeout;
@@ -636,8 +707,7 @@ impl Conn<'_> {
                     };
                     if Instant::now() >= deadline {
                         up.state.queued.fetch_sub(1, Ordering::Relaxed);
-                        self.log(503, None, started);
-                        self.send_error(503, true).await;
+                        self.fail(503, None, started, true).await;
                         return Next::Close;
                     }
                     // Slots free on any worker; look again shortly.
@@ -650,8 +720,7 @@ impl Conn<'_> {
                         up.state.queued.fetch_sub(1, Ordering::Relaxed);
                     }
                     let status = if tried.is_empty() { 503 } else { 502 };
-                    self.log(status, None, started);
-                    self.send_error(status, true).await;
+                    self.fail(status, None, started, true).await;
                     return Next::Close;
                 }
             };
@@ -666,9 +735,10 @@ impl Conn<'_> {
             let reused = pooled.is_some();
             let stream = match pooled {
                 Some(s) => s,
-                None => match upstream::connect(up.addrs[idx], l.cfg.connect_timeout).await {
+                None => match timed_connect(up, idx, l.cfg.connect_timeout, &l.metrics).await {
                     Ok(s) => s,
                     Err(e) => {
+                        lm.retries.inc();
                         up.state.report_failure(idx, &e.to_string());
                         tracing::warn!(listener = %l.cfg.name, peer = %self.peer, request_id = %self.id, "{e}; trying next backend");
                         tried.push(idx);
@@ -677,6 +747,7 @@ impl Conn<'_> {
                 },
             };
             let inflight = InFlight::new(up, idx, slot);
+            l.metrics.upstreams[up.ui].backends[idx].requests.inc();
             if expect_continue && !body_sent && !continue_sent {
                 continue_sent = true;
                 if timed_write(
@@ -693,12 +764,12 @@ impl Conn<'_> {
             }
             if let Err(e) = timed_write(&stream, &self.wbuf, &[], http.body_timeout).await {
                 if reused && replayable {
+                    lm.retries.inc();
                     allow_pooled = false;
                     continue;
                 }
                 tracing::debug!(listener = %l.cfg.name, request_id = %self.id, "sending the request failed: {e}");
-                self.log(502, Some(up.addrs[idx]), started);
-                self.send_error(502, true).await;
+                self.fail(502, Some(up.addrs[idx]), started, true).await;
                 return Next::Close;
             }
             if !body_sent {
@@ -716,33 +787,39 @@ impl Conn<'_> {
                 )
                 .await
                 {
-                    Ok(_) => body_sent = true,
+                    Ok(n) => {
+                        lm.bytes_in.add(n);
+                        body_sent = true;
+                    }
                     Err(BodyError::Source(e)) => {
                         tracing::debug!(listener = %l.cfg.name, request_id = %self.id, "request body cut short: {e}");
                         return Next::Close;
                     }
                     Err(BodyError::TooLarge) => {
-                        self.log(413, Some(up.addrs[idx]), started);
-                        self.send_error(413, true).await;
+                        self.fail(413, Some(up.addrs[idx]), started, true).await;
                         return Next::Close;
                     }
                     Err(BodyError::Chunk(why)) => {
                         tracing::debug!(listener = %l.cfg.name, request_id = %self.id, "request body refused: {why}");
-                        self.log(400, Some(up.addrs[idx]), started);
-                        self.send_error(400, true).await;
+                        self.fail(400, Some(up.addrs[idx]), started, true).await;
                         return Next::Close;
                     }
                     Err(BodyError::Dest(e)) => {
                         tracing::debug!(listener = %l.cfg.name, request_id = %self.id, "backend stopped reading the body: {e}");
-                        self.log(502, Some(up.addrs[idx]), started);
-                        self.send_error(502, true).await;
+                        self.fail(502, Some(up.addrs[idx]), started, true).await;
                         return Next::Close;
                     }
                 }
             }
             // Read the response head.
             self.ubuf.clear();
+            let sent_at = Instant::now();
             let read = self.read_response_head(&stream, is_head).await;
+            if read.is_ok() {
+                l.metrics.upstreams[up.ui]
+                    .response
+                    .record(sent_at.elapsed());
+            }
             match &read {
                 Ok(()) if self.resp.status >= 500 => {
                     up.state.report_failure(idx, "5xx response");
@@ -759,25 +836,23 @@ impl Conn<'_> {
                 Ok(()) => break (stream, idx, inflight),
                 Err(RespErr::Gone(e)) if self.ubuf.is_empty() && reused && replayable => {
                     tracing::debug!(listener = %l.cfg.name, request_id = %self.id, "pooled connection was closed by the backend ({e}); retrying on a new one");
+                    lm.retries.inc();
                     allow_pooled = false;
                     continue;
                 }
                 Err(RespErr::Gone(e)) => {
                     tracing::warn!(listener = %l.cfg.name, request_id = %self.id, backend = %up.addrs[idx], "backend closed without a response: {e}");
-                    self.log(502, Some(up.addrs[idx]), started);
-                    self.send_error(502, true).await;
+                    self.fail(502, Some(up.addrs[idx]), started, true).await;
                     return Next::Close;
                 }
                 Err(RespErr::Timeout) => {
                     tracing::warn!(listener = %l.cfg.name, request_id = %self.id, backend = %up.addrs[idx], "no response within {:?}", http.response_timeout);
-                    self.log(504, Some(up.addrs[idx]), started);
-                    self.send_error(504, true).await;
+                    self.fail(504, Some(up.addrs[idx]), started, true).await;
                     return Next::Close;
                 }
                 Err(RespErr::Bad(why)) => {
                     tracing::warn!(listener = %l.cfg.name, request_id = %self.id, backend = %up.addrs[idx], "invalid response: {why}");
-                    self.log(502, Some(up.addrs[idx]), started);
-                    self.send_error(502, true).await;
+                    self.fail(502, Some(up.addrs[idx]), started, true).await;
                     return Next::Close;
                 }
                 Err(RespErr::Client) => return Next::Close,
@@ -788,10 +863,10 @@ impl Conn<'_> {
         // 101: become a tunnel (only when we asked for an upgrade).
         if self.resp.status == 101 {
             if !upgrading {
-                self.log(502, Some(backend), started);
-                self.send_error(502, true).await;
+                self.fail(502, Some(backend), started, true).await;
                 return Next::Close;
             }
+            self.bytes_out = self.ubuf.len() as u64;
             self.log(101, Some(backend), started);
             // The 101 head as the backend sent it (its Connection/Upgrade
             // fields are for this hop too), and whatever followed it.
@@ -856,6 +931,7 @@ impl Conn<'_> {
             &l.pools,
         )
         .await;
+        self.bytes_out = self.hbuf.len() as u64 + moved.as_ref().map_or(0, |m| *m);
         self.log(status, Some(backend), started);
         match moved {
             Ok(_) => {
@@ -947,6 +1023,33 @@ impl Conn<'_> {
     /// One line per request at debug level (the access log proper is an
     /// operations feature).
     fn log(&self, status: u16, backend: Option<SocketAddr>, started: Instant) {
+        let l = self.l;
+        let lm = &l.metrics.listeners[l.li];
+        let took = started.elapsed();
+        if let Some(r) = lm.routes.get(self.route_idx) {
+            r.status(status);
+        }
+        lm.request_duration.record(took);
+        lm.bytes_out.add(self.bytes_out);
+        if let Some(a) = &l.access {
+            a.send(access::http_line(
+                a.format,
+                &access::HttpEntry {
+                    listener: &l.cfg.name,
+                    client: self.peer,
+                    method: &self.lf.method,
+                    path: &self.lf.path,
+                    minor: self.lf.minor,
+                    status,
+                    bytes_sent: self.bytes_out,
+                    referer: &self.lf.referer,
+                    user_agent: &self.lf.user_agent,
+                    request_id: &self.id,
+                    backend,
+                    duration: took,
+                },
+            ));
+        }
         tracing::debug!(
             target: "ringlb::access",
             listener = %self.l.cfg.name,
@@ -975,6 +1078,21 @@ fn why(e: HttpError) -> &'static str {
         HttpError::HeadersTooLarge => "header section too large",
         HttpError::MethodNotAllowed => "CONNECT is not served",
     }
+}
+
+/// Connect to backend `idx`, recording the connect time.
+async fn timed_connect(
+    up: &UpstreamRt,
+    idx: usize,
+    timeout: Duration,
+    m: &WorkerMetrics,
+) -> Result<TcpStream, upstream::ConnectError> {
+    let t = Instant::now();
+    let r = upstream::connect(up.addrs[idx], timeout).await;
+    if r.is_ok() {
+        m.upstreams[up.ui].connect.record(t.elapsed());
+    }
+    r
 }
 
 /// How often a queued request looks for a free backend slot.

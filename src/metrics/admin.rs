@@ -1,0 +1,113 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/status` on a
+//! plain-HTTP port (loopback by default). It runs on its own small thread
+//! with blocking sockets, one request per connection, so a scrape never
+//! takes time from a worker.
+
+use std::{
+    io::{self, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::Duration,
+};
+
+use super::Registry;
+
+/// Bind the admin address and serve it on a thread until `stop`.
+///
+/// # Errors
+/// The address cannot be bound.
+pub fn start(
+    addr: SocketAddr,
+    reg: Arc<Registry>,
+    stop: Arc<AtomicBool>,
+) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    thread::Builder::new()
+        .name("ringlb-admin".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        if let Err(e) = serve(s, &reg) {
+                            tracing::debug!("admin request failed: {e}");
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => {
+                        tracing::warn!("admin accept: {e}");
+                        thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        })?;
+    Ok(bound)
+}
+
+fn serve(mut s: TcpStream, reg: &Registry) -> io::Result<()> {
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut buf = [0u8; 4096];
+    let mut len = 0;
+    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n")
+        && !buf[..len].windows(2).any(|w| w == b"\n\n")
+    {
+        if len == buf.len() {
+            return respond(&mut s, 431, "text/plain", "request too large\n");
+        }
+        let n = s.read(&mut buf[len..])?;
+        if n == 0 {
+            return Ok(());
+        }
+        len += n;
+    }
+    let line = buf[..len].split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let method = parts.next().unwrap_or_default();
+    let target = parts.next().unwrap_or_default();
+    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    if method != b"GET" && method != b"HEAD" {
+        return respond(&mut s, 405, "text/plain", "only GET\n");
+    }
+    match path {
+        b"/healthz" => respond(&mut s, 200, "text/plain", "ok\n"),
+        b"/readyz" => match reg.ready() {
+            Ok(()) => respond(&mut s, 200, "text/plain", "ready\n"),
+            Err(why) => respond(&mut s, 503, "text/plain", &format!("not ready: {why}\n")),
+        },
+        b"/metrics" => respond(&mut s, 200, "text/plain; version=0.0.4", &reg.render()),
+        b"/status" => respond(&mut s, 200, "application/json", &reg.status_json()),
+        _ => respond(
+            &mut s,
+            404,
+            "text/plain",
+            "not found (try /healthz /readyz /metrics /status)\n",
+        ),
+    }
+}
+
+fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &str) -> io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())?;
+    s.write_all(body.as_bytes())?;
+    s.flush()
+}
