@@ -55,6 +55,26 @@ pub fn bind_all(
     Ok(out)
 }
 
+/// `n` more SO_REUSEPORT sockets on an address this process already listens
+/// on (a reload that needs more workers' sockets).
+///
+/// # Errors
+/// As bind(2)/listen(2).
+pub fn bind_more(
+    addr: SocketAddr,
+    backlog: u32,
+    n: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = new_socket(addr, true)?;
+        s.bind(&addr.into())?;
+        s.listen(backlog.min(i32::MAX as u32) as i32)?;
+        out.push(s.into());
+    }
+    Ok(out)
+}
+
 fn new_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     let s = Socket::new(
         Domain::for_address(addr),

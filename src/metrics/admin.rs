@@ -8,7 +8,7 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, RwLock,
     },
     thread,
     time::Duration,
@@ -22,10 +22,21 @@ use super::Registry;
 /// The address cannot be bound.
 pub fn start(
     addr: SocketAddr,
-    reg: Arc<Registry>,
+    reg: Arc<RwLock<Arc<Registry>>>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+    // SO_REUSEPORT: during a binary upgrade the new process binds the same
+    // admin address while the old one still holds it.
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.cloexec(),
+        None,
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(128)?;
+    let listener: TcpListener = sock.into();
     let bound = listener.local_addr()?;
     listener.set_nonblocking(true)?;
     thread::Builder::new()
@@ -34,7 +45,9 @@ pub fn start(
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((s, _)) => {
-                        if let Err(e) = serve(s, &reg) {
+                        // The current generation's registry (a reload swaps it).
+                        let current = Arc::clone(&reg.read().unwrap_or_else(|e| e.into_inner()));
+                        if let Err(e) = serve(s, &current) {
                             tracing::debug!("admin request failed: {e}");
                         }
                     }

@@ -6,7 +6,13 @@ pub mod drain;
 pub mod worker;
 
 use std::{
-    sync::{mpsc, Arc},
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, RwLock,
+    },
     thread,
     time::Duration,
 };
@@ -127,69 +133,46 @@ pub fn choose_driver(mode: IoUringMode) -> Result<Driver, Error> {
 }
 
 /// Start everything and block until a stop signal and the drain are done.
+/// Without a config path, SIGHUP cannot reload.
 ///
 /// # Errors
 /// Bind failures, io_uring required but missing, threads that cannot start.
-pub fn run(mut cfg: Config) -> Result<(), Error> {
+pub fn run(cfg: Config) -> Result<(), Error> {
+    run_with(cfg, None)
+}
+
+/// The listening sockets the control thread keeps, by listener address as
+/// configured. Workers get duplicates; because these originals stay open, a
+/// reload hands the very same sockets (and their queued connections) to the
+/// next generation of workers.
+type Sockets = HashMap<SocketAddr, Vec<std::net::TcpListener>>;
+
+/// One set of workers running one config.
+struct Generation {
+    cfg: Arc<Config>,
+    stops: Vec<oneshot::Sender<Duration>>,
+    handles: Vec<thread::JoinHandle<()>>,
+    health_stop: Arc<AtomicBool>,
+    registry: Arc<crate::metrics::Registry>,
+    report: String,
+}
+
+/// Process-wide pieces that outlive a generation.
+struct Control {
+    cores: Vec<core_affinity::CoreId>,
+    access: Option<crate::metrics::access::AccessLog>,
+    access_dropped: Arc<std::sync::atomic::AtomicU64>,
+    sockets: Sockets,
+}
+
+/// Like [`run`]; with `path`, SIGHUP re-reads and applies that file.
+///
+/// # Errors
+/// As [`run`].
+pub fn run_with(cfg: Config, path: Option<PathBuf>) -> Result<(), Error> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let workers = cfg.runtime.workers.unwrap_or(cores.len().max(1));
-    let budget = apply_fd_budget(&mut cfg, workers);
-    let driver = choose_driver(cfg.runtime.io_uring)?;
-    let splice_ok = sys::splice_works();
-    if !splice_ok {
-        tracing::warn!("splice(2) does not work here; L4 listeners will copy");
-        for l in &mut cfg.listeners {
-            l.transfer = Transfer::Copy;
-        }
-    }
-
-    // Bind every socket before starting threads, so "address in use" is one
-    // clear error and exit code 1.
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
-        (0..workers).map(|_| Vec::new()).collect();
-    for l in &cfg.listeners {
-        let socks = listener::bind_all(l.listen, l.backlog, workers).map_err(|e| Error::Bind {
-            name: l.name.clone(),
-            addr: l.listen,
-            msg: e.to_string(),
-        })?;
-        let bound = socks
-            .first()
-            .and_then(|s| s.local_addr().ok())
-            .unwrap_or(l.listen);
-        tracing::info!(
-            "listener {:?} listening on {bound} ({}, {workers} SO_REUSEPORT sockets, max_connections {})",
-            l.name,
-            match l.mode {
-                crate::config::Mode::Tcp => "tcp",
-                crate::config::Mode::Http => "http",
-            },
-            l.max_connections
-        );
-        for (w, s) in socks.into_iter().enumerate() {
-            per_worker[w].push(s);
-        }
-    }
-    let limiters: Vec<Arc<Limiter>> = cfg
-        .listeners
-        .iter()
-        .map(|l| Limiter::new(l.max_connections, workers))
-        .collect();
-
-    sys::block_signals().map_err(|e| Error::Startup(format!("cannot block signals: {e}")))?;
-
-    let cfg = Arc::new(cfg);
-    // Backend health, circuit breakers and limits: one state for the process.
-    let shared = crate::health::Shared::new(&cfg);
-    let health_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    crate::health::spawn_checker(&cfg, Arc::clone(&shared), Arc::clone(&health_stop))
-        .map_err(|e| Error::Startup(format!("cannot start the health-check thread: {e}")))?;
-    // Metrics shards (one per worker), the access log writer, the admin listener.
-    let worker_metrics: Vec<Arc<crate::metrics::WorkerMetrics>> = (0..workers)
-        .map(|_| crate::metrics::WorkerMetrics::new(&cfg))
-        .collect();
     let access_dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let reopen_access = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reopen_access = Arc::new(AtomicBool::new(false));
     let access = match &cfg.access_log {
         None => None,
         Some(a) => Some(
@@ -208,23 +191,344 @@ pub fn run(mut cfg: Config) -> Result<(), Error> {
             })?,
         ),
     };
-    if let Some(addr) = cfg.admin {
-        let reg = Arc::new(crate::metrics::Registry {
-            cfg: Arc::clone(&cfg),
-            shared: Arc::clone(&shared),
-            workers: worker_metrics.clone(),
-            access_dropped: Arc::clone(&access_dropped),
-        });
+    sys::block_signals().map_err(|e| Error::Startup(format!("cannot block signals: {e}")))?;
+    let mut ctl = Control {
+        cores,
+        access,
+        access_dropped,
+        sockets: HashMap::new(),
+    };
+    // Sockets handed over by a previous ringlb (upgrade) or systemd (socket
+    // activation): they become this process's listening sockets, so the
+    // port never closes and queued connections are not reset.
+    let inherited = sys::inherited_listeners();
+    let upgrade_fd = take_upgrade_fd();
+    if !inherited.is_empty() {
+        let n = inherited.len();
+        for (addr, sock) in inherited {
+            if cfg.listeners.iter().any(|l| l.listen == addr) {
+                ctl.sockets.entry(addr).or_default().push(sock);
+            } else {
+                tracing::warn!("inherited listening socket {addr} matches no listener; closing it");
+            }
+        }
+        tracing::info!("took over {n} listening socket(s)");
+    }
+    let mut gen = start_generation(&mut ctl, cfg, true)?;
+    let registry_slot = Arc::new(RwLock::new(Arc::clone(&gen.registry)));
+    let admin_stop = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = gen.cfg.admin {
         let bound =
-            crate::metrics::admin::start(addr, reg, Arc::clone(&health_stop)).map_err(|e| {
-                Error::Bind {
+            crate::metrics::admin::start(addr, Arc::clone(&registry_slot), Arc::clone(&admin_stop))
+                .map_err(|e| Error::Bind {
                     name: "admin".into(),
                     addr,
                     msg: e.to_string(),
-                }
-            })?;
+                })?;
         tracing::info!("admin listening on {bound} (/healthz /readyz /metrics /status)");
     }
+    tracing::info!("{}", gen.report);
+    sys::systemd::notify("READY=1");
+    if let Some(fd) = upgrade_fd {
+        // Tell the process that started us (an upgrade) that we serve now.
+        let mut f = fd;
+        let _ = std::io::Write::write_all(&mut f, b"ready\n");
+    }
+
+    let mut draining: Vec<thread::JoinHandle<()>> = Vec::new();
+    let mut upgraded = false;
+    loop {
+        match sys::wait_signal() {
+            sys::Signal::Hup => {
+                let Some(path) = &path else {
+                    tracing::warn!("SIGHUP received, but ringlb was not started from a config file; nothing to reload");
+                    continue;
+                };
+                sys::systemd::notify(&format!(
+                    "RELOADING=1\nMONOTONIC_USEC={}",
+                    sys::monotonic_usec()
+                ));
+                match reload(&mut ctl, &gen, path) {
+                    Ok(next) => {
+                        let old = std::mem::replace(&mut gen, next);
+                        *registry_slot.write().unwrap_or_else(|e| e.into_inner()) =
+                            Arc::clone(&gen.registry);
+                        // The old workers stop accepting and finish what they hold.
+                        let grace = old.cfg.runtime.shutdown_timeout;
+                        old.health_stop.store(true, Ordering::Relaxed);
+                        stop_all(old.stops, grace);
+                        let handles = old.handles;
+                        draining.push(thread::spawn(move || {
+                            for h in handles {
+                                let _ = h.join();
+                            }
+                            tracing::info!("previous configuration's workers finished");
+                        }));
+                        tracing::info!(
+                            "configuration reloaded from {}: {}",
+                            path.display(),
+                            gen.report
+                        );
+                    }
+                    Err(e) => tracing::error!(
+                        "reload refused, still serving the previous configuration: {e}"
+                    ),
+                }
+                sys::systemd::notify("READY=1");
+            }
+            sys::Signal::Usr1 => {
+                reopen_access.store(true, Ordering::Relaxed);
+                tracing::info!("SIGUSR1 received: reopening the access log");
+            }
+            sys::Signal::Usr2 => {
+                tracing::info!("SIGUSR2 received: starting the new binary");
+                match upgrade(&ctl) {
+                    Ok(pid) => {
+                        tracing::info!("the new process (pid {pid}) is serving; this one stops accepting and drains");
+                        sys::systemd::notify(&format!("MAINPID={pid}"));
+                        upgraded = true;
+                        break;
+                    }
+                    Err(e) => tracing::error!("upgrade failed, still serving: {e}"),
+                }
+            }
+            sys::Signal::Stop => break,
+        }
+    }
+    let grace = gen.cfg.runtime.shutdown_timeout;
+    if upgraded {
+        tracing::info!("handing over to the new process: no new connections here; draining for up to {grace:?}");
+    } else {
+        tracing::info!("stop signal received: no new connections; draining for up to {grace:?} (signal again to exit at once)");
+    }
+    if !upgraded {
+        sys::systemd::notify("STOPPING=1");
+    }
+    gen.health_stop.store(true, Ordering::Relaxed);
+    admin_stop.store(true, Ordering::Relaxed);
+    stop_all(gen.stops, grace);
+    drop(ctl.access.take());
+    // A second signal ends the process at once.
+    let _ = thread::Builder::new()
+        .name("ringlb-sig".into())
+        .spawn(|| loop {
+            if sys::wait_signal() == sys::Signal::Stop {
+                tracing::warn!("second stop signal: exiting now");
+                std::process::exit(0);
+            }
+        });
+    for h in gen.handles.into_iter().chain(draining) {
+        let _ = h.join();
+    }
+    tracing::info!("all workers stopped");
+    Ok(())
+}
+
+/// The write end of the pipe a parent ringlb waits on during an upgrade.
+fn take_upgrade_fd() -> Option<std::fs::File> {
+    let fd = std::env::var("RINGLB_UPGRADE_FD")
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
+    std::env::remove_var("RINGLB_UPGRADE_FD");
+    sys::pipe_file(fd)
+}
+
+/// How long an upgrade waits for the new process to say it serves.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Start this program's binary (as it is on disk now) with our listening
+/// sockets and wait until it serves. Returns its pid; on failure it is
+/// stopped and we keep serving.
+fn upgrade(ctl: &Control) -> Result<u32, String> {
+    let exe = EXE.get().cloned().ok_or("the binary's path is unknown")?;
+    let (ready_r, ready_w) = sys::pipe_pair().map_err(|e| format!("pipe: {e}"))?;
+    let mut entries = Vec::new();
+    for (addr, socks) in &ctl.sockets {
+        for s in socks {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(s);
+            sys::set_inheritable(fd, true).map_err(|e| format!("fcntl: {e}"))?;
+            entries.push(format!("{fd}@{addr}"));
+        }
+    }
+    let wfd = std::os::fd::AsRawFd::as_raw_fd(&ready_w);
+    sys::set_inheritable(wfd, true).map_err(|e| format!("fcntl: {e}"))?;
+    let spawned = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .env("RINGLB_INHERIT_FDS", entries.join(","))
+        .env("RINGLB_UPGRADE_FD", wfd.to_string())
+        .spawn();
+    // Our copies go back to close-on-exec whatever happened.
+    for socks in ctl.sockets.values() {
+        for s in socks {
+            let _ = sys::set_inheritable(std::os::fd::AsRawFd::as_raw_fd(s), false);
+        }
+    }
+    drop(ready_w);
+    let mut child = spawned.map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    let pid = child.id();
+    // Wait for "ready" on the pipe; EOF (the child exited) or the timeout is failure.
+    match sys::read_with_timeout(&ready_r, UPGRADE_TIMEOUT) {
+        Ok(n) if n > 0 => Ok(pid),
+        outcome => {
+            let why = match outcome {
+                Ok(_) => "it exited before serving".to_string(),
+                Err(e) => format!("it did not report ready: {e}"),
+            };
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!("new process {pid}: {why}"))
+        }
+    }
+}
+
+/// The binary's path as started (argv[0] resolved at start): after the file
+/// is replaced on disk, this names the new binary, which /proc/self/exe
+/// would not.
+static EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Remember the binary's path for upgrades (call early in main).
+pub fn remember_exe() {
+    let from_args = std::env::args_os().next().map(PathBuf::from);
+    let resolved = from_args.and_then(|p| {
+        if p.components().count() > 1 {
+            std::fs::canonicalize(&p).ok()
+        } else {
+            None
+        }
+    });
+    let exe = resolved.or_else(|| std::env::current_exe().ok());
+    if let Some(e) = exe {
+        let _ = EXE.set(e);
+    }
+}
+
+/// Read, validate and start `path` as the next generation. On any error
+/// nothing changes.
+fn reload(
+    ctl: &mut Control,
+    cur: &Generation,
+    path: &std::path::Path,
+) -> Result<Generation, Error> {
+    let next = Config::load(path)?;
+    if next.admin != cur.cfg.admin {
+        tracing::warn!("reload: a changed [admin] listen address takes effect after a restart");
+    }
+    if next.access_log.as_ref().map(|a| (&a.path, a.format))
+        != cur.cfg.access_log.as_ref().map(|a| (&a.path, a.format))
+    {
+        tracing::warn!("reload: a changed [access_log] takes effect after a restart");
+    }
+    if next.log_level != cur.cfg.log_level {
+        tracing::warn!(
+            "reload: a changed [log] level takes effect after a restart (RINGLB_LOG too)"
+        );
+    }
+    start_generation(ctl, next, false)
+}
+
+/// Size the budget, bind (or reuse) the sockets and start one worker per core.
+fn start_generation(ctl: &mut Control, mut cfg: Config, first: bool) -> Result<Generation, Error> {
+    let cores = ctl.cores.clone();
+    let workers = cfg.runtime.workers.unwrap_or(cores.len().max(1));
+    let budget = apply_fd_budget(&mut cfg, workers);
+    let driver = choose_driver(cfg.runtime.io_uring)?;
+    let splice_ok = sys::splice_works();
+    if !splice_ok {
+        if first {
+            tracing::warn!("splice(2) does not work here; L4 listeners will copy");
+        }
+        for l in &mut cfg.listeners {
+            l.transfer = Transfer::Copy;
+        }
+    }
+
+    // Sockets: reuse those of listeners whose address is unchanged, bind the
+    // others now (before any thread starts, so "address in use" is one clear
+    // error and, on a reload, nothing has changed yet).
+    let mut fresh: Sockets = HashMap::new();
+    for l in &cfg.listeners {
+        let have = ctl.sockets.get(&l.listen).map_or(0, Vec::len);
+        if have >= workers {
+            continue;
+        }
+        let bound = if have == 0 {
+            listener::bind_all(l.listen, l.backlog, workers)
+        } else {
+            let at = ctl.sockets[&l.listen][0].local_addr().unwrap_or(l.listen);
+            listener::bind_more(at, l.backlog, workers - have)
+        };
+        let socks = bound.map_err(|e| Error::Bind {
+            name: l.name.clone(),
+            addr: l.listen,
+            msg: e.to_string(),
+        })?;
+        fresh.insert(l.listen, socks);
+    }
+    // Committed: from here on the new sockets belong to the control thread.
+    for (addr, socks) in fresh {
+        ctl.sockets.entry(addr).or_default().extend(socks);
+    }
+    // Sockets of listeners no longer configured close when the old
+    // generation's workers let go of their duplicates.
+    let wanted: std::collections::HashSet<SocketAddr> =
+        cfg.listeners.iter().map(|l| l.listen).collect();
+    ctl.sockets.retain(|a, _| wanted.contains(a));
+
+    let mut per_worker: Vec<Vec<Vec<std::net::TcpListener>>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    for l in &cfg.listeners {
+        let socks = &ctl.sockets[&l.listen];
+        let bound = socks
+            .first()
+            .and_then(|s| s.local_addr().ok())
+            .unwrap_or(l.listen);
+        tracing::info!(
+            "listener {:?} listening on {bound} ({}, {} SO_REUSEPORT sockets, max_connections {})",
+            l.name,
+            match l.mode {
+                crate::config::Mode::Tcp => "tcp",
+                crate::config::Mode::Http => "http",
+            },
+            socks.len(),
+            l.max_connections
+        );
+        for w in per_worker.iter_mut() {
+            w.push(Vec::new());
+        }
+        // Worker w takes sockets w, w + N, ...: every socket has an owner even
+        // when there are more sockets than workers (no queue is orphaned).
+        for (i, s) in socks.iter().enumerate() {
+            let dup = s
+                .try_clone()
+                .map_err(|e| Error::Startup(format!("cannot duplicate a listening socket: {e}")))?;
+            if let Some(slot) = per_worker[i % workers].last_mut() {
+                slot.push(dup);
+            }
+        }
+    }
+    let limiters: Vec<Arc<Limiter>> = cfg
+        .listeners
+        .iter()
+        .map(|l| Limiter::new(l.max_connections, workers))
+        .collect();
+
+    let cfg = Arc::new(cfg);
+    // Backend health, circuit breakers and limits: one state for the process.
+    let shared = crate::health::Shared::new(&cfg);
+    let health_stop = Arc::new(AtomicBool::new(false));
+    crate::health::spawn_checker(&cfg, Arc::clone(&shared), Arc::clone(&health_stop))
+        .map_err(|e| Error::Startup(format!("cannot start the health-check thread: {e}")))?;
+    let worker_metrics: Vec<Arc<crate::metrics::WorkerMetrics>> = (0..workers)
+        .map(|_| crate::metrics::WorkerMetrics::new(&cfg))
+        .collect();
+    let registry = Arc::new(crate::metrics::Registry {
+        cfg: Arc::clone(&cfg),
+        shared: Arc::clone(&shared),
+        workers: worker_metrics.clone(),
+        access_dropped: Arc::clone(&ctl.access_dropped),
+    });
+
     let (ready_tx, ready_rx) =
         mpsc::channel::<Result<(usize, Option<usize>, Driver, Option<TaskRun>), String>>();
     let mut stops = Vec::with_capacity(workers);
@@ -239,7 +543,7 @@ pub fn run(mut cfg: Config) -> Result<(), Error> {
             limiters: limiters.clone(),
             shared: Arc::clone(&shared),
             metrics: Arc::clone(&worker_metrics[index]),
-            access: access.clone(),
+            access: ctl.access.clone(),
             shutdown: stop_rx,
         };
         let core = if cfg.runtime.pin_cores && !cores.is_empty() {
@@ -269,10 +573,12 @@ pub fn run(mut cfg: Config) -> Result<(), Error> {
                 taskrun = taskrun.or(t);
             }
             Ok(Err(msg)) => {
+                health_stop.store(true, Ordering::Relaxed);
                 stop_all(stops, Duration::ZERO);
                 return Err(Error::Startup(msg));
             }
             Err(_) => {
+                health_stop.store(true, Ordering::Relaxed);
                 stop_all(stops, Duration::ZERO);
                 return Err(Error::Startup("a worker did not start within 10s".into()));
             }
@@ -286,7 +592,7 @@ pub fn run(mut cfg: Config) -> Result<(), Error> {
     } else {
         "mixed io_uring/epoll".to_string()
     };
-    tracing::info!(
+    let report = format!(
         "ringlb {} ready: driver={chosen} splice={} workers={workers} pinned_cores={:?} fd_limit={} (hard {}) connection_budget={} ring_entries={}",
         env!("CARGO_PKG_VERSION"),
         if splice_ok { "yes" } else { "no" },
@@ -296,40 +602,14 @@ pub fn run(mut cfg: Config) -> Result<(), Error> {
         budget.connections,
         cfg.runtime.ring_entries,
     );
-    sys::systemd::notify("READY=1");
-
-    drop(access);
-    loop {
-        match sys::wait_signal() {
-            sys::Signal::Hup => tracing::warn!(
-                "SIGHUP received: configuration reload is not supported yet; ignoring"
-            ),
-            sys::Signal::Usr1 => {
-                reopen_access.store(true, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!("SIGUSR1 received: reopening the access log");
-            }
-            sys::Signal::Stop => break,
-        }
-    }
-    let grace = cfg.runtime.shutdown_timeout;
-    tracing::info!("stop signal received: no new connections; draining for up to {grace:?} (signal again to exit at once)");
-    sys::systemd::notify("STOPPING=1");
-    health_stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    stop_all(stops, grace);
-    // A second signal ends the process at once.
-    let _ = thread::Builder::new()
-        .name("ringlb-sig".into())
-        .spawn(|| loop {
-            if sys::wait_signal() == sys::Signal::Stop {
-                tracing::warn!("second stop signal: exiting now");
-                std::process::exit(0);
-            }
-        });
-    for h in handles {
-        let _ = h.join();
-    }
-    tracing::info!("all workers stopped");
-    Ok(())
+    Ok(Generation {
+        cfg,
+        stops,
+        handles,
+        health_stop,
+        registry,
+        report,
+    })
 }
 
 fn stop_all(stops: Vec<oneshot::Sender<Duration>>, grace: Duration) {

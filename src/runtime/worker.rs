@@ -24,8 +24,8 @@ use crate::{
 pub struct WorkerSpec {
     pub index: usize,
     pub cfg: Arc<Config>,
-    /// One bound socket per listener, in config order.
-    pub sockets: Vec<std::net::TcpListener>,
+    /// Per listener, in config order: the bound sockets this worker accepts on.
+    pub sockets: Vec<Vec<std::net::TcpListener>>,
     pub limiters: Vec<Arc<Limiter>>,
     /// Process-wide backend state and limits.
     pub shared: Arc<crate::health::Shared>,
@@ -121,71 +121,77 @@ pub async fn run(spec: WorkerSpec) {
                 }
             }
         };
-        let listener = match monoio::net::TcpListener::from_std(sock) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(worker = spec.index, listener = %lcfg.name, "cannot register listening socket: {e}");
-                continue;
-            }
-        };
-        let d = Rc::clone(&drain);
-        let name: Rc<str> = Rc::from(lcfg.name.as_str());
-        let limiter = Arc::clone(limiter);
-        let metrics = Arc::clone(&spec.metrics);
-        let worker = spec.index;
-        monoio::spawn(async move {
-            let conn_drain = Rc::clone(&d);
-            let m_full = Arc::clone(&metrics);
-            let on_full = move || m_full.listeners[li].saturated.inc();
-            listener::accept_loop(
-                listener,
-                limiter,
-                worker,
-                d,
-                name,
-                on_full,
-                move |a: Accepted| {
-                    let lm = &metrics.listeners[li];
-                    // Per-client-IP limit (process-wide): over it, refuse at once.
-                    let ip_permit = match &ip_limit {
-                        None => None,
-                        Some(lim) => match lim.acquire(a.peer.ip()) {
-                            Some(p) => Some(p),
-                            None => {
-                                lm.rejected_per_ip.inc();
-                                refuse_over_ip_limit(&handler, &a);
-                                return;
+        for sock in sock {
+            let handler = handler.clone();
+            let ip_limit = ip_limit.clone();
+            let listener = match monoio::net::TcpListener::from_std(sock) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(worker = spec.index, listener = %lcfg.name, "cannot register listening socket: {e}");
+                    continue;
+                }
+            };
+            let d = Rc::clone(&drain);
+            let name: Rc<str> = Rc::from(lcfg.name.as_str());
+            let limiter = Arc::clone(limiter);
+            let metrics = Arc::clone(&spec.metrics);
+            let worker = spec.index;
+            monoio::spawn(async move {
+                let conn_drain = Rc::clone(&d);
+                let m_full = Arc::clone(&metrics);
+                let on_full = move || m_full.listeners[li].saturated.inc();
+                listener::accept_loop(
+                    listener,
+                    limiter,
+                    worker,
+                    d,
+                    name,
+                    on_full,
+                    move |a: Accepted| {
+                        let lm = &metrics.listeners[li];
+                        // Per-client-IP limit (process-wide): over it, refuse at once.
+                        let ip_permit = match &ip_limit {
+                            None => None,
+                            Some(lim) => match lim.acquire(a.peer.ip()) {
+                                Some(p) => Some(p),
+                                None => {
+                                    lm.rejected_per_ip.inc();
+                                    refuse_over_ip_limit(&handler, &a);
+                                    return;
+                                }
+                            },
+                        };
+                        lm.accepted.inc();
+                        lm.active.add(1);
+                        let m_end = Arc::clone(&metrics);
+                        let guard = conn_drain.track();
+                        match &handler {
+                            Handler::Tcp(l) => {
+                                let conn =
+                                    l4::handle(Rc::clone(l), a.stream, a.peer, a.permit, guard);
+                                monoio::spawn(async move {
+                                    conn.await;
+                                    drop(ip_permit);
+                                    m_end.listeners[li].active.add(-1);
+                                });
                             }
-                        },
-                    };
-                    lm.accepted.inc();
-                    lm.active.add(1);
-                    let m_end = Arc::clone(&metrics);
-                    let guard = conn_drain.track();
-                    match &handler {
-                        Handler::Tcp(l) => {
-                            let conn = l4::handle(Rc::clone(l), a.stream, a.peer, a.permit, guard);
-                            monoio::spawn(async move {
-                                conn.await;
-                                drop(ip_permit);
-                                m_end.listeners[li].active.add(-1);
-                            });
+                            Handler::Http(l) => {
+                                let conn =
+                                    l7::handle(Rc::clone(l), a.stream, a.peer, a.permit, guard);
+                                monoio::spawn(async move {
+                                    conn.await;
+                                    drop(ip_permit);
+                                    m_end.listeners[li].active.add(-1);
+                                });
+                            }
                         }
-                        Handler::Http(l) => {
-                            let conn = l7::handle(Rc::clone(l), a.stream, a.peer, a.permit, guard);
-                            monoio::spawn(async move {
-                                conn.await;
-                                drop(ip_permit);
-                                m_end.listeners[li].active.add(-1);
-                            });
-                        }
-                    }
-                },
-            )
-            .await;
-            // Dropping the listener here closes this worker's socket: only now,
-            // when stopping, since closing a reuseport socket drops its queue.
-        });
+                    },
+                )
+                .await;
+                // Dropping the listener here closes this worker's socket: only now,
+                // when stopping, since closing a reuseport socket drops its queue.
+            });
+        }
     }
 
     let grace = spec.shutdown.await.unwrap_or(Duration::ZERO);
@@ -210,6 +216,7 @@ pub async fn run(spec: WorkerSpec) {
 }
 
 /// What serves a listener's connections.
+#[derive(Clone)]
 enum Handler {
     Tcp(Rc<L4Listener>),
     Http(Rc<HttpListener>),

@@ -207,6 +207,8 @@ pub enum Signal {
     Hup,
     /// SIGUSR1: reopen the access log.
     Usr1,
+    /// SIGUSR2: upgrade to a new binary.
+    Usr2,
 }
 
 /// Block SIGTERM, SIGINT and SIGHUP in the calling thread (and so in every
@@ -222,6 +224,7 @@ pub fn block_signals() -> io::Result<()> {
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGHUP);
         libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
         let ret = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if ret != 0 {
             return Err(io::Error::from_raw_os_error(ret));
@@ -242,6 +245,7 @@ pub fn wait_signal() -> Signal {
             libc::sigaddset(&mut set, libc::SIGINT);
             libc::sigaddset(&mut set, libc::SIGHUP);
             libc::sigaddset(&mut set, libc::SIGUSR1);
+            libc::sigaddset(&mut set, libc::SIGUSR2);
             libc::sigwait(&set, &mut sig)
         };
         if ret != 0 {
@@ -250,9 +254,145 @@ pub fn wait_signal() -> Signal {
         return match sig {
             libc::SIGHUP => Signal::Hup,
             libc::SIGUSR1 => Signal::Usr1,
+            libc::SIGUSR2 => Signal::Usr2,
             _ => Signal::Stop,
         };
     }
+}
+
+/// Listening sockets handed to this process: by a previous ringlb during a
+/// binary upgrade (`RINGLB_INHERIT_FDS=3,4,...`) or by systemd socket
+/// activation (`LISTEN_FDS=n` with `LISTEN_PID` = our pid: fds 3..3+n).
+/// Each comes back with the listener address it serves: the configured one
+/// for `FD@ADDR` entries of a previous ringlb (so `127.0.0.1:0` keeps its
+/// port), else its bound address. fds that are not listening TCP sockets are
+/// closed. The variables are removed so children do not see them.
+pub fn inherited_listeners() -> Vec<(SocketAddr, std::net::TcpListener)> {
+    let mut fds: Vec<(RawFd, Option<SocketAddr>)> = Vec::new();
+    if let Ok(list) = std::env::var("RINGLB_INHERIT_FDS") {
+        for entry in list.split(',') {
+            let (fd, key) = entry.split_once('@').unwrap_or((entry, ""));
+            if let Ok(fd) = fd.trim().parse::<RawFd>() {
+                fds.push((fd, key.parse().ok()));
+            }
+        }
+    }
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    if ours {
+        if let Some(n) = std::env::var("LISTEN_FDS")
+            .ok()
+            .and_then(|n| n.parse::<RawFd>().ok())
+        {
+            fds.extend((3..3 + n.clamp(0, 1024)).map(|fd| (fd, None)));
+        }
+    }
+    std::env::remove_var("RINGLB_INHERIT_FDS");
+    std::env::remove_var("LISTEN_FDS");
+    std::env::remove_var("LISTEN_PID");
+    std::env::remove_var("LISTEN_FDNAMES");
+    fds.sort_unstable();
+    fds.dedup_by_key(|e| e.0);
+    let mut out = Vec::new();
+    for (fd, key) in fds {
+        // SAFETY: `fd` was handed to this process to own (the parent or systemd
+        // gave it up); nothing else in this process uses it, and the Socket
+        // takes sole ownership (closing it on drop if it is not usable).
+        let sock = unsafe { <socket2::Socket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let listening = sock.is_listener().unwrap_or(false);
+        let tcp = sock
+            .r#type()
+            .map(|t| t == socket2::Type::STREAM)
+            .unwrap_or(false);
+        let addr = sock.local_addr().ok().and_then(|a| a.as_socket());
+        match addr {
+            Some(a) if listening && tcp => {
+                let _ = sock.set_nonblocking(true);
+                let _ = sock.set_cloexec(true);
+                out.push((key.unwrap_or(a), sock.into()));
+            }
+            _ => drop(sock),
+        }
+    }
+    out
+}
+
+/// A close-on-exec pipe: (read end, write end).
+///
+/// # Errors
+/// As pipe2(2).
+pub fn pipe_pair() -> io::Result<(std::fs::File, std::fs::File)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as isize)?;
+    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+    let (r, w) = unsafe {
+        (
+            <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[0]),
+            <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[1]),
+        )
+    };
+    Ok((r, w))
+}
+
+/// Own an inherited pipe fd (the upgrade readiness pipe), if it is one.
+pub fn pipe_file(fd: RawFd) -> Option<std::fs::File> {
+    if fd < 3 {
+        return None;
+    }
+    // SAFETY: fcntl(F_GETFD) only queries the descriptor.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: the fd is open and was handed to this process to own.
+    let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let _ = set_inheritable(fd, false);
+    Some(f)
+}
+
+/// Read once from `f`, waiting at most `limit`. Ok(0) at EOF.
+///
+/// # Errors
+/// `TimedOut`, or as poll(2)/read(2).
+pub fn read_with_timeout(f: &std::fs::File, limit: std::time::Duration) -> io::Result<usize> {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(f);
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = limit.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: `pfd` is one valid pollfd for the duration of the call.
+    let n = cvt(unsafe { libc::poll(&mut pfd, 1, ms) } as isize)?;
+    if n == 0 {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    let mut buf = [0u8; 16];
+    std::io::Read::read(&mut &*f, &mut buf)
+}
+
+/// Let `fd` survive exec (for handing it to a new binary).
+///
+/// # Errors
+/// As fcntl(2).
+pub fn set_inheritable(fd: RawFd, inherit: bool) -> io::Result<()> {
+    with_sock(fd, |s| s.set_cloexec(!inherit))
+}
+
+/// CLOCK_MONOTONIC in microseconds (for systemd's RELOADING=1 MONOTONIC_USEC).
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let ret = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if ret != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
 }
 
 /// Number of open fds of this process (for the capability report and tests).
