@@ -28,6 +28,18 @@ enum Cmd {
     Run,
     /// Validate the config and exit: 0 when valid, 2 with one line naming the key when not.
     Check,
+    /// Ask the running ringlb to reload its config (SIGHUP), after checking it.
+    Reload {
+        /// The process; default: the config's runtime.pid_file.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// Ask the running ringlb to start the binary now on disk and hand over (SIGUSR2).
+    Upgrade {
+        /// The process; default: the config's runtime.pid_file.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
     /// Start a TCP listener plus two built-in echo backends on loopback.
     Demo {
         /// Address of the demo listener.
@@ -64,6 +76,8 @@ fn main() -> ExitCode {
             ringlb::runtime::run_with(cfg, Some(path.clone()))
         }),
         Cmd::Demo { listen } => ringlb::demo::run(listen),
+        Cmd::Reload { pid } => signal_running(&path, pid, libc::SIGHUP, "reload"),
+        Cmd::Upgrade { pid } => signal_running(&path, pid, libc::SIGUSR2, "upgrade"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,6 +86,40 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Validate the config, find the running process and signal it.
+fn signal_running(
+    path: &std::path::Path,
+    pid: Option<u32>,
+    sig: libc::c_int,
+    what: &str,
+) -> Result<(), ringlb::Error> {
+    let cfg = ringlb::Config::load(path)?;
+    let pid = match pid {
+        Some(p) => p,
+        None => {
+            let file = cfg.runtime.pid_file.as_ref().ok_or_else(|| {
+                ringlb::Error::Startup(format!(
+                    "{what}: give --pid, or set runtime.pid_file in {}",
+                    path.display()
+                ))
+            })?;
+            std::fs::read_to_string(file)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .ok_or_else(|| {
+                    ringlb::Error::Startup(format!(
+                        "{what}: no pid in {} (is ringlb running?)",
+                        file.display()
+                    ))
+                })?
+        }
+    };
+    ringlb::sys::send_signal(pid, sig)
+        .map_err(|e| ringlb::Error::Startup(format!("{what}: cannot signal pid {pid}: {e}")))?;
+    println!("{what} requested from pid {pid}; its log says how it went");
+    Ok(())
 }
 
 /// `level` from the config; RINGLB_LOG (or RUST_LOG) overrides it.

@@ -49,6 +49,8 @@ pub struct RuntimeConfig {
     pub io_uring: IoUringMode,
     pub ring_entries: u32,
     pub shutdown_timeout: Duration,
+    /// Where the serving process writes its pid (for `ringlb reload/upgrade`).
+    pub pid_file: Option<std::path::PathBuf>,
     /// Idle pipes kept per worker for splice (each pipe is two fds).
     pub pipe_pool: usize,
     /// Pipe capacity requested with F_SETPIPE_SZ (0 = kernel default, 64 KiB; default 256 KiB).

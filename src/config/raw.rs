@@ -55,6 +55,7 @@ pub(crate) struct RawRuntime {
     pub io_uring: Option<String>,
     pub ring_entries: Option<i64>,
     pub shutdown_timeout: Option<String>,
+    pub pid_file: Option<String>,
     pub pipe_pool: Option<i64>,
     pub pipe_size: Option<RawSize>,
 }

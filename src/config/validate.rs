@@ -184,6 +184,10 @@ fn runtime(r: super::raw::RawRuntime) -> Result<RuntimeConfig, ConfigError> {
             r.shutdown_timeout,
             Duration::from_secs(30),
         )?,
+        pid_file: r
+            .pid_file
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from),
         pipe_pool: match r.pipe_pool {
             None => 64,
             Some(n) => range("runtime.pipe_pool", n, 0, 100_000)? as usize,

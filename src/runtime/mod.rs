@@ -229,6 +229,7 @@ pub fn run_with(cfg: Config, path: Option<PathBuf>) -> Result<(), Error> {
     }
     tracing::info!("{}", gen.report);
     sys::systemd::notify("READY=1");
+    write_pid_file(&gen.cfg);
     if let Some(fd) = upgrade_fd {
         // Tell the process that started us (an upgrade) that we serve now.
         let mut f = fd;
@@ -320,8 +321,32 @@ pub fn run_with(cfg: Config, path: Option<PathBuf>) -> Result<(), Error> {
     for h in gen.handles.into_iter().chain(draining) {
         let _ = h.join();
     }
+    if !upgraded {
+        remove_pid_file(&gen.cfg);
+    }
     tracing::info!("all workers stopped");
     Ok(())
+}
+
+fn write_pid_file(cfg: &Config) {
+    if let Some(p) = &cfg.runtime.pid_file {
+        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+            tracing::warn!("cannot write pid file {}: {e}", p.display());
+        }
+    }
+}
+
+/// Remove the pid file if it still names this process.
+fn remove_pid_file(cfg: &Config) {
+    if let Some(p) = &cfg.runtime.pid_file {
+        let ours = std::fs::read_to_string(p)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            == Some(std::process::id());
+        if ours {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 /// The write end of the pipe a parent ringlb waits on during an upgrade.

@@ -381,6 +381,20 @@ pub fn set_inheritable(fd: RawFd, inherit: bool) -> io::Result<()> {
     with_sock(fd, |s| s.set_cloexec(!inherit))
 }
 
+/// Send `sig` (a libc signal number) to process `pid`.
+///
+/// # Errors
+/// No such process, or not permitted.
+pub fn send_signal(pid: u32, sig: libc::c_int) -> io::Result<()> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    if pid <= 0 {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    // SAFETY: kill(2) with a positive pid only sends a signal; no memory is involved.
+    cvt(unsafe { libc::kill(pid, sig) } as isize).map(|_| ())
+}
+
 /// CLOCK_MONOTONIC in microseconds (for systemd's RELOADING=1 MONOTONIC_USEC).
 pub fn monotonic_usec() -> u64 {
     let mut ts = libc::timespec {
