@@ -189,11 +189,15 @@ fn http_load(
                     }
                     Err(Failure::ClosedBeforeAnswer) if reused && attempt == 1 => continue,
                     Err(f) => {
+                        let why = match f {
+                            Failure::ClosedBeforeAnswer => "closed before the answer".to_string(),
+                            Failure::Other(s) => s,
+                        };
                         stats
                             .lock()
                             .unwrap()
                             .failures
-                            .push(format!("{f:?} (reused {reused})"));
+                            .push(format!("{why} (reused {reused})"));
                         break;
                     }
                 }

@@ -5,6 +5,8 @@
 
 pub mod backends;
 pub mod http;
+pub mod json;
+pub mod prom;
 
 use std::{
     collections::HashMap,
@@ -35,11 +37,28 @@ pub fn temp_file(prefix: &str, text: &str) -> PathBuf {
     p
 }
 
+/// How to start ringlb beyond its config.
+#[derive(Clone, Copy, Default)]
+pub struct Opts<'a> {
+    /// Extra environment variables; `RINGLB_LOG=info` is set unless listed
+    /// here or in `unset`.
+    pub env: &'a [(&'a str, &'a str)],
+    /// Variables removed from the inherited environment.
+    pub unset: &'a [&'a str],
+    /// Collect stdout lines (otherwise stdout is /dev/null).
+    pub stdout: bool,
+    /// Return right after spawning instead of waiting for the INFO
+    /// `ready:` line (for runs that log above info).
+    pub no_wait: bool,
+}
+
 /// A running ringlb process.
 pub struct Ringlb {
     pub child: Child,
     pub addrs: HashMap<String, SocketAddr>,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Stdout lines when started with `Opts { stdout: true, .. }`.
+    pub stdout: Arc<Mutex<Vec<String>>>,
     config: PathBuf,
 }
 
@@ -50,16 +69,58 @@ impl Ringlb {
     }
 
     pub fn try_start(config: &str) -> Result<Ringlb, String> {
+        Self::try_start_opts(config, Opts::default())
+    }
+
+    /// Start with extra environment variables (e.g. NOTIFY_SOCKET, or
+    /// RINGLB_LOG to replace the default `info`) and wait until ready.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Ringlb {
+        Self::start_opts(
+            config,
+            Opts {
+                env,
+                ..Opts::default()
+            },
+        )
+    }
+
+    pub fn start_opts(config: &str, opts: Opts) -> Ringlb {
+        Self::try_start_opts(config, opts).unwrap_or_else(|e| panic!("ringlb did not start: {e}"))
+    }
+
+    pub fn try_start_opts(config: &str, opts: Opts) -> Result<Ringlb, String> {
         let path = temp_file("cfg", config);
-        let mut child = Command::new(BIN)
-            .args(["run", "-c"])
-            .arg(&path)
-            .env("RINGLB_LOG", "info")
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "-c"]).arg(&path);
+        if !opts.unset.contains(&"RINGLB_LOG") {
+            cmd.env("RINGLB_LOG", "info");
+        }
+        for k in opts.unset {
+            cmd.env_remove(k);
+        }
+        for (k, v) in opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(if opts.stdout {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| e.to_string())?;
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        if let Some(out) = child.stdout.take() {
+            let out_lines = Arc::clone(&stdout);
+            thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    out_lines.lock().unwrap().push(line);
+                }
+            });
+        }
         let stderr = child.stderr.take().ok_or("no stderr")?;
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel::<String>();
@@ -73,24 +134,27 @@ impl Ringlb {
         });
         let mut addrs = HashMap::new();
         let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some((name, addr)) = parse_listening(&line) {
-                        addrs.insert(name, addr);
+        if !opts.no_wait {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(line) => {
+                        if let Some((name, addr)) = parse_listening(&line) {
+                            addrs.insert(name, addr);
+                        }
+                        if line.contains(" ready: ") {
+                            break;
+                        }
                     }
-                    if line.contains(" ready: ") {
-                        break;
+                    Err(_) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        let _ = std::fs::remove_file(&path);
+                        return Err(format!(
+                            "no ready line; log:\n{}",
+                            log.lock().unwrap().join("\n")
+                        ));
                     }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!(
-                        "no ready line; log:\n{}",
-                        log.lock().unwrap().join("\n")
-                    ));
                 }
             }
         }
@@ -100,15 +164,41 @@ impl Ringlb {
             child,
             addrs,
             log,
+            stdout,
             config: path,
         })
     }
 
+    /// Listener `name`'s address, from the `listening on` line (waiting up
+    /// to 5 s for it when ringlb was started without waiting).
     pub fn addr(&self, name: &str) -> SocketAddr {
-        *self
-            .addrs
-            .get(name)
-            .unwrap_or_else(|| panic!("no listener {name}: {:?}", self.addrs))
+        if let Some(a) = self.addrs.get(name) {
+            return *a;
+        }
+        let mut found = None;
+        wait_for(Duration::from_secs(5), || {
+            found = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|l| parse_listening(l))
+                .find(|(n, _)| n == name)
+                .map(|(_, a)| a);
+            found.is_some()
+        });
+        found.unwrap_or_else(|| panic!("no listener {name}: {:?}", self.addrs))
+    }
+
+    /// The admin listener's address, from the `admin listening on ADDR`
+    /// line (it may come after the ready line: waits up to 5 s).
+    pub fn admin_addr(&self) -> SocketAddr {
+        let mut found = None;
+        wait_for(Duration::from_secs(5), || {
+            found = self.log.lock().unwrap().iter().find_map(|l| parse_admin(l));
+            found.is_some()
+        });
+        found.unwrap_or_else(|| panic!("no `admin listening on` line; log:\n{}", self.log_text()))
     }
 
     pub fn pid(&self) -> u32 {
@@ -204,6 +294,28 @@ impl Drop for Ringlb {
         }
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// The address in an `admin listening on ADDR` line.
+pub fn parse_admin(line: &str) -> Option<SocketAddr> {
+    let rest = line.split("admin listening on ").nth(1)?;
+    let addr = rest.split_whitespace().next()?;
+    let addr = addr.trim_end_matches([',', ';', ')', '.']);
+    addr.parse().ok()
+}
+
+/// Polls `f` every 10 ms until it holds or `limit` passes.
+fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
     }
 }
 
