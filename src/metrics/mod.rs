@@ -170,6 +170,8 @@ pub struct Registry {
     pub shared: Arc<Shared>,
     pub workers: Vec<Arc<WorkerMetrics>>,
     pub access_dropped: Arc<AtomicU64>,
+    /// Each listener's bound address (the configured one may say port 0).
+    pub bound: Vec<std::net::SocketAddr>,
 }
 
 /// Route label: `HOST/PREFIX`, `*` for any host.
@@ -523,7 +525,7 @@ impl Registry {
                 if li > 0 { "," } else { "" },
                 access::json_str(&l.name),
                 if l.mode == Mode::Http { "http" } else { "tcp" },
-                l.listen,
+                self.bound.get(li).copied().unwrap_or(l.listen),
                 active.max(0),
                 l.max_connections
             );

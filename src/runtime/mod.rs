@@ -502,6 +502,7 @@ fn start_generation(ctl: &mut Control, mut cfg: Config, first: bool) -> Result<G
 
     let mut per_worker: Vec<Vec<Vec<std::net::TcpListener>>> =
         (0..workers).map(|_| Vec::new()).collect();
+    let mut bound_addrs = Vec::with_capacity(cfg.listeners.len());
     for l in &cfg.listeners {
         let socks = &ctl.sockets[&l.listen];
         let bound = socks
@@ -518,6 +519,7 @@ fn start_generation(ctl: &mut Control, mut cfg: Config, first: bool) -> Result<G
             socks.len(),
             l.max_connections
         );
+        bound_addrs.push(bound);
         for w in per_worker.iter_mut() {
             w.push(Vec::new());
         }
@@ -552,6 +554,7 @@ fn start_generation(ctl: &mut Control, mut cfg: Config, first: bool) -> Result<G
         shared: Arc::clone(&shared),
         workers: worker_metrics.clone(),
         access_dropped: Arc::clone(&ctl.access_dropped),
+        bound: bound_addrs,
     });
 
     let (ready_tx, ready_rx) =
