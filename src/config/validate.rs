@@ -1273,4 +1273,11 @@ servers = [{ addr = "127.0.0.1:9002" }]
         );
         assert!(err(&tcp_health_path).starts_with("upstream.redis.health.kind"));
     }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let c = parse(include_str!("../../systemd/ringlb.toml")).unwrap();
+        assert!(c.admin.is_some() && c.access_log.is_some());
+        assert!(c.listeners.iter().any(|l| l.mode == Mode::Http));
+    }
 }
