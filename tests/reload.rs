@@ -541,3 +541,67 @@ fn failed_upgrade_keeps_the_old_process_serving() {
     );
     let _ = std::fs::remove_dir_all(exe.parent().unwrap());
 }
+
+#[test]
+fn socket_activation_uses_the_passed_listening_socket() {
+    let a = Backend::echo_path("a");
+    // The "systemd" side: a listening socket bound before ringlb starts,
+    // passed as fd 3 with LISTEN_FDS=1 and LISTEN_PID = ringlb's pid (the
+    // shell execs ringlb, so its pid is the shell's).
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_reuse_address(true).unwrap();
+    sock.set_reuse_port(true).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    sock.listen(128).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+    let cfg_text = http_cfg(a.addr).replace("127.0.0.1:0", &addr.to_string());
+    let cfg = temp_file("activation", &cfg_text);
+    let script = format!(
+        "exec 3<&{fd}; export LISTEN_FDS=1 LISTEN_PID=$$; exec {} run -c {}",
+        BIN,
+        cfg.display()
+    );
+    // The socket must survive exec into the shell (std opens it close-on-exec).
+    let sref = socket2::SockRef::from(&sock);
+    sref.set_cloexec(false).unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sref.set_cloexec(true).unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let l2 = Arc::clone(&log);
+    let stderr = child.stderr.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut l = l2.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log.lock().unwrap().contains("ready:") && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    // Our copy goes away: from now on only ringlb holds the socket.
+    drop(sock);
+    let text = log.lock().unwrap().clone();
+    let r = exchange(
+        &mut TcpStream::connect(addr).unwrap(),
+        b"GET /act HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&cfg);
+    assert!(text.contains("took over 1 listening socket(s)"), "{text}");
+    assert!(
+        matches!(&r, Ok((body, _)) if body.starts_with("a ")),
+        "{r:?}\n{text}"
+    );
+}
