@@ -1910,6 +1910,58 @@ fn sd_notify_ready_after_listening_and_stopping_on_sigterm() {
 }
 
 #[test]
+fn sd_notify_reloading_then_ready_around_sighup() {
+    let dir = TempDir::new("notify-reload");
+    let (sock, sock_path) = notify_socket(&dir);
+    let echo = Echo::start();
+    let cfg = l4_config(&[echo.addr], "", "", "");
+    let mut lb = Ringlb::start_opts(
+        &cfg,
+        Opts {
+            env: &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+            no_wait: true,
+            ..Opts::default()
+        },
+    );
+    let mut got = Vec::new();
+    assert!(
+        recv_until(&sock, "READY=1", Duration::from_secs(15), &mut got),
+        "{got:?}"
+    );
+    got.clear();
+    lb.signal("HUP");
+    assert!(
+        recv_until(&sock, "RELOADING=1", Duration::from_secs(10), &mut got),
+        "no RELOADING=1 after SIGHUP; got {got:?}"
+    );
+    let reloading = got
+        .iter()
+        .find(|m| m.lines().any(|l| l == "RELOADING=1"))
+        .unwrap();
+    let usec = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(
+        usec.is_some_and(|u| u > 0),
+        "RELOADING=1 without MONOTONIC_USEC: {reloading:?}"
+    );
+    got.clear();
+    assert!(
+        recv_until(&sock, "READY=1", Duration::from_secs(10), &mut got),
+        "no READY=1 after the reload; got {got:?}\n{}",
+        lb.log_text()
+    );
+    assert!(lb.wait_log("configuration reloaded"), "{}", lb.log_text());
+    // Still serving.
+    let mut s = connect(lb.addr("l"));
+    assert_eq!(echo_roundtrip(&mut s, b"after"), b"after");
+    drop(s);
+    lb.signal("TERM");
+    assert_eq!(lb.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
 fn sd_notify_abstract_socket() {
     use std::os::linux::net::SocketAddrExt;
     let name = format!(
