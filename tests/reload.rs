@@ -605,3 +605,46 @@ fn socket_activation_uses_the_passed_listening_socket() {
         "{r:?}\n{text}"
     );
 }
+
+#[test]
+fn reload_changing_the_worker_count_drops_nothing() {
+    let a = Backend::echo_path("a");
+    let cfg =
+        |workers: usize| http_cfg(a.addr).replace("workers = 2", &format!("workers = {workers}"));
+    let p = Proc::start(Path::new(BIN), &cfg(2));
+    let addr = p.addr();
+    let (stop, stats, threads) = run_load(addr);
+    thread::sleep(Duration::from_millis(300));
+    // Fewer workers: one worker takes both sockets (no accept queue is closed).
+    p.rewrite(&cfg(1));
+    p.signal("HUP");
+    assert!(
+        p.wait_count("configuration reloaded", 1, 10),
+        "{}",
+        p.text()
+    );
+    thread::sleep(Duration::from_millis(300));
+    // More workers than sockets: a sibling socket is bound.
+    p.rewrite(&cfg(3));
+    p.signal("HUP");
+    assert!(
+        p.wait_count("configuration reloaded", 2, 10),
+        "{}",
+        p.text()
+    );
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let st = stats.lock().unwrap();
+    assert!(
+        st.failures.is_empty(),
+        "{} failures: {:?}",
+        st.failures.len(),
+        &st.failures[..st.failures.len().min(5)]
+    );
+    assert!(st.ok > 100, "only {} requests", st.ok);
+    assert!(p.text().contains("workers=3"), "{}", p.text());
+    assert!(p.text().contains("3 SO_REUSEPORT sockets"), "{}", p.text());
+}
