@@ -108,25 +108,9 @@ pub async fn handle(
     };
 
     // The client's real address: from the PROXY header when a front balancer sends one.
-    let mut early = Vec::new();
-    let mut origin: Option<(SocketAddr, SocketAddr)> = None;
-    if l.cfg.accept_proxy_protocol != ProxyAccept::Off {
-        let read = read_proxy_header(&client, l.cfg.accept_proxy_protocol);
-        match monoio::time::timeout(l.cfg.proxy_protocol_timeout, read).await {
-            Ok(Ok((addrs, rest))) => {
-                origin = addrs;
-                early = rest;
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(listener = %l.cfg.name, %peer, "PROXY header refused: {e}");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(listener = %l.cfg.name, %peer, "no PROXY header within {:?}", l.cfg.proxy_protocol_timeout);
-                return;
-            }
-        }
-    }
+    let Some((origin, mut early)) = accept_proxy_header(&client, &l.cfg, peer).await else {
+        return;
+    };
     let src = origin.map_or(peer, |(s, _)| s);
 
     let key = match (l.balancer.borrow().algorithm(), &l.hash_key) {
@@ -260,9 +244,34 @@ fn log_tcp(
     }
 }
 
+/// When the listener expects a PROXY header: read it (within the
+/// listener's deadline) and return the addresses it carries and the bytes
+/// that followed it. `None`: refused or late (logged); close the client.
+pub(crate) async fn accept_proxy_header(
+    client: &TcpStream,
+    cfg: &ListenerConfig,
+    peer: SocketAddr,
+) -> Option<(Option<(SocketAddr, SocketAddr)>, Vec<u8>)> {
+    if cfg.accept_proxy_protocol == ProxyAccept::Off {
+        return Some((None, Vec::new()));
+    }
+    let read = read_proxy_header(client, cfg.accept_proxy_protocol);
+    match monoio::time::timeout(cfg.proxy_protocol_timeout, read).await {
+        Ok(Ok(found)) => Some(found),
+        Ok(Err(e)) => {
+            tracing::debug!(listener = %cfg.name, %peer, "PROXY header refused: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(listener = %cfg.name, %peer, "no PROXY header within {:?}", cfg.proxy_protocol_timeout);
+            None
+        }
+    }
+}
+
 /// Read a PROXY header; return the addresses it carries and any bytes that
 /// followed it in the same read.
-pub(crate) async fn read_proxy_header(
+async fn read_proxy_header(
     client: &TcpStream,
     accept: ProxyAccept,
 ) -> io::Result<(Option<(SocketAddr, SocketAddr)>, Vec<u8>)> {

@@ -48,9 +48,7 @@ use super::{
 };
 use crate::{
     balancer::{hash_key, rng::WyRand, Algorithm, Balancer, ServerSpec},
-    config::{
-        HashKey, HttpConfig, ListenerConfig, ProxyAccept, RateKey, RouteConfig, UpstreamConfig,
-    },
+    config::{HashKey, HttpConfig, ListenerConfig, RateKey, RouteConfig, UpstreamConfig},
     health::{
         self,
         limits::{RateLimiter, RetryAfter},
@@ -299,27 +297,10 @@ pub async fn handle(
         }
     };
     // Behind a front balancer: the client's real address from its PROXY header.
-    let mut peer = peer;
-    let mut early = Vec::new();
-    if l.cfg.accept_proxy_protocol != ProxyAccept::Off {
-        let read = super::l4::read_proxy_header(&client, l.cfg.accept_proxy_protocol);
-        match monoio::time::timeout(l.cfg.proxy_protocol_timeout, read).await {
-            Ok(Ok((addrs, rest))) => {
-                if let Some((src, _)) = addrs {
-                    peer = src;
-                }
-                early = rest;
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(listener = %l.cfg.name, %peer, "PROXY header refused: {e}");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(listener = %l.cfg.name, %peer, "no PROXY header within {:?}", l.cfg.proxy_protocol_timeout);
-                return;
-            }
-        }
-    }
+    let Some((origin, early)) = super::l4::accept_proxy_header(&client, &l.cfg, peer).await else {
+        return;
+    };
+    let peer = origin.map_or(peer, |(src, _)| src);
     let head_max = l.http.max_header_size + 1;
     let mut conn = Conn {
         l: &l,
