@@ -1558,3 +1558,22 @@ fn accepts_proxy_protocol_from_a_front_balancer() {
     assert!(c.closed());
     assert_eq!(b.wait_requests(1).len(), 1);
 }
+
+#[test]
+fn status_line_without_reason_or_with_non_ascii_reason_is_relayed() {
+    // httparse gives no slice of the buffer for these reasons: a regression
+    // test for a crash of the whole process on such a backend.
+    for raw in [
+        &b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok"[..],
+        "HTTP/1.1 404 N\u{e3}o encontrado\r\nContent-Length: 2\r\n\r\nno".as_bytes(),
+    ] {
+        let bytes = raw.to_vec();
+        let b = Backend::with(move |_| Reply::raw(bytes.clone()));
+        let lb = Ringlb::start(&cfg(&[b.addr], "", ""));
+        let r = get(lb.addr("web"), "a", "/");
+        assert!(r.status == 200 || r.status == 404, "{}", r.text());
+        // Still alive and serving.
+        let r2 = get(lb.addr("web"), "a", "/again");
+        assert_eq!(r2.status, r.status);
+    }
+}

@@ -566,7 +566,8 @@ fn socket_activation_uses_the_passed_listening_socket() {
     // The socket must survive exec into the shell (std opens it close-on-exec).
     let sref = socket2::SockRef::from(&sock);
     sref.set_cloexec(false).unwrap();
-    let mut child = Command::new("sh")
+    // bash, not sh: dash only redirects single-digit fds, and ours may be >= 10.
+    let mut child = Command::new("bash")
         .arg("-c")
         .arg(&script)
         .stdin(Stdio::null())

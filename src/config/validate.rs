@@ -468,6 +468,12 @@ fn listener(
         http,
         max_connections_per_ip: match l.max_connections_per_ip {
             None => 0,
+            Some(_) if accept_proxy_protocol != ProxyAccept::Off => {
+                return Err(ConfigError::new(
+                    k("max_connections_per_ip"),
+                    "cannot be combined with accept_proxy_protocol: connections are counted at accept, where every client has the front balancer's address",
+                ))
+            }
             Some(n) => range(&k("max_connections_per_ip"), n, 0, 10_000_000)? as u32,
         },
     })

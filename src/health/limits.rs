@@ -29,6 +29,9 @@ const UNIT: u64 = 256;
 /// Low 40 bits: microseconds of the last refill; high 24 bits: tokens in 1/256.
 const TIME_BITS: u32 = 40;
 const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
+/// A stored refill time this far after our clock reading is another
+/// worker's later reading (or its carried-over fraction), not a wrap.
+const AHEAD_TOLERANCE_US: u64 = 10_000_000;
 
 fn now_us() -> u64 {
     use std::sync::OnceLock;
@@ -98,7 +101,14 @@ impl RateLimiter {
             } else {
                 (cur >> TIME_BITS, cur & TIME_MASK)
             };
-            let elapsed = now.wrapping_sub(t) & TIME_MASK;
+            // Another worker may have stored a time a little after our `now`
+            // (it read the clock later): that is no time elapsed, not a wrap.
+            let ahead = t.wrapping_sub(now) & TIME_MASK;
+            let elapsed = if ahead != 0 && ahead < AHEAD_TOLERANCE_US {
+                0
+            } else {
+                now.wrapping_sub(t) & TIME_MASK
+            };
             // Credit whole units only, and move the clock by exactly their
             // worth, so no fraction of a token is ever lost between calls.
             let earned = (u128::from(elapsed) * u128::from(self.rate_milli) * u128::from(UNIT)
@@ -217,6 +227,17 @@ mod tests {
         assert_eq!(l.take_at(b"k", 10), Err(RetryAfter(2)));
         assert!(l.take_at(b"k", 10 + 1_999_999).is_err());
         assert!(l.take_at(b"k", 10 + 2_000_000).is_ok());
+    }
+
+    #[test]
+    fn a_later_time_stored_by_another_worker_is_not_a_wrap() {
+        let l = limiter(10.0, 2);
+        let t0 = 5_000_000;
+        assert!(l.take_at(b"k", t0 + 1_000).is_ok());
+        assert!(l.take_at(b"k", t0 + 1_000).is_ok());
+        // A worker whose clock reading is 500 µs older must not see a full bucket.
+        assert!(l.take_at(b"k", t0 + 500).is_err());
+        assert!(l.take_at(b"k", t0).is_err());
     }
 
     #[test]

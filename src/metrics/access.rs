@@ -149,8 +149,30 @@ pub struct TcpEntry<'a> {
     pub end: &'a str,
 }
 
+/// Longest path, User-Agent or Referer kept in a log line: bounds the
+/// memory a stalled writer's queue can hold.
+const MAX_FIELD: usize = 2048;
+
+fn cut(s: &str) -> &str {
+    if s.len() <= MAX_FIELD {
+        return s;
+    }
+    let mut end = MAX_FIELD;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 pub fn http_line(f: LogFormat, e: &HttpEntry<'_>) -> String {
     let mut o = String::with_capacity(256);
+    let e = &HttpEntry {
+        path: cut(e.path),
+        user_agent: cut(e.user_agent),
+        referer: cut(e.referer),
+        method: cut(e.method),
+        ..*e
+    };
     let now = SystemTime::now();
     match f {
         LogFormat::Json => {

@@ -70,12 +70,20 @@ fn serve(mut s: TcpStream, reg: &Registry) -> io::Result<()> {
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut buf = [0u8; 4096];
     let mut len = 0;
+    // One deadline for the whole request head (a trickling client cannot
+    // hold the admin thread).
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n")
         && !buf[..len].windows(2).any(|w| w == b"\n\n")
     {
         if len == buf.len() {
             return respond(&mut s, 431, "text/plain", "request too large\n");
         }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        s.set_read_timeout(Some(left))?;
         let n = s.read(&mut buf[len..])?;
         if n == 0 {
             return Ok(());

@@ -170,6 +170,10 @@ struct Control {
 /// # Errors
 /// As [`run`].
 pub fn run_with(cfg: Config, path: Option<PathBuf>) -> Result<(), Error> {
+    // First, before any thread exists: every thread inherits the mask, so
+    // control signals only ever reach the sigwait loop below (a thread that
+    // did not block them would take the default action: exit, no drain).
+    sys::block_signals().map_err(|e| Error::Startup(format!("cannot block signals: {e}")))?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let access_dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let reopen_access = Arc::new(AtomicBool::new(false));
@@ -191,7 +195,6 @@ pub fn run_with(cfg: Config, path: Option<PathBuf>) -> Result<(), Error> {
             })?,
         ),
     };
-    sys::block_signals().map_err(|e| Error::Startup(format!("cannot block signals: {e}")))?;
     let mut ctl = Control {
         cores,
         access,
@@ -494,11 +497,6 @@ fn start_generation(ctl: &mut Control, mut cfg: Config, first: bool) -> Result<G
     for (addr, socks) in fresh {
         ctl.sockets.entry(addr).or_default().extend(socks);
     }
-    // Sockets of listeners no longer configured close when the old
-    // generation's workers let go of their duplicates.
-    let wanted: std::collections::HashSet<SocketAddr> =
-        cfg.listeners.iter().map(|l| l.listen).collect();
-    ctl.sockets.retain(|a, _| wanted.contains(a));
 
     let mut per_worker: Vec<Vec<Vec<std::net::TcpListener>>> =
         (0..workers).map(|_| Vec::new()).collect();
@@ -613,6 +611,11 @@ fn start_generation(ctl: &mut Control, mut cfg: Config, first: bool) -> Result<G
         }
     }
     pinned.sort_unstable();
+    // Committed. Sockets of listeners no longer configured close when the
+    // old generation's workers let go of their duplicates.
+    let wanted: std::collections::HashSet<SocketAddr> =
+        cfg.listeners.iter().map(|l| l.listen).collect();
+    ctl.sockets.retain(|a, _| wanted.contains(a));
     let chosen = if drivers.iter().all(|d| *d == Driver::IoUring) {
         format!("io_uring (taskrun={})", taskrun.unwrap_or(TaskRun::Default))
     } else if drivers.iter().all(|d| *d == Driver::Epoll) {

@@ -273,7 +273,9 @@ pub fn inherited_listeners() -> Vec<(SocketAddr, std::net::TcpListener)> {
         for entry in list.split(',') {
             let (fd, key) = entry.split_once('@').unwrap_or((entry, ""));
             if let Ok(fd) = fd.trim().parse::<RawFd>() {
-                fds.push((fd, key.parse().ok()));
+                if fd > 2 {
+                    fds.push((fd, key.parse().ok()));
+                }
             }
         }
     }

@@ -67,6 +67,16 @@ impl RBuf {
         }
     }
 
+    /// Give back memory a burst grew, when nothing is buffered (between
+    /// requests): an idle keep-alive connection keeps `initial` bytes only.
+    pub fn shrink(&mut self, initial: usize) {
+        if self.is_empty() && self.buf.len() > initial {
+            self.buf = vec![0; initial];
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
     pub fn clear(&mut self) {
         self.start = 0;
         self.end = 0;

@@ -139,11 +139,13 @@ impl Chunked {
             Size => {
                 self.line_byte()?;
                 if let Some(d) = hex(b) {
-                    if self.digits == 16 {
+                    self.size = (self.size << 4) | u64::from(d);
+                    self.digits = self.digits.saturating_add(1);
+                    // Chunks under 4 GiB only: a backend that keeps 32 bits of
+                    // the size must read the same length we do.
+                    if self.size > u64::from(u32::MAX) || self.digits > 16 {
                         return Err(ChunkError("chunk size too large"));
                     }
-                    self.size = (self.size << 4) | u64::from(d);
-                    self.digits += 1;
                 } else if self.digits == 0 {
                     return Err(ChunkError("chunk size is not hex"));
                 } else {

@@ -23,11 +23,18 @@ pub struct Span {
 }
 
 impl Span {
+    /// The span of `part` inside `buf`; empty when `part` is not a slice of
+    /// `buf` (httparse returns a static `""` for a missing or non-ASCII
+    /// reason phrase, which points elsewhere).
     fn of(buf: &[u8], part: &[u8]) -> Span {
-        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
-        Span {
-            start: start as u32,
-            end: (start + part.len()) as u32,
+        let base = buf.as_ptr() as usize;
+        let at = part.as_ptr() as usize;
+        match at.checked_sub(base) {
+            Some(start) if start + part.len() <= buf.len() && !part.is_empty() => Span {
+                start: start as u32,
+                end: (start + part.len()) as u32,
+            },
+            _ => Span::default(),
         }
     }
 
@@ -246,6 +253,12 @@ pub fn parse_request(buf: &[u8], limits: &Limits, req: &mut Request) -> Result<b
         req.path = Span::of(buf, &rest[split..]);
     } else {
         return Err(HttpError::Bad("bad request target"));
+    }
+
+    // Routes match the raw path: a dot segment ("/api/../admin") would be
+    // routed by its prefix and then resolved by the backend elsewhere.
+    if has_dot_segment(req.path.get(buf)) {
+        return Err(HttpError::Bad("dot segment in the path"));
     }
 
     let mut hosts = 0;
@@ -467,11 +480,11 @@ fn te_ends_chunked(buf: &[u8], values: &[Span]) -> Result<bool, HttpError> {
         for coding in v.get(buf).split(|&b| b == b',') {
             let coding = trim(coding);
             if coding.is_empty() {
-                continue;
+                return Err(HttpError::Bad("empty Transfer-Encoding item"));
             }
-            // A coding may carry parameters ("gzip;q=..." is not valid for TE
-            // but tolerate the token before ';'); the name must be a token.
-            let name = trim(coding.split(|&b| b == b';').next().unwrap_or(coding));
+            // Exactly a token: no parameters, no empty items, nothing another
+            // parser might read differently.
+            let name = coding;
             if !name.iter().all(|&b| is_tchar(b)) || name.is_empty() {
                 return Err(HttpError::Bad("bad Transfer-Encoding"));
             }
@@ -556,6 +569,31 @@ pub fn host_key(v: &[u8], out: &mut String) {
     };
     let host = host.strip_suffix(b".").unwrap_or(host);
     out.extend(host.iter().map(|&b| char::from(b.to_ascii_lowercase())));
+}
+
+/// True when a segment of the path (before any query) is `.` or `..`,
+/// written plainly or percent-encoded.
+fn has_dot_segment(path: &[u8]) -> bool {
+    let path = path.split(|&b| b == b'?').next().unwrap_or(path);
+    path.split(|&b| b == b'/').any(|seg| {
+        let mut dots = 0;
+        let mut i = 0;
+        while i < seg.len() {
+            if seg[i] == b'.' {
+                i += 1;
+            } else if seg.len() >= i + 3
+                && seg[i] == b'%'
+                && seg[i + 1] == b'2'
+                && seg[i + 2].eq_ignore_ascii_case(&b'e')
+            {
+                i += 3;
+            } else {
+                return false;
+            }
+            dots += 1;
+        }
+        (1..=2).contains(&dots)
+    })
 }
 
 /// True when `list` (a comma-separated field value) contains `token`.

@@ -57,6 +57,9 @@ fn smuggling_shapes_are_refused() {
     bad("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n");
     bad("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\n\r\n");
     bad("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n");
+    bad("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked;x=1\r\n\r\n");
+    bad("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: , chunked\r\n\r\n");
+    bad("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip,,chunked\r\n\r\n");
     bad("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n");
     // Field syntax (httparse).
     bad("GET / HTTP/1.1\r\nHost : a\r\n\r\n");
@@ -83,6 +86,27 @@ fn smuggling_shapes_are_refused() {
     bad("GET * HTTP/1.1\r\nHost: a\r\n\r\n");
     bad("GET https://a/ HTTP/1.1\r\nHost: a\r\n\r\n");
     bad("GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n");
+    // Dot segments, plain or encoded (route bypass).
+    bad("GET /api/../admin HTTP/1.1\r\nHost: a\r\n\r\n");
+    bad("GET /api/%2e%2E/admin HTTP/1.1\r\nHost: a\r\n\r\n");
+    bad("GET /api/.%2e HTTP/1.1\r\nHost: a\r\n\r\n");
+    bad("GET /./x HTTP/1.1\r\nHost: a\r\n\r\n");
+    bad("GET http://a/api/.. HTTP/1.1\r\nHost: a\r\n\r\n");
+}
+
+#[test]
+fn dots_that_are_not_segments_pass() {
+    for p in [
+        "/a.b",
+        "/...",
+        "/.well-known/x",
+        "/a/b..c",
+        "/x?next=../y",
+        "/%2e%2e%2e",
+    ] {
+        let raw = format!("GET {p} HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(req(raw.as_bytes()).is_ok(), "{p}");
+    }
 }
 
 #[test]
@@ -195,6 +219,26 @@ fn response_framing() {
     .unwrap();
     assert!(r.conn.close);
     assert_eq!(r.framing, Framing::None);
+}
+
+#[test]
+fn reason_phrase_missing_or_not_ascii() {
+    // httparse hands back a static "" for these: the span must stay inside the buffer.
+    for raw in [
+        &b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n"[..],
+        b"HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.1 404 N\u{e3}o encontrado\r\nContent-Length: 0\r\n\r\n".as_bytes(),
+    ] {
+        let r = resp(raw, false).unwrap();
+        assert_eq!(
+            r.status,
+            raw[9..12]
+                .iter()
+                .fold(0u16, |a, &d| a * 10 + u16::from(d - b'0'))
+        );
+        let _ = r.reason.get(raw);
+        assert!(r.reason.range().end <= raw.len());
+    }
 }
 
 #[test]

@@ -416,7 +416,15 @@ impl Conn<'_> {
     async fn read_head(&mut self) -> HeadRead {
         let http = &self.l.http;
         if self.cbuf.is_empty() {
-            // Between requests: wait for a byte, the keep-alive timeout or shutdown.
+            // Between requests: drop what a burst grew, then wait for a byte,
+            // the keep-alive timeout or shutdown.
+            self.cbuf.shrink(BUF_INITIAL);
+            self.ubuf.shrink(BUF_INITIAL);
+            for v in [&mut self.wbuf, &mut self.hbuf] {
+                if v.capacity() > 4 * BUF_INITIAL {
+                    *v = Vec::with_capacity(1024);
+                }
+            }
             let idle = if self.served == 0 {
                 http.header_timeout
             } else {
@@ -525,7 +533,9 @@ impl Conn<'_> {
             path
         };
         let Some(route_idx) = l.router.find(&self.host, lookup) else {
-            let keep = req.framing == Framing::None && !req.conn.close;
+            let keep = req.framing == Framing::None
+                && !req.conn.close
+                && (req.minor == 1 || req.conn.keep_alive);
             self.cbuf.consume(self.req.head_len);
             self.fail(404, None, started, !keep).await;
             return if keep { Next::KeepAlive } else { Next::Close };
@@ -553,7 +563,9 @@ impl Conn<'_> {
                 },
             };
             if let Err(RetryAfter(secs)) = rl.take(key) {
-                let keep = req.framing == Framing::None && !req.conn.close;
+                let keep = req.framing == Framing::None
+                    && !req.conn.close
+                    && (req.minor == 1 || req.conn.keep_alive);
                 self.cbuf.consume(self.req.head_len);
                 lm.routes[route_idx].rate_limited.inc();
                 self.hbuf.clear();
@@ -648,6 +660,7 @@ impl Conn<'_> {
             if n as usize <= COALESCE_BODY && self.cbuf.len() as u64 >= n {
                 self.wbuf.extend_from_slice(&self.cbuf.data()[..n as usize]);
                 self.cbuf.consume(n as usize);
+                lm.bytes_in.add(n);
                 body_sent = true;
             }
         }
@@ -661,6 +674,7 @@ impl Conn<'_> {
         let mut continue_sent = false;
         let mut attempts = 0;
         let mut queued_until: Option<Instant> = None;
+        let mut queue_wait = Duration::ZERO;
         let (upstream, idx, _inflight) = loop {
             attempts += 1;
             if tried.len() >= tries.min(up.addrs.len()) || attempts > tries + 2 {
@@ -691,8 +705,10 @@ impl Conn<'_> {
                         self.fail(503, None, started, true).await;
                         return Next::Close;
                     }
-                    // Slots free on any worker; look again shortly.
-                    monoio::time::sleep(QUEUE_POLL).await;
+                    // Slots free on any worker; look again shortly (backing
+                    // off, so a long queue costs few picks per second).
+                    queue_wait = (queue_wait * 2).clamp(QUEUE_POLL, QUEUE_POLL_MAX);
+                    monoio::time::sleep(queue_wait).await;
                     attempts -= 1;
                     continue;
                 }
@@ -1077,7 +1093,8 @@ async fn timed_connect(
 }
 
 /// How often a queued request looks for a free backend slot.
-const QUEUE_POLL: Duration = Duration::from_millis(5);
+const QUEUE_POLL: Duration = Duration::from_millis(2);
+const QUEUE_POLL_MAX: Duration = Duration::from_millis(20);
 
 fn ip_bytes(peer: SocketAddr) -> Vec<u8> {
     match peer.ip() {

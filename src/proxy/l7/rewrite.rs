@@ -83,7 +83,8 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &Request, cx: &RequestCt
             _ => continue,
         }
         let name = n.get(buf);
-        if !noms.is_empty() && nominated(buf, noms, name) {
+        // `Connection` may not nominate Host away.
+        if kind != Kind::Host && !noms.is_empty() && nominated(buf, noms, name) {
             continue;
         }
         if (!cx.ops.remove.is_empty() || !cx.ops.set.is_empty()) && overridden(cx.ops, name) {
