@@ -15,6 +15,10 @@ use crate::{config::Config, Error};
 /// # Errors
 /// The demo address is in use, or a backend cannot bind.
 pub fn run(listen: SocketAddr) -> Result<(), Error> {
+    // Before the backend threads exist, so that SIGINT/SIGTERM reach the
+    // control loop (a graceful stop) and not a backend thread.
+    crate::sys::block_signals()
+        .map_err(|e| Error::Startup(format!("cannot block signals: {e}")))?;
     let mut backends = Vec::new();
     for name in ["backend-1", "backend-2"] {
         let l = TcpListener::bind("127.0.0.1:0")
