@@ -60,8 +60,9 @@ pub fn spawn(cfg: &Config, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> std::i
 async fn check_loop(up: Arc<UpstreamState>, i: usize, h: HealthConfig, stop: Arc<AtomicBool>) {
     let addr = up.backends[i].addr;
     let (mut ok_run, mut fail_run) = (0u32, 0u32);
-    // Until the first verdict a backend counts as up, as nginx and HAProxy do.
-    let mut down = false;
+    // Until the first verdict a backend counts as up, as nginx and HAProxy
+    // do; after a reload it keeps the verdict it had.
+    let mut down = up.backends[i].is_down();
     while !stop.load(Ordering::Relaxed) {
         let result = match monoio::time::timeout(h.timeout, probe(addr, &h)).await {
             Ok(r) => r,

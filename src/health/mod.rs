@@ -149,7 +149,10 @@ impl BackendState {
 #[derive(Debug)]
 pub struct UpstreamState {
     pub name: String,
-    pub backends: Vec<BackendState>,
+    /// Shared with the previous generation's state for backends a reload
+    /// kept (same upstream, address, backup flag and cap), so health,
+    /// circuit and live counts carry over.
+    pub backends: Vec<Arc<BackendState>>,
     eject: Option<EjectConfig>,
     slow_start_ms: u64,
     /// http requests waiting for a backend below its max_connections.
@@ -174,12 +177,30 @@ impl Drop for Slot {
 
 impl UpstreamState {
     pub fn new(cfg: &UpstreamConfig) -> Arc<UpstreamState> {
+        Self::carry_over(cfg, None)
+    }
+
+    /// Like [`UpstreamState::new`], reusing `prev`'s state of every backend
+    /// that is still configured the same way.
+    pub fn carry_over(cfg: &UpstreamConfig, prev: Option<&UpstreamState>) -> Arc<UpstreamState> {
         Arc::new(UpstreamState {
             name: cfg.name.clone(),
             backends: cfg
                 .servers
                 .iter()
-                .map(|s| BackendState::new(s.addr, s.backup, s.max_connections))
+                .map(|s| {
+                    prev.and_then(|p| {
+                        p.backends.iter().find(|b| {
+                            b.addr == s.addr
+                                && b.backup == s.backup
+                                && b.max_connections == s.max_connections
+                        })
+                    })
+                    .map_or_else(
+                        || Arc::new(BackendState::new(s.addr, s.backup, s.max_connections)),
+                        Arc::clone,
+                    )
+                })
                 .collect(),
             // As nginx: a lone server is never ejected (there is nowhere else to go).
             eject: if cfg.servers.len() > 1 {
@@ -428,8 +449,22 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(cfg: &Config) -> Arc<Shared> {
+        Self::carry_over(cfg, None)
+    }
+
+    /// For a reload: backends kept by the new config keep their health,
+    /// circuit state and live counts (matched by upstream name and address).
+    /// Rate-limit buckets and per-IP counts start afresh.
+    pub fn carry_over(cfg: &Config, prev: Option<&Shared>) -> Arc<Shared> {
         Arc::new(Shared {
-            upstreams: cfg.upstreams.iter().map(UpstreamState::new).collect(),
+            upstreams: cfg
+                .upstreams
+                .iter()
+                .map(|u| {
+                    let old = prev.and_then(|p| p.upstreams.iter().find(|o| o.name == u.name));
+                    UpstreamState::carry_over(u, old.map(|o| &**o))
+                })
+                .collect(),
             ip_limits: cfg
                 .listeners
                 .iter()
@@ -543,6 +578,28 @@ mod tests {
         assert!(!u.alive_but_full(0));
         u.set_down(0, false);
         assert_eq!(u.avail(0), Avail::Yes);
+    }
+
+    #[test]
+    fn a_reload_carries_over_kept_backends_only() {
+        let text = |second: &str| {
+            format!(
+                "[[listener]]\nlisten = \"127.0.0.1:1\"\nupstream = \"u\"\n[upstream.u]\nservers = [{{ addr = \"127.0.0.1:2\" }}, {{ addr = \"{second}\", max_connections = 2 }}]\n"
+            )
+        };
+        let before = Config::parse(&text("127.0.0.1:3")).unwrap();
+        let old = Shared::new(&before);
+        old.upstreams[0].set_down(0, true);
+        let _held = old.upstreams[0].reserve(1, Avail::Yes).unwrap();
+        // Same backends: the verdict and the live count carry over.
+        let same = Shared::carry_over(&before, Some(&old));
+        assert!(same.upstreams[0].backends[0].is_down());
+        assert_eq!(same.upstreams[0].backends[1].active(), 1);
+        // A changed backend starts afresh; the kept one keeps its state.
+        let after = Config::parse(&text("127.0.0.1:4")).unwrap();
+        let new = Shared::carry_over(&after, Some(&old));
+        assert!(new.upstreams[0].backends[0].is_down());
+        assert_eq!(new.upstreams[0].backends[1].active(), 0);
     }
 
     #[test]

@@ -163,6 +163,10 @@ struct Control {
     access: Option<crate::metrics::access::AccessLog>,
     access_dropped: Arc<std::sync::atomic::AtomicU64>,
     sockets: Sockets,
+    /// The current generation's backend state (a reload carries it over).
+    shared: Option<Arc<crate::health::Shared>>,
+    /// The current generation's listener limiters, by (name, max, workers).
+    limiters: Vec<((String, usize, usize), Arc<Limiter>)>,
 }
 
 /// Like [`run`]; with `path`, SIGHUP re-reads and applies that file.
@@ -200,6 +204,8 @@ pub fn run_with(cfg: Config, path: Option<PathBuf>) -> Result<(), Error> {
         access,
         access_dropped,
         sockets: HashMap::new(),
+        shared: None,
+        limiters: Vec::new(),
     };
     // Sockets handed over by a previous ringlb (upgrade) or systemd (socket
     // activation): they become this process's listening sockets, so the
@@ -532,15 +538,24 @@ fn start_generation(ctl: &mut Control, mut cfg: Config, first: bool) -> Result<G
             }
         }
     }
+    // A listener kept by a reload (same name, limit and worker count) keeps
+    // its limiter: connections still held by the old workers count against
+    // the same max_connections.
     let limiters: Vec<Arc<Limiter>> = cfg
         .listeners
         .iter()
-        .map(|l| Limiter::new(l.max_connections, workers))
+        .map(|l| {
+            let key = (l.name.clone(), l.max_connections, workers);
+            match ctl.limiters.iter().find(|(k, _)| *k == key) {
+                Some((_, lim)) => Arc::clone(lim),
+                None => Limiter::new(l.max_connections, workers),
+            }
+        })
         .collect();
 
     let cfg = Arc::new(cfg);
     // Backend health, circuit breakers and limits: one state for the process.
-    let shared = crate::health::Shared::new(&cfg);
+    let shared = crate::health::Shared::carry_over(&cfg, ctl.shared.as_deref());
     let health_stop = Arc::new(AtomicBool::new(false));
     crate::health::spawn_checker(&cfg, Arc::clone(&shared), Arc::clone(&health_stop))
         .map_err(|e| Error::Startup(format!("cannot start the health-check thread: {e}")))?;
@@ -616,6 +631,18 @@ fn start_generation(ctl: &mut Control, mut cfg: Config, first: bool) -> Result<G
     let wanted: std::collections::HashSet<SocketAddr> =
         cfg.listeners.iter().map(|l| l.listen).collect();
     ctl.sockets.retain(|a, _| wanted.contains(a));
+    ctl.shared = Some(Arc::clone(&shared));
+    ctl.limiters = cfg
+        .listeners
+        .iter()
+        .zip(&limiters)
+        .map(|(l, lim)| {
+            (
+                (l.name.clone(), l.max_connections, workers),
+                Arc::clone(lim),
+            )
+        })
+        .collect();
     let chosen = if drivers.iter().all(|d| *d == Driver::IoUring) {
         format!("io_uring (taskrun={})", taskrun.unwrap_or(TaskRun::Default))
     } else if drivers.iter().all(|d| *d == Driver::Epoll) {
