@@ -480,7 +480,27 @@ impl Conn<'_> {
         respond::error(&mut self.hbuf, status, &self.id, close);
         self.bytes_out = self.hbuf.len() as u64;
         self.log(status, backend, started);
-        let _ = timed_write(&self.client, &self.hbuf, &[], self.l.http.body_timeout).await;
+        let sent = timed_write(&self.client, &self.hbuf, &[], self.l.http.body_timeout).await;
+        if close && sent.is_ok() {
+            self.linger().await;
+        }
+    }
+
+    /// Before closing after an error: send FIN, then read and discard what
+    /// the client is still sending for a moment. Closing a socket with
+    /// unread input sends a reset, which can destroy the answer on its way.
+    async fn linger(&mut self) {
+        let _ = sys::shutdown_write(self.client.as_raw_fd());
+        let deadline = Instant::now() + LINGER;
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            self.cbuf.clear();
+            match self.cbuf.fill_until(&self.client, deadline).await {
+                Ok(n) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
+        self.cbuf.clear();
     }
 
     /// One request/response exchange; the head is parsed in `self.req`.
@@ -1091,6 +1111,10 @@ async fn timed_connect(
     }
     r
 }
+
+/// How long, and how much, an erroring connection is drained before close.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 256 * 1024;
 
 /// How often a queued request looks for a free backend slot.
 const QUEUE_POLL: Duration = Duration::from_millis(2);
