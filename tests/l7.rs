@@ -801,6 +801,13 @@ fn http10_without_keepalive_is_closed_after_response() {
     let reqs = b.wait_requests(1);
     assert_eq!(reqs[0].head.start, "GET /old HTTP/1.1");
     assert!(!reqs[0].head.has("connection"), "{}", reqs[0].head.text());
+    // HTTP/1.1 needs a Host: the backend's address stands in for the missing one.
+    assert_eq!(
+        reqs[0].header("host"),
+        Some(b.addr.to_string().as_str()),
+        "{}",
+        reqs[0].head.text()
+    );
 }
 
 #[test]

@@ -666,6 +666,10 @@ impl Conn<'_> {
             },
         );
         let upgrading = upgrade.is_some();
+        // An HTTP/1.0 request may come without Host; HTTP/1.1 backends need
+        // one: the backend's address goes in once it is picked.
+        let head_end = self.wbuf.len();
+        let needs_host = req.host.is_none();
         let framing = req.framing;
         let expect_continue = req.expect_continue && req.minor == 1;
         let idempotent = req.idempotent;
@@ -779,7 +783,18 @@ impl Conn<'_> {
                     return Next::Close;
                 }
             }
-            if let Err(e) = timed_write(&stream, &self.wbuf, &[], http.body_timeout).await {
+            let sent = if needs_host && head_end >= 2 {
+                let host = format!("Host: {}\r\n\r\n", up.addrs[idx]);
+                let (head, body) = self.wbuf.split_at(head_end);
+                let mut with_host = Vec::with_capacity(self.wbuf.len() + host.len());
+                with_host.extend_from_slice(&head[..head.len() - 2]);
+                with_host.extend_from_slice(host.as_bytes());
+                with_host.extend_from_slice(body);
+                timed_write(&stream, &with_host, &[], http.body_timeout).await
+            } else {
+                timed_write(&stream, &self.wbuf, &[], http.body_timeout).await
+            };
+            if let Err(e) = sent {
                 if reused && replayable {
                     lm.retries.inc();
                     allow_pooled = false;
