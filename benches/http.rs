@@ -81,6 +81,7 @@ fn rewrite(c: &mut Criterion) {
         b.iter(|| {
             let cx = RequestCtx {
                 path: req.path.get(REQUEST),
+                lead_slash: false,
                 client_ip: "127.0.0.1",
                 request_id: "0123456789abcdef0123456789abcdef",
                 upgrade: None,

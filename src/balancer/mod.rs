@@ -273,3 +273,35 @@ impl Balancer {
 pub fn hash_key(bytes: &[u8]) -> u64 {
     rng::splitmix64(u64::from(crc32fast::hash(bytes)))
 }
+
+/// An IP address's octets on the stack (4 or 16 bytes used), for hashing
+/// and rate-limit keys without an allocation.
+pub fn ip_octets(ip: std::net::IpAddr) -> ([u8; 16], usize) {
+    let mut out = [0u8; 16];
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            out[..4].copy_from_slice(&v4.octets());
+            (out, 4)
+        }
+        std::net::IpAddr::V6(v6) => (v6.octets(), 16),
+    }
+}
+
+/// [`hash_key`] of an IP address's octets (the `client_ip` key).
+pub fn hash_ip(ip: std::net::IpAddr) -> u64 {
+    let (o, n) = ip_octets(ip);
+    hash_key(&o[..n])
+}
+
+/// The replica for `up`'s servers, built by worker `worker`.
+pub fn for_upstream(up: &crate::config::UpstreamConfig, worker: usize) -> Balancer {
+    let specs: Vec<ServerSpec<'_>> = up
+        .servers
+        .iter()
+        .map(|s| ServerSpec {
+            id: &s.id,
+            weight: s.weight,
+        })
+        .collect();
+    Balancer::new(up.balance, &specs, worker)
+}

@@ -169,10 +169,7 @@ impl IpLimiter {
 
     /// Count a new connection from `ip`; `None` when it already has `max`.
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpPermit> {
-        let h = match ip {
-            IpAddr::V4(v4) => key_hash(&v4.octets()),
-            IpAddr::V6(v6) => key_hash(&v6.octets()),
-        };
+        let h = crate::balancer::hash_ip(ip);
         let idx = (h % self.slots.len() as u64) as usize;
         self.slots[idx]
             .fetch_update(Relaxed, Relaxed, |n| (n < self.max).then_some(n + 1))

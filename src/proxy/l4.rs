@@ -1,13 +1,7 @@
 //! L4 (TCP) proxying: [PROXY header in] -> pick -> connect (next backend on
 //! failure) -> [PROXY header out] -> relay both ways -> close.
 
-use std::{
-    cell::RefCell,
-    io,
-    net::{IpAddr, SocketAddr},
-    rc::Rc,
-    sync::Arc,
-};
+use std::{cell::RefCell, io, net::SocketAddr, rc::Rc, sync::Arc};
 
 use monoio::net::TcpStream;
 
@@ -17,7 +11,7 @@ use super::{
     relay::{self, Counts, RelayEnd},
 };
 use crate::{
-    balancer::{hash_key, Algorithm, Balancer, ServerSpec},
+    balancer::{hash_ip, Algorithm, Balancer},
     config::{HashKey, ListenerConfig, ProxyAccept, ProxySend, UpstreamConfig},
     health::{self, Slot, UpstreamState},
     limiter::Permit,
@@ -59,19 +53,11 @@ impl L4Listener {
         state: Arc<UpstreamState>,
         obs: L4Obs,
     ) -> Self {
-        let specs: Vec<ServerSpec<'_>> = up
-            .servers
-            .iter()
-            .map(|s| ServerSpec {
-                id: &s.id,
-                weight: s.weight,
-            })
-            .collect();
         L4Listener {
             cfg: cfg.clone(),
             servers: up.servers.iter().map(|s| s.addr).collect(),
             hash_key: up.hash_key.clone(),
-            balancer: RefCell::new(Balancer::new(up.balance, &specs, worker)),
+            balancer: RefCell::new(crate::balancer::for_upstream(up, worker)),
             pools,
             state,
             obs,
@@ -114,10 +100,7 @@ pub async fn handle(
     let src = origin.map_or(peer, |(s, _)| s);
 
     let key = match (l.balancer.borrow().algorithm(), &l.hash_key) {
-        (Algorithm::ConsistentHash, HashKey::ClientIp) => match src.ip() {
-            IpAddr::V4(ip) => hash_key(&ip.octets()),
-            IpAddr::V6(ip) => hash_key(&ip.octets()),
-        },
+        (Algorithm::ConsistentHash, HashKey::ClientIp) => hash_ip(src.ip()),
         _ => 0,
     };
 

@@ -172,6 +172,24 @@ pub struct Request {
     pub idempotent: bool,
 }
 
+impl Request {
+    /// The first value of field `name` (case-insensitive).
+    pub fn header<'b>(&self, buf: &'b [u8], name: &[u8]) -> Option<&'b [u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.get(buf).eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.get(buf))
+    }
+
+    /// The connection may stay open after an answer that reads no body:
+    /// the request has none, and the client keeps the connection.
+    pub fn keeps_alive_without_body(&self) -> bool {
+        self.framing == Framing::None
+            && !self.conn.close
+            && (self.minor == 1 || self.conn.keep_alive)
+    }
+}
+
 /// Parse the request head at the start of `buf`.
 ///
 /// `Ok(false)`: incomplete, read more (the limits were checked against what

@@ -47,7 +47,7 @@ use super::{
     relay::{self, Counts},
 };
 use crate::{
-    balancer::{hash_key, rng::WyRand, Algorithm, Balancer, ServerSpec},
+    balancer::{hash_ip, hash_key, ip_octets, rng::WyRand, Algorithm, Balancer},
     config::{HashKey, HttpConfig, ListenerConfig, RateKey, RouteConfig, UpstreamConfig},
     health::{
         self,
@@ -101,18 +101,10 @@ impl UpstreamRt {
         state: Arc<UpstreamState>,
         ui: usize,
     ) -> Rc<UpstreamRt> {
-        let specs: Vec<ServerSpec<'_>> = cfg
-            .servers
-            .iter()
-            .map(|s| ServerSpec {
-                id: &s.id,
-                weight: s.weight,
-            })
-            .collect();
         Rc::new(UpstreamRt {
             cfg: cfg.clone(),
             addrs: cfg.servers.iter().map(|s| s.addr).collect(),
-            balancer: RefCell::new(Balancer::new(cfg.balance, &specs, worker)),
+            balancer: RefCell::new(crate::balancer::for_upstream(cfg, worker)),
             idle: RefCell::new(cfg.servers.iter().map(|_| VecDeque::new()).collect()),
             state,
             ui,
@@ -307,6 +299,7 @@ pub async fn handle(
         client,
         peer,
         ip: peer.ip().to_string(),
+        ip_key: ip_octets(peer.ip()),
         cbuf: RBuf::new(BUF_INITIAL, BUF_MAX.max(head_max)),
         ubuf: RBuf::new(BUF_INITIAL, BUF_MAX.max(MAX_RESPONSE_HEAD)),
         wbuf: Vec::with_capacity(1024),
@@ -359,6 +352,8 @@ struct Conn<'a> {
     client: TcpStream,
     peer: SocketAddr,
     ip: String,
+    /// The client address's octets (rate-limit key), computed once.
+    ip_key: ([u8; 16], usize),
     /// Bytes from the client not yet handled (pipelined requests stay here).
     cbuf: RBuf,
     /// Bytes from the current backend not yet handled.
@@ -476,8 +471,20 @@ impl Conn<'_> {
         started: Instant,
         close: bool,
     ) {
+        self.fail_with(status, backend, started, close, None).await;
+    }
+
+    /// [`Conn::fail`] with a `Retry-After` field.
+    async fn fail_with(
+        &mut self,
+        status: u16,
+        backend: Option<SocketAddr>,
+        started: Instant,
+        close: bool,
+        retry_after: Option<u64>,
+    ) {
         self.hbuf.clear();
-        respond::error(&mut self.hbuf, status, &self.id, close);
+        respond::error_with(&mut self.hbuf, status, &self.id, close, retry_after);
         self.bytes_out = self.hbuf.len() as u64;
         self.log(status, backend, started);
         let sent = timed_write(&self.client, &self.hbuf, &[], self.l.http.body_timeout).await;
@@ -515,20 +522,18 @@ impl Conn<'_> {
         self.route_idx = l.routes.len();
         self.bytes_out = 0;
         if l.access.is_some() {
-            let text = |s: codec::Span| String::from_utf8_lossy(s.get(data)).into_owned();
-            self.lf.method = text(req.method);
-            self.lf.path = text(req.path);
-            self.lf.minor = req.minor;
-            self.lf.user_agent.clear();
-            self.lf.referer.clear();
-            for (n, v) in &req.headers {
-                let name = n.get(data);
-                if name.eq_ignore_ascii_case(b"user-agent") {
-                    self.lf.user_agent = text(*v);
-                } else if name.eq_ignore_ascii_case(b"referer") {
-                    self.lf.referer = text(*v);
+            // Reused strings: no allocation per request once they have grown.
+            let set = |dst: &mut String, v: Option<&[u8]>| {
+                dst.clear();
+                if let Some(v) = v {
+                    dst.push_str(&String::from_utf8_lossy(v));
                 }
-            }
+            };
+            set(&mut self.lf.method, Some(req.method.get(data)));
+            set(&mut self.lf.path, Some(req.path.get(data)));
+            set(&mut self.lf.user_agent, req.header(data, b"user-agent"));
+            set(&mut self.lf.referer, req.header(data, b"referer"));
+            self.lf.minor = req.minor;
         }
 
         // Request id: the client's when acceptable, else a fresh one.
@@ -553,9 +558,7 @@ impl Conn<'_> {
             path
         };
         let Some(route_idx) = l.router.find(&self.host, lookup) else {
-            let keep = req.framing == Framing::None
-                && !req.conn.close
-                && (req.minor == 1 || req.conn.keep_alive);
+            let keep = req.keeps_alive_without_body();
             self.cbuf.consume(self.req.head_len);
             self.fail(404, None, started, !keep).await;
             return if keep { Next::KeepAlive } else { Next::Close };
@@ -563,36 +566,17 @@ impl Conn<'_> {
         let route = &l.routes[route_idx];
         self.route_idx = route_idx;
         if let Some(Some(rl)) = l.rate_limits.get(route_idx) {
-            let ip;
+            let (ip, n) = self.ip_key;
             let key: &[u8] = match &rl.cfg.key {
                 RateKey::Route => b"",
-                RateKey::ClientIp => {
-                    ip = ip_bytes(self.peer);
-                    &ip
-                }
-                RateKey::Header(name) => match req
-                    .headers
-                    .iter()
-                    .find(|(n, _)| n.get(data).eq_ignore_ascii_case(name.as_bytes()))
-                {
-                    Some((_, v)) => v.get(data),
-                    None => {
-                        ip = ip_bytes(self.peer);
-                        &ip
-                    }
-                },
+                RateKey::ClientIp => &ip[..n],
+                RateKey::Header(name) => req.header(data, name.as_bytes()).unwrap_or(&ip[..n]),
             };
             if let Err(RetryAfter(secs)) = rl.take(key) {
-                let keep = req.framing == Framing::None
-                    && !req.conn.close
-                    && (req.minor == 1 || req.conn.keep_alive);
+                let keep = req.keeps_alive_without_body();
                 self.cbuf.consume(self.req.head_len);
                 lm.routes[route_idx].rate_limited.inc();
-                self.hbuf.clear();
-                respond::error_with(&mut self.hbuf, 429, &self.id, !keep, Some(secs));
-                self.bytes_out = self.hbuf.len() as u64;
-                self.log(429, None, started);
-                let _ = timed_write(&self.client, &self.hbuf, &[], http.body_timeout).await;
+                self.fail_with(429, None, started, !keep, Some(secs)).await;
                 return if keep { Next::KeepAlive } else { Next::Close };
             }
         }
@@ -619,35 +603,24 @@ impl Conn<'_> {
             _ => None,
         };
 
-        // Path after strip_prefix.
-        let mut stripped;
-        let fwd_path: &[u8] = if path.is_empty() {
-            b"/"
+        // Path after strip_prefix (a `/` goes in front when it lost its own).
+        let (fwd_path, lead_slash): (&[u8], bool) = if path.is_empty() {
+            (b"/", false)
         } else if route.cfg.strip_prefix && path.starts_with(route.cfg.path_prefix.as_bytes()) {
             let rest = &path[route.cfg.path_prefix.len()..];
-            if rest.first() == Some(&b'/') {
-                rest
-            } else {
-                stripped = Vec::with_capacity(rest.len() + 1);
-                stripped.push(b'/');
-                stripped.extend_from_slice(rest);
-                &stripped[..]
-            }
+            (rest, rest.first() != Some(&b'/'))
         } else {
-            path
+            (path, false)
         };
 
         let up = &route.up;
         let key = if up.cfg.balance == Algorithm::ConsistentHash {
             match &up.cfg.hash_key {
-                HashKey::ClientIp => ip_hash(self.peer),
+                HashKey::ClientIp => hash_ip(self.peer.ip()),
                 HashKey::Uri => hash_key(path),
                 HashKey::Header(name) => req
-                    .headers
-                    .iter()
-                    .find(|(n, _)| n.get(data).eq_ignore_ascii_case(name.as_bytes()))
-                    .map(|(_, v)| hash_key(v.get(data)))
-                    .unwrap_or_else(|| ip_hash(self.peer)),
+                    .header(data, name.as_bytes())
+                    .map_or_else(|| hash_ip(self.peer.ip()), hash_key),
             }
         } else {
             0
@@ -659,6 +632,7 @@ impl Conn<'_> {
             req,
             &RequestCtx {
                 path: fwd_path,
+                lead_slash,
                 client_ip: &self.ip,
                 request_id: &self.id,
                 upgrade,
@@ -925,6 +899,8 @@ impl Conn<'_> {
                 &counts,
             )
             .await;
+            lm.bytes_in.add(counts.up.get());
+            lm.bytes_out.add(counts.down.get());
             tracing::debug!(listener = %l.cfg.name, request_id = %self.id, ?end, up = counts.up.get(), down = counts.down.get(), "tunnel closed");
             return Next::Close;
         }
@@ -1052,8 +1028,8 @@ impl Conn<'_> {
         }
     }
 
-    /// One line per request at debug level (the access log proper is an
-    /// operations feature).
+    /// Account for one answered request: metrics, the access log, and a
+    /// debug line.
     fn log(&self, status: u16, backend: Option<SocketAddr>, started: Instant) {
         let l = self.l;
         let lm = &l.metrics.listeners[l.li];
@@ -1089,7 +1065,7 @@ impl Conn<'_> {
             status,
             backend = ?backend,
             request_id = %self.id,
-            micros = started.elapsed().as_micros() as u64,
+            micros = took.as_micros() as u64,
         );
     }
 }
@@ -1134,20 +1110,6 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// How often a queued request looks for a free backend slot.
 const QUEUE_POLL: Duration = Duration::from_millis(2);
 const QUEUE_POLL_MAX: Duration = Duration::from_millis(20);
-
-fn ip_bytes(peer: SocketAddr) -> Vec<u8> {
-    match peer.ip() {
-        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
-        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
-    }
-}
-
-fn ip_hash(peer: SocketAddr) -> u64 {
-    match peer.ip() {
-        std::net::IpAddr::V4(v4) => hash_key(&v4.octets()),
-        std::net::IpAddr::V6(v6) => hash_key(&v6.octets()),
-    }
-}
 
 /// Write `a` then `b` (one vectored send when both fit), waiting for room
 /// at most `limit` each time the socket is full.
@@ -1225,16 +1187,17 @@ async fn forward_body(
                 if sbuf.is_empty() {
                     if left >= SPLICE_MIN {
                         // Bulk: what is left moves kernel-side through a pipe.
-                        if head.is_empty() || timed_write(dst, head, &[], timeout).await.is_ok() {
-                            head = &[];
-                            if let Some(lease) = pools.lease_pipe() {
-                                splice_exact(src, dst, left, lease, timeout).await?;
-                                moved += left;
-                                left = 0;
-                                continue;
+                        if let Some(lease) = pools.lease_pipe() {
+                            if !head.is_empty() {
+                                timed_write(dst, head, &[], timeout)
+                                    .await
+                                    .map_err(BodyError::Dest)?;
+                                head = &[];
                             }
-                        } else {
-                            return Err(BodyError::Dest(io::ErrorKind::BrokenPipe.into()));
+                            splice_exact(src, dst, left, lease, timeout).await?;
+                            moved += left;
+                            left = 0;
+                            continue;
                         }
                     }
                     fill(src, sbuf, timeout).await?;

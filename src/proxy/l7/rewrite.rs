@@ -7,8 +7,10 @@ use crate::config::HeaderOps;
 
 /// Request facts the rewriting needs beyond the parsed head.
 pub struct RequestCtx<'a> {
-    /// Path and query to send (after strip_prefix).
+    /// Path and query to send (after strip_prefix), written after a `/`
+    /// when `lead_slash` (strip_prefix left a path without one).
     pub path: &'a [u8],
+    pub lead_slash: bool,
     pub client_ip: &'a str,
     pub request_id: &'a str,
     /// `Some(protocol)` when the request is upgraded.
@@ -70,6 +72,9 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &Request, cx: &RequestCt
     out.clear();
     out.extend_from_slice(req.method.get(buf));
     out.push(b' ');
+    if cx.lead_slash {
+        out.push(b'/');
+    }
     out.extend_from_slice(cx.path);
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let noms = &req.conn.nominated;
@@ -219,6 +224,7 @@ mod tests {
         let mut out = Vec::new();
         let cx = RequestCtx {
             path: req.path.get(raw),
+            lead_slash: false,
             client_ip: "10.0.0.9",
             request_id: "rid",
             upgrade: None,
