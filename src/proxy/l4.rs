@@ -323,8 +323,9 @@ mod tests {
             let fut = super::handle(l, client, "127.0.0.1:9".parse().unwrap(), permit, drain.track());
             let size = std::mem::size_of_val(&fut);
             eprintln!("connection task state: {size} bytes");
-            // 2,304 bytes in a debug build when this was written; nginx holds ~9.6 KB per connection.
-            assert!(size < 4096, "connection future is {size} bytes");
+            // 2,304 bytes in debug and release builds (nginx holds ~9.6 KB per
+            // connection); a nested helper future in the relay shows up here.
+            assert!(size < 3072, "connection future is {size} bytes");
         });
     }
 }

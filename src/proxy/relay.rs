@@ -128,7 +128,7 @@ async fn pump(
         };
         let eof = if use_splice {
             match ctx.pools.lease_pipe() {
-                Some(lease) => splice_burst(sfd, dst, dfd, lease, ctx, count).await?,
+                Some(lease) => splice_burst(sfd, dst, lease, ctx, count).await?,
                 None => copy_burst(sfd, dst, ctx, count).await?,
             }
         } else {
@@ -170,7 +170,6 @@ fn progress(ctx: &Ctx<'_>, count: &Cell<u64>, n: usize) {
 async fn splice_burst(
     sfd: RawFd,
     dst: &TcpStream,
-    dfd: RawFd,
     mut lease: PipeLease<'_>,
     ctx: &Ctx<'_>,
     count: &Cell<u64>,
@@ -180,6 +179,7 @@ async fn splice_burst(
     };
     let chunk = pipe.capacity;
     let (pr, pw) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
+    let dfd = dst.as_raw_fd();
     let mut result = Ok(false);
     'burst: loop {
         let n = match sys::splice(sfd, pw, chunk) {
@@ -195,6 +195,9 @@ async fn splice_burst(
                 break;
             }
         };
+        // The drain loop of `pipe_to`, inline: a nested future here would
+        // grow every L4 connection's task state by 128 bytes (measured by
+        // `connection_task_state_is_small`, release and debug alike).
         let mut left = n;
         while left > 0 {
             match sys::splice(pr, dfd, left) {
@@ -260,6 +263,9 @@ async fn copy_burst(
 /// # Errors
 /// The peer reset or closed the connection.
 pub async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    // Not write_all_until: this runs inside every L4 connection's task, and
+    // its pair of slices and optional timer add 128 bytes to that state
+    // (`connection_task_state_is_small`).
     let fd = dst.as_raw_fd();
     while !data.is_empty() {
         match sys::send(fd, data) {
@@ -271,6 +277,91 @@ pub async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Write `a` then `b` (one vectored send when both are there), waiting for
+/// room as needed, each wait at most `limit` when given.
+///
+/// # Errors
+/// `TimedOut`, or the peer reset or closed the connection.
+pub async fn write_all_until(
+    dst: &TcpStream,
+    mut a: &[u8],
+    mut b: &[u8],
+    limit: Option<Duration>,
+) -> io::Result<()> {
+    let fd = dst.as_raw_fd();
+    while !a.is_empty() || !b.is_empty() {
+        let r = if a.is_empty() {
+            sys::send(fd, b)
+        } else if b.is_empty() {
+            sys::send(fd, a)
+        } else {
+            sys::with_sock(fd, |s| {
+                s.send_vectored_with_flags(
+                    &[std::io::IoSlice::new(a), std::io::IoSlice::new(b)],
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            })
+        };
+        match r {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(mut n) => {
+                let from_a = n.min(a.len());
+                a = &a[from_a..];
+                n -= from_a;
+                b = &b[n.min(b.len())..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(dst, limit).await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Move the `n` bytes waiting in a pipe (read end `pr`) into `dst`.
+///
+/// # Errors
+/// `TimedOut` (a wait for room passed `limit`), or as splice(2).
+pub async fn pipe_to(
+    pr: RawFd,
+    dst: &TcpStream,
+    mut n: usize,
+    limit: Option<Duration>,
+) -> io::Result<()> {
+    let dfd = dst.as_raw_fd();
+    while n > 0 {
+        match sys::splice(pr, dfd, n) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(m) => n -= m,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(dst, limit).await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Wait for room in `dst`'s send buffer, at most `limit` when given.
+/// Not an async fn, and the timed wait is boxed: it is the rare path, and
+/// keeping its timer inline would grow every L4 connection's task state.
+fn writable(
+    dst: &TcpStream,
+    limit: Option<Duration>,
+) -> Either<
+    impl std::future::Future<Output = io::Result<()>> + '_,
+    impl std::future::Future<Output = io::Result<()>> + '_,
+> {
+    match limit {
+        None => Either::Left(dst.writable(false)),
+        Some(d) => Either::Right(async move {
+            match Box::pin(monoio::time::timeout(d, dst.writable(false))).await {
+                Ok(r) => r,
+                Err(_) => Err(io::ErrorKind::TimedOut.into()),
+            }
+        }),
+    }
 }
 
 /// Read once from a nonblocking socket into `buf[at..]`, waiting until readable.

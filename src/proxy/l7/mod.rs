@@ -24,7 +24,7 @@ pub mod router;
 use std::{
     cell::RefCell,
     collections::VecDeque,
-    io::{self, IoSlice},
+    io,
     net::SocketAddr,
     os::fd::AsRawFd,
     rc::Rc,
@@ -1111,47 +1111,9 @@ const LINGER_BYTES: usize = 256 * 1024;
 const QUEUE_POLL: Duration = Duration::from_millis(2);
 const QUEUE_POLL_MAX: Duration = Duration::from_millis(20);
 
-/// Write `a` then `b` (one vectored send when both fit), waiting for room
-/// at most `limit` each time the socket is full.
-async fn timed_write(
-    dst: &TcpStream,
-    mut a: &[u8],
-    mut b: &[u8],
-    limit: Duration,
-) -> io::Result<()> {
-    let fd = dst.as_raw_fd();
-    while !a.is_empty() || !b.is_empty() {
-        let r = if a.is_empty() {
-            sys::send(fd, b)
-        } else if b.is_empty() {
-            sys::send(fd, a)
-        } else {
-            sys::with_sock(fd, |s| {
-                s.send_vectored_with_flags(
-                    &[IoSlice::new(a), IoSlice::new(b)],
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            })
-        };
-        match r {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(mut n) => {
-                let from_a = n.min(a.len());
-                a = &a[from_a..];
-                n -= from_a;
-                b = &b[n.min(b.len())..];
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                match monoio::time::timeout(limit, dst.writable(false)).await {
-                    Ok(r) => r?,
-                    Err(_) => return Err(io::ErrorKind::TimedOut.into()),
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+/// Write `a` then `b` (one vectored send), each wait for room at most `limit`.
+async fn timed_write(dst: &TcpStream, a: &[u8], b: &[u8], limit: Duration) -> io::Result<()> {
+    relay::write_all_until(dst, a, b, Some(limit)).await
 }
 
 /// Move one message body from `src` (bytes already read are in `sbuf`) to
@@ -1299,10 +1261,10 @@ async fn splice_exact(
         return Err(BodyError::Source(io::ErrorKind::Other.into()));
     };
     let (pr, pw) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
-    let (sfd, dfd) = (src.as_raw_fd(), dst.as_raw_fd());
+    let sfd = src.as_raw_fd();
     let cap = pipe.capacity as u64;
     let mut result = Ok(());
-    'outer: while left > 0 {
+    while left > 0 {
         let n = match sys::splice(sfd, pw, left.min(cap) as usize) {
             Ok(0) => {
                 result = Err(BodyError::Source(io::ErrorKind::UnexpectedEof.into()));
@@ -1324,33 +1286,9 @@ async fn splice_exact(
             }
         };
         left -= n as u64;
-        let mut in_pipe = n;
-        while in_pipe > 0 {
-            match sys::splice(pr, dfd, in_pipe) {
-                Ok(0) => {
-                    result = Err(BodyError::Dest(io::ErrorKind::WriteZero.into()));
-                    break 'outer;
-                }
-                Ok(m) => in_pipe -= m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match monoio::time::timeout(timeout, dst.writable(false)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            result = Err(BodyError::Dest(e));
-                            break 'outer;
-                        }
-                        Err(_) => {
-                            result = Err(BodyError::Dest(io::ErrorKind::TimedOut.into()));
-                            break 'outer;
-                        }
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    result = Err(BodyError::Dest(e));
-                    break 'outer;
-                }
-            }
+        if let Err(e) = relay::pipe_to(pr, dst, n, Some(timeout)).await {
+            result = Err(BodyError::Dest(e));
+            break;
         }
     }
     // A pipe left holding bytes is not returned to the pool.
