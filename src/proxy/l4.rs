@@ -14,12 +14,11 @@ use crate::{
     balancer::{hash_ip, Algorithm, Balancer},
     config::{HashKey, ListenerConfig, ProxyAccept, ProxySend, UpstreamConfig},
     health::{self, Slot, UpstreamState},
-    limiter::Permit,
     metrics::{
         access::{self, AccessLog},
         WorkerMetrics,
     },
-    runtime::drain::ConnGuard,
+    runtime::worker::ConnTicket,
     upstream,
 };
 
@@ -82,8 +81,7 @@ pub async fn handle(
     l: Rc<L4Listener>,
     client: std::net::TcpStream,
     peer: SocketAddr,
-    _permit: Permit,
-    _guard: ConnGuard,
+    _ticket: Box<ConnTicket>,
 ) {
     let client = match TcpStream::from_std(client) {
         Ok(c) => c,
@@ -320,7 +318,14 @@ mod tests {
             let limiter = crate::limiter::Limiter::new(1, 1);
             let permit = limiter.try_acquire().unwrap();
             let drain = crate::runtime::drain::Drain::new();
-            let fut = super::handle(l, client, "127.0.0.1:9".parse().unwrap(), permit, drain.track());
+            let ticket = crate::runtime::worker::ConnTicket::new(
+                permit,
+                drain.track(),
+                None,
+                crate::metrics::WorkerMetrics::new(&cfg),
+                0,
+            );
+            let fut = super::handle(l, client, "127.0.0.1:9".parse().unwrap(), ticket);
             let size = std::mem::size_of_val(&fut);
             eprintln!("connection task state: {size} bytes");
             // 2,304 bytes in debug and release builds (nginx holds ~9.6 KB per

@@ -7,10 +7,11 @@ use std::{rc::Rc, sync::Arc, time::Duration};
 use futures_channel::oneshot;
 use futures_util::future::{select, Either};
 
-use super::drain::Drain;
+use super::drain::{ConnGuard, Drain};
 use crate::{
     config::{Config, Mode},
-    limiter::Limiter,
+    health::limits::IpPermit,
+    limiter::{Limiter, Permit},
     listener::{self, Accepted},
     metrics::{access::AccessLog, WorkerMetrics},
     proxy::{
@@ -161,28 +162,19 @@ pub async fn run(spec: WorkerSpec) {
                                 }
                             },
                         };
-                        lm.accepted.inc();
-                        lm.active.add(1);
-                        let m_end = Arc::clone(&metrics);
-                        let guard = conn_drain.track();
+                        let ticket = ConnTicket::new(
+                            a.permit,
+                            conn_drain.track(),
+                            ip_permit,
+                            Arc::clone(&metrics),
+                            li,
+                        );
                         match &handler {
                             Handler::Tcp(l) => {
-                                let conn =
-                                    l4::handle(Rc::clone(l), a.stream, a.peer, a.permit, guard);
-                                monoio::spawn(async move {
-                                    conn.await;
-                                    drop(ip_permit);
-                                    m_end.listeners[li].active.add(-1);
-                                });
+                                monoio::spawn(l4::handle(Rc::clone(l), a.stream, a.peer, ticket));
                             }
                             Handler::Http(l) => {
-                                let conn =
-                                    l7::handle(Rc::clone(l), a.stream, a.peer, a.permit, guard);
-                                monoio::spawn(async move {
-                                    conn.await;
-                                    drop(ip_permit);
-                                    m_end.listeners[li].active.add(-1);
-                                });
+                                monoio::spawn(l7::handle(Rc::clone(l), a.stream, a.peer, ticket));
                             }
                         }
                     },
@@ -232,5 +224,50 @@ fn refuse_over_ip_limit(handler: &Handler, a: &Accepted) {
         l.new_request_id(&mut id);
         l7::respond::error(&mut out, 429, &id, true);
         let _ = crate::sys::send(std::os::fd::AsRawFd::as_raw_fd(&a.stream), &out);
+    }
+}
+
+/// Everything one accepted connection holds until it ends: its limiter
+/// permit, its place in the drain count and in its IP's count, and the
+/// listener's active-connections gauge. Dropping it releases them all.
+pub struct ConnTicket {
+    _permit: Permit,
+    guard: ConnGuard,
+    _ip: Option<IpPermit>,
+    metrics: Arc<WorkerMetrics>,
+    li: usize,
+}
+
+impl ConnTicket {
+    pub fn new(
+        permit: Permit,
+        guard: ConnGuard,
+        ip: Option<IpPermit>,
+        metrics: Arc<WorkerMetrics>,
+        li: usize,
+    ) -> Box<ConnTicket> {
+        let lm = &metrics.listeners[li];
+        lm.accepted.inc();
+        lm.active.add(1);
+        // Boxed: the ticket lives in every connection's task state for its
+        // whole life, and a pointer keeps that state small.
+        Box::new(ConnTicket {
+            _permit: permit,
+            guard,
+            _ip: ip,
+            metrics,
+            li,
+        })
+    }
+
+    /// The worker's drain state (to notice shutdown mid-connection).
+    pub fn drain(&self) -> &super::drain::Drain {
+        self.guard.drain()
+    }
+}
+
+impl Drop for ConnTicket {
+    fn drop(&mut self) {
+        self.metrics.listeners[self.li].active.add(-1);
     }
 }

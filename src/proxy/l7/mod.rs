@@ -54,12 +54,11 @@ use crate::{
         limits::{RateLimiter, RetryAfter},
         NoPick, Slot, UpstreamState,
     },
-    limiter::Permit,
     metrics::{
         access::{self, AccessLog},
         WorkerMetrics,
     },
-    runtime::drain::ConnGuard,
+    runtime::worker::ConnTicket,
     sys, upstream,
 };
 
@@ -277,10 +276,8 @@ pub async fn handle(
     l: Rc<HttpListener>,
     client: std::net::TcpStream,
     peer: SocketAddr,
-    permit: Permit,
-    guard: ConnGuard,
+    ticket: Box<ConnTicket>,
 ) {
-    let _permit = permit;
     let client = match TcpStream::from_std(client) {
         Ok(c) => c,
         Err(e) => {
@@ -308,7 +305,7 @@ pub async fn handle(
         resp: Response::default(),
         host: String::new(),
         id: String::new(),
-        guard: &guard,
+        ticket: &ticket,
         served: 0,
         route_idx: l.routes.len(),
         bytes_out: 0,
@@ -366,7 +363,7 @@ struct Conn<'a> {
     resp: Response,
     host: String,
     id: String,
-    guard: &'a ConnGuard,
+    ticket: &'a ConnTicket,
     served: u64,
     /// The current request's route (`routes.len()` = none), for metrics.
     route_idx: usize,
@@ -425,7 +422,7 @@ impl Conn<'_> {
             } else {
                 http.keepalive_timeout
             };
-            let drain = self.guard.drain();
+            let drain = self.ticket.drain();
             if drain.is_stopping() {
                 return HeadRead::Gone;
             }
@@ -911,7 +908,7 @@ impl Conn<'_> {
         let close = client_close
             || resp.framing == Framing::UntilClose
             || dechunk
-            || self.guard.drain().is_stopping();
+            || self.ticket.drain().is_stopping();
         let status = resp.status;
         rewrite::response_head(
             &mut self.hbuf,
