@@ -129,6 +129,12 @@ impl BackendState {
             .fetch_update(Relaxed, Relaxed, |w| Some((w & FLAGS) | (now & SINCE)));
     }
 
+    /// Not down by active checks and circuit not open (half-open counts:
+    /// it takes probes).
+    pub fn available(&self) -> bool {
+        self.word() & (DOWN | OPEN) == 0
+    }
+
     pub fn is_down(&self) -> bool {
         self.word() & DOWN != 0
     }
@@ -246,7 +252,7 @@ impl UpstreamState {
     pub fn alive_but_full(&self, i: usize) -> bool {
         self.backends
             .get(i)
-            .is_some_and(|b| b.word() & (DOWN | OPEN) == 0 && b.is_full())
+            .is_some_and(|b| b.available() && b.is_full())
     }
 
     /// Reserve a slot on backend `i` after a pick: fails when it filled up
@@ -427,7 +433,7 @@ pub fn pick(
             .backends
             .iter()
             .enumerate()
-            .any(|(i, b)| !b.backup && b.word() & (DOWN | OPEN) == 0 && !tried.contains(&i));
+            .any(|(i, b)| !b.backup && b.available() && !tried.contains(&i));
         if primary_alive {
             break;
         }

@@ -331,73 +331,45 @@ impl Registry {
             }
         }
 
-        family(
-            &mut o,
-            "ringlb_backend_requests_total",
-            "counter",
-            "Connections (tcp) or requests (http) sent to a backend.",
-        );
-        for (ui, u) in cfg.upstreams.iter().enumerate() {
-            for (bi, s) in u.servers.iter().enumerate() {
-                let v = self.sum(|w| w.upstreams[ui].backends[bi].requests.get());
-                let _ = writeln!(
-                    o,
-                    "ringlb_backend_requests_total{{upstream=\"{}\",backend=\"{}\"}} {v}",
-                    esc(&u.name),
-                    s.addr
-                );
-            }
-        }
-        family(
-            &mut o,
-            "ringlb_backend_failures_total",
-            "counter",
-            "Failures counted by passive ejection (connect failures, 5xx, timeouts).",
-        );
-        for (ui, u) in cfg.upstreams.iter().enumerate() {
-            for (bi, s) in u.servers.iter().enumerate() {
-                let v = self.shared.upstreams[ui].backends[bi].failures_total();
-                let _ = writeln!(
-                    o,
-                    "ringlb_backend_failures_total{{upstream=\"{}\",backend=\"{}\"}} {v}",
-                    esc(&u.name),
-                    s.addr
-                );
-            }
-        }
-        family(
-            &mut o,
-            "ringlb_backend_up",
-            "gauge",
-            "1 when the backend may take traffic (health up, circuit not open).",
-        );
-        for (ui, u) in cfg.upstreams.iter().enumerate() {
-            for (bi, s) in u.servers.iter().enumerate() {
-                let b = &self.shared.upstreams[ui].backends[bi];
-                let up = u8::from(!b.is_down() && b.circuit() != "open");
-                let _ = writeln!(
-                    o,
-                    "ringlb_backend_up{{upstream=\"{}\",backend=\"{}\"}} {up}",
-                    esc(&u.name),
-                    s.addr
-                );
-            }
-        }
-        family(
-            &mut o,
-            "ringlb_backend_active",
-            "gauge",
-            "Connections (tcp) or requests (http) in flight to a backend.",
-        );
-        for (ui, u) in cfg.upstreams.iter().enumerate() {
-            for (bi, s) in u.servers.iter().enumerate() {
-                let v = self.shared.upstreams[ui].backends[bi].active();
-                let _ = writeln!(
-                    o,
-                    "ringlb_backend_active{{upstream=\"{}\",backend=\"{}\"}} {v}",
-                    esc(&u.name),
-                    s.addr
-                );
+        type BackendField = fn(&Registry, usize, usize) -> u64;
+        let per_backend: [(&str, &str, &str, BackendField); 4] = [
+            (
+                "ringlb_backend_requests_total",
+                "counter",
+                "Connections (tcp) or requests (http) sent to a backend.",
+                |r, ui, bi| r.sum(|w| w.upstreams[ui].backends[bi].requests.get()),
+            ),
+            (
+                "ringlb_backend_failures_total",
+                "counter",
+                "Failures counted by passive ejection (connect failures, 5xx, timeouts).",
+                |r, ui, bi| r.shared.upstreams[ui].backends[bi].failures_total(),
+            ),
+            (
+                "ringlb_backend_up",
+                "gauge",
+                "1 when the backend may take traffic (health up, circuit not open).",
+                |r, ui, bi| u64::from(r.shared.upstreams[ui].backends[bi].available()),
+            ),
+            (
+                "ringlb_backend_active",
+                "gauge",
+                "Connections (tcp) or requests (http) in flight to a backend.",
+                |r, ui, bi| u64::from(r.shared.upstreams[ui].backends[bi].active()),
+            ),
+        ];
+        for (name, kind, help, f) in per_backend {
+            family(&mut o, name, kind, help);
+            for (ui, u) in cfg.upstreams.iter().enumerate() {
+                for (bi, s) in u.servers.iter().enumerate() {
+                    let _ = writeln!(
+                        o,
+                        "{name}{{upstream=\"{}\",backend=\"{}\"}} {}",
+                        esc(&u.name),
+                        s.addr,
+                        f(self, ui, bi)
+                    );
+                }
             }
         }
         family(
@@ -493,11 +465,7 @@ impl Registry {
     /// True when every upstream has an available backend.
     pub fn ready(&self) -> Result<(), String> {
         for u in &self.shared.upstreams {
-            if !u
-                .backends
-                .iter()
-                .any(|b| !b.is_down() && b.circuit() != "open")
-            {
+            if !u.backends.iter().any(|b| b.available()) {
                 return Err(format!("upstream {:?} has no available backend", u.name));
             }
         }
@@ -545,7 +513,7 @@ impl Registry {
                     "{}{{\"addr\":\"{}\",\"up\":{},\"health\":\"{}\",\"circuit\":\"{}\",\"active\":{},\"backup\":{}}}",
                     if bi > 0 { "," } else { "" },
                     b.addr,
-                    !b.is_down() && b.circuit() != "open",
+                    b.available(),
                     if b.is_down() { "down" } else { "up" },
                     b.circuit(),
                     b.active(),
