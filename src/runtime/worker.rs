@@ -73,7 +73,7 @@ pub async fn run(spec: WorkerSpec) {
             }
         });
     }
-    for (li, ((lcfg, sock), limiter)) in spec
+    for (li, ((lcfg, socks), limiter)) in spec
         .cfg
         .listeners
         .iter()
@@ -122,7 +122,7 @@ pub async fn run(spec: WorkerSpec) {
                 }
             }
         };
-        for sock in sock {
+        for sock in socks {
             let handler = handler.clone();
             let ip_limit = ip_limit.clone();
             let listener = match monoio::net::TcpListener::from_std(sock) {
