@@ -15,8 +15,8 @@ use std::sync::Mutex;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use ringlb::{
+    backends::{self, UpstreamState},
     balancer::{hash_key, Algorithm, Balancer, ServerSpec},
-    health::{self, UpstreamState},
 };
 
 const SIZES: [usize; 3] = [2, 16, 256];
@@ -309,7 +309,7 @@ fn bench_pick_with_health(c: &mut Criterion) {
         let ids = server_ids(n);
         let mut b = Balancer::new(Algorithm::RoundRobin, &specs(&ids), 0);
         g.bench_with_input(BenchmarkId::new("health_pick", n), &n, |bench, _| {
-            bench.iter(|| black_box(health::pick(&mut b, &st, black_box(0), &[]).map(|p| p.0)))
+            bench.iter(|| black_box(backends::pick(&mut b, &st, black_box(0), &[]).map(|p| p.0)))
         });
         let mut b = Balancer::new(Algorithm::RoundRobin, &specs(&ids), 0);
         g.bench_with_input(BenchmarkId::new("bare_pick", n), &n, |bench, _| {

@@ -16,10 +16,12 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use monoio_codec::Decoder;
 use ringlb::{
     config::HeaderOps,
-    proxy::l7::{
-        chunked::Chunked,
-        codec::{parse_request, Limits, Request},
-        rewrite::{request_head, RequestCtx},
+    proxy::http::{
+        h1::{
+            chunked::Chunked,
+            codec::{parse_request, Limits, Request},
+            rewrite::{request_head, RequestCtx},
+        },
         router::Router,
     },
 };

@@ -71,7 +71,7 @@ servers = [{{ addr = "{}" }}, {{ addr = "{}" }}]
         listen.port()
     );
     println!("stop with Ctrl-C");
-    crate::run(cfg)
+    crate::server::run(cfg)
 }
 
 fn echo_server(l: TcpListener, name: &'static str) {

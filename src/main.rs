@@ -51,7 +51,7 @@ enum Cmd {
 const DEFAULT_CONFIG: &str = "/etc/ringlb/ringlb.toml";
 
 fn main() -> ExitCode {
-    ringlb::runtime::remember_exe();
+    ringlb::server::remember_exe();
     let cli = Cli::parse();
     let path = cli.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
     let command = cli.command.unwrap_or(Cmd::Run);
@@ -73,7 +73,7 @@ fn main() -> ExitCode {
         },
         Cmd::Run => ringlb::Config::load(&path).and_then(|cfg| {
             init_logging(&cfg.log_level);
-            ringlb::runtime::run_with(cfg, Some(path.clone()))
+            ringlb::server::run_with(cfg, Some(path.clone()))
         }),
         Cmd::Demo { listen } => ringlb::demo::run(listen),
         Cmd::Reload { pid } => signal_running(&path, pid, libc::SIGHUP, "reload"),

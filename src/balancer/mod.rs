@@ -292,16 +292,3 @@ pub fn hash_ip(ip: std::net::IpAddr) -> u64 {
     let (o, n) = ip_octets(ip);
     hash_key(&o[..n])
 }
-
-/// The replica for `up`'s servers, built by worker `worker`.
-pub fn for_upstream(up: &crate::config::UpstreamConfig, worker: usize) -> Balancer {
-    let specs: Vec<ServerSpec<'_>> = up
-        .servers
-        .iter()
-        .map(|s| ServerSpec {
-            id: &s.id,
-            weight: s.weight,
-        })
-        .collect();
-    Balancer::new(up.balance, &specs, worker)
-}

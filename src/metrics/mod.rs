@@ -9,7 +9,6 @@
 //! Prometheus buckets.
 
 pub mod access;
-pub mod admin;
 
 use std::{
     fmt::Write as _,
@@ -23,8 +22,8 @@ use std::{
 use hdrhistogram::Histogram;
 
 use crate::{
+    backends::Shared,
     config::{Config, Mode, RouteConfig},
-    health::Shared,
 };
 
 /// A counter written by one thread.

@@ -1,7 +1,6 @@
-//! Protocol handling for accepted connections: L4 (TCP) and L7 (HTTP/1.1).
+//! Protocol handling for accepted connections: tcp (a byte relay) and http
+//! (HTTP/1.1 reverse proxy).
 
-pub mod l4;
-pub mod l7;
-pub mod pool;
+pub mod http;
 pub mod proxy_protocol;
-pub mod relay;
+pub mod tcp;

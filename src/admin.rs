@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use super::Registry;
+use crate::metrics::Registry;
 
 /// Bind the admin address and serve it on a thread until `stop`.
 ///

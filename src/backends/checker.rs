@@ -94,7 +94,7 @@ async fn check_loop(up: Arc<UpstreamState>, i: usize, h: HealthConfig, stop: Arc
 
 /// One check: Ok when the backend passes.
 async fn probe(addr: std::net::SocketAddr, h: &HealthConfig) -> Result<(), String> {
-    let stream = crate::upstream::connect(addr, h.timeout)
+    let stream = crate::io::connect::connect(addr, h.timeout)
         .await
         .map_err(|e| e.to_string())?;
     let HealthKind::Http { path, host, status } = &h.kind else {
@@ -110,7 +110,7 @@ async fn probe(addr: std::net::SocketAddr, h: &HealthConfig) -> Result<(), Strin
     let mut buf = vec![0u8; 1024];
     let mut len = 0;
     loop {
-        let n = crate::proxy::relay::read_some(&stream, &mut buf[len..])
+        let n = crate::io::relay::read_some(&stream, &mut buf[len..])
             .await
             .map_err(|e| format!("read: {e}"))?;
         if n == 0 {

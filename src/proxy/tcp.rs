@@ -5,21 +5,20 @@ use std::{cell::RefCell, io, net::SocketAddr, rc::Rc, sync::Arc};
 
 use monoio::net::TcpStream;
 
-use super::{
-    pool::Pools,
-    proxy_protocol::{self, MAX_HEADER},
-    relay::{self, Counts, RelayEnd},
-};
+use super::proxy_protocol::{self, MAX_HEADER};
 use crate::{
+    backends::{self, Slot, UpstreamState},
     balancer::{hash_ip, Algorithm, Balancer},
     config::{HashKey, ListenerConfig, ProxyAccept, ProxySend, UpstreamConfig},
-    health::{self, Slot, UpstreamState},
+    io::{
+        pools::Pools,
+        relay::{self, Counts, RelayEnd},
+    },
+    listen::ticket::ConnTicket,
     metrics::{
         access::{self, AccessLog},
         WorkerMetrics,
     },
-    runtime::worker::ConnTicket,
-    upstream,
 };
 
 /// One listener as one worker sees it: its config and its own balancer replica.
@@ -56,7 +55,7 @@ impl L4Listener {
             cfg: cfg.clone(),
             servers: up.servers.iter().map(|s| s.addr).collect(),
             hash_key: up.hash_key.clone(),
-            balancer: RefCell::new(crate::balancer::for_upstream(up, worker)),
+            balancer: RefCell::new(crate::upstream::replica::balancer_for(up, worker)),
             pools,
             state,
             obs,
@@ -169,7 +168,8 @@ async fn connect_any(
 ) -> Option<(TcpStream, usize, Slot)> {
     let mut tried: Vec<usize> = Vec::new();
     for _ in 0..l.cfg.connect_tries {
-        let (idx, slot) = match health::pick(&mut l.balancer.borrow_mut(), &l.state, key, &tried) {
+        let (idx, slot) = match backends::pick(&mut l.balancer.borrow_mut(), &l.state, key, &tried)
+        {
             Ok(p) => p,
             Err(_) if tried.is_empty() => {
                 tracing::warn!(listener = %l.cfg.name, %src, "no backend available; closing client");
@@ -181,7 +181,7 @@ async fn connect_any(
         let addr = l.servers[idx];
         let t = std::time::Instant::now();
         let um = &l.obs.metrics.upstreams[l.obs.ui];
-        match upstream::connect(addr, l.cfg.connect_timeout).await {
+        match crate::io::connect::connect(addr, l.cfg.connect_timeout).await {
             Ok(s) => {
                 um.connect.record(t.elapsed());
                 um.backends[idx].requests.inc();
@@ -305,7 +305,7 @@ mod tests {
                 &cfg.upstreams[0],
                 0,
                 pools,
-                crate::health::UpstreamState::new(&cfg.upstreams[0]),
+                crate::backends::UpstreamState::new(&cfg.upstreams[0]),
                 super::L4Obs {
                     metrics: crate::metrics::WorkerMetrics::new(&cfg),
                     li: 0,
@@ -315,10 +315,10 @@ mod tests {
             ));
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-            let limiter = crate::limiter::Limiter::new(1, 1);
+            let limiter = crate::listen::limiter::Limiter::new(1, 1);
             let permit = limiter.try_acquire().unwrap();
-            let drain = crate::runtime::drain::Drain::new();
-            let ticket = crate::runtime::worker::ConnTicket::new(
+            let drain = crate::listen::drain::Drain::new();
+            let ticket = crate::listen::ticket::ConnTicket::new(
                 permit,
                 drain.track(),
                 None,

@@ -6,7 +6,7 @@ use std::{io, time::Duration};
 
 use monoio::net::TcpStream;
 
-use crate::proxy::relay::read_some;
+use super::relay::read_some;
 
 #[derive(Debug)]
 pub struct RBuf {

@@ -10,7 +10,6 @@
 //! counted for the whole process, so N workers do not eject N times late).
 
 mod checker;
-pub mod limits;
 
 use std::{
     net::SocketAddr,
@@ -442,15 +441,10 @@ pub fn pick(
     Err(NoPick { full })
 }
 
-/// Every upstream's shared state, in config order, plus the listeners'
-/// process-wide limiters.
+/// Every upstream's shared state, in config order.
 #[derive(Debug)]
 pub struct Shared {
     pub upstreams: Vec<Arc<UpstreamState>>,
-    /// Per listener: per-IP connection counters.
-    pub ip_limits: Vec<Option<Arc<limits::IpLimiter>>>,
-    /// Per listener, per route: token buckets.
-    pub rate_limits: Vec<Vec<Option<Arc<limits::RateLimiter>>>>,
 }
 
 impl Shared {
@@ -460,7 +454,6 @@ impl Shared {
 
     /// For a reload: backends kept by the new config keep their health,
     /// circuit state and live counts (matched by upstream name and address).
-    /// Rate-limit buckets and per-IP counts start afresh.
     pub fn carry_over(cfg: &Config, prev: Option<&Shared>) -> Arc<Shared> {
         Arc::new(Shared {
             upstreams: cfg
@@ -469,33 +462,6 @@ impl Shared {
                 .map(|u| {
                     let old = prev.and_then(|p| p.upstreams.iter().find(|o| o.name == u.name));
                     UpstreamState::carry_over(u, old.map(|o| &**o))
-                })
-                .collect(),
-            ip_limits: cfg
-                .listeners
-                .iter()
-                .map(|l| {
-                    (l.max_connections_per_ip > 0)
-                        .then(|| Arc::new(limits::IpLimiter::new(l.max_connections_per_ip)))
-                })
-                .collect(),
-            rate_limits: cfg
-                .listeners
-                .iter()
-                .map(|l| {
-                    l.http
-                        .as_ref()
-                        .map(|h| {
-                            h.routes
-                                .iter()
-                                .map(|r| {
-                                    r.rate_limit
-                                        .as_ref()
-                                        .map(|rl| Arc::new(limits::RateLimiter::new(rl)))
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default()
                 })
                 .collect(),
         })

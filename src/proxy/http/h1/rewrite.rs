@@ -209,8 +209,8 @@ pub fn response_head(out: &mut Vec<u8>, buf: &[u8], resp: &Response, cx: &Respon
 
 #[cfg(test)]
 mod tests {
+    use super::super::codec::{parse_request, Limits};
     use super::*;
-    use crate::proxy::l7::codec::{parse_request, Limits};
 
     const LIMITS: Limits = Limits {
         max_request_line: 8192,

@@ -181,6 +181,50 @@ impl IpLimiter {
     }
 }
 
+/// The process-wide limits of one configuration: per listener, its per-IP
+/// counters and its routes' token buckets. A reload starts them afresh.
+#[derive(Debug, Default)]
+pub struct Limits {
+    /// Per listener: per-IP connection counters.
+    pub ip: Vec<Option<Arc<IpLimiter>>>,
+    /// Per listener, per route: token buckets.
+    pub rate: Vec<Vec<Option<Arc<RateLimiter>>>>,
+}
+
+impl Limits {
+    pub fn new(cfg: &crate::config::Config) -> Arc<Limits> {
+        Arc::new(Limits {
+            ip: cfg
+                .listeners
+                .iter()
+                .map(|l| {
+                    (l.max_connections_per_ip > 0)
+                        .then(|| Arc::new(IpLimiter::new(l.max_connections_per_ip)))
+                })
+                .collect(),
+            rate: cfg
+                .listeners
+                .iter()
+                .map(|l| {
+                    l.http
+                        .as_ref()
+                        .map(|h| {
+                            h.routes
+                                .iter()
+                                .map(|r| {
+                                    r.rate_limit
+                                        .as_ref()
+                                        .map(|rl| Arc::new(RateLimiter::new(rl)))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                })
+                .collect(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

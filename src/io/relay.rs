@@ -34,7 +34,7 @@ use std::{
 use futures_util::future::{select, try_join, Either};
 use monoio::net::TcpStream;
 
-use super::pool::{PipeLease, Pools};
+use super::pools::{PipeLease, Pools};
 use crate::{config::Transfer, sys};
 
 /// How a relay ended.

@@ -2,7 +2,6 @@
 //! one pinned worker thread per core (each with its own monoio runtime),
 //! report what was chosen, then wait for signals on the main thread.
 
-pub mod drain;
 pub mod worker;
 
 use std::{
@@ -21,8 +20,8 @@ use futures_channel::oneshot;
 
 use crate::{
     config::{Config, IoUringMode, Transfer},
-    limiter::Limiter,
-    listener, sys, Error,
+    listen::{self, limiter::Limiter},
+    sys, Error,
 };
 
 /// Which monoio driver a worker runs.
@@ -164,7 +163,7 @@ struct Control {
     access_dropped: Arc<std::sync::atomic::AtomicU64>,
     sockets: Sockets,
     /// The current generation's backend state (a reload carries it over).
-    shared: Option<Arc<crate::health::Shared>>,
+    shared: Option<Arc<crate::backends::Shared>>,
     /// The current generation's listener limiters, by (name, max, workers).
     limiters: Vec<((String, usize, usize), Arc<Limiter>)>,
 }
@@ -227,13 +226,12 @@ pub fn run_with(cfg: Config, path: Option<PathBuf>) -> Result<(), Error> {
     let registry_slot = Arc::new(RwLock::new(Arc::clone(&gen.registry)));
     let admin_stop = Arc::new(AtomicBool::new(false));
     if let Some(addr) = gen.cfg.admin {
-        let bound =
-            crate::metrics::admin::start(addr, Arc::clone(&registry_slot), Arc::clone(&admin_stop))
-                .map_err(|e| Error::Bind {
-                    name: "admin".into(),
-                    addr,
-                    msg: e.to_string(),
-                })?;
+        let bound = crate::admin::start(addr, Arc::clone(&registry_slot), Arc::clone(&admin_stop))
+            .map_err(|e| Error::Bind {
+                name: "admin".into(),
+                addr,
+                msg: e.to_string(),
+            })?;
         tracing::info!("admin listening on {bound} (/healthz /readyz /metrics /status)");
     }
     tracing::info!("{}", gen.report);
@@ -487,10 +485,10 @@ fn start_generation(ctl: &mut Control, mut cfg: Config, first: bool) -> Result<G
             continue;
         }
         let bound = if have == 0 {
-            listener::bind_all(l.listen, l.backlog, workers)
+            listen::sockets::bind_all(l.listen, l.backlog, workers)
         } else {
             let at = ctl.sockets[&l.listen][0].local_addr().unwrap_or(l.listen);
-            listener::bind_more(at, l.backlog, workers - have)
+            listen::sockets::bind_more(at, l.backlog, workers - have)
         };
         let socks = bound.map_err(|e| Error::Bind {
             name: l.name.clone(),
@@ -555,9 +553,10 @@ fn start_generation(ctl: &mut Control, mut cfg: Config, first: bool) -> Result<G
 
     let cfg = Arc::new(cfg);
     // Backend health, circuit breakers and limits: one state for the process.
-    let shared = crate::health::Shared::carry_over(&cfg, ctl.shared.as_deref());
+    let shared = crate::backends::Shared::carry_over(&cfg, ctl.shared.as_deref());
+    let limits = crate::limits::Limits::new(&cfg);
     let health_stop = Arc::new(AtomicBool::new(false));
-    crate::health::spawn_checker(&cfg, Arc::clone(&shared), Arc::clone(&health_stop))
+    crate::backends::spawn_checker(&cfg, Arc::clone(&shared), Arc::clone(&health_stop))
         .map_err(|e| Error::Startup(format!("cannot start the health-check thread: {e}")))?;
     let worker_metrics: Vec<Arc<crate::metrics::WorkerMetrics>> = (0..workers)
         .map(|_| crate::metrics::WorkerMetrics::new(&cfg))
@@ -583,6 +582,7 @@ fn start_generation(ctl: &mut Control, mut cfg: Config, first: bool) -> Result<G
             sockets,
             limiters: limiters.clone(),
             shared: Arc::clone(&shared),
+            limits: Arc::clone(&limits),
             metrics: Arc::clone(&worker_metrics[index]),
             access: ctl.access.clone(),
             shutdown: stop_rx,

@@ -14,16 +14,11 @@
 //! that holds no buffer) and every read and write has a deadline, so a
 //! timeout only ever drops a readiness wait, never bytes.
 
-mod buf;
-pub mod chunked;
-pub mod codec;
-pub mod respond;
-pub mod rewrite;
+pub mod h1;
 pub mod router;
 
 use std::{
     cell::RefCell,
-    collections::VecDeque,
     io,
     net::SocketAddr,
     os::fd::AsRawFd,
@@ -36,30 +31,31 @@ use futures_util::future::{select, Either};
 use monoio::net::TcpStream;
 
 use self::{
-    buf::RBuf,
-    chunked::Chunked,
-    codec::{Framing, HttpError, Limits, Request, Response},
-    rewrite::{RequestCtx, ResponseCtx},
+    h1::{
+        chunked::Chunked,
+        codec::{self, Framing, HttpError, Limits, Request, Response},
+        respond,
+        rewrite::{self, RequestCtx, ResponseCtx},
+    },
     router::Router,
 };
-use super::{
-    pool::Pools,
-    relay::{self, Counts},
-};
 use crate::{
-    balancer::{hash_ip, hash_key, ip_octets, rng::WyRand, Algorithm, Balancer},
-    config::{HashKey, HttpConfig, ListenerConfig, RateKey, RouteConfig, UpstreamConfig},
-    health::{
-        self,
-        limits::{RateLimiter, RetryAfter},
-        NoPick, Slot, UpstreamState,
+    backends::{self, NoPick},
+    balancer::{hash_ip, hash_key, ip_octets, rng::WyRand, Algorithm},
+    config::{HashKey, HttpConfig, ListenerConfig, RateKey, RouteConfig},
+    io::{
+        pools::{PipeLease, Pools},
+        rbuf::RBuf,
+        relay::{self, Counts},
     },
+    limits::{RateLimiter, RetryAfter},
+    listen::ticket::ConnTicket,
     metrics::{
         access::{self, AccessLog},
         WorkerMetrics,
     },
-    runtime::worker::ConnTicket,
-    sys, upstream,
+    sys,
+    upstream::replica::{InFlight, UpstreamRt},
 };
 
 /// First size of a connection's read buffers; they grow up to
@@ -71,119 +67,6 @@ const BUF_MAX: usize = 64 * 1024;
 const COALESCE_BODY: usize = 16 * 1024;
 /// Most bytes of response head accepted from a backend.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-
-// === impl UpstreamRt ===
-
-/// One upstream as one worker sees it: balancer replica and keep-alive pool.
-/// Shared by every http listener of the worker.
-pub struct UpstreamRt {
-    pub cfg: UpstreamConfig,
-    addrs: Vec<SocketAddr>,
-    balancer: RefCell<Balancer>,
-    /// Per backend: idle connections, most recently used at the back.
-    idle: RefCell<Vec<VecDeque<IdleConn>>>,
-    /// Process-wide health, circuit and counts of these backends.
-    state: Arc<UpstreamState>,
-    /// Index in the config (and in the metrics).
-    ui: usize,
-}
-
-struct IdleConn {
-    stream: TcpStream,
-    since: Instant,
-}
-
-impl UpstreamRt {
-    pub fn new(
-        cfg: &UpstreamConfig,
-        worker: usize,
-        state: Arc<UpstreamState>,
-        ui: usize,
-    ) -> Rc<UpstreamRt> {
-        Rc::new(UpstreamRt {
-            cfg: cfg.clone(),
-            addrs: cfg.servers.iter().map(|s| s.addr).collect(),
-            balancer: RefCell::new(crate::balancer::for_upstream(cfg, worker)),
-            idle: RefCell::new(cfg.servers.iter().map(|_| VecDeque::new()).collect()),
-            state,
-            ui,
-        })
-    }
-
-    /// The most recently used idle connection to backend `idx` that still
-    /// looks usable; stale ones are closed on the way.
-    fn take_idle(&self, idx: usize) -> Option<TcpStream> {
-        let mut idle = self.idle.borrow_mut();
-        let q = idle.get_mut(idx)?;
-        while let Some(c) = q.pop_back() {
-            if c.since.elapsed() < self.cfg.keepalive_timeout
-                && sys::idle_socket_usable(c.stream.as_raw_fd())
-            {
-                return Some(c.stream);
-            }
-        }
-        None
-    }
-
-    fn put_idle(&self, idx: usize, stream: TcpStream) {
-        if self.cfg.keepalive == 0 {
-            return;
-        }
-        let mut idle = self.idle.borrow_mut();
-        if let Some(q) = idle.get_mut(idx) {
-            if q.len() >= self.cfg.keepalive {
-                q.pop_front();
-            }
-            q.push_back(IdleConn {
-                stream,
-                since: Instant::now(),
-            });
-        }
-    }
-
-    /// Close pooled connections that timed out or that the backend closed.
-    /// Called about once a second per worker: O(pooled connections).
-    pub fn sweep(&self) {
-        let timeout = self.cfg.keepalive_timeout;
-        for q in self.idle.borrow_mut().iter_mut() {
-            q.retain(|c| {
-                c.since.elapsed() < timeout && sys::idle_socket_usable(c.stream.as_raw_fd())
-            });
-        }
-    }
-
-    /// Close every pooled connection (shutdown).
-    pub fn clear(&self) {
-        for q in self.idle.borrow_mut().iter_mut() {
-            q.clear();
-        }
-    }
-}
-
-/// Keeps the balancer's in-flight count and the backend's process-wide
-/// slot for one request.
-struct InFlight<'a> {
-    up: &'a UpstreamRt,
-    idx: usize,
-    _slot: Slot,
-}
-
-impl<'a> InFlight<'a> {
-    fn new(up: &'a UpstreamRt, idx: usize, slot: Slot) -> Self {
-        up.balancer.borrow_mut().connection_opened(idx);
-        InFlight {
-            up,
-            idx,
-            _slot: slot,
-        }
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.up.balancer.borrow_mut().connection_closed(self.idx);
-    }
-}
 
 // === impl HttpListener ===
 
@@ -286,7 +169,7 @@ pub async fn handle(
         }
     };
     // Behind a front balancer: the client's real address from its PROXY header.
-    let Some((origin, early)) = super::l4::accept_proxy_header(&client, &l.cfg, peer).await else {
+    let Some((origin, early)) = super::tcp::accept_proxy_header(&client, &l.cfg, peer).await else {
         return;
     };
     let peer = origin.map_or(peer, |(src, _)| src);
@@ -676,7 +559,7 @@ impl Conn<'_> {
                 self.fail(502, None, started, true).await;
                 return Next::Close;
             }
-            let picked = health::pick(&mut up.balancer.borrow_mut(), &up.state, key, &tried);
+            let picked = backends::pick(&mut up.balancer.borrow_mut(), &up.state, key, &tried);
             let (idx, slot) = match picked {
                 Ok(p) => p,
                 // Every backend is at max_connections: wait in the bounded queue.
@@ -1091,9 +974,9 @@ async fn timed_connect(
     idx: usize,
     timeout: Duration,
     m: &WorkerMetrics,
-) -> Result<TcpStream, upstream::ConnectError> {
+) -> Result<TcpStream, crate::io::connect::ConnectError> {
     let t = Instant::now();
-    let r = upstream::connect(up.addrs[idx], timeout).await;
+    let r = crate::io::connect::connect(up.addrs[idx], timeout).await;
     if r.is_ok() {
         m.upstreams[up.ui].connect.record(t.elapsed());
     }
@@ -1251,7 +1134,7 @@ async fn splice_exact(
     src: &TcpStream,
     dst: &TcpStream,
     mut left: u64,
-    mut lease: super::pool::PipeLease<'_>,
+    mut lease: PipeLease<'_>,
     timeout: Duration,
 ) -> Result<(), BodyError> {
     let Some(pipe) = lease.pipe() else {

@@ -7,18 +7,21 @@ use std::{rc::Rc, sync::Arc, time::Duration};
 use futures_channel::oneshot;
 use futures_util::future::{select, Either};
 
-use super::drain::{ConnGuard, Drain};
 use crate::{
     config::{Config, Mode},
-    health::limits::IpPermit,
-    limiter::{Limiter, Permit},
-    listener::{self, Accepted},
+    io::pools::Pools,
+    listen::{
+        accept::{self, Accepted},
+        drain::Drain,
+        limiter::Limiter,
+        ticket::ConnTicket,
+    },
     metrics::{access::AccessLog, WorkerMetrics},
     proxy::{
-        l4::{self, L4Listener, L4Obs},
-        l7::{self, HttpListener, UpstreamRt},
-        pool::Pools,
+        http::{self, HttpListener},
+        tcp::{self, L4Listener, L4Obs},
     },
+    upstream::replica::UpstreamRt,
 };
 
 /// Everything a worker thread is handed at spawn.
@@ -29,7 +32,9 @@ pub struct WorkerSpec {
     pub sockets: Vec<Vec<std::net::TcpListener>>,
     pub limiters: Vec<Arc<Limiter>>,
     /// Process-wide backend state and limits.
-    pub shared: Arc<crate::health::Shared>,
+    pub shared: Arc<crate::backends::Shared>,
+    /// Process-wide rate limits and per-IP counters.
+    pub limits: Arc<crate::limits::Limits>,
     /// This worker's metrics shard.
     pub metrics: Arc<WorkerMetrics>,
     pub access: Option<AccessLog>,
@@ -81,7 +86,7 @@ pub async fn run(spec: WorkerSpec) {
         .zip(spec.limiters.iter())
         .enumerate()
     {
-        let ip_limit = spec.shared.ip_limits.get(li).cloned().flatten();
+        let ip_limit = spec.limits.ip.get(li).cloned().flatten();
         let handler = match lcfg.mode {
             Mode::Tcp => {
                 let Some(u) = lcfg.upstream else {
@@ -103,7 +108,7 @@ pub async fn run(spec: WorkerSpec) {
                 )))
             }
             Mode::Http => {
-                let rate_limits = spec.shared.rate_limits.get(li).cloned().unwrap_or_default();
+                let rate_limits = spec.limits.rate.get(li).cloned().unwrap_or_default();
                 match HttpListener::new(
                     lcfg,
                     &upstreams,
@@ -141,7 +146,7 @@ pub async fn run(spec: WorkerSpec) {
                 let conn_drain = Rc::clone(&d);
                 let m_full = Arc::clone(&metrics);
                 let on_full = move || m_full.listeners[li].saturated.inc();
-                listener::accept_loop(
+                accept::accept_loop(
                     listener,
                     limiter,
                     worker,
@@ -171,10 +176,10 @@ pub async fn run(spec: WorkerSpec) {
                         );
                         match &handler {
                             Handler::Tcp(l) => {
-                                monoio::spawn(l4::handle(Rc::clone(l), a.stream, a.peer, ticket));
+                                monoio::spawn(tcp::handle(Rc::clone(l), a.stream, a.peer, ticket));
                             }
                             Handler::Http(l) => {
-                                monoio::spawn(l7::handle(Rc::clone(l), a.stream, a.peer, ticket));
+                                monoio::spawn(http::handle(Rc::clone(l), a.stream, a.peer, ticket));
                             }
                         }
                     },
@@ -222,52 +227,7 @@ fn refuse_over_ip_limit(handler: &Handler, a: &Accepted) {
         let mut out = Vec::with_capacity(256);
         let mut id = String::new();
         l.new_request_id(&mut id);
-        l7::respond::error(&mut out, 429, &id, true);
+        http::h1::respond::error(&mut out, 429, &id, true);
         let _ = crate::sys::send(std::os::fd::AsRawFd::as_raw_fd(&a.stream), &out);
-    }
-}
-
-/// Everything one accepted connection holds until it ends: its limiter
-/// permit, its place in the drain count and in its IP's count, and the
-/// listener's active-connections gauge. Dropping it releases them all.
-pub struct ConnTicket {
-    _permit: Permit,
-    guard: ConnGuard,
-    _ip: Option<IpPermit>,
-    metrics: Arc<WorkerMetrics>,
-    li: usize,
-}
-
-impl ConnTicket {
-    pub fn new(
-        permit: Permit,
-        guard: ConnGuard,
-        ip: Option<IpPermit>,
-        metrics: Arc<WorkerMetrics>,
-        li: usize,
-    ) -> Box<ConnTicket> {
-        let lm = &metrics.listeners[li];
-        lm.accepted.inc();
-        lm.active.add(1);
-        // Boxed: the ticket lives in every connection's task state for its
-        // whole life, and a pointer keeps that state small.
-        Box::new(ConnTicket {
-            _permit: permit,
-            guard,
-            _ip: ip,
-            metrics,
-            li,
-        })
-    }
-
-    /// The worker's drain state (to notice shutdown mid-connection).
-    pub fn drain(&self) -> &super::drain::Drain {
-        self.guard.drain()
-    }
-}
-
-impl Drop for ConnTicket {
-    fn drop(&mut self) {
-        self.metrics.listeners[self.li].active.add(-1);
     }
 }

@@ -1,0 +1,13 @@
+//! Transport: moving bytes on connected sockets. Knows sockets, pipes and
+//! deadlines; nothing about HTTP, balancers or listeners.
+//!
+//! - [`connect`]: an outgoing TCP connection with a deadline.
+//! - [`relay`]: both directions between two streams (splice or copy), and
+//!   the write helpers everything else uses.
+//! - [`pools`]: per-worker pipes and copy buffers, leased while bytes move.
+//! - [`rbuf`]: a read buffer with a consumed front (heads, pipelining).
+
+pub mod connect;
+pub mod pools;
+pub mod rbuf;
+pub mod relay;

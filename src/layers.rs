@@ -1,0 +1,228 @@
+//! The module map and the direction of its dependencies.
+//!
+//! One connection flows down this table: `server` starts workers, a worker
+//! wires `listen` (accept, limiter, ticket) to a `proxy` handler, which
+//! asks an `upstream` replica for a backend of a `backends` set (picked by a
+//! pure `balancer`) and moves bytes with `io`. `config`, `sys`, `limits` and
+//! `metrics` are leaves: used from above, they use nothing above them.
+//!
+//! | module     | what it owns                                                    | may use (`use crate::...`)                                   |
+//! |------------|-----------------------------------------------------------------|--------------------------------------------------------------|
+//! | `main`     | the CLI                                                         | everything                                                   |
+//! | `demo`     | `ringlb demo`: echo backends + a tcp listener                    | config, error, server, sys                                   |
+//! | `server`   | signal loop, generations, reload, upgrade, fd budget, threads   | everything below                                             |
+//! | `admin`    | the admin HTTP listener (/metrics /status /healthz /readyz)     | metrics, sys                                                 |
+//! | `proxy`    | the protocol handlers: tcp relay, HTTP/1.1 exchange              | listen, upstream, backends, balancer, io, limits, metrics, config, sys |
+//! | `listen`   | sockets, accept loop, limiter, drain, connection ticket         | io, limits, metrics, config, sys                             |
+//! | `upstream` | per-worker replica (balancer, pool, in-flight), timed connects  | backends, balancer, io, metrics, config, sys                 |
+//! | `metrics`  | per-worker shards, Prometheus text, /status, access log         | backends, config, sys                                        |
+//! | `backends` | versioned backend sets, health and circuit state, pick, checks  | balancer, io, config, sys                                    |
+//! | `limits`   | token buckets and per-IP counters                                | balancer, config                                             |
+//! | `io`       | streams, relay, pools, read buffer, connect                      | config, sys                                                  |
+//! | `config`   | TOML -> typed config                                             | balancer                                                     |
+//! | `error`    | startup errors and exit codes                                    | config                                                       |
+//! | `balancer` | pure pick algorithms                                             | (nothing)                                                    |
+//! | `sys`      | the only `unsafe`: syscalls, signals, fd hand-over, sd_notify   | (nothing)                                                    |
+//!
+//! Nothing imports `server` but `main` and `demo`.
+
+/// The table above, as data: (module, modules it may import).
+#[cfg(test)]
+const ALLOWED: &[(&str, &[&str])] = &[
+    (
+        "demo",
+        &["config", "error", "server", "sys", "Config", "Error"],
+    ),
+    (
+        "server",
+        &[
+            "admin", "proxy", "listen", "upstream", "metrics", "backends", "limits", "io",
+            "config", "balancer", "error", "sys", "Config", "Error",
+        ],
+    ),
+    ("admin", &["metrics", "sys"]),
+    (
+        "proxy",
+        &[
+            "listen", "upstream", "backends", "balancer", "io", "limits", "metrics", "config",
+            "sys", "Config",
+        ],
+    ),
+    (
+        "listen",
+        &["io", "limits", "metrics", "config", "sys", "Config"],
+    ),
+    (
+        "upstream",
+        &[
+            "backends", "balancer", "io", "metrics", "config", "sys", "Config",
+        ],
+    ),
+    ("metrics", &["backends", "config", "sys", "Config"]),
+    ("backends", &["balancer", "io", "config", "sys", "Config"]),
+    ("limits", &["balancer", "config", "Config"]),
+    ("io", &["config", "sys"]),
+    // `Error` until config::LoadError replaces it (config/ is being split).
+    ("config", &["balancer", "Error"]),
+    ("error", &["config"]),
+    ("balancer", &[]),
+    ("sys", &[]),
+    ("layers", &[]),
+];
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::ALLOWED;
+
+    /// Every `crate::X` a file names, from `use crate::...` lines and
+    /// `crate::X::` paths in code (grouped `use crate::{a, b::c}` included).
+    fn crate_refs(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("crate::") {
+            let after = &rest[at + "crate::".len()..];
+            if let Some(group) = after.strip_prefix('{') {
+                // use crate::{a::b, c, d::{e, f}}: the first segment of each
+                // top-level item.
+                let mut depth = 0usize;
+                let mut item = String::new();
+                let mut items = Vec::new();
+                for ch in group.chars() {
+                    match ch {
+                        '{' => depth += 1,
+                        '}' if depth == 0 => break,
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => items.push(std::mem::take(&mut item)),
+                        _ => item.push(ch),
+                    }
+                }
+                items.push(item);
+                for it in items {
+                    let name: String = it
+                        .trim()
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
+                    if !name.is_empty() {
+                        out.push(name);
+                    }
+                }
+            } else {
+                let name: String = after
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() {
+                    out.push(name);
+                }
+            }
+            rest = after;
+        }
+        out
+    }
+
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                rust_files(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+
+    /// Drop `#[cfg(test)] mod tests { ... }` blocks and comments: tests may
+    /// reach anything, and prose names modules freely.
+    fn code_only(text: &str) -> String {
+        let mut out = String::new();
+        let mut lines = text.lines();
+        while let Some(line) = lines.next() {
+            let t = line.trim_start();
+            if t.starts_with("//") {
+                continue;
+            }
+            if t.starts_with("#[cfg(test)]") {
+                // Skip the item that follows: to its closing brace at the
+                // same indentation, or a one-line `mod x;`.
+                let Some(item) = lines.next() else { break };
+                if item.trim_end().ends_with(';') {
+                    continue;
+                }
+                let indent = item.len() - item.trim_start().len();
+                for l in lines.by_ref() {
+                    if l.len() - l.trim_start().len() == indent && l.trim() == "}" {
+                        break;
+                    }
+                }
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
+
+    #[test]
+    fn imports_follow_the_layer_table() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        rust_files(&src, &mut files);
+        let mut bad = Vec::new();
+        let mut seen_modules = 0;
+        for f in &files {
+            let rel = f.strip_prefix(&src).unwrap_or(f);
+            let top = rel
+                .components()
+                .next()
+                .and_then(|c| c.as_os_str().to_str())
+                .unwrap_or("")
+                .trim_end_matches(".rs")
+                .to_string();
+            if top == "main"
+                || top == "lib"
+                || rel.ends_with("tests.rs")
+                || rel.ends_with("codec_tests.rs")
+            {
+                continue;
+            }
+            let Some((_, allowed)) = ALLOWED.iter().find(|(m, _)| *m == top) else {
+                bad.push(format!(
+                    "{}: module {top:?} is not in the layer table",
+                    rel.display()
+                ));
+                continue;
+            };
+            seen_modules += 1;
+            let text = std::fs::read_to_string(f).unwrap_or_default();
+            for r in crate_refs(&code_only(&text)) {
+                if r != top && r != "self" && r != "super" && !allowed.contains(&r.as_str()) {
+                    bad.push(format!("{}: {top} -> {r} is not allowed", rel.display()));
+                }
+            }
+        }
+        assert!(seen_modules > 20, "found only {seen_modules} source files");
+        bad.sort();
+        bad.dedup();
+        assert!(
+            bad.is_empty(),
+            "imports against the layer table:\n{}",
+            bad.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_reader_sees_grouped_and_inline_paths() {
+        let refs = crate_refs(
+            "use crate::{a::b, c, d::{e, f}};\nlet x = crate::g::h();\nuse crate::Config;",
+        );
+        assert_eq!(refs, ["a", "c", "d", "g", "Config"]);
+        let code = code_only("use crate::a;\n// crate::b\n#[cfg(test)]\nmod tests {\n    use crate::c;\n}\nuse crate::d;\n");
+        assert_eq!(crate_refs(&code), ["a", "d"]);
+    }
+}

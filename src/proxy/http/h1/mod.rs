@@ -1,0 +1,7 @@
+//! HTTP/1.1 on the wire, sans I/O: the head codec, chunked framing, the
+//! head rewrite toward backends and clients, and ringlb's own responses.
+
+pub mod chunked;
+pub mod codec;
+pub mod respond;
+pub mod rewrite;
