@@ -8,7 +8,10 @@ use std::{
     thread,
 };
 
-use crate::{config::Config, Error};
+use crate::{
+    config::{Config, LoadError},
+    Error,
+};
 
 /// Start the backends, print how to try it, and run until stopped.
 ///
@@ -52,7 +55,7 @@ servers = [{{ addr = "{}" }}, {{ addr = "{}" }}]
 "#,
         backends[0], backends[1]
     );
-    let cfg = Config::parse(&text).map_err(|err| Error::Config {
+    let cfg = Config::parse(&text).map_err(|err| LoadError {
         file: "(demo)".into(),
         err,
     })?;

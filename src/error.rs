@@ -2,14 +2,14 @@
 //! Per-connection errors never reach here; they are counted and logged once
 //! at the connection boundary.
 
-use crate::config::ConfigError;
+use crate::config::LoadError;
 
 /// Why ringlb could not start (or had to stop).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The configuration file is invalid. Exit code 2.
-    #[error("{file}: {err}")]
-    Config { file: String, err: ConfigError },
+    #[error(transparent)]
+    Config(#[from] LoadError),
     /// A listener could not be bound (port in use, permission, bad address). Exit code 1.
     #[error("listener {name:?} ({addr}): {msg}")]
     Bind {
@@ -26,7 +26,7 @@ impl Error {
     /// Exit code as documented: 2 for configuration errors, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config { .. } => 2,
+            Error::Config(_) => 2,
             _ => 1,
         }
     }

@@ -62,8 +62,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("backends", &["balancer", "io", "config", "sys", "Config"]),
     ("limits", &["balancer", "config", "Config"]),
     ("io", &["config", "sys"]),
-    // `Error` until config::LoadError replaces it (config/ is being split).
-    ("config", &["balancer", "Error"]),
+    ("config", &["balancer"]),
     ("error", &["config"]),
     ("balancer", &[]),
     ("sys", &[]),

@@ -69,12 +69,14 @@ fn main() -> ExitCode {
                 );
                 Ok(())
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         },
-        Cmd::Run => ringlb::Config::load(&path).and_then(|cfg| {
-            init_logging(&cfg.log_level);
-            ringlb::server::run_with(cfg, Some(path.clone()))
-        }),
+        Cmd::Run => ringlb::Config::load(&path)
+            .map_err(ringlb::Error::from)
+            .and_then(|cfg| {
+                init_logging(&cfg.log_level);
+                ringlb::server::run_with(cfg, Some(path.clone()))
+            }),
         Cmd::Demo { listen } => ringlb::demo::run(listen),
         Cmd::Reload { pid } => signal_running(&path, pid, libc::SIGHUP, "reload"),
         Cmd::Upgrade { pid } => signal_running(&path, pid, libc::SIGUSR2, "upgrade"),

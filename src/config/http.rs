@@ -1,0 +1,346 @@
+//! The http part of a `[[listener]]`: request timeouts and size limits, its
+//! `[[listener.route]]`s with their header operations and `rate_limit`.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use super::{
+    listener::RawListener,
+    upstream::{upstream_ref, UpstreamIndex},
+    values::{is_token, nonzero_dur, one_of, range, size, RawSize},
+    ConfigError,
+};
+
+/// Settings of an http listener.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// The whole request head must arrive within this (408).
+    pub header_timeout: Duration,
+    /// An idle keep-alive client connection is closed after this.
+    pub keepalive_timeout: Duration,
+    /// The backend's response head must start within this (504).
+    pub response_timeout: Duration,
+    /// A body (either way) that moves no byte for this long ends the exchange.
+    pub body_timeout: Duration,
+    pub max_request_line: usize,
+    pub max_header_size: usize,
+    pub max_headers: usize,
+    /// Routes, in config order; the listener's `upstream` is the last one (any host, "/").
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One `[[listener.route]]`.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Lower-case host; `*.example.com` for a wildcard; `None` for any host.
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub strip_prefix: bool,
+    /// Index into [`Config::upstreams`](super::Config::upstreams).
+    pub upstream: usize,
+    /// Largest request body accepted (413 above); 0 = unlimited.
+    pub max_body_size: u64,
+    /// Lower-case protocol names an `Upgrade` request may switch to.
+    pub upgrade: Vec<String>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// A route's token bucket.
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    /// Tokens (requests) added per second.
+    pub rate: f64,
+    /// Bucket capacity.
+    pub burst: u32,
+    pub key: RateKey,
+}
+
+/// What a rate limit counts per.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    ClientIp,
+    /// One bucket for the whole route.
+    Route,
+    /// The value of this header (lower-case name); without it, the client IP.
+    Header(String),
+}
+
+/// Headers to set (replacing any of the same name) and to remove.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderOps {
+    pub set: Vec<(String, String)>,
+    /// Lower-case names.
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub strip_prefix: Option<bool>,
+    pub upstream: Option<String>,
+    pub max_body_size: Option<RawSize>,
+    pub upgrade: Option<Vec<String>>,
+    pub request_headers: Option<RawHeaderOps>,
+    pub response_headers: Option<RawHeaderOps>,
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHeaderOps {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRateLimit {
+    pub rate: f64,
+    pub burst: Option<i64>,
+    pub key: Option<String>,
+}
+
+/// The http keys of listener `l` (`k` names its keys); `default_upstream`
+/// becomes the catch-all route.
+pub(super) fn build(
+    k: &dyn Fn(&str) -> String,
+    l: &mut RawListener,
+    default_upstream: Option<usize>,
+    index: &UpstreamIndex,
+) -> Result<HttpConfig, ConfigError> {
+    let opt_size = |f: &str, v: Option<RawSize>, d: usize| -> Result<usize, ConfigError> {
+        match v {
+            None => Ok(d),
+            Some(v) => size(&k(f), v),
+        }
+    };
+    let max_request_line = opt_size("max_request_line", l.max_request_line.take(), 8 << 10)?;
+    let max_header_size = opt_size("max_header_size", l.max_header_size.take(), 32 << 10)?;
+    if !(64..=1 << 20).contains(&max_request_line) {
+        return Err(ConfigError::new(
+            k("max_request_line"),
+            "must be within 64..=1m",
+        ));
+    }
+    if !(256..=1 << 20).contains(&max_header_size) {
+        return Err(ConfigError::new(
+            k("max_header_size"),
+            "must be within 256..=1m",
+        ));
+    }
+    let max_headers = match l.max_headers {
+        None => 100,
+        Some(n) => range(&k("max_headers"), n, 1, 1000)? as usize,
+    };
+    let max_body_size = opt_size("max_body_size", l.max_body_size.take(), 0)? as u64;
+    let mut routes = Vec::with_capacity(l.route.len() + 1);
+    for (j, r) in std::mem::take(&mut l.route).into_iter().enumerate() {
+        routes.push(route(&k(&format!("route[{j}]")), r, max_body_size, index)?);
+    }
+    if let Some(up) = default_upstream {
+        routes.push(RouteConfig {
+            host: None,
+            path_prefix: "/".into(),
+            strip_prefix: false,
+            upstream: up,
+            max_body_size,
+            upgrade: vec!["websocket".into()],
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+            rate_limit: None,
+        });
+    }
+    let mut seen = HashSet::new();
+    let user_routes = routes.len() - usize::from(default_upstream.is_some());
+    for (j, r) in routes.iter().enumerate() {
+        if !seen.insert((r.host.clone(), r.path_prefix.clone())) {
+            let key = if j < user_routes {
+                k(&format!("route[{j}]"))
+            } else {
+                k("upstream")
+            };
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "host {} and path_prefix {:?} are already routed by an earlier route",
+                    r.host.as_deref().unwrap_or("(any)"),
+                    r.path_prefix
+                ),
+            ));
+        }
+    }
+    if routes.is_empty() {
+        return Err(ConfigError::new(
+            k("route"),
+            "an http listener needs `upstream` or at least one [[listener.route]]",
+        ));
+    }
+    Ok(HttpConfig {
+        header_timeout: nonzero_dur(&k("header_timeout"), l.header_timeout.take(), 10)?,
+        keepalive_timeout: nonzero_dur(&k("keepalive_timeout"), l.keepalive_timeout.take(), 60)?,
+        response_timeout: nonzero_dur(&k("response_timeout"), l.response_timeout.take(), 60)?,
+        body_timeout: nonzero_dur(&k("body_timeout"), l.body_timeout.take(), 60)?,
+        max_request_line,
+        max_header_size: max_header_size.max(max_request_line),
+        max_headers,
+        routes,
+    })
+}
+
+fn route(
+    key: &str,
+    r: RawRoute,
+    listener_max_body: u64,
+    index: &UpstreamIndex,
+) -> Result<RouteConfig, ConfigError> {
+    let kf = |f: &str| format!("{key}.{f}");
+    let upstream_name = r.upstream.ok_or_else(|| {
+        ConfigError::new(kf("upstream"), "missing: name an [upstream.NAME] table")
+    })?;
+    let upstream = upstream_ref(&kf("upstream"), &upstream_name, index)?;
+    let host = match r.host {
+        None => None,
+        Some(h) => {
+            let h = h.to_ascii_lowercase();
+            let bare = h.strip_prefix("*.").unwrap_or(&h);
+            let ok = !bare.is_empty()
+                && bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+            if !ok {
+                return Err(ConfigError::new(
+                    kf("host"),
+                    format!(
+                        "{h:?} is not a host name (write \"api.example.com\" or \"*.example.com\")"
+                    ),
+                ));
+            }
+            Some(h)
+        }
+    };
+    let path_prefix = r.path_prefix.unwrap_or_else(|| "/".into());
+    if !path_prefix.starts_with('/') || path_prefix.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(ConfigError::new(
+            kf("path_prefix"),
+            format!(
+                "{path_prefix:?} must start with / and contain no spaces or control characters"
+            ),
+        ));
+    }
+    let upgrade = match r.upgrade {
+        None => vec!["websocket".to_string()],
+        Some(v) => {
+            let mut out = Vec::with_capacity(v.len());
+            for p in v {
+                let p = p.to_ascii_lowercase();
+                if p == "h2c" {
+                    return Err(ConfigError::new(
+                        kf("upgrade"),
+                        "\"h2c\" cannot be tunnelled (ringlb speaks HTTP/1.1 to backends)",
+                    ));
+                }
+                if !is_token(&p) {
+                    return Err(ConfigError::new(
+                        kf("upgrade"),
+                        format!("{p:?} is not a protocol token"),
+                    ));
+                }
+                out.push(p);
+            }
+            out
+        }
+    };
+    Ok(RouteConfig {
+        host,
+        path_prefix,
+        strip_prefix: r.strip_prefix.unwrap_or(false),
+        upstream,
+        max_body_size: match r.max_body_size {
+            None => listener_max_body,
+            Some(v) => size(&kf("max_body_size"), v)? as u64,
+        },
+        upgrade,
+        request_headers: header_ops(&kf("request_headers"), r.request_headers)?,
+        response_headers: header_ops(&kf("response_headers"), r.response_headers)?,
+        rate_limit: match r.rate_limit {
+            None => None,
+            Some(rl) => Some(rate_limit(&kf("rate_limit"), rl)?),
+        },
+    })
+}
+
+fn header_ops(key: &str, raw: Option<RawHeaderOps>) -> Result<HeaderOps, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(HeaderOps::default());
+    };
+    let mut ops = HeaderOps::default();
+    for (name, value) in raw.set {
+        if !is_token(&name) {
+            return Err(ConfigError::new(
+                format!("{key}.set"),
+                format!("{name:?} is not a valid header name"),
+            ));
+        }
+        if value.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f) {
+            return Err(ConfigError::new(
+                format!("{key}.set.{name}"),
+                "a header value cannot contain control characters",
+            ));
+        }
+        ops.set.push((name, value));
+    }
+    for name in raw.remove {
+        if !is_token(&name) {
+            return Err(ConfigError::new(
+                format!("{key}.remove"),
+                format!("{name:?} is not a valid header name"),
+            ));
+        }
+        ops.remove.push(name.to_ascii_lowercase());
+    }
+    Ok(ops)
+}
+
+fn rate_limit(key: &str, r: RawRateLimit) -> Result<RateLimitConfig, ConfigError> {
+    let kf = |f: &str| format!("{key}.{f}");
+    if !(r.rate > 0.0 && r.rate <= 1_000_000.0) {
+        return Err(ConfigError::new(
+            kf("rate"),
+            "must be within (0, 1000000] requests per second",
+        ));
+    }
+    let burst = match r.burst {
+        None => r.rate.ceil().max(1.0) as i64,
+        Some(b) => b,
+    };
+    let burst = range(&kf("burst"), burst, 1, 65_535)? as u32;
+    let key = match r.key.as_deref() {
+        None | Some("client_ip") => RateKey::ClientIp,
+        Some("route") => RateKey::Route,
+        Some(h) if h.starts_with("header:") && is_token(&h["header:".len()..]) => {
+            RateKey::Header(h["header:".len()..].to_ascii_lowercase())
+        }
+        Some(o) => {
+            return Err(one_of(
+                &kf("key"),
+                o,
+                &["client_ip", "route", "header:NAME"],
+            ))
+        }
+    };
+    Ok(RateLimitConfig {
+        rate: r.rate,
+        burst,
+        key,
+    })
+}

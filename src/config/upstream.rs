@@ -1,0 +1,377 @@
+//! `[upstream.NAME]`: balancing, pooling, queueing, its `servers`, active
+//! `health` checks and passive `eject`ion.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::SocketAddr,
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use super::{
+    values::{dur_or, is_token, nonzero_dur, one_of, parse_status_range, range, resolve},
+    ConfigError,
+};
+use crate::balancer::Algorithm;
+
+/// Key for consistent hashing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    /// The request target (http listeners).
+    Uri,
+    /// The value of this header, lower-case name (http listeners).
+    Header(String),
+}
+
+/// One `[upstream.NAME]`.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub balance: Algorithm,
+    pub hash_key: HashKey,
+    pub servers: Vec<ServerConfig>,
+    /// Idle keep-alive connections pooled per backend per worker (http).
+    pub keepalive: usize,
+    /// A pooled connection idle longer than this is closed.
+    pub keepalive_timeout: Duration,
+    pub health: Option<HealthConfig>,
+    /// Passive ejection; `None` when `eject.failures = 0`.
+    pub eject: Option<EjectConfig>,
+    /// A backend coming back ramps its share over this (zero = off).
+    pub slow_start: Duration,
+    /// http: requests that may wait for a backend below its max_connections.
+    pub queue: u32,
+    pub queue_timeout: Duration,
+}
+
+/// Active health checks of an upstream.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub kind: HealthKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthKind {
+    Tcp,
+    Http {
+        path: String,
+        host: Option<String>,
+        /// Accepted status range, inclusive.
+        status: (u16, u16),
+    },
+}
+
+/// Passive ejection (circuit breaker) of an upstream's backends.
+#[derive(Debug, Clone)]
+pub struct EjectConfig {
+    /// Consecutive failures that open the circuit.
+    pub failures: u32,
+    pub cooldown: Duration,
+    pub max_cooldown: Duration,
+    /// Requests (connections) let through while half-open.
+    pub half_open: u32,
+}
+
+/// One backend server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// As written in the file (stable identity for hashing).
+    pub id: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    /// Used only when every primary is unavailable.
+    pub backup: bool,
+    /// Process-wide cap on connections (tcp) / requests in flight (http); 0 = none.
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstream {
+    pub balance: Option<String>,
+    pub hash_key: Option<String>,
+    pub keepalive: Option<i64>,
+    pub keepalive_timeout: Option<String>,
+    pub health: Option<RawHealth>,
+    pub eject: Option<RawEject>,
+    pub slow_start: Option<String>,
+    pub queue: Option<i64>,
+    pub queue_timeout: Option<String>,
+    #[serde(default)]
+    pub servers: Vec<RawServer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub addr: String,
+    pub weight: Option<i64>,
+    pub backup: Option<bool>,
+    pub max_connections: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    pub kind: Option<String>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub status: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub rise: Option<i64>,
+    pub fall: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEject {
+    pub failures: Option<i64>,
+    pub cooldown: Option<String>,
+    pub max_cooldown: Option<String>,
+    pub half_open: Option<i64>,
+}
+
+/// Upstream name -> index into [`super::Config::upstreams`].
+pub(super) type UpstreamIndex = BTreeMap<String, usize>;
+
+/// Every `[upstream.NAME]`, in name order, and the index listeners resolve names with.
+pub(super) fn build(
+    raw: BTreeMap<String, RawUpstream>,
+) -> Result<(Vec<UpstreamConfig>, UpstreamIndex), ConfigError> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut index = BTreeMap::new();
+    for (name, u) in raw {
+        let key = format!("upstream.{name}");
+        let balance = match u.balance.as_deref() {
+            None | Some("round_robin") => Algorithm::RoundRobin,
+            Some("weighted_round_robin") => Algorithm::WeightedRoundRobin,
+            Some("random") => Algorithm::Random,
+            Some("least_conn") => Algorithm::LeastConn,
+            Some("consistent_hash") => Algorithm::ConsistentHash,
+            Some(o) => {
+                return Err(one_of(
+                    &format!("{key}.balance"),
+                    o,
+                    &[
+                        "round_robin",
+                        "weighted_round_robin",
+                        "random",
+                        "least_conn",
+                        "consistent_hash",
+                    ],
+                ))
+            }
+        };
+        let hash_key = match u.hash_key.as_deref() {
+            None | Some("client_ip") => HashKey::ClientIp,
+            Some("uri") => HashKey::Uri,
+            Some(h) if h.starts_with("header:") => {
+                let name = &h["header:".len()..];
+                if !is_token(name) {
+                    return Err(ConfigError::new(
+                        format!("{key}.hash_key"),
+                        format!("{name:?} is not a valid header name"),
+                    ));
+                }
+                HashKey::Header(name.to_ascii_lowercase())
+            }
+            Some(o) => {
+                return Err(one_of(
+                    &format!("{key}.hash_key"),
+                    o,
+                    &["client_ip", "uri", "header:NAME"],
+                ))
+            }
+        };
+        let keepalive = match u.keepalive {
+            None => 64,
+            Some(n) => range(&format!("{key}.keepalive"), n, 0, 100_000)? as usize,
+        };
+        let keepalive_timeout =
+            nonzero_dur(&format!("{key}.keepalive_timeout"), u.keepalive_timeout, 60)?;
+        let health = match u.health {
+            None => None,
+            Some(h) => Some(health(&format!("{key}.health"), h)?),
+        };
+        let eject = eject(&format!("{key}.eject"), u.eject)?;
+        let slow_start = dur_or(&format!("{key}.slow_start"), u.slow_start, Duration::ZERO)?;
+        let queue = match u.queue {
+            None => 0,
+            Some(n) => range(&format!("{key}.queue"), n, 0, 1_000_000)? as u32,
+        };
+        let queue_timeout = nonzero_dur(&format!("{key}.queue_timeout"), u.queue_timeout, 5)?;
+        if u.servers.is_empty() {
+            return Err(ConfigError::new(
+                format!("{key}.servers"),
+                "must list at least one server",
+            ));
+        }
+        let mut servers = Vec::with_capacity(u.servers.len());
+        let mut seen = HashSet::new();
+        for (j, s) in u.servers.into_iter().enumerate() {
+            let s = server(&format!("{key}.servers[{j}]"), s)?;
+            if !seen.insert(s.addr) {
+                return Err(ConfigError::new(
+                    format!("{key}.servers[{j}].addr"),
+                    format!("{} is listed twice", s.addr),
+                ));
+            }
+            servers.push(s);
+        }
+        if servers.iter().all(|s| s.backup) {
+            return Err(ConfigError::new(
+                format!("{key}.servers"),
+                "every server is a backup; at least one must be a primary",
+            ));
+        }
+        index.insert(name.clone(), out.len());
+        out.push(UpstreamConfig {
+            name,
+            balance,
+            hash_key,
+            servers,
+            keepalive,
+            keepalive_timeout,
+            health,
+            eject,
+            slow_start,
+            queue,
+            queue_timeout,
+        });
+    }
+    Ok((out, index))
+}
+
+/// The index of upstream `name`, for a reference at `key`.
+pub(super) fn upstream_ref(
+    key: &str,
+    name: &str,
+    index: &UpstreamIndex,
+) -> Result<usize, ConfigError> {
+    index
+        .get(name)
+        .copied()
+        .ok_or_else(|| ConfigError::new(key, format!("no [upstream.{name}] is defined")))
+}
+
+fn server(key: &str, s: RawServer) -> Result<ServerConfig, ConfigError> {
+    let addr = resolve(&format!("{key}.addr"), &s.addr)?;
+    let weight = match s.weight {
+        None => 1,
+        Some(w) => range(&format!("{key}.weight"), w, 1, 1000)? as u32,
+    };
+    let max_connections = match s.max_connections {
+        None => 0,
+        Some(n) => range(&format!("{key}.max_connections"), n, 0, 10_000_000)? as u32,
+    };
+    Ok(ServerConfig {
+        id: s.addr,
+        addr,
+        weight,
+        backup: s.backup.unwrap_or(false),
+        max_connections,
+    })
+}
+
+fn health(key: &str, h: RawHealth) -> Result<HealthConfig, ConfigError> {
+    let kf = |f: &str| format!("{key}.{f}");
+    let kind = match h.kind.as_deref() {
+        None | Some("tcp") => {
+            if h.path.is_some() || h.host.is_some() || h.status.is_some() {
+                return Err(ConfigError::new(
+                    kf("kind"),
+                    "path, host and status need kind = \"http\"",
+                ));
+            }
+            HealthKind::Tcp
+        }
+        Some("http") => {
+            let path = h.path.unwrap_or_else(|| "/".into());
+            if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                return Err(ConfigError::new(
+                    kf("path"),
+                    format!(
+                        "{path:?} must start with / and contain no spaces or control characters"
+                    ),
+                ));
+            }
+            if let Some(host) = &h.host {
+                if host.is_empty() || host.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                    return Err(ConfigError::new(
+                        kf("host"),
+                        format!("{host:?} is not a host"),
+                    ));
+                }
+            }
+            let status = match h.status.as_deref() {
+                None => (200, 399),
+                Some(t) => parse_status_range(t).ok_or_else(|| {
+                    ConfigError::new(
+                        kf("status"),
+                        format!("{t:?} is not a status or range like \"200-399\""),
+                    )
+                })?,
+            };
+            HealthKind::Http {
+                path,
+                host: h.host,
+                status,
+            }
+        }
+        Some(o) => return Err(one_of(&kf("kind"), o, &["tcp", "http"])),
+    };
+    let interval = nonzero_dur(&kf("interval"), h.interval, 2)?;
+    let timeout = nonzero_dur(&kf("timeout"), h.timeout, 1)?;
+    Ok(HealthConfig {
+        kind,
+        interval,
+        timeout,
+        rise: match h.rise {
+            None => 2,
+            Some(n) => range(&kf("rise"), n, 1, 100)? as u32,
+        },
+        fall: match h.fall {
+            None => 3,
+            Some(n) => range(&kf("fall"), n, 1, 100)? as u32,
+        },
+    })
+}
+
+fn eject(key: &str, e: Option<RawEject>) -> Result<Option<EjectConfig>, ConfigError> {
+    let kf = |f: &str| format!("{key}.{f}");
+    let (failures, cooldown, max_cooldown, half_open) = match e {
+        None => (None, None, None, None),
+        Some(e) => (e.failures, e.cooldown, e.max_cooldown, e.half_open),
+    };
+    let failures = match failures {
+        None => 5,
+        Some(n) => range(&kf("failures"), n, 0, 1_000_000)? as u32,
+    };
+    if failures == 0 {
+        return Ok(None);
+    }
+    let cooldown = nonzero_dur(&kf("cooldown"), cooldown, 10)?;
+    let max_cooldown = dur_or(&kf("max_cooldown"), max_cooldown, Duration::from_secs(300))?;
+    if max_cooldown < cooldown {
+        return Err(ConfigError::new(
+            kf("max_cooldown"),
+            "must be at least cooldown",
+        ));
+    }
+    Ok(Some(EjectConfig {
+        failures,
+        cooldown,
+        max_cooldown,
+        half_open: match half_open {
+            None => 1,
+            Some(n) => range(&kf("half_open"), n, 1, 1000)? as u32,
+        },
+    }))
+}
