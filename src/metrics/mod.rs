@@ -171,6 +171,9 @@ pub struct Registry {
     pub access_dropped: Arc<AtomicU64>,
     /// Each listener's bound address (the configured one may say port 0).
     pub bound: Vec<std::net::SocketAddr>,
+    /// Each listener's max_connections as enforced (the fd budget may cap
+    /// the configured one).
+    pub max_connections: Vec<usize>,
 }
 
 /// Route label: `HOST/PREFIX`, `*` for any host.
@@ -283,12 +286,15 @@ impl Registry {
             "gauge",
             "Connections the listener may hold at once.",
         );
-        for l in &cfg.listeners {
+        for (li, l) in cfg.listeners.iter().enumerate() {
             let _ = writeln!(
                 o,
                 "ringlb_listener_max_connections{{listener=\"{}\"}} {}",
                 esc(&l.name),
-                l.max_connections
+                self.max_connections
+                    .get(li)
+                    .copied()
+                    .unwrap_or(l.max_connections)
             );
         }
 
@@ -494,7 +500,10 @@ impl Registry {
                 if l.mode == Mode::Http { "http" } else { "tcp" },
                 self.bound.get(li).copied().unwrap_or(l.listen),
                 active.max(0),
-                l.max_connections
+                self.max_connections
+                    .get(li)
+                    .copied()
+                    .unwrap_or(l.max_connections)
             );
         }
         o.push_str("],\"upstreams\":[");

@@ -8,7 +8,7 @@ use futures_channel::oneshot;
 use futures_util::future::{select, Either};
 
 use crate::{
-    config::{Config, Mode},
+    config::{Config, ListenerConfig, Mode, Transfer},
     io::pools::Pools,
     listen::{
         accept::{self, Accepted},
@@ -40,6 +40,8 @@ pub struct WorkerSpec {
     pub access: Option<AccessLog>,
     /// Resolves with the drain deadline when the process must stop.
     pub shutdown: oneshot::Receiver<Duration>,
+    /// splice(2) works here; when it does not, every listener copies.
+    pub splice_ok: bool,
 }
 
 /// The worker's main task: serve until shutdown, then drain.
@@ -87,6 +89,19 @@ pub async fn run(spec: WorkerSpec) {
         .enumerate()
     {
         let ip_limit = spec.limits.ip.get(li).cloned().flatten();
+        // Without splice(2) the handlers get a clone that says `transfer =
+        // copy` (they keep a clone of their ListenerConfig anyway), so the
+        // config stays as validated and the relays never try splice.
+        let copying;
+        let lcfg = if spec.splice_ok {
+            lcfg
+        } else {
+            copying = ListenerConfig {
+                transfer: Transfer::Copy,
+                ..lcfg.clone()
+            };
+            &copying
+        };
         let handler = match lcfg.mode {
             Mode::Tcp => {
                 let Some(u) = lcfg.upstream else {

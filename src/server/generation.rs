@@ -1,0 +1,295 @@
+//! A generation: one set of workers running one config. Starting one sizes
+//! the fd budget, binds (or reuses) the listening sockets, carries the
+//! listener limiters and the backend state over from the generation before,
+//! and waits until every worker runs; a reload starts the next one.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    thread,
+    time::Duration,
+};
+
+use futures_channel::oneshot;
+
+use crate::{
+    config::{Config, IoUringMode},
+    listen::{self, limiter::Limiter},
+    sys, Error,
+};
+
+use super::{
+    apply_fd_budget, choose_driver,
+    threads::{worker_thread, Driver, TaskRun, WorkerReady},
+    worker, Control,
+};
+
+/// The listening sockets the control thread keeps, by listener address as
+/// configured. Workers get duplicates; because these originals stay open, a
+/// reload hands the very same sockets (and their queued connections) to the
+/// next generation of workers.
+pub(super) type Sockets = HashMap<SocketAddr, Vec<std::net::TcpListener>>;
+
+/// One set of workers running one config.
+pub(super) struct Generation {
+    pub cfg: Arc<Config>,
+    pub stops: Vec<oneshot::Sender<Duration>>,
+    pub handles: Vec<thread::JoinHandle<()>>,
+    pub health_stop: Arc<AtomicBool>,
+    pub registry: Arc<crate::metrics::Registry>,
+    /// The "ringlb ... ready: driver=..." line.
+    pub report: String,
+}
+
+/// What a listener's limiter is kept by across a reload: a listener with
+/// the same name, (capped) limit and worker count keeps its limiter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct LimiterKey {
+    pub listener: String,
+    pub max_connections: usize,
+    pub workers: usize,
+}
+
+/// Read, validate and start `path` as the next generation. On any error
+/// nothing changes.
+pub(super) fn reload(
+    ctl: &mut Control,
+    cur: &Generation,
+    path: &std::path::Path,
+) -> Result<Generation, Error> {
+    let next = Config::load(path)?;
+    if next.admin != cur.cfg.admin {
+        tracing::warn!("reload: a changed [admin] listen address takes effect after a restart");
+    }
+    if next.access_log.as_ref().map(|a| (&a.path, a.format))
+        != cur.cfg.access_log.as_ref().map(|a| (&a.path, a.format))
+    {
+        tracing::warn!("reload: a changed [access_log] takes effect after a restart");
+    }
+    if next.log_level != cur.cfg.log_level {
+        tracing::warn!(
+            "reload: a changed [log] level takes effect after a restart (RINGLB_LOG too)"
+        );
+    }
+    start_generation(ctl, next, false)
+}
+
+/// Size the budget, bind (or reuse) the sockets and start one worker per core.
+pub(super) fn start_generation(
+    ctl: &mut Control,
+    cfg: Config,
+    first: bool,
+) -> Result<Generation, Error> {
+    let cores = ctl.cores.clone();
+    let workers = cfg.runtime.workers.unwrap_or(cores.len().max(1));
+    let budget = apply_fd_budget(&cfg, workers);
+    let driver = choose_driver(cfg.runtime.io_uring)?;
+    let splice_ok = sys::splice_works();
+    // Without splice(2) the workers make every listener copy (see
+    // `WorkerSpec::splice_ok`); the config stays as validated.
+    if !splice_ok && first {
+        tracing::warn!("splice(2) does not work here; L4 listeners will copy");
+    }
+
+    // Sockets: reuse those of listeners whose address is unchanged, bind the
+    // others now (before any thread starts, so "address in use" is one clear
+    // error and, on a reload, nothing has changed yet).
+    let mut fresh: Sockets = HashMap::new();
+    for l in &cfg.listeners {
+        let have = ctl.sockets.get(&l.listen).map_or(0, Vec::len);
+        if have >= workers {
+            continue;
+        }
+        let bound = if have == 0 {
+            listen::sockets::bind_all(l.listen, l.backlog, workers)
+        } else {
+            let at = ctl.sockets[&l.listen][0].local_addr().unwrap_or(l.listen);
+            listen::sockets::bind_more(at, l.backlog, workers - have)
+        };
+        let socks = bound.map_err(|e| Error::Bind {
+            name: l.name.clone(),
+            addr: l.listen,
+            msg: e.to_string(),
+        })?;
+        fresh.insert(l.listen, socks);
+    }
+    // Committed: from here on the new sockets belong to the control thread.
+    for (addr, socks) in fresh {
+        ctl.sockets.entry(addr).or_default().extend(socks);
+    }
+
+    let mut per_worker: Vec<Vec<Vec<std::net::TcpListener>>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    let mut bound_addrs = Vec::with_capacity(cfg.listeners.len());
+    for (l, cap) in cfg.listeners.iter().zip(&budget.caps) {
+        let socks = &ctl.sockets[&l.listen];
+        let bound = socks
+            .first()
+            .and_then(|s| s.local_addr().ok())
+            .unwrap_or(l.listen);
+        tracing::info!(
+            "listener {:?} listening on {bound} ({}, {} SO_REUSEPORT sockets, max_connections {})",
+            l.name,
+            match l.mode {
+                crate::config::Mode::Tcp => "tcp",
+                crate::config::Mode::Http => "http",
+            },
+            socks.len(),
+            cap
+        );
+        bound_addrs.push(bound);
+        for w in per_worker.iter_mut() {
+            w.push(Vec::new());
+        }
+        // Worker w takes sockets w, w + N, ...: every socket has an owner even
+        // when there are more sockets than workers (no queue is orphaned).
+        for (i, s) in socks.iter().enumerate() {
+            let dup = s
+                .try_clone()
+                .map_err(|e| Error::Startup(format!("cannot duplicate a listening socket: {e}")))?;
+            if let Some(slot) = per_worker[i % workers].last_mut() {
+                slot.push(dup);
+            }
+        }
+    }
+    // A listener kept by a reload (same name, capped limit and worker count)
+    // keeps its limiter: connections still held by the old workers count
+    // against the same max_connections.
+    let keys: Vec<LimiterKey> = cfg
+        .listeners
+        .iter()
+        .zip(&budget.caps)
+        .map(|(l, &cap)| LimiterKey {
+            listener: l.name.clone(),
+            max_connections: cap,
+            workers,
+        })
+        .collect();
+    let limiters: Vec<Arc<Limiter>> = keys
+        .iter()
+        .map(|key| match ctl.limiters.iter().find(|(k, _)| k == key) {
+            Some((_, lim)) => Arc::clone(lim),
+            None => Limiter::new(key.max_connections, workers),
+        })
+        .collect();
+
+    let cfg = Arc::new(cfg);
+    // Backend health, circuit breakers and limits: one state for the process.
+    let shared = crate::backends::Shared::carry_over(&cfg, ctl.shared.as_deref());
+    let limits = crate::limits::Limits::new(&cfg);
+    let health_stop = Arc::new(AtomicBool::new(false));
+    crate::backends::spawn_checker(&cfg, Arc::clone(&shared), Arc::clone(&health_stop))
+        .map_err(|e| Error::Startup(format!("cannot start the health-check thread: {e}")))?;
+    let worker_metrics: Vec<Arc<crate::metrics::WorkerMetrics>> = (0..workers)
+        .map(|_| crate::metrics::WorkerMetrics::new(&cfg))
+        .collect();
+    let registry = Arc::new(crate::metrics::Registry {
+        cfg: Arc::clone(&cfg),
+        shared: Arc::clone(&shared),
+        workers: worker_metrics.clone(),
+        access_dropped: Arc::clone(&ctl.access_dropped),
+        bound: bound_addrs,
+        max_connections: budget.caps.clone(),
+    });
+
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<WorkerReady, String>>();
+    let mut stops = Vec::with_capacity(workers);
+    let mut handles = Vec::with_capacity(workers);
+    for (index, sockets) in per_worker.into_iter().enumerate() {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        stops.push(stop_tx);
+        let spec = worker::WorkerSpec {
+            index,
+            cfg: Arc::clone(&cfg),
+            sockets,
+            limiters: limiters.clone(),
+            shared: Arc::clone(&shared),
+            limits: Arc::clone(&limits),
+            metrics: Arc::clone(&worker_metrics[index]),
+            access: ctl.access.clone(),
+            shutdown: stop_rx,
+            splice_ok,
+        };
+        let core = if cfg.runtime.pin_cores && !cores.is_empty() {
+            Some(cores[index % cores.len()])
+        } else {
+            None
+        };
+        let ready = ready_tx.clone();
+        let entries = cfg.runtime.ring_entries;
+        let required = cfg.runtime.io_uring == IoUringMode::Required;
+        let h = thread::Builder::new()
+            .name(format!("ringlb-w{index}"))
+            .spawn(move || worker_thread(spec, core, driver, entries, required, ready))
+            .map_err(|e| Error::Startup(format!("cannot start worker thread: {e}")))?;
+        handles.push(h);
+    }
+    drop(ready_tx);
+
+    let mut pinned = Vec::new();
+    let mut drivers = Vec::new();
+    let mut taskrun: Option<TaskRun> = None;
+    for _ in 0..workers {
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(r)) => {
+                pinned.extend(r.pinned_core);
+                drivers.push(r.driver);
+                taskrun = taskrun.or(r.taskrun);
+            }
+            Ok(Err(msg)) => {
+                health_stop.store(true, Ordering::Relaxed);
+                stop_all(stops, Duration::ZERO);
+                return Err(Error::Startup(msg));
+            }
+            Err(_) => {
+                health_stop.store(true, Ordering::Relaxed);
+                stop_all(stops, Duration::ZERO);
+                return Err(Error::Startup("a worker did not start within 10s".into()));
+            }
+        }
+    }
+    pinned.sort_unstable();
+    // Committed. Sockets of listeners no longer configured close when the
+    // old generation's workers let go of their duplicates.
+    let wanted: std::collections::HashSet<SocketAddr> =
+        cfg.listeners.iter().map(|l| l.listen).collect();
+    ctl.sockets.retain(|a, _| wanted.contains(a));
+    ctl.shared = Some(Arc::clone(&shared));
+    ctl.limiters = keys.into_iter().zip(limiters).collect();
+    let chosen = if drivers.iter().all(|d| *d == Driver::IoUring) {
+        format!("io_uring (taskrun={})", taskrun.unwrap_or(TaskRun::Default))
+    } else if drivers.iter().all(|d| *d == Driver::Epoll) {
+        "epoll".to_string()
+    } else {
+        "mixed io_uring/epoll".to_string()
+    };
+    let report = format!(
+        "ringlb {} ready: driver={chosen} splice={} workers={workers} pinned_cores={:?} fd_limit={} (hard {}) connection_budget={} ring_entries={}",
+        env!("CARGO_PKG_VERSION"),
+        if splice_ok { "yes" } else { "no" },
+        pinned,
+        budget.soft,
+        budget.hard,
+        budget.connections,
+        cfg.runtime.ring_entries,
+    );
+    Ok(Generation {
+        cfg,
+        stops,
+        handles,
+        health_stop,
+        registry,
+        report,
+    })
+}
+
+/// Tell every worker of a generation to stop, draining for up to `grace`.
+pub(super) fn stop_all(stops: Vec<oneshot::Sender<Duration>>, grace: Duration) {
+    for s in stops {
+        let _ = s.send(grace);
+    }
+}

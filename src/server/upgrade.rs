@@ -1,0 +1,110 @@
+//! Binary upgrade (SIGUSR2): start the binary now on disk with our listening
+//! sockets and wait until it serves; the pipe a new process reports ready
+//! on; the binary's path as started; and the pid file.
+
+use std::{path::PathBuf, time::Duration};
+
+use crate::{config::Config, sys};
+
+use super::generation::Sockets;
+
+/// Write this process's pid to `runtime.pid_file`, if one is set.
+pub(super) fn write_pid_file(cfg: &Config) {
+    if let Some(p) = &cfg.runtime.pid_file {
+        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+            tracing::warn!("cannot write pid file {}: {e}", p.display());
+        }
+    }
+}
+
+/// Remove the pid file if it still names this process.
+pub(super) fn remove_pid_file(cfg: &Config) {
+    if let Some(p) = &cfg.runtime.pid_file {
+        let ours = std::fs::read_to_string(p)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            == Some(std::process::id());
+        if ours {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// The write end of the pipe a parent ringlb waits on during an upgrade.
+pub(super) fn take_upgrade_fd() -> Option<std::fs::File> {
+    let fd = std::env::var("RINGLB_UPGRADE_FD")
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
+    std::env::remove_var("RINGLB_UPGRADE_FD");
+    sys::pipe_file(fd)
+}
+
+/// How long an upgrade waits for the new process to say it serves.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Start this program's binary (as it is on disk now) with our listening
+/// sockets and wait until it serves. Returns its pid; on failure it is
+/// stopped and we keep serving.
+pub(super) fn upgrade(sockets: &Sockets) -> Result<u32, String> {
+    let exe = EXE.get().cloned().ok_or("the binary's path is unknown")?;
+    let (ready_r, ready_w) = sys::pipe_pair().map_err(|e| format!("pipe: {e}"))?;
+    let mut entries = Vec::new();
+    for (addr, socks) in sockets {
+        for s in socks {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(s);
+            sys::set_inheritable(fd, true).map_err(|e| format!("fcntl: {e}"))?;
+            entries.push(format!("{fd}@{addr}"));
+        }
+    }
+    let wfd = std::os::fd::AsRawFd::as_raw_fd(&ready_w);
+    sys::set_inheritable(wfd, true).map_err(|e| format!("fcntl: {e}"))?;
+    let spawned = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .env("RINGLB_INHERIT_FDS", entries.join(","))
+        .env("RINGLB_UPGRADE_FD", wfd.to_string())
+        .spawn();
+    // Our copies go back to close-on-exec whatever happened.
+    for socks in sockets.values() {
+        for s in socks {
+            let _ = sys::set_inheritable(std::os::fd::AsRawFd::as_raw_fd(s), false);
+        }
+    }
+    drop(ready_w);
+    let mut child = spawned.map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    let pid = child.id();
+    // Wait for "ready" on the pipe; EOF (the child exited) or the timeout is failure.
+    match sys::read_with_timeout(&ready_r, UPGRADE_TIMEOUT) {
+        Ok(n) if n > 0 => Ok(pid),
+        outcome => {
+            let why = match outcome {
+                Ok(_) => "it exited before serving".to_string(),
+                Err(e) => format!("it did not report ready: {e}"),
+            };
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!("new process {pid}: {why}"))
+        }
+    }
+}
+
+/// The binary's path as started (`argv[0]` resolved at start): after the file
+/// is replaced on disk, this names the new binary, which /proc/self/exe
+/// would not.
+static EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Remember the binary's path for upgrades (call early in main).
+pub fn remember_exe() {
+    let from_args = std::env::args_os().next().map(PathBuf::from);
+    let resolved = from_args.and_then(|p| {
+        if p.components().count() > 1 {
+            std::fs::canonicalize(&p).ok()
+        } else {
+            None
+        }
+    });
+    let exe = resolved.or_else(|| std::env::current_exe().ok());
+    if let Some(e) = exe {
+        let _ = EXE.set(e);
+    }
+}
