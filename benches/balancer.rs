@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use ringlb::{
-    backends::{self, UpstreamState},
+    backends::{self, Upstream},
     balancer::{hash_key, Algorithm, Balancer, ServerSpec},
 };
 
@@ -305,11 +305,14 @@ fn bench_pick_with_health(c: &mut Criterion) {
             "[[listener]]\nlisten = \"127.0.0.1:1\"\nupstream = \"u\"\n[upstream.u]\nservers = [{servers}]\n"
         ))
         .expect("valid config");
-        let st = UpstreamState::new(&cfg.upstreams[0]);
+        let st = Upstream::new(&cfg.upstreams[0]);
+        let set = st.current();
         let ids = server_ids(n);
         let mut b = Balancer::new(Algorithm::RoundRobin, &specs(&ids), 0);
         g.bench_with_input(BenchmarkId::new("health_pick", n), &n, |bench, _| {
-            bench.iter(|| black_box(backends::pick(&mut b, &st, black_box(0), &[]).map(|p| p.0)))
+            bench.iter(|| {
+                black_box(backends::pick(&mut b, &st, &set, black_box(0), &[]).map(|p| p.0))
+            })
         });
         let mut b = Balancer::new(Algorithm::RoundRobin, &specs(&ids), 0);
         g.bench_with_input(BenchmarkId::new("bare_pick", n), &n, |bench, _| {

@@ -3,6 +3,7 @@
 //! the circuit-breaker timers, and publishes verdicts in the shared state.
 
 use std::{
+    collections::HashSet,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -12,18 +13,26 @@ use std::{
 
 use monoio::io::AsyncWriteRentExt;
 
-use super::{now_ms, Shared, UpstreamState, TICK};
+use super::{circuit::now_ms, set::Upstream, state::Backend, BackendId, Upstreams, TICK};
 use crate::config::{Config, HealthConfig, HealthKind};
 
 /// Start the checker thread. It stops when `stop` is set.
 ///
+/// Every tick it also looks at each checked upstream's set version: a new
+/// version starts a check loop for each backend it has not seen; a loop
+/// ends when its backend is retired (dropped by a later version).
+///
 /// # Errors
 /// The thread could not be started.
-pub fn spawn(cfg: &Config, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
-    let plans: Vec<(Arc<UpstreamState>, HealthConfig)> = cfg
+pub fn spawn(
+    cfg: &Config,
+    upstreams: Arc<Upstreams>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let plans: Vec<(Arc<Upstream>, HealthConfig)> = cfg
         .upstreams
         .iter()
-        .zip(shared.upstreams.iter())
+        .zip(upstreams.all.iter())
         .filter_map(|(u, s)| u.health.clone().map(|h| (Arc::clone(s), h)))
         .collect();
     thread::Builder::new()
@@ -40,14 +49,31 @@ pub fn spawn(cfg: &Config, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> std::i
                 }
             };
             rt.block_on(async move {
-                for (up, h) in plans {
-                    for i in 0..up.backends.len() {
-                        monoio::spawn(check_loop(Arc::clone(&up), i, h.clone(), Arc::clone(&stop)));
-                    }
-                }
+                // Per plan: the set version last looked at, and the backends
+                // that have a loop.
+                let mut seen: Vec<(u64, HashSet<BackendId>)> =
+                    plans.iter().map(|_| (0, HashSet::new())).collect();
                 while !stop.load(Ordering::Relaxed) {
+                    for ((up, h), (version, running)) in plans.iter().zip(seen.iter_mut()) {
+                        if up.version() == *version {
+                            continue;
+                        }
+                        let set = up.current();
+                        *version = set.version;
+                        running.retain(|id| set.index_of(*id).is_some());
+                        for m in &set.members {
+                            if running.insert(m.backend.id) {
+                                monoio::spawn(check_loop(
+                                    Arc::clone(up),
+                                    Arc::clone(&m.backend),
+                                    h.clone(),
+                                    Arc::clone(&stop),
+                                ));
+                            }
+                        }
+                    }
                     let now = now_ms();
-                    for u in &shared.upstreams {
+                    for u in &upstreams.all {
                         u.tick(now);
                     }
                     monoio::time::sleep(TICK).await;
@@ -57,24 +83,27 @@ pub fn spawn(cfg: &Config, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> std::i
         .map(|_| ())
 }
 
-async fn check_loop(up: Arc<UpstreamState>, i: usize, h: HealthConfig, stop: Arc<AtomicBool>) {
-    let addr = up.backends[i].addr;
+async fn check_loop(up: Arc<Upstream>, b: Arc<Backend>, h: HealthConfig, stop: Arc<AtomicBool>) {
+    let addr = b.addr;
     let (mut ok_run, mut fail_run) = (0u32, 0u32);
     // Until the first verdict a backend counts as up, as nginx and HAProxy
     // do; after a reload it keeps the verdict it had.
-    let mut down = up.backends[i].is_down();
-    while !stop.load(Ordering::Relaxed) {
+    let mut down = b.is_down();
+    while !stop.load(Ordering::Relaxed) && !b.is_retired() {
         let result = match monoio::time::timeout(h.timeout, probe(addr, &h)).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {:?}", h.timeout)),
         };
+        if b.is_retired() {
+            break;
+        }
         match result {
             Ok(()) => {
                 fail_run = 0;
                 ok_run += 1;
                 if down && ok_run >= h.rise {
                     down = false;
-                    up.set_down(i, false);
+                    up.set_down(&b, false);
                     tracing::warn!(upstream = %up.name, backend = %addr, "backend is UP ({ok_run} checks passed)");
                 }
             }
@@ -83,7 +112,7 @@ async fn check_loop(up: Arc<UpstreamState>, i: usize, h: HealthConfig, stop: Arc
                 fail_run += 1;
                 if !down && fail_run >= h.fall {
                     down = true;
-                    up.set_down(i, true);
+                    up.set_down(&b, true);
                     tracing::warn!(upstream = %up.name, backend = %addr, "backend is DOWN ({fail_run} checks failed: {why})");
                 }
             }

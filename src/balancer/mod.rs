@@ -161,6 +161,21 @@ impl Balancer {
         }
     }
 
+    /// Live connections this replica counts for server `idx` (0 when out of range).
+    #[inline]
+    pub fn connections(&self, idx: usize) -> u32 {
+        self.conns.get(idx).copied().unwrap_or(0)
+    }
+
+    /// Set the live count of server `idx`: a replica rebuilt for a new
+    /// server list carries the counts of the servers it kept.
+    #[inline]
+    pub fn set_connections(&mut self, idx: usize, n: u32) {
+        if let Some(c) = self.conns.get_mut(idx) {
+            *c = n;
+        }
+    }
+
     /// Number of servers.
     #[inline]
     pub fn len(&self) -> usize {

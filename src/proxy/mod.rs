@@ -1,6 +1,102 @@
-//! Protocol handling for accepted connections: tcp (a byte relay) and http
-//! (HTTP/1.1 reverse proxy).
+//! Protocol handlers for accepted connections: [`tcp`] (a byte relay) and
+//! [`http`] (HTTP/1.1 reverse proxy). [`Handler`] is built per worker per
+//! listener and holds the one `match` on a listener's protocol: a new
+//! protocol is a new variant and a new room beside these.
 
+pub mod early;
 pub mod http;
 pub mod proxy_protocol;
 pub mod tcp;
+
+use std::{net::SocketAddr, os::fd::AsRawFd, rc::Rc, sync::Arc};
+
+use self::{
+    http::{HttpParts, HttpProxy},
+    tcp::TcpProxy,
+};
+use crate::{
+    config::{ListenerConfig, Mode},
+    io::pools::Pools,
+    limits::Limits,
+    listen::ticket::ConnTicket,
+    metrics::{access::AccessLog, WorkerMetrics},
+    upstream::Replica,
+};
+
+/// What every handler of one worker is built from.
+pub struct WorkerParts<'a> {
+    pub worker: usize,
+    /// The worker's replicas, by upstream index.
+    pub upstreams: &'a [Rc<Replica>],
+    pub pools: &'a Rc<Pools>,
+    pub limits: &'a Limits,
+    pub metrics: &'a Arc<WorkerMetrics>,
+    pub access: &'a Option<AccessLog>,
+}
+
+/// What serves a listener's connections on one worker.
+#[derive(Clone)]
+pub enum Handler {
+    Tcp(Rc<TcpProxy>),
+    Http(Rc<HttpProxy>),
+}
+
+impl Handler {
+    /// The handler for listener `li`.
+    ///
+    /// # Errors
+    /// A listener the validated config should not allow (no upstream, a
+    /// repeated route); the listener is then left out, with this message.
+    pub fn build(li: usize, cfg: &ListenerConfig, w: &WorkerParts<'_>) -> Result<Handler, String> {
+        Ok(match cfg.mode {
+            Mode::Tcp => {
+                let up = cfg
+                    .upstream
+                    .and_then(|u| w.upstreams.get(u))
+                    .ok_or("tcp listener without upstream")?;
+                Handler::Tcp(Rc::new(TcpProxy {
+                    cfg: cfg.clone(),
+                    upstream: Rc::clone(up),
+                    pools: Rc::clone(w.pools),
+                    metrics: Arc::clone(w.metrics),
+                    li,
+                    access: w.access.clone(),
+                }))
+            }
+            Mode::Http => Handler::Http(Rc::new(HttpProxy::new(
+                cfg,
+                HttpParts {
+                    upstreams: w.upstreams.to_vec(),
+                    pools: Rc::clone(w.pools),
+                    worker: w.worker,
+                    rate_limits: w.limits.rate.get(li).cloned().unwrap_or_default(),
+                    metrics: Arc::clone(w.metrics),
+                    li,
+                    access: w.access.clone(),
+                },
+            )?)),
+        })
+    }
+
+    /// Serve an admitted connection on its own task.
+    pub fn serve(&self, stream: std::net::TcpStream, peer: SocketAddr, ticket: Box<ConnTicket>) {
+        match self {
+            Handler::Tcp(l) => {
+                monoio::spawn(tcp::handle(Rc::clone(l), stream, peer, ticket));
+            }
+            Handler::Http(l) => {
+                monoio::spawn(http::handle(Rc::clone(l), stream, peer, ticket));
+            }
+        }
+    }
+
+    /// A client over `max_connections_per_ip`: tcp is closed at once, http
+    /// gets a 429 JSON answer first (one nonblocking send; it fits any
+    /// socket buffer).
+    pub fn refuse(&self, stream: &std::net::TcpStream, peer: SocketAddr) {
+        tracing::debug!(%peer, "over max_connections_per_ip; refused");
+        if let Handler::Http(l) = self {
+            let _ = crate::sys::send(stream.as_raw_fd(), &l.refusal());
+        }
+    }
+}

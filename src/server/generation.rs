@@ -179,7 +179,7 @@ pub(super) fn start_generation(
 
     let cfg = Arc::new(cfg);
     // Backend health, circuit breakers and limits: one state for the process.
-    let shared = crate::backends::Shared::carry_over(&cfg, ctl.shared.as_deref());
+    let shared = crate::backends::Upstreams::carry_over(&cfg, ctl.upstreams.as_deref());
     let limits = crate::limits::Limits::new(&cfg);
     let health_stop = Arc::new(AtomicBool::new(false));
     crate::backends::spawn_checker(&cfg, Arc::clone(&shared), Arc::clone(&health_stop))
@@ -189,7 +189,7 @@ pub(super) fn start_generation(
         .collect();
     let registry = Arc::new(crate::metrics::Registry {
         cfg: Arc::clone(&cfg),
-        shared: Arc::clone(&shared),
+        upstreams: Arc::clone(&shared),
         workers: worker_metrics.clone(),
         access_dropped: Arc::clone(&ctl.access_dropped),
         bound: bound_addrs,
@@ -207,7 +207,7 @@ pub(super) fn start_generation(
             cfg: Arc::clone(&cfg),
             sockets,
             limiters: limiters.clone(),
-            shared: Arc::clone(&shared),
+            upstreams: Arc::clone(&shared),
             limits: Arc::clone(&limits),
             metrics: Arc::clone(&worker_metrics[index]),
             access: ctl.access.clone(),
@@ -258,7 +258,7 @@ pub(super) fn start_generation(
     let wanted: std::collections::HashSet<SocketAddr> =
         cfg.listeners.iter().map(|l| l.listen).collect();
     ctl.sockets.retain(|a, _| wanted.contains(a));
-    ctl.shared = Some(Arc::clone(&shared));
+    ctl.upstreams = Some(Arc::clone(&shared));
     ctl.limiters = keys.into_iter().zip(limiters).collect();
     let chosen = if drivers.iter().all(|d| *d == Driver::IoUring) {
         format!("io_uring (taskrun={})", taskrun.unwrap_or(TaskRun::Default))

@@ -48,7 +48,7 @@ struct Control {
     access_dropped: Arc<std::sync::atomic::AtomicU64>,
     sockets: Sockets,
     /// The current generation's backend state (a reload carries it over).
-    shared: Option<Arc<crate::backends::Shared>>,
+    upstreams: Option<Arc<crate::backends::Upstreams>>,
     /// The current generation's listener limiters, by listener, capped
     /// `max_connections` and worker count (a reload carries them over).
     limiters: Vec<(LimiterKey, Arc<Limiter>)>,
@@ -89,7 +89,7 @@ pub fn run_with(cfg: Config, path: Option<PathBuf>) -> Result<(), Error> {
         access,
         access_dropped,
         sockets: HashMap::new(),
-        shared: None,
+        upstreams: None,
         limiters: Vec::new(),
     };
     // Sockets handed over by a previous ringlb (upgrade) or systemd (socket

@@ -8,7 +8,7 @@ use futures_channel::oneshot;
 use futures_util::future::{select, Either};
 
 use crate::{
-    config::{Config, ListenerConfig, Mode, Transfer},
+    config::{Config, ListenerConfig, Transfer},
     io::pools::Pools,
     listen::{
         accept::{self, Accepted},
@@ -17,11 +17,8 @@ use crate::{
         ticket::ConnTicket,
     },
     metrics::{access::AccessLog, WorkerMetrics},
-    proxy::{
-        http::{self, HttpListener},
-        tcp::{self, L4Listener, L4Obs},
-    },
-    upstream::replica::UpstreamRt,
+    proxy::{Handler, WorkerParts},
+    upstream::Replica,
 };
 
 /// Everything a worker thread is handed at spawn.
@@ -31,8 +28,8 @@ pub struct WorkerSpec {
     /// Per listener, in config order: the bound sockets this worker accepts on.
     pub sockets: Vec<Vec<std::net::TcpListener>>,
     pub limiters: Vec<Arc<Limiter>>,
-    /// Process-wide backend state and limits.
-    pub shared: Arc<crate::backends::Shared>,
+    /// Every upstream's backend set, shared by all workers.
+    pub upstreams: Arc<crate::backends::Upstreams>,
     /// Process-wide rate limits and per-IP counters.
     pub limits: Arc<crate::limits::Limits>,
     /// This worker's metrics shard.
@@ -51,17 +48,18 @@ pub async fn run(spec: WorkerSpec) {
         spec.cfg.runtime.pipe_pool,
         spec.cfg.runtime.pipe_size,
     ));
-    // Per-worker upstream state for http listeners: balancer replica and
-    // keep-alive pool, shared by every http listener of this worker.
-    let upstreams: Vec<Rc<UpstreamRt>> = spec
+    // One replica per upstream: the worker's view of its backend set,
+    // balancer, keep-alive pool and in-flight counts, shared by every
+    // listener of this worker (tcp and http alike).
+    let upstreams: Vec<Rc<Replica>> = spec
         .cfg
         .upstreams
         .iter()
-        .zip(spec.shared.upstreams.iter())
+        .zip(spec.upstreams.all.iter())
         .enumerate()
-        .map(|(ui, (u, st))| UpstreamRt::new(u, spec.index, Arc::clone(st), ui))
+        .map(|(ui, (u, st))| Rc::new(Replica::new(u, Arc::clone(st), spec.index, ui)))
         .collect();
-    if spec.cfg.listeners.iter().any(|l| l.mode == Mode::Http) {
+    {
         let ups = upstreams.clone();
         let d = Rc::clone(&drain);
         monoio::spawn(async move {
@@ -80,6 +78,14 @@ pub async fn run(spec: WorkerSpec) {
             }
         });
     }
+    let parts = WorkerParts {
+        worker: spec.index,
+        upstreams: &upstreams,
+        pools: &pools,
+        limits: &spec.limits,
+        metrics: &spec.metrics,
+        access: &spec.access,
+    };
     for (li, ((lcfg, socks), limiter)) in spec
         .cfg
         .listeners
@@ -102,44 +108,11 @@ pub async fn run(spec: WorkerSpec) {
             };
             &copying
         };
-        let handler = match lcfg.mode {
-            Mode::Tcp => {
-                let Some(u) = lcfg.upstream else {
-                    tracing::error!(listener = %lcfg.name, "tcp listener without upstream");
-                    continue;
-                };
-                Handler::Tcp(Rc::new(L4Listener::new(
-                    lcfg,
-                    &spec.cfg.upstreams[u],
-                    spec.index,
-                    Rc::clone(&pools),
-                    Arc::clone(&spec.shared.upstreams[u]),
-                    L4Obs {
-                        metrics: Arc::clone(&spec.metrics),
-                        li,
-                        ui: u,
-                        access: spec.access.clone(),
-                    },
-                )))
-            }
-            Mode::Http => {
-                let rate_limits = spec.limits.rate.get(li).cloned().unwrap_or_default();
-                match HttpListener::new(
-                    lcfg,
-                    &upstreams,
-                    Rc::clone(&pools),
-                    spec.index,
-                    rate_limits,
-                    Arc::clone(&spec.metrics),
-                    li,
-                    spec.access.clone(),
-                ) {
-                    Ok(h) => Handler::Http(Rc::new(h)),
-                    Err(e) => {
-                        tracing::error!(listener = %lcfg.name, "{e}");
-                        continue;
-                    }
-                }
+        let handler = match Handler::build(li, lcfg, &parts) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(listener = %lcfg.name, "{e}");
+                continue;
             }
         };
         for sock in socks {
@@ -177,7 +150,7 @@ pub async fn run(spec: WorkerSpec) {
                                 Some(p) => Some(p),
                                 None => {
                                     lm.rejected_per_ip.inc();
-                                    refuse_over_ip_limit(&handler, &a);
+                                    handler.refuse(&a.stream, a.peer);
                                     return;
                                 }
                             },
@@ -189,14 +162,7 @@ pub async fn run(spec: WorkerSpec) {
                             Arc::clone(&metrics),
                             li,
                         );
-                        match &handler {
-                            Handler::Tcp(l) => {
-                                monoio::spawn(tcp::handle(Rc::clone(l), a.stream, a.peer, ticket));
-                            }
-                            Handler::Http(l) => {
-                                monoio::spawn(http::handle(Rc::clone(l), a.stream, a.peer, ticket));
-                            }
-                        }
+                        handler.serve(a.stream, a.peer, ticket);
                     },
                 )
                 .await;
@@ -224,25 +190,5 @@ pub async fn run(spec: WorkerSpec) {
                 "shutdown_timeout reached; closing remaining connections"
             );
         }
-    }
-}
-
-/// What serves a listener's connections.
-#[derive(Clone)]
-enum Handler {
-    Tcp(Rc<L4Listener>),
-    Http(Rc<HttpListener>),
-}
-
-/// A client over `max_connections_per_ip`: tcp is closed at once, http gets
-/// a 429 JSON answer first (one nonblocking send; it fits any socket buffer).
-fn refuse_over_ip_limit(handler: &Handler, a: &Accepted) {
-    tracing::debug!(peer = %a.peer, "over max_connections_per_ip; refused");
-    if let Handler::Http(l) = handler {
-        let mut out = Vec::with_capacity(256);
-        let mut id = String::new();
-        l.new_request_id(&mut id);
-        http::h1::respond::error(&mut out, 429, &id, true);
-        let _ = crate::sys::send(std::os::fd::AsRawFd::as_raw_fd(&a.stream), &out);
     }
 }

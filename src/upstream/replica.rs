@@ -1,141 +1,296 @@
-//! One upstream as one worker sees it: balancer replica and keep-alive pool.
+//! One upstream as one worker sees it: its view of the backend set, the
+//! balancer replica built for that view, the keep-alive pool, and the
+//! in-flight counts. One per upstream per worker, shared by every tcp and
+//! http listener of the worker (so least_conn counts the same whatever the
+//! protocol).
+//!
+//! A pick first compares the upstream's set version with the view's (one
+//! relaxed load). When it moved, the view is rebuilt: a new balancer for
+//! the new members, with the live counts and pooled connections of the
+//! backends it kept, found by id. Connections in flight keep their backend
+//! (their [`InFlight`] holds it) and are counted out of whichever view is
+//! current when they end.
 
-use std::{
-    cell::RefCell, collections::VecDeque, net::SocketAddr, os::fd::AsRawFd, rc::Rc, sync::Arc,
-    time::Instant,
-};
+use std::{cell::RefCell, sync::Arc};
 
 use monoio::net::TcpStream;
 
+use super::pool::IdlePool;
 use crate::{
-    backends::{Slot, UpstreamState},
-    balancer::Balancer,
+    backends::{self, Backend, BackendId, BackendSet, NoPick, Slot, Upstream},
+    balancer::{Balancer, ServerSpec},
     config::UpstreamConfig,
-    sys,
 };
 
-// === impl UpstreamRt ===
-
-/// One upstream as one worker sees it: balancer replica and keep-alive pool.
-/// Shared by every http listener of the worker.
-pub struct UpstreamRt {
+pub struct Replica {
     pub cfg: UpstreamConfig,
-    pub addrs: Vec<SocketAddr>,
-    pub balancer: RefCell<Balancer>,
-    /// Per backend: idle connections, most recently used at the back.
-    idle: RefCell<Vec<VecDeque<IdleConn>>>,
-    /// Process-wide health, circuit and counts of these backends.
-    pub state: Arc<UpstreamState>,
+    pub upstream: Arc<Upstream>,
     /// Index in the config (and in the metrics).
     pub ui: usize,
+    worker: usize,
+    view: RefCell<View>,
 }
 
-struct IdleConn {
-    stream: TcpStream,
-    since: Instant,
+struct View {
+    version: u64,
+    set: Arc<BackendSet>,
+    balancer: Balancer,
+    pool: IdlePool,
 }
 
-impl UpstreamRt {
-    pub fn new(
-        cfg: &UpstreamConfig,
-        worker: usize,
-        state: Arc<UpstreamState>,
-        ui: usize,
-    ) -> Rc<UpstreamRt> {
-        Rc::new(UpstreamRt {
-            cfg: cfg.clone(),
-            addrs: cfg.servers.iter().map(|s| s.addr).collect(),
-            balancer: RefCell::new(balancer_for(cfg, worker)),
-            idle: RefCell::new(cfg.servers.iter().map(|_| VecDeque::new()).collect()),
-            state,
-            ui,
-        })
-    }
-
-    /// The most recently used idle connection to backend `idx` that still
-    /// looks usable; stale ones are closed on the way.
-    pub fn take_idle(&self, idx: usize) -> Option<TcpStream> {
-        let mut idle = self.idle.borrow_mut();
-        let q = idle.get_mut(idx)?;
-        while let Some(c) = q.pop_back() {
-            if c.since.elapsed() < self.cfg.keepalive_timeout
-                && sys::idle_socket_usable(c.stream.as_raw_fd())
-            {
-                return Some(c.stream);
-            }
-        }
-        None
-    }
-
-    pub fn put_idle(&self, idx: usize, stream: TcpStream) {
-        if self.cfg.keepalive == 0 {
-            return;
-        }
-        let mut idle = self.idle.borrow_mut();
-        if let Some(q) = idle.get_mut(idx) {
-            if q.len() >= self.cfg.keepalive {
-                q.pop_front();
-            }
-            q.push_back(IdleConn {
-                stream,
-                since: Instant::now(),
-            });
-        }
-    }
-
-    /// Close pooled connections that timed out or that the backend closed.
-    /// Called about once a second per worker: O(pooled connections).
-    pub fn sweep(&self) {
-        let timeout = self.cfg.keepalive_timeout;
-        for q in self.idle.borrow_mut().iter_mut() {
-            q.retain(|c| {
-                c.since.elapsed() < timeout && sys::idle_socket_usable(c.stream.as_raw_fd())
-            });
-        }
-    }
-
-    /// Close every pooled connection (shutdown).
-    pub fn clear(&self) {
-        for q in self.idle.borrow_mut().iter_mut() {
-            q.clear();
-        }
-    }
-}
-
-/// Keeps the balancer's in-flight count and the backend's process-wide
-/// slot for one request.
-pub struct InFlight<'a> {
-    up: &'a UpstreamRt,
+/// A backend chosen and reserved for one connection or request, not yet
+/// counted as open by the balancer (a failed connect drops it).
+pub struct Picked {
+    slot: Slot,
     idx: usize,
-    _slot: Slot,
+    version: u64,
 }
 
-impl<'a> InFlight<'a> {
-    pub fn new(up: &'a UpstreamRt, idx: usize, slot: Slot) -> Self {
-        up.balancer.borrow_mut().connection_opened(idx);
-        InFlight {
-            up,
-            idx,
-            _slot: slot,
-        }
+impl Picked {
+    pub fn backend(&self) -> &Arc<Backend> {
+        self.slot.backend()
+    }
+}
+
+/// One open connection (tcp) or request (http) through this replica: the
+/// backend's slot and the balancer's live count, released on drop.
+pub struct InFlight<'a> {
+    replica: &'a Replica,
+    picked: Picked,
+}
+
+impl InFlight<'_> {
+    pub fn backend(&self) -> &Arc<Backend> {
+        self.picked.backend()
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.up.balancer.borrow_mut().connection_closed(self.idx);
+        let mut v = self.replica.view.borrow_mut();
+        if let Some(i) = v.index(&self.picked) {
+            v.balancer.connection_closed(i);
+        }
     }
 }
 
-/// The replica for `up`'s servers, built by worker `worker`.
-pub fn balancer_for(up: &UpstreamConfig, worker: usize) -> Balancer {
-    let specs: Vec<crate::balancer::ServerSpec<'_>> = up
-        .servers
+impl View {
+    fn new(cfg: &UpstreamConfig, set: Arc<BackendSet>, worker: usize) -> View {
+        View {
+            version: set.version,
+            balancer: balancer_for(cfg.balance, &set, worker),
+            pool: IdlePool::new(set.len()),
+            set,
+        }
+    }
+
+    /// Where `p`'s backend is in this view (it may have left).
+    fn index(&self, p: &Picked) -> Option<usize> {
+        if p.version == self.version {
+            Some(p.idx)
+        } else {
+            self.set.index_of(p.backend().id)
+        }
+    }
+}
+
+/// A balancer for `set`'s members, in set order.
+pub fn balancer_for(algo: crate::balancer::Algorithm, set: &BackendSet, worker: usize) -> Balancer {
+    let specs: Vec<ServerSpec<'_>> = set
+        .members
         .iter()
-        .map(|s| crate::balancer::ServerSpec {
-            id: &s.id,
-            weight: s.weight,
+        .map(|m| ServerSpec {
+            id: &m.backend.name,
+            weight: m.weight,
         })
         .collect();
-    Balancer::new(up.balance, &specs, worker)
+    Balancer::new(algo, &specs, worker)
+}
+
+impl Replica {
+    pub fn new(cfg: &UpstreamConfig, upstream: Arc<Upstream>, worker: usize, ui: usize) -> Replica {
+        let set = upstream.current();
+        Replica {
+            cfg: cfg.clone(),
+            view: RefCell::new(View::new(cfg, set, worker)),
+            upstream,
+            ui,
+            worker,
+        }
+    }
+
+    /// Rebuild the view when the set has a new version.
+    fn refresh(&self, v: &mut View) {
+        if self.upstream.version() == v.version {
+            return;
+        }
+        let set = self.upstream.current();
+        let from: Vec<Option<usize>> = set
+            .members
+            .iter()
+            .map(|m| v.set.index_of(m.backend.id))
+            .collect();
+        let mut balancer = balancer_for(self.cfg.balance, &set, self.worker);
+        for (j, i) in from.iter().enumerate() {
+            if let Some(i) = *i {
+                balancer.set_connections(j, v.balancer.connections(i));
+            }
+        }
+        v.pool.remap(&from);
+        v.balancer = balancer;
+        v.version = set.version;
+        v.set = set;
+    }
+
+    /// Backends in the current set.
+    pub fn len(&self) -> usize {
+        let mut v = self.view.borrow_mut();
+        self.refresh(&mut v);
+        v.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Pick and reserve a backend not in `tried` (see [`backends::pick`]).
+    ///
+    /// # Errors
+    /// Nothing is available.
+    pub fn pick(&self, key: u64, tried: &[BackendId]) -> Result<Picked, NoPick> {
+        let mut v = self.view.borrow_mut();
+        self.refresh(&mut v);
+        let View { set, balancer, .. } = &mut *v;
+        let (idx, slot) = backends::pick(balancer, &self.upstream, set, key, tried)?;
+        Ok(Picked {
+            slot,
+            idx,
+            version: v.version,
+        })
+    }
+
+    /// The picked backend is connected: count it open until the guard drops.
+    pub fn open(&self, picked: Picked) -> InFlight<'_> {
+        let mut v = self.view.borrow_mut();
+        if let Some(i) = v.index(&picked) {
+            v.balancer.connection_opened(i);
+        }
+        InFlight {
+            replica: self,
+            picked,
+        }
+    }
+
+    /// A pooled connection to the picked backend, if one is usable.
+    pub fn take_idle(&self, picked: &Picked) -> Option<TcpStream> {
+        let mut v = self.view.borrow_mut();
+        let i = v.index(picked)?;
+        v.pool.take(i, self.cfg.keepalive_timeout)
+    }
+
+    /// Keep a connection that can carry another request. A backend that
+    /// left the set gets none: its connection closes.
+    pub fn put_idle(&self, f: &InFlight<'_>, stream: TcpStream) {
+        let mut v = self.view.borrow_mut();
+        self.refresh(&mut v);
+        if let Some(i) = v.index(&f.picked) {
+            v.pool.put(i, stream, self.cfg.keepalive);
+        }
+    }
+
+    /// Close pooled connections that timed out or that the backend closed
+    /// (about once a second per worker), and follow a new set version.
+    pub fn sweep(&self) {
+        let mut v = self.view.borrow_mut();
+        self.refresh(&mut v);
+        v.pool.sweep(self.cfg.keepalive_timeout);
+    }
+
+    /// Close every pooled connection (shutdown).
+    pub fn clear(&self) {
+        self.view.borrow_mut().pool.clear();
+    }
+
+    /// Idle pooled connections held by this replica.
+    pub fn pooled(&self) -> usize {
+        self.view.borrow().pool.len()
+    }
+
+    /// This replica's live count for backend `id` (tests, diagnostics).
+    pub fn live(&self, id: BackendId) -> u32 {
+        let v = self.view.borrow();
+        v.set.index_of(id).map_or(0, |i| v.balancer.connections(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{backends::Update, config::Config};
+
+    fn replica(extra: &str) -> Replica {
+        let cfg = Config::parse(&format!(
+            "[[listener]]\nlisten = \"127.0.0.1:1\"\nupstream = \"u\"\n[upstream.u]\n{extra}\nservers = [{{ addr = \"127.0.0.1:2\" }}, {{ addr = \"127.0.0.1:3\" }}]\n"
+        ))
+        .unwrap();
+        let up = Upstream::new(&cfg.upstreams[0]);
+        Replica::new(&cfg.upstreams[0], up, 0, 0)
+    }
+
+    fn server(addr: &str) -> crate::config::ServerConfig {
+        crate::config::ServerConfig {
+            id: addr.to_string(),
+            addr: addr.parse().unwrap(),
+            weight: 1,
+            backup: false,
+            max_connections: 0,
+        }
+    }
+
+    #[test]
+    fn a_new_version_is_seen_at_the_next_pick_and_live_counts_follow_ids() {
+        let r = replica("balance = \"least_conn\"");
+        let p = r.pick(0, &[]).unwrap();
+        let held_id = p.backend().id;
+        let held = r.open(p);
+        assert_eq!(r.live(held_id), 1);
+        // Add a backend: the held one keeps its count in the rebuilt view.
+        r.upstream.apply(Update::Add(server("127.0.0.1:4")));
+        assert_eq!(r.len(), 3);
+        assert_eq!(r.live(held_id), 1);
+        // Remove the held backend: its connection goes on, and ending it
+        // touches no other backend's count.
+        let addr = held.backend().addr;
+        r.upstream.apply(Update::Remove(addr));
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            held.backend().active(),
+            1,
+            "the connection keeps its backend"
+        );
+        let others: Vec<BackendId> = r
+            .upstream
+            .current()
+            .members
+            .iter()
+            .map(|m| m.backend.id)
+            .collect();
+        drop(held);
+        for id in others {
+            assert_eq!(r.live(id), 0);
+        }
+        // Picks only ever see the current members.
+        for _ in 0..20 {
+            let p = r.pick(0, &[]).unwrap();
+            assert_ne!(p.backend().addr, addr);
+        }
+    }
+
+    #[test]
+    fn an_empty_set_picks_nothing() {
+        let r = replica("");
+        r.upstream.apply(Update::Reset(Vec::new()));
+        assert!(r.is_empty());
+        assert!(r.pick(0, &[]).is_err());
+    }
 }

@@ -1,0 +1,253 @@
+//! Versioned backend sets: what an upstream's backends are right now.
+//!
+//! An [`Upstream`] holds the current [`BackendSet`] (an immutable
+//! snapshot) and its version number. A change (an [`Update`]: the static
+//! `servers` list as the first version, a reload that only changes
+//! servers, later a discovery source) builds the next snapshot off the data
+//! path and publishes it under a short write lock; the version counter is
+//! what workers look at: one relaxed load per pick, and only a worker that
+//! sees a new number takes the read lock to fetch the snapshot and rebuild
+//! its replica. Backends that stay keep their `Arc<Backend>` (id, health,
+//! circuit, counts); backends that leave are retired (their health check
+//! stops) but stay valid for the connections that still hold them.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        Arc, RwLock,
+    },
+};
+
+use super::state::{Backend, BackendId};
+use crate::config::{Config, EjectConfig, ServerConfig, UpstreamConfig};
+
+/// Backend ids are unique in the process (across upstreams and reloads).
+static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+
+/// One member of a set version: the shared backend and its weight in
+/// this version.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub backend: Arc<Backend>,
+    pub weight: u32,
+}
+
+/// One version of an upstream's backends. Immutable once published.
+#[derive(Debug)]
+pub struct BackendSet {
+    pub version: u64,
+    pub members: Vec<Member>,
+}
+
+impl BackendSet {
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The index of backend `id` in this version.
+    pub fn index_of(&self, id: BackendId) -> Option<usize> {
+        self.members.iter().position(|m| m.backend.id == id)
+    }
+}
+
+/// A change to an upstream's backend set.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// Replace the whole list (static config, a reload, a full discovery snapshot).
+    Reset(Vec<ServerConfig>),
+    Add(ServerConfig),
+    Remove(SocketAddr),
+    Weight(SocketAddr, u32),
+}
+
+/// One upstream's backends, shared by all workers (and carried over by a
+/// reload for the backends it keeps).
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: String,
+    pub(super) eject: Option<EjectConfig>,
+    /// As nginx: a lone server is never ejected (nowhere else to go).
+    pub(super) ejectable: AtomicBool,
+    pub(super) slow_start_ms: u64,
+    /// http requests waiting for a backend below its max_connections.
+    pub queued: AtomicU32,
+    version: AtomicU64,
+    current: RwLock<Arc<BackendSet>>,
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig) -> Arc<Upstream> {
+        Self::carry_over(cfg, None)
+    }
+
+    /// Like [`Upstream::new`], reusing `prev`'s backend of every server
+    /// that is still configured the same way (address, backup flag, cap):
+    /// it keeps its id, health verdict, circuit and live counts.
+    pub fn carry_over(cfg: &UpstreamConfig, prev: Option<&Upstream>) -> Arc<Upstream> {
+        let up = Upstream {
+            name: cfg.name.clone(),
+            eject: cfg.eject.clone(),
+            ejectable: AtomicBool::new(false),
+            slow_start_ms: cfg.slow_start.as_millis() as u64,
+            queued: AtomicU32::new(0),
+            version: AtomicU64::new(0),
+            current: RwLock::new(Arc::new(BackendSet {
+                version: 0,
+                members: Vec::new(),
+            })),
+        };
+        let kept = prev.map(|p| p.current());
+        let members = build(
+            &cfg.servers,
+            kept.as_deref().map_or(&[], |s| &s.members[..]),
+        );
+        let mut slot = up.current.write().unwrap_or_else(|e| e.into_inner());
+        up.publish(&mut slot, members);
+        drop(slot);
+        Arc::new(up)
+    }
+
+    /// The current version number: the one load a worker does per pick.
+    #[inline]
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// The current snapshot.
+    pub fn current(&self) -> Arc<BackendSet> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Apply a change and publish the next version; returns its number.
+    /// Removing or re-adding an address that is not there changes nothing
+    /// (and publishes nothing).
+    pub fn apply(&self, update: Update) -> u64 {
+        // Writers serialize on the write lock for the whole change, so two
+        // sources cannot lose each other's update.
+        let mut slot = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let cur = Arc::clone(&slot);
+        let mut servers: Vec<ServerConfig> = cur
+            .members
+            .iter()
+            .map(|m| ServerConfig {
+                id: m.backend.name.clone(),
+                addr: m.backend.addr,
+                weight: m.weight,
+                backup: m.backend.backup,
+                max_connections: m.backend.max_connections,
+            })
+            .collect();
+        let changed = match update {
+            Update::Reset(list) => {
+                servers = list;
+                true
+            }
+            Update::Add(s) => {
+                if servers.iter().any(|o| o.addr == s.addr) {
+                    false
+                } else {
+                    servers.push(s);
+                    true
+                }
+            }
+            Update::Remove(addr) => {
+                let before = servers.len();
+                servers.retain(|s| s.addr != addr);
+                servers.len() != before
+            }
+            Update::Weight(addr, w) => match servers.iter_mut().find(|s| s.addr == addr) {
+                Some(s) if s.weight != w => {
+                    s.weight = w;
+                    true
+                }
+                _ => false,
+            },
+        };
+        if !changed {
+            return cur.version;
+        }
+        let members = build(&servers, &cur.members);
+        for old in &cur.members {
+            if !members
+                .iter()
+                .any(|m| Arc::ptr_eq(&m.backend, &old.backend))
+            {
+                old.backend.retire(true);
+            }
+        }
+        self.publish(&mut slot, members)
+    }
+
+    fn publish(&self, slot: &mut Arc<BackendSet>, members: Vec<Member>) -> u64 {
+        for m in &members {
+            m.backend.retire(false);
+        }
+        self.ejectable.store(members.len() > 1, Ordering::Relaxed);
+        let version = slot.version + 1;
+        *slot = Arc::new(BackendSet { version, members });
+        self.version.store(version, Ordering::Release);
+        version
+    }
+}
+
+/// The members for `servers`, reusing the backends of `kept` that match.
+/// Duplicate addresses keep the first (config validation refuses them; a
+/// discovery source might not).
+fn build(servers: &[ServerConfig], kept: &[Member]) -> Vec<Member> {
+    let mut out: Vec<Member> = Vec::with_capacity(servers.len());
+    for s in servers {
+        if out.iter().any(|m| m.backend.addr == s.addr) {
+            continue;
+        }
+        let backend = kept
+            .iter()
+            .find(|m| {
+                let b = &m.backend;
+                b.addr == s.addr && b.backup == s.backup && b.max_connections == s.max_connections
+            })
+            .map_or_else(
+                || {
+                    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+                    Arc::new(Backend::new(id, &s.id, s.addr, s.backup, s.max_connections))
+                },
+                |m| Arc::clone(&m.backend),
+            );
+        out.push(Member {
+            backend,
+            weight: s.weight.max(1),
+        });
+    }
+    out
+}
+
+/// Every upstream's shared state, in config order.
+#[derive(Debug)]
+pub struct Upstreams {
+    pub all: Vec<Arc<Upstream>>,
+}
+
+impl Upstreams {
+    pub fn new(cfg: &Config) -> Arc<Upstreams> {
+        Self::carry_over(cfg, None)
+    }
+
+    /// For a reload: backends kept by the new config keep their state
+    /// (matched by upstream name and address).
+    pub fn carry_over(cfg: &Config, prev: Option<&Upstreams>) -> Arc<Upstreams> {
+        Arc::new(Upstreams {
+            all: cfg
+                .upstreams
+                .iter()
+                .map(|u| {
+                    let old = prev.and_then(|p| p.all.iter().find(|o| o.name == u.name));
+                    Upstream::carry_over(u, old.map(|o| &**o))
+                })
+                .collect(),
+        })
+    }
+}

@@ -1,0 +1,320 @@
+//! The Prometheus text exposition (format 0.0.4) of a [`Registry`]:
+//! per-listener, per-route and per-backend families, histograms folded
+//! into fixed buckets.
+
+use std::{fmt::Write as _, sync::atomic::Ordering::Relaxed};
+
+use hdrhistogram::Histogram;
+
+use super::{route_label, Hist, ListenerMetrics, Registry, WorkerMetrics};
+use crate::{backends::Backend, config::Mode};
+
+/// Prometheus bucket bounds, seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Escape a label value (backslash, double quote, newline).
+pub(super) fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Registry {
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut o = String::with_capacity(16 * 1024);
+        let cfg = &self.cfg;
+        let family = |o: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} {kind}");
+        };
+
+        type Field = fn(&ListenerMetrics) -> u64;
+        let per_listener: [(&str, &str, &str, Field); 6] = [
+            (
+                "ringlb_connections_accepted_total",
+                "counter",
+                "Client connections accepted.",
+                |l| l.accepted.get(),
+            ),
+            (
+                "ringlb_limiter_saturated_total",
+                "counter",
+                "Times a worker stopped accepting because the listener was at max_connections.",
+                |l| l.saturated.get(),
+            ),
+            (
+                "ringlb_bytes_received_total",
+                "counter",
+                "Bytes received from clients.",
+                |l| l.bytes_in.get(),
+            ),
+            (
+                "ringlb_bytes_sent_total",
+                "counter",
+                "Bytes sent to clients.",
+                |l| l.bytes_out.get(),
+            ),
+            (
+                "ringlb_retries_total",
+                "counter",
+                "Backends or fresh connections tried again after a failure.",
+                |l| l.retries.get(),
+            ),
+            (
+                "ringlb_connections_rejected_total",
+                "counter",
+                "Client connections refused, by reason.",
+                |l| l.rejected_per_ip.get(),
+            ),
+        ];
+        for (name, kind, help, f) in per_listener {
+            family(&mut o, name, kind, help);
+            for (li, l) in cfg.listeners.iter().enumerate() {
+                let v = self.sum(|w| f(&w.listeners[li]));
+                if name == "ringlb_connections_rejected_total" {
+                    let _ = writeln!(
+                        o,
+                        "{name}{{listener=\"{}\",reason=\"per_ip\"}} {v}",
+                        esc(&l.name)
+                    );
+                } else {
+                    let _ = writeln!(o, "{name}{{listener=\"{}\"}} {v}", esc(&l.name));
+                }
+            }
+        }
+        family(
+            &mut o,
+            "ringlb_connections_active",
+            "gauge",
+            "Client connections open now.",
+        );
+        for (li, l) in cfg.listeners.iter().enumerate() {
+            let v: i64 = self
+                .workers
+                .iter()
+                .map(|w| w.listeners[li].active.get())
+                .sum();
+            let _ = writeln!(
+                o,
+                "ringlb_connections_active{{listener=\"{}\"}} {}",
+                esc(&l.name),
+                v.max(0)
+            );
+        }
+        family(
+            &mut o,
+            "ringlb_listener_max_connections",
+            "gauge",
+            "Connections the listener may hold at once.",
+        );
+        for (li, l) in cfg.listeners.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "ringlb_listener_max_connections{{listener=\"{}\"}} {}",
+                esc(&l.name),
+                self.max_connections(li)
+            );
+        }
+
+        family(
+            &mut o,
+            "ringlb_http_requests_total",
+            "counter",
+            "HTTP requests answered, by status class.",
+        );
+        for (li, l) in cfg.listeners.iter().enumerate() {
+            let Some(h) = &l.http else { continue };
+            for ri in 0..=h.routes.len() {
+                let label = h
+                    .routes
+                    .get(ri)
+                    .map_or_else(|| "none".to_string(), route_label);
+                for (ci, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+                    let v = self.sum(|w| w.listeners[li].routes[ri].classes[ci].get());
+                    let _ = writeln!(o, "ringlb_http_requests_total{{listener=\"{}\",route=\"{}\",class=\"{class}\"}} {v}", esc(&l.name), esc(&label));
+                }
+            }
+        }
+        family(
+            &mut o,
+            "ringlb_rate_limited_total",
+            "counter",
+            "HTTP requests refused by a rate limit.",
+        );
+        for (li, l) in cfg.listeners.iter().enumerate() {
+            let Some(h) = &l.http else { continue };
+            for (ri, r) in h.routes.iter().enumerate() {
+                let v = self.sum(|w| w.listeners[li].routes[ri].rate_limited.get());
+                let _ = writeln!(
+                    o,
+                    "ringlb_rate_limited_total{{listener=\"{}\",route=\"{}\"}} {v}",
+                    esc(&l.name),
+                    esc(&route_label(r))
+                );
+            }
+        }
+
+        // Per backend: the live set of each upstream (a backend set that
+        // changed at runtime shows its current members), labelled by address.
+        type BackendField = fn(&Backend) -> u64;
+        let per_backend: [(&str, &str, &str, BackendField); 4] = [
+            (
+                "ringlb_backend_requests_total",
+                "counter",
+                "Connections (tcp) or requests (http) sent to a backend.",
+                |b| b.requests_total(),
+            ),
+            (
+                "ringlb_backend_failures_total",
+                "counter",
+                "Failures counted by passive ejection (connect failures, 5xx, timeouts).",
+                |b| b.failures_total(),
+            ),
+            (
+                "ringlb_backend_up",
+                "gauge",
+                "1 when the backend may take traffic (health up, circuit not open).",
+                |b| u64::from(b.available()),
+            ),
+            (
+                "ringlb_backend_active",
+                "gauge",
+                "Connections (tcp) or requests (http) in flight to a backend.",
+                |b| u64::from(b.active()),
+            ),
+        ];
+        let sets: Vec<_> = self
+            .upstreams
+            .all
+            .iter()
+            .map(|u| (u.name.clone(), u.current()))
+            .collect();
+        for (name, kind, help, f) in per_backend {
+            family(&mut o, name, kind, help);
+            for (up, set) in &sets {
+                for m in &set.members {
+                    let b = &m.backend;
+                    let _ = writeln!(
+                        o,
+                        "{name}{{upstream=\"{}\",backend=\"{}\"}} {}",
+                        esc(up),
+                        b.addr,
+                        f(b)
+                    );
+                }
+            }
+        }
+        family(
+            &mut o,
+            "ringlb_health_transitions_total",
+            "counter",
+            "Active health check transitions.",
+        );
+        for (up, set) in &sets {
+            for m in &set.members {
+                let b = &m.backend;
+                let (to_up, to_down) = b.transitions();
+                let _ = writeln!(o, "ringlb_health_transitions_total{{upstream=\"{}\",backend=\"{}\",to=\"up\"}} {to_up}", esc(up), b.addr);
+                let _ = writeln!(o, "ringlb_health_transitions_total{{upstream=\"{}\",backend=\"{}\",to=\"down\"}} {to_down}", esc(up), b.addr);
+            }
+        }
+        family(
+            &mut o,
+            "ringlb_access_log_dropped_total",
+            "counter",
+            "Access log lines dropped because the writer fell behind.",
+        );
+        let _ = writeln!(
+            o,
+            "ringlb_access_log_dropped_total {}",
+            self.access_dropped.load(Relaxed)
+        );
+
+        family(
+            &mut o,
+            "ringlb_http_request_duration_seconds",
+            "histogram",
+            "HTTP request time, head received to response sent.",
+        );
+        for (li, l) in cfg.listeners.iter().enumerate() {
+            if l.mode != Mode::Http {
+                continue;
+            }
+            let h = self.merge(|w| &w.listeners[li].request_duration);
+            histogram(
+                &mut o,
+                "ringlb_http_request_duration_seconds",
+                &format!("listener=\"{}\"", esc(&l.name)),
+                &h,
+            );
+        }
+        family(
+            &mut o,
+            "ringlb_upstream_connect_duration_seconds",
+            "histogram",
+            "Time to connect to a backend.",
+        );
+        for (ui, u) in cfg.upstreams.iter().enumerate() {
+            let h = self.merge(|w| &w.upstreams[ui].connect);
+            histogram(
+                &mut o,
+                "ringlb_upstream_connect_duration_seconds",
+                &format!("upstream=\"{}\"", esc(&u.name)),
+                &h,
+            );
+        }
+        family(
+            &mut o,
+            "ringlb_upstream_response_duration_seconds",
+            "histogram",
+            "HTTP: request sent to response head received.",
+        );
+        for (ui, u) in cfg.upstreams.iter().enumerate() {
+            let h = self.merge(|w| &w.upstreams[ui].response);
+            histogram(
+                &mut o,
+                "ringlb_upstream_response_duration_seconds",
+                &format!("upstream=\"{}\"", esc(&u.name)),
+                &h,
+            );
+        }
+        o
+    }
+
+    fn merge(&self, pick: impl Fn(&WorkerMetrics) -> &Hist) -> Option<Histogram<u64>> {
+        let mut out: Option<Histogram<u64>> = None;
+        for w in &self.workers {
+            let Ok(h) = pick(w).0.lock() else { continue };
+            match &mut out {
+                None => out = Some(h.clone()),
+                Some(acc) => {
+                    let _ = acc.add(&*h);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn histogram(o: &mut String, name: &str, labels: &str, h: &Option<Histogram<u64>>) {
+    let (count, sum_us) = match h {
+        Some(h) => (
+            h.len(),
+            h.iter_recorded()
+                .map(|v| v.value_iterated_to() * v.count_at_value())
+                .sum::<u64>(),
+        ),
+        None => (0, 0),
+    };
+    for b in BUCKETS {
+        let le_us = (b * 1e6) as u64;
+        let n = h.as_ref().map_or(0, |h| h.count_between(0, le_us));
+        let _ = writeln!(o, "{name}_bucket{{{labels},le=\"{b}\"}} {n}");
+    }
+    let _ = writeln!(o, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+    let _ = writeln!(o, "{name}_sum{{{labels}}} {}", sum_us as f64 / 1e6);
+    let _ = writeln!(o, "{name}_count{{{labels}}} {count}");
+}

@@ -1,0 +1,275 @@
+//! One error type per request, and the one place it is mapped to what the
+//! client sees (status, `Retry-After`, the JSON body), what passive health
+//! learns (the failure reported against the backend) and what the log says.
+//! HTTP/2 and gRPC will map the same errors to their own codes here.
+
+use std::{io, net::SocketAddr};
+
+use super::h1::codec::HttpError;
+
+/// Which side of the proxy failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something refused, too much, too late, or left.
+    Client,
+    /// The backend failed: refused, reset, timed out, answered badly.
+    Backend,
+    /// ringlb itself has no capacity: no backend available, queue full.
+    Proxy,
+}
+
+/// What went wrong.
+#[derive(Debug)]
+pub enum Kind {
+    /// The request head is malformed (400).
+    BadHead(&'static str),
+    /// The request line is too long (414).
+    UriTooLong,
+    /// The header section is too large (431).
+    HeadTooLarge,
+    /// CONNECT (405).
+    MethodNotAllowed,
+    /// The head did not arrive within `header_timeout` (408).
+    HeadTimeout,
+    /// No route matches the host and path (404).
+    NoRoute,
+    /// The route's rate limit refused it (429, `Retry-After`).
+    RateLimited { retry_after: u64 },
+    /// The body is over `max_body_size` (413).
+    BodyTooLarge,
+    /// The chunked body's framing is malformed (400).
+    BadBody(&'static str),
+    /// The client closed or failed mid-request; nobody to answer.
+    ClientGone(io::Error),
+    /// No backend is available (503).
+    NoBackend,
+    /// Every backend is at max_connections and the queue is full (503).
+    QueueFull,
+    /// Queued for `queue_timeout` without a free backend (503).
+    QueueTimeout,
+    /// One connect attempt failed (the next backend is tried).
+    Connect(String),
+    /// Every backend tried failed (502).
+    BackendsFailed,
+    /// Sending the request head failed (502).
+    SendFailed(io::Error),
+    /// The backend stopped reading the request body (502).
+    BackendStoppedReading(io::Error),
+    /// The backend closed before a complete response head (502).
+    NoResponse(io::Error),
+    /// No response head within `response_timeout` (504).
+    ResponseTimeout,
+    /// The response head is invalid (502).
+    BadResponse(&'static str),
+    /// `101 Switching Protocols` to a request that asked for no upgrade (502).
+    UnexpectedSwitch,
+}
+
+/// A failed request: what went wrong, whether it may be sent again (on a
+/// fresh connection), and the backend it went to, if any.
+#[derive(Debug)]
+pub struct ProxyError {
+    pub kind: Kind,
+    /// The request can go again: it was idempotent, every byte is still
+    /// held, and it failed on a pooled connection the backend had closed.
+    pub retryable: bool,
+    /// The client connection may carry the next request (a refusal that
+    /// left the framing intact: no route, rate limited, no body).
+    pub keep_alive: bool,
+    pub backend: Option<SocketAddr>,
+}
+
+impl From<Kind> for ProxyError {
+    fn from(kind: Kind) -> Self {
+        ProxyError {
+            kind,
+            retryable: false,
+            keep_alive: false,
+            backend: None,
+        }
+    }
+}
+
+impl From<HttpError> for Kind {
+    fn from(e: HttpError) -> Self {
+        match e {
+            HttpError::Bad(w) => Kind::BadHead(w),
+            HttpError::UriTooLong => Kind::UriTooLong,
+            HttpError::HeadersTooLarge => Kind::HeadTooLarge,
+            HttpError::MethodNotAllowed => Kind::MethodNotAllowed,
+        }
+    }
+}
+
+impl ProxyError {
+    pub fn at(mut self, backend: SocketAddr) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    pub fn keep_alive(mut self, keep: bool) -> Self {
+        self.keep_alive = keep;
+        self
+    }
+
+    pub fn retryable(mut self, retryable: bool) -> Self {
+        self.retryable = retryable;
+        self
+    }
+
+    pub fn side(&self) -> Side {
+        use Kind::*;
+        match self.kind {
+            BadHead(_)
+            | UriTooLong
+            | HeadTooLarge
+            | MethodNotAllowed
+            | HeadTimeout
+            | NoRoute
+            | RateLimited { .. }
+            | BodyTooLarge
+            | BadBody(_)
+            | ClientGone(_) => Side::Client,
+            NoBackend | QueueFull | QueueTimeout => Side::Proxy,
+            Connect(_)
+            | BackendsFailed
+            | SendFailed(_)
+            | BackendStoppedReading(_)
+            | NoResponse(_)
+            | ResponseTimeout
+            | BadResponse(_)
+            | UnexpectedSwitch => Side::Backend,
+        }
+    }
+
+    /// The status ringlb answers with; `None`: nobody to answer, close.
+    pub fn status(&self) -> Option<u16> {
+        use Kind::*;
+        Some(match self.kind {
+            BadHead(_) | BadBody(_) => 400,
+            NoRoute => 404,
+            MethodNotAllowed => 405,
+            HeadTimeout => 408,
+            BodyTooLarge => 413,
+            UriTooLong => 414,
+            RateLimited { .. } => 429,
+            HeadTooLarge => 431,
+            Connect(_)
+            | BackendsFailed
+            | SendFailed(_)
+            | BackendStoppedReading(_)
+            | NoResponse(_)
+            | BadResponse(_)
+            | UnexpectedSwitch => 502,
+            NoBackend | QueueFull | QueueTimeout => 503,
+            ResponseTimeout => 504,
+            ClientGone(_) => return None,
+        })
+    }
+
+    /// Seconds for a `Retry-After` field.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self.kind {
+            Kind::RateLimited { retry_after } => Some(retry_after),
+            _ => None,
+        }
+    }
+
+    /// The failure to report against the backend for passive ejection, if
+    /// this one counts: a pooled connection the backend closed while we
+    /// could still retry does not (keep-alive races are not the backend
+    /// failing).
+    pub fn health(&self) -> Option<&str> {
+        use Kind::*;
+        match &self.kind {
+            Connect(why) => Some(why),
+            ResponseTimeout => Some("response timeout"),
+            BadResponse(why) => Some(why),
+            NoResponse(_) if !self.retryable => Some("closed without a response"),
+            _ => None,
+        }
+    }
+
+    /// A short stable reason for logs.
+    pub fn reason(&self) -> &'static str {
+        use Kind::*;
+        match self.kind {
+            BadHead(_) => "bad_request_head",
+            UriTooLong => "uri_too_long",
+            HeadTooLarge => "head_too_large",
+            MethodNotAllowed => "method_not_allowed",
+            HeadTimeout => "head_timeout",
+            NoRoute => "no_route",
+            RateLimited { .. } => "rate_limited",
+            BodyTooLarge => "body_too_large",
+            BadBody(_) => "bad_body",
+            ClientGone(_) => "client_gone",
+            NoBackend => "no_backend",
+            QueueFull => "queue_full",
+            QueueTimeout => "queue_timeout",
+            Connect(_) => "connect_failed",
+            BackendsFailed => "backends_failed",
+            SendFailed(_) => "send_failed",
+            BackendStoppedReading(_) => "backend_stopped_reading",
+            NoResponse(_) => "no_response",
+            ResponseTimeout => "response_timeout",
+            BadResponse(_) => "bad_response",
+            UnexpectedSwitch => "unexpected_switch",
+        }
+    }
+}
+
+impl std::fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use Kind::*;
+        match &self.kind {
+            BadHead(w) | BadBody(w) | BadResponse(w) => write!(f, "{}: {w}", self.reason()),
+            Connect(w) => f.write_str(w),
+            ClientGone(e) | SendFailed(e) | BackendStoppedReading(e) | NoResponse(e) => {
+                write!(f, "{}: {e}", self.reason())
+            }
+            _ => f.write_str(self.reason()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_mapping_for_status_side_and_health() {
+        let cases: [(Kind, Option<u16>, Side, bool); 8] = [
+            (Kind::NoRoute, Some(404), Side::Client, false),
+            (
+                Kind::RateLimited { retry_after: 3 },
+                Some(429),
+                Side::Client,
+                false,
+            ),
+            (
+                Kind::ClientGone(io::ErrorKind::UnexpectedEof.into()),
+                None,
+                Side::Client,
+                false,
+            ),
+            (Kind::NoBackend, Some(503), Side::Proxy, false),
+            (Kind::QueueTimeout, Some(503), Side::Proxy, false),
+            (Kind::ResponseTimeout, Some(504), Side::Backend, true),
+            (Kind::BadResponse("x"), Some(502), Side::Backend, true),
+            (Kind::BackendsFailed, Some(502), Side::Backend, false),
+        ];
+        for (kind, status, side, health) in cases {
+            let e = ProxyError::from(kind);
+            assert_eq!(e.status(), status, "{e}");
+            assert_eq!(e.side(), side, "{e}");
+            assert_eq!(e.health().is_some(), health, "{e}");
+        }
+        let e = ProxyError::from(Kind::RateLimited { retry_after: 3 });
+        assert_eq!(e.retry_after(), Some(3));
+        // A pooled connection closed under a retryable request is no failure.
+        let gone = || Kind::NoResponse(io::ErrorKind::UnexpectedEof.into());
+        assert_eq!(ProxyError::from(gone()).retryable(true).health(), None);
+        assert!(ProxyError::from(gone()).health().is_some());
+    }
+}

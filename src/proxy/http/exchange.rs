@@ -1,0 +1,311 @@
+//! One client connection: the keep-alive loop of exchanges, each running
+//! the request phases, the forward step and the response in a fixed order,
+//! and the one place a [`ProxyError`] becomes an answer.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use monoio::net::TcpStream;
+
+use super::{
+    errors::{ProxyError, Side},
+    forward,
+    h1::{
+        body::{forward_body, timed_write},
+        client::MAX_RESPONSE_HEAD,
+        codec::{Framing, Request, Response},
+        respond,
+        rewrite::{self, ResponseCtx},
+        server::{self, HeadRead, HeadWait},
+        tunnel::{self, TunnelOpts},
+    },
+    log::LogFields,
+    phases, HttpProxy,
+};
+use crate::{balancer::ip_octets, io::rbuf::RBuf, listen::ticket::ConnTicket, proxy::early};
+
+/// First size of a connection's read buffers; they grow up to
+/// [`BUF_MAX`] (or the head limit) only when a head or a burst needs it.
+const BUF_INITIAL: usize = 4096;
+const BUF_MAX: usize = 64 * 1024;
+
+/// What happens to the client connection after an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// One client connection.
+pub(super) struct Conn<'a> {
+    pub l: &'a HttpProxy,
+    pub client: TcpStream,
+    pub peer: SocketAddr,
+    pub ip: String,
+    /// The client address's octets (rate-limit key), computed once.
+    pub ip_key: ([u8; 16], usize),
+    /// Bytes from the client not yet handled (pipelined requests stay here).
+    pub from_client: RBuf,
+    /// Bytes from the current backend not yet handled.
+    pub from_backend: RBuf,
+    /// The request head for the backend (plus a small body).
+    pub request_head: Vec<u8>,
+    /// The response head for the client.
+    pub response_head: Vec<u8>,
+    pub req: Request,
+    pub resp: Response,
+    /// The request's host, lower case, without port (routing key).
+    pub host: String,
+    pub id: String,
+    pub ticket: &'a ConnTicket,
+    pub served: u64,
+    /// The current request's route (`routes.len()` = none), for metrics.
+    pub route_idx: usize,
+    /// Bytes sent to the client for the current request.
+    pub bytes_out: u64,
+    /// Request fields kept for the access log (only filled when it is on).
+    pub lf: LogFields,
+}
+
+/// Serve one accepted client connection to the end.
+pub(super) async fn serve(
+    l: &HttpProxy,
+    client: std::net::TcpStream,
+    peer: SocketAddr,
+    ticket: &ConnTicket,
+) {
+    let client = match TcpStream::from_std(client) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(listener = %l.cfg.name, %peer, "cannot register client socket: {e}");
+            return;
+        }
+    };
+    // Behind a front balancer: the client's real address from its PROXY header.
+    let Some(early) = early::read(&client, &l.cfg, peer).await else {
+        return;
+    };
+    let peer = early.origin.map_or(peer, |(src, _)| src);
+    let head_max = l.http.max_header_size + 1;
+    let mut conn = Conn {
+        l,
+        client,
+        peer,
+        ip: peer.ip().to_string(),
+        ip_key: ip_octets(peer.ip()),
+        from_client: RBuf::new(BUF_INITIAL, BUF_MAX.max(head_max)),
+        from_backend: RBuf::new(BUF_INITIAL, BUF_MAX.max(MAX_RESPONSE_HEAD)),
+        request_head: Vec::with_capacity(1024),
+        response_head: Vec::with_capacity(1024),
+        req: Request::default(),
+        resp: Response::default(),
+        host: String::new(),
+        id: String::new(),
+        ticket,
+        served: 0,
+        route_idx: l.routes.len(),
+        bytes_out: 0,
+        lf: LogFields::default(),
+    };
+    conn.from_client.extend(&early.bytes);
+    conn.run().await;
+}
+
+impl Conn<'_> {
+    async fn run(&mut self) {
+        loop {
+            if self.from_client.is_empty() {
+                self.between_requests();
+            }
+            let http = &self.l.http;
+            let wait = HeadWait {
+                idle: if self.served == 0 {
+                    http.header_timeout
+                } else {
+                    http.keepalive_timeout
+                },
+                header_timeout: http.header_timeout,
+                limits: &self.l.limits,
+                drain: self.ticket.drain(),
+            };
+            match server::read_head(&self.client, &mut self.from_client, &mut self.req, &wait).await
+            {
+                HeadRead::Ready => {}
+                HeadRead::Gone => return,
+                HeadRead::Refuse(kind) => {
+                    self.l.new_request_id(&mut self.id);
+                    self.route_idx = self.l.routes.len();
+                    self.lf = LogFields::default();
+                    self.answer(kind.into(), Instant::now()).await;
+                    return;
+                }
+            }
+            self.served += 1;
+            if self.exchange().await == Next::Close {
+                return;
+            }
+        }
+    }
+
+    /// Between requests: give back what a burst grew.
+    fn between_requests(&mut self) {
+        self.from_client.shrink(BUF_INITIAL);
+        self.from_backend.shrink(BUF_INITIAL);
+        for v in [&mut self.request_head, &mut self.response_head] {
+            if v.capacity() > 4 * BUF_INITIAL {
+                *v = Vec::with_capacity(1024);
+            }
+        }
+    }
+
+    /// One request/response exchange; the head is parsed in `self.req`.
+    async fn exchange(&mut self) -> Next {
+        let started = Instant::now();
+        match self.try_exchange(started).await {
+            Ok(next) => next,
+            Err(e) => self.answer(e, started).await,
+        }
+    }
+
+    async fn try_exchange(&mut self, started: Instant) -> Result<Next, ProxyError> {
+        let l = self.l;
+        phases::begin(self);
+        phases::request_id(self);
+        let route_idx = phases::route(self)?;
+        let route = &l.routes[route_idx];
+        phases::limits(self, route_idx)?;
+        let mut plan = phases::rewrite(self, route);
+        let up = &*route.up;
+        let (upstream, inflight) = forward::forward(self, up, &mut plan).await?;
+        let backend = inflight.backend().addr;
+
+        // 101: become a tunnel (only when we asked for an upgrade).
+        if self.resp.status == 101 {
+            if !plan.upgrading {
+                return Err(ProxyError::from(super::errors::Kind::UnexpectedSwitch).at(backend));
+            }
+            self.bytes_out = self.from_backend.len() as u64;
+            self.log(101, Some(backend), started);
+            let opts = TunnelOpts {
+                pools: &l.pools,
+                transfer: l.cfg.transfer,
+                idle_timeout: l.cfg.idle_timeout,
+                write_timeout: l.http.body_timeout,
+            };
+            let Some((counts, end)) = tunnel::run(
+                &self.client,
+                &upstream,
+                &self.from_backend,
+                &self.from_client,
+                &opts,
+            )
+            .await
+            else {
+                return Ok(Next::Close);
+            };
+            let lm = &l.metrics.listeners[l.li];
+            lm.bytes_in.add(counts.up.get());
+            lm.bytes_out.add(counts.down.get());
+            tracing::debug!(listener = %l.cfg.name, request_id = %self.id, ?end, up = counts.up.get(), down = counts.down.get(), "tunnel closed");
+            return Ok(Next::Close);
+        }
+
+        // The final response.
+        let resp = &self.resp;
+        let dechunk = plan.client_minor == 0 && resp.framing == Framing::Chunked;
+        let close = plan.client_close
+            || resp.framing == Framing::UntilClose
+            || dechunk
+            || self.ticket.drain().is_stopping();
+        let status = resp.status;
+        rewrite::response_head(
+            &mut self.response_head,
+            self.from_backend.data(),
+            resp,
+            &ResponseCtx {
+                close,
+                keep_alive_1_0: plan.client_minor == 0 && !close,
+                dechunk,
+                ops: &route.cfg.response_headers,
+            },
+        );
+        let resp_framing = resp.framing;
+        let backend_keeps = resp.minor == 1 && !resp.conn.close;
+        self.from_backend.consume(resp.head_len);
+        let moved = forward_body(
+            &upstream,
+            &mut self.from_backend,
+            &self.client,
+            resp_framing,
+            dechunk,
+            u64::MAX,
+            l.http.body_timeout,
+            &self.response_head,
+            &l.pools,
+        )
+        .await;
+        self.bytes_out = self.response_head.len() as u64 + moved.as_ref().map_or(0, |m| *m);
+        self.log(status, Some(backend), started);
+        match moved {
+            Ok(_) => {
+                if backend_keeps
+                    && resp_framing != Framing::UntilClose
+                    && plan.body_sent
+                    && self.from_backend.is_empty()
+                {
+                    up.put_idle(&inflight, upstream);
+                }
+                Ok(if close { Next::Close } else { Next::KeepAlive })
+            }
+            Err(e) => {
+                tracing::debug!(listener = %l.cfg.name, request_id = %self.id, %backend, "response body cut short: {e:?}");
+                Ok(Next::Close)
+            }
+        }
+    }
+
+    /// The one place a failed request is answered: ringlb's own JSON error
+    /// (or nothing when the client is gone), logged once, then a lingering
+    /// close unless the framing allows the next request.
+    async fn answer(&mut self, e: ProxyError, started: Instant) -> Next {
+        let l = self.l;
+        match (e.side(), e.backend) {
+            (Side::Backend, Some(b)) => {
+                tracing::warn!(listener = %l.cfg.name, peer = %self.peer, request_id = %self.id, backend = %b, "{e}")
+            }
+            _ => {
+                tracing::debug!(listener = %l.cfg.name, peer = %self.peer, request_id = %self.id, backend = ?e.backend, "request failed: {e}")
+            }
+        }
+        let Some(status) = e.status() else {
+            return Next::Close;
+        };
+        let close = !e.keep_alive;
+        self.response_head.clear();
+        respond::error_with(
+            &mut self.response_head,
+            status,
+            &self.id,
+            close,
+            e.retry_after(),
+        );
+        self.bytes_out = self.response_head.len() as u64;
+        self.log(status, e.backend, started);
+        let sent = timed_write(&self.client, &self.response_head, &[], l.http.body_timeout).await;
+        if close {
+            if sent.is_ok() {
+                server::linger(&self.client, &mut self.from_client).await;
+            }
+            Next::Close
+        } else {
+            Next::KeepAlive
+        }
+    }
+
+    /// The write deadline for anything sent to the client or the backend.
+    pub(super) fn write_timeout(&self) -> Duration {
+        self.l.http.body_timeout
+    }
+}

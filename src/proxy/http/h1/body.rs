@@ -1,0 +1,225 @@
+//! Moving one message body from a source to a destination by its framing
+//! (Content-Length, chunked, until close), never buffering it whole: each
+//! read is forwarded before the next, a bulk Content-Length body moves
+//! kernel-side through a pooled pipe, and every wait has a deadline.
+
+use std::{io, os::fd::AsRawFd, time::Duration};
+
+use monoio::net::TcpStream;
+
+use super::{chunked::Chunked, codec::Framing};
+use crate::{
+    io::{
+        pools::{PipeLease, Pools},
+        rbuf::RBuf,
+        relay,
+    },
+    sys,
+};
+
+/// Why moving a body stopped short.
+#[derive(Debug)]
+pub enum BodyError {
+    /// The sender closed or failed mid-body, or went quiet for body_timeout.
+    Source(io::Error),
+    /// The receiver failed or stopped reading for body_timeout.
+    Dest(io::Error),
+    /// Malformed chunked framing from the sender.
+    Chunk(&'static str),
+    /// A chunked request body passed max_body_size.
+    TooLarge,
+}
+
+/// Write `a` then `b` (one vectored send), each wait for room at most `limit`.
+pub async fn timed_write(dst: &TcpStream, a: &[u8], b: &[u8], limit: Duration) -> io::Result<()> {
+    relay::write_all_until(dst, a, b, Some(limit)).await
+}
+
+/// Move one message body from `src` (bytes already read are in `sbuf`) to
+/// `dst`. `head` is written first, in the same send as the first body bytes.
+/// `dechunk`: send only chunk data (for HTTP/1.0 clients). `limit`: most
+/// body bytes accepted (chunked; Content-Length was checked before).
+/// Returns the body bytes moved.
+#[allow(clippy::too_many_arguments)]
+pub async fn forward_body(
+    src: &TcpStream,
+    sbuf: &mut RBuf,
+    dst: &TcpStream,
+    framing: Framing,
+    dechunk: bool,
+    limit: u64,
+    timeout: Duration,
+    head: &[u8],
+    pools: &Pools,
+) -> Result<u64, BodyError> {
+    let mut head = head;
+    let mut moved = 0u64;
+    match framing {
+        Framing::None => {
+            if !head.is_empty() {
+                timed_write(dst, head, &[], timeout)
+                    .await
+                    .map_err(BodyError::Dest)?;
+            }
+        }
+        Framing::Length(n) => {
+            let mut left = n;
+            while left > 0 {
+                if sbuf.is_empty() {
+                    if left >= SPLICE_MIN {
+                        // Bulk: what is left moves kernel-side through a pipe.
+                        if let Some(lease) = pools.lease_pipe() {
+                            if !head.is_empty() {
+                                timed_write(dst, head, &[], timeout)
+                                    .await
+                                    .map_err(BodyError::Dest)?;
+                                head = &[];
+                            }
+                            splice_exact(src, dst, left, lease, timeout).await?;
+                            moved += left;
+                            left = 0;
+                            continue;
+                        }
+                    }
+                    fill(src, sbuf, timeout).await?;
+                }
+                let take = (sbuf.len() as u64).min(left) as usize;
+                timed_write(dst, head, &sbuf.data()[..take], timeout)
+                    .await
+                    .map_err(BodyError::Dest)?;
+                head = &[];
+                sbuf.consume(take);
+                left -= take as u64;
+                moved += take as u64;
+            }
+            if !head.is_empty() {
+                timed_write(dst, head, &[], timeout)
+                    .await
+                    .map_err(BodyError::Dest)?;
+            }
+        }
+        Framing::Chunked => {
+            let mut scan = Chunked::new();
+            while !scan.is_done() {
+                if sbuf.is_empty() {
+                    fill(src, sbuf, timeout).await?;
+                }
+                // Scan what is buffered; forward it in as few writes as possible.
+                let data = sbuf.data();
+                let mut at = 0;
+                while at < data.len() && !scan.is_done() {
+                    let step = scan.step(&data[at..]).map_err(|e| BodyError::Chunk(e.0))?;
+                    if scan.data_total > limit {
+                        return Err(BodyError::TooLarge);
+                    }
+                    if dechunk && step.data && step.len > 0 {
+                        timed_write(dst, head, &data[at..at + step.len], timeout)
+                            .await
+                            .map_err(BodyError::Dest)?;
+                        head = &[];
+                    }
+                    at += step.len;
+                    if step.len == 0 {
+                        break;
+                    }
+                }
+                if !dechunk && at > 0 {
+                    timed_write(dst, head, &data[..at], timeout)
+                        .await
+                        .map_err(BodyError::Dest)?;
+                    head = &[];
+                }
+                sbuf.consume(at);
+                moved = scan.data_total;
+            }
+            if !head.is_empty() {
+                timed_write(dst, head, &[], timeout)
+                    .await
+                    .map_err(BodyError::Dest)?;
+            }
+        }
+        Framing::UntilClose => {
+            if !head.is_empty() || !sbuf.is_empty() {
+                timed_write(dst, head, sbuf.data(), timeout)
+                    .await
+                    .map_err(BodyError::Dest)?;
+                moved += sbuf.len() as u64;
+                sbuf.clear();
+            }
+            loop {
+                match sbuf.fill(src, timeout).await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => return Err(BodyError::Source(e)),
+                }
+                timed_write(dst, sbuf.data(), &[], timeout)
+                    .await
+                    .map_err(BodyError::Dest)?;
+                moved += sbuf.len() as u64;
+                sbuf.clear();
+            }
+            let _ = sys::shutdown_write(dst.as_raw_fd());
+        }
+    }
+    Ok(moved)
+}
+
+/// A Content-Length body with at least this much left (and nothing
+/// buffered) is spliced instead of copied.
+const SPLICE_MIN: u64 = 16 * 1024;
+
+/// Move exactly `left` bytes from `src` to `dst` through a leased pipe.
+async fn splice_exact(
+    src: &TcpStream,
+    dst: &TcpStream,
+    mut left: u64,
+    mut lease: PipeLease<'_>,
+    timeout: Duration,
+) -> Result<(), BodyError> {
+    let Some(pipe) = lease.pipe() else {
+        return Err(BodyError::Source(io::ErrorKind::Other.into()));
+    };
+    let (pr, pw) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
+    let sfd = src.as_raw_fd();
+    let cap = pipe.capacity as u64;
+    let mut result = Ok(());
+    while left > 0 {
+        let n = match sys::splice(sfd, pw, left.min(cap) as usize) {
+            Ok(0) => {
+                result = Err(BodyError::Source(io::ErrorKind::UnexpectedEof.into()));
+                break;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match monoio::time::timeout(timeout, src.readable(false)).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => result = Err(BodyError::Source(e)),
+                    Err(_) => result = Err(BodyError::Source(io::ErrorKind::TimedOut.into())),
+                }
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                result = Err(BodyError::Source(e));
+                break;
+            }
+        };
+        left -= n as u64;
+        if let Err(e) = relay::pipe_to(pr, dst, n, Some(timeout)).await {
+            result = Err(BodyError::Dest(e));
+            break;
+        }
+    }
+    // A pipe left holding bytes is not returned to the pool.
+    lease.set_clean(result.is_ok());
+    result
+}
+
+/// Read more body bytes; EOF mid-body is an error.
+async fn fill(src: &TcpStream, sbuf: &mut RBuf, timeout: Duration) -> Result<(), BodyError> {
+    match sbuf.fill(src, timeout).await {
+        Ok(0) => Err(BodyError::Source(io::ErrorKind::UnexpectedEof.into())),
+        Ok(_) => Ok(()),
+        Err(e) => Err(BodyError::Source(e)),
+    }
+}

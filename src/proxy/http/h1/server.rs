@@ -1,0 +1,103 @@
+//! The server side of an HTTP/1.1 client connection: waiting for and
+//! reading the next request head, and closing after an error answer
+//! without destroying it.
+
+use std::{
+    io,
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+use futures_util::future::{select, Either};
+use monoio::net::TcpStream;
+
+use super::codec::{self, Limits, Request};
+use crate::{io::rbuf::RBuf, listen::drain::Drain, proxy::http::errors::Kind, sys};
+
+/// How long, and how much, an erroring connection is drained before close.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// The outcome of waiting for a request head.
+pub enum HeadRead {
+    /// A complete head is parsed into the request.
+    Ready,
+    /// EOF, reset, keep-alive timeout or shutdown before a request started.
+    Gone,
+    /// Answer this and close.
+    Refuse(Kind),
+}
+
+/// Deadlines for one head.
+pub struct HeadWait<'a> {
+    /// How long the connection may stay idle before the first byte.
+    pub idle: Duration,
+    /// How long the whole head may take once it started.
+    pub header_timeout: Duration,
+    pub limits: &'a Limits,
+    pub drain: &'a Drain,
+}
+
+/// Wait for the next request head (or reuse what is buffered) and parse it
+/// into `req`.
+pub async fn read_head(
+    client: &TcpStream,
+    cbuf: &mut RBuf,
+    req: &mut Request,
+    w: &HeadWait<'_>,
+) -> HeadRead {
+    if cbuf.is_empty() {
+        // Between requests: wait for a byte, the keep-alive timeout or shutdown.
+        if w.drain.is_stopping() {
+            return HeadRead::Gone;
+        }
+        let readable = std::pin::pin!(client.readable(false));
+        let stop = std::pin::pin!(w.drain.stopped());
+        match monoio::time::timeout(w.idle, select(readable, stop)).await {
+            Ok(Either::Left((Ok(()), _))) => {}
+            _ => return HeadRead::Gone,
+        }
+    }
+    let deadline = Instant::now() + w.header_timeout;
+    loop {
+        if !cbuf.is_empty() {
+            match codec::parse_request(cbuf.data(), w.limits, req) {
+                Ok(true) => return HeadRead::Ready,
+                Ok(false) => {}
+                Err(e) => return HeadRead::Refuse(e.into()),
+            }
+        }
+        match cbuf.fill_until(client, deadline).await {
+            Ok(0) => return HeadRead::Gone,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                return if cbuf.is_empty() {
+                    HeadRead::Gone
+                } else {
+                    HeadRead::Refuse(Kind::HeadTimeout)
+                };
+            }
+            Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                return HeadRead::Refuse(Kind::HeadTooLarge)
+            }
+            Err(_) => return HeadRead::Gone,
+        }
+    }
+}
+
+/// Before closing after an error: send FIN, then read and discard what the
+/// client is still sending for a moment. Closing a socket with unread input
+/// sends a reset, which can destroy the answer on its way.
+pub async fn linger(client: &TcpStream, cbuf: &mut RBuf) {
+    let _ = sys::shutdown_write(client.as_raw_fd());
+    let deadline = Instant::now() + LINGER;
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        cbuf.clear();
+        match cbuf.fill_until(client, deadline).await {
+            Ok(n) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
+    cbuf.clear();
+}

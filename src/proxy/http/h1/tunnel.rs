@@ -1,0 +1,63 @@
+//! After `101 Switching Protocols`: the client and backend connections
+//! become one byte tunnel (WebSocket and other allowed upgrades) on the
+//! same relay as tcp listeners.
+
+use std::time::Duration;
+
+use monoio::net::TcpStream;
+
+use super::body::timed_write;
+use crate::{
+    config::Transfer,
+    io::{
+        pools::Pools,
+        rbuf::RBuf,
+        relay::{self, Counts, RelayEnd},
+    },
+};
+
+/// How a tunnel is driven.
+pub struct TunnelOpts<'a> {
+    pub pools: &'a Pools,
+    pub transfer: Transfer,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+/// Send the backend's 101 head (its Connection/Upgrade fields are for this
+/// hop too) and whatever followed it to the client, what the client sent
+/// after its request to the backend, then relay both ways until the
+/// tunnel ends. Returns the bytes relayed and how it ended; `None` when a
+/// first write failed.
+pub async fn run(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    ubuf: &RBuf,
+    cbuf: &RBuf,
+    o: &TunnelOpts<'_>,
+) -> Option<(Counts, RelayEnd)> {
+    if timed_write(client, ubuf.data(), &[], o.write_timeout)
+        .await
+        .is_err()
+    {
+        return None;
+    }
+    if !cbuf.is_empty()
+        && timed_write(upstream, cbuf.data(), &[], o.write_timeout)
+            .await
+            .is_err()
+    {
+        return None;
+    }
+    let counts = Counts::default();
+    let end = relay::relay(
+        client,
+        upstream,
+        o.pools,
+        o.transfer,
+        o.idle_timeout,
+        &counts,
+    )
+    .await;
+    Some((counts, end))
+}

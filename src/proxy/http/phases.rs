@@ -1,0 +1,236 @@
+//! The request phases, in the order an exchange runs them: begin (metrics
+//! and log fields), request id, route, limits, then upgrade and rewrite
+//! (the head for the backend and what the forward step needs to know).
+//! Version independent: HTTP/2 streams will run the same phases.
+
+use super::{
+    errors::{Kind, ProxyError},
+    exchange::Conn,
+    h1::{
+        codec::{self, Framing},
+        rewrite::{self, RequestCtx},
+    },
+    Route,
+};
+use crate::{
+    balancer::{hash_ip, hash_key, Algorithm},
+    config::{HashKey, RateKey},
+    limits::RetryAfter,
+};
+
+/// A request body this small that arrived with its head goes out in the
+/// same write as the head.
+const COALESCE_BODY: usize = 16 * 1024;
+
+/// What the phases decided for the forward and response steps.
+pub(super) struct Plan {
+    /// The consistent-hash key (0 for other algorithms).
+    pub key: u64,
+    /// Where the head ends in `request_head` (a small body may follow).
+    pub head_end: usize,
+    /// An HTTP/1.0 request without Host: the backend's address goes in.
+    pub needs_host: bool,
+    pub framing: Framing,
+    pub expect_continue: bool,
+    pub client_minor: u8,
+    pub client_close: bool,
+    pub is_head: bool,
+    /// The whole body (if any) is in `request_head` already.
+    pub body_sent: bool,
+    /// Only a request whose every byte we still hold can be sent again.
+    pub replayable: bool,
+    /// An upgrade was asked for and allowed.
+    pub upgrading: bool,
+    /// The route's max_body_size (0 = unlimited).
+    pub max_body: u64,
+}
+
+/// Count the head; reset per-request state; keep the log fields.
+pub(super) fn begin(c: &mut Conn<'_>) {
+    let l = c.l;
+    let data = c.from_client.data();
+    let req = &c.req;
+    l.metrics.listeners[l.li].bytes_in.add(req.head_len as u64);
+    c.route_idx = l.routes.len();
+    c.bytes_out = 0;
+    if l.access.is_some() {
+        // Reused strings: no allocation per request once they have grown.
+        let set = |dst: &mut String, v: Option<&[u8]>| {
+            dst.clear();
+            if let Some(v) = v {
+                dst.push_str(&String::from_utf8_lossy(v));
+            }
+        };
+        set(&mut c.lf.method, Some(req.method.get(data)));
+        set(&mut c.lf.path, Some(req.path.get(data)));
+        set(&mut c.lf.user_agent, req.header(data, b"user-agent"));
+        set(&mut c.lf.referer, req.header(data, b"referer"));
+        c.lf.minor = req.minor;
+    }
+}
+
+/// The client's request id when acceptable (the codec checked it), else a fresh one.
+pub(super) fn request_id(c: &mut Conn<'_>) {
+    match c.req.request_id {
+        Some(s) => {
+            c.id.clear();
+            c.id.push_str(std::str::from_utf8(s.get(c.from_client.data())).unwrap_or("invalid"));
+        }
+        None => c.l.new_request_id(&mut c.id),
+    }
+}
+
+/// A refusal before anything was forwarded: when the request had no body
+/// the connection stays usable, so its head is consumed.
+fn refuse(c: &mut Conn<'_>, kind: Kind) -> ProxyError {
+    let keep = c.req.keeps_alive_without_body();
+    if keep {
+        c.from_client.consume(c.req.head_len);
+    }
+    ProxyError::from(kind).keep_alive(keep)
+}
+
+/// The route for the host and path.
+///
+/// # Errors
+/// `NoRoute` (404).
+pub(super) fn route(c: &mut Conn<'_>) -> Result<usize, ProxyError> {
+    let data = c.from_client.data();
+    match c.req.host {
+        Some(h) => codec::host_key(h.get(data), &mut c.host),
+        None => c.host.clear(),
+    }
+    let path = c.req.path.get(data);
+    let lookup: &[u8] = if path.is_empty() || path == b"*" {
+        b"/"
+    } else {
+        path
+    };
+    match c.l.router.find(&c.host, lookup) {
+        Some(i) => {
+            c.route_idx = i;
+            Ok(i)
+        }
+        None => Err(refuse(c, Kind::NoRoute)),
+    }
+}
+
+/// The route's rate limit and body size limit.
+///
+/// # Errors
+/// `RateLimited` (429), `BodyTooLarge` (413).
+pub(super) fn limits(c: &mut Conn<'_>, route_idx: usize) -> Result<(), ProxyError> {
+    let l = c.l;
+    let data = c.from_client.data();
+    if let Some(Some(rl)) = l.rate_limits.get(route_idx) {
+        let (ip, n) = c.ip_key;
+        let key: &[u8] = match &rl.cfg.key {
+            RateKey::Route => b"",
+            RateKey::ClientIp => &ip[..n],
+            RateKey::Header(name) => c.req.header(data, name.as_bytes()).unwrap_or(&ip[..n]),
+        };
+        if let Err(RetryAfter(secs)) = rl.take(key) {
+            l.metrics.listeners[l.li].routes[route_idx]
+                .rate_limited
+                .inc();
+            return Err(refuse(c, Kind::RateLimited { retry_after: secs }));
+        }
+    }
+    let max_body = l.routes[route_idx].cfg.max_body_size;
+    if let Framing::Length(n) = c.req.framing {
+        if max_body > 0 && n > max_body {
+            return Err(Kind::BodyTooLarge.into());
+        }
+    }
+    Ok(())
+}
+
+/// Build the head for the backend (upgrade allowed or not, path after
+/// strip_prefix, header rules), take a small body along, and note what
+/// the forward step needs. Consumes the head from the client buffer.
+pub(super) fn rewrite(c: &mut Conn<'_>, route: &Route) -> Plan {
+    let data = c.from_client.data();
+    let req = &c.req;
+    let path = req.path.get(data);
+
+    // Upgrade only to protocols the route allows (never h2c: config refuses it).
+    let upgrade = match req.upgrade {
+        Some(u) if req.conn.upgrade && req.method.get(data) == b"GET" => {
+            let value = codec::trim(u.get(data));
+            let proto = value.split(|&b| b == b'/').next().unwrap_or(value);
+            let allowed = route
+                .cfg
+                .upgrade
+                .iter()
+                .any(|p| p.as_bytes().eq_ignore_ascii_case(proto));
+            allowed.then_some(value)
+        }
+        _ => None,
+    };
+
+    // Path after strip_prefix (a `/` goes in front when it lost its own).
+    let (fwd_path, lead_slash): (&[u8], bool) = if path.is_empty() {
+        (b"/", false)
+    } else if route.cfg.strip_prefix && path.starts_with(route.cfg.path_prefix.as_bytes()) {
+        let rest = &path[route.cfg.path_prefix.len()..];
+        (rest, rest.first() != Some(&b'/'))
+    } else {
+        (path, false)
+    };
+
+    let up = &route.up;
+    let key = if up.cfg.balance == Algorithm::ConsistentHash {
+        match &up.cfg.hash_key {
+            HashKey::ClientIp => hash_ip(c.peer.ip()),
+            HashKey::Uri => hash_key(path),
+            HashKey::Header(name) => req
+                .header(data, name.as_bytes())
+                .map_or_else(|| hash_ip(c.peer.ip()), hash_key),
+        }
+    } else {
+        0
+    };
+
+    rewrite::request_head(
+        &mut c.request_head,
+        data,
+        req,
+        &RequestCtx {
+            path: fwd_path,
+            lead_slash,
+            client_ip: &c.ip,
+            request_id: &c.id,
+            upgrade,
+            ops: &route.cfg.request_headers,
+        },
+    );
+    let mut plan = Plan {
+        key,
+        head_end: c.request_head.len(),
+        needs_host: req.host.is_none(),
+        framing: req.framing,
+        expect_continue: req.expect_continue && req.minor == 1,
+        client_minor: req.minor,
+        client_close: req.conn.close || (req.minor == 0 && !req.conn.keep_alive),
+        is_head: req.is_head,
+        body_sent: req.framing == Framing::None,
+        replayable: false,
+        upgrading: upgrade.is_some(),
+        max_body: route.cfg.max_body_size,
+    };
+    let idempotent = req.idempotent;
+    c.from_client.consume(c.req.head_len);
+
+    // A small Content-Length body already here goes out with the head.
+    if let Framing::Length(n) = plan.framing {
+        if n as usize <= COALESCE_BODY && c.from_client.len() as u64 >= n {
+            c.request_head
+                .extend_from_slice(&c.from_client.data()[..n as usize]);
+            c.from_client.consume(n as usize);
+            c.l.metrics.listeners[c.l.li].bytes_in.add(n);
+            plan.body_sent = true;
+        }
+    }
+    plan.replayable = idempotent && plan.body_sent;
+    plan
+}

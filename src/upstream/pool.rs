@@ -1,0 +1,97 @@
+//! Idle keep-alive connections to one upstream's backends, per worker:
+//! one most-recently-used stack per backend, aligned with the replica's
+//! view of the backend set (a new set version moves the stacks by backend
+//! id; the stacks of removed backends close).
+
+use std::{collections::VecDeque, os::fd::AsRawFd, time::Duration, time::Instant};
+
+use monoio::net::TcpStream;
+
+use crate::sys;
+
+struct IdleConn {
+    stream: TcpStream,
+    since: Instant,
+}
+
+/// Per backend (in set order): idle connections, most recently used at the back.
+#[derive(Default)]
+pub struct IdlePool {
+    stacks: Vec<VecDeque<IdleConn>>,
+}
+
+impl IdlePool {
+    pub fn new(backends: usize) -> IdlePool {
+        IdlePool {
+            stacks: (0..backends).map(|_| VecDeque::new()).collect(),
+        }
+    }
+
+    /// Rebuild for a new set: `from[j]` is the old index of new backend `j`.
+    pub fn remap(&mut self, from: &[Option<usize>]) {
+        let mut old = std::mem::take(&mut self.stacks);
+        self.stacks = from
+            .iter()
+            .map(|i| {
+                i.and_then(|i| old.get_mut(i))
+                    .map(std::mem::take)
+                    .unwrap_or_default()
+            })
+            .collect();
+    }
+
+    /// The most recently used idle connection to backend `idx` that still
+    /// looks usable; stale ones are closed on the way.
+    pub fn take(&mut self, idx: usize, timeout: Duration) -> Option<TcpStream> {
+        let q = self.stacks.get_mut(idx)?;
+        while let Some(c) = q.pop_back() {
+            if c.since.elapsed() < timeout && sys::idle_socket_usable(c.stream.as_raw_fd()) {
+                return Some(c.stream);
+            }
+        }
+        None
+    }
+
+    /// Keep `stream` for backend `idx`, at most `max` per backend (the
+    /// oldest goes first).
+    pub fn put(&mut self, idx: usize, stream: TcpStream, max: usize) {
+        if max == 0 {
+            return;
+        }
+        if let Some(q) = self.stacks.get_mut(idx) {
+            if q.len() >= max {
+                q.pop_front();
+            }
+            q.push_back(IdleConn {
+                stream,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Close pooled connections that timed out or that the backend closed.
+    /// O(pooled connections).
+    pub fn sweep(&mut self, timeout: Duration) {
+        for q in &mut self.stacks {
+            q.retain(|c| {
+                c.since.elapsed() < timeout && sys::idle_socket_usable(c.stream.as_raw_fd())
+            });
+        }
+    }
+
+    /// Close every pooled connection (shutdown).
+    pub fn clear(&mut self) {
+        for q in &mut self.stacks {
+            q.clear();
+        }
+    }
+
+    /// Idle connections held, all backends.
+    pub fn len(&self) -> usize {
+        self.stacks.iter().map(VecDeque::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
