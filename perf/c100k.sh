@@ -602,7 +602,14 @@ run_overload() {
 
 # ----------------------------------------------------------------------------- setup record
 write_setup() {
-    local ver
+    local src="" commit="" dirty=""
+    if [[ -n ${RINGLB_VERSION:-} ]]; then
+        # the git work tree the binary sits in (RINGLB= another tree's binary), else this repo;
+        # dirty = changes or untracked files outside perf/runs/ (run output)
+        src=$(git -C "$(dirname "$RINGLB")" rev-parse --show-toplevel 2>/dev/null) || src=$REPO_ROOT
+        commit=$(git -C "$src" rev-parse HEAD 2>/dev/null) || commit="no-commit"
+        if git -C "$src" status --porcelain -- . ':(exclude)perf/runs' 2>/dev/null | grep -q .; then dirty=" (dirty)"; fi
+    fi
     {
         echo "# Setup (c100k)"
         echo
@@ -614,8 +621,7 @@ write_setup() {
         has_t nginx && echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
         has_t haproxy && echo "- haproxy: $(haproxy -v 2>&1 | head -1)"
         if [[ -n ${RINGLB_VERSION:-} ]]; then
-            ver=$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo "no commit")
-            echo "- ringlb: $RINGLB_VERSION ($RINGLB, built $(date -r "$RINGLB" -Is)), repo @ $ver$(git -C "$REPO_ROOT" status --porcelain 2>/dev/null | grep -q . && echo ' (dirty)') (the binary may predate the repo state: the script does not build it)"
+            echo "- ringlb: $RINGLB_VERSION ($RINGLB, built $(date -r "$RINGLB" -Is)), repo $src @ $commit$dirty (the binary may predate the repo state: the script does not build it)"
         fi
         echo "- loadtool: $LOADTOOL (perf/loadtool, tokio current_thread), $(rustc --version 2>/dev/null || echo 'rustc ?')"
         echo "- RLIMIT_NOFILE: $NOFILE soft = hard per process ($RAISE_NOTE); fs.nr_open $(cat /proc/sys/fs/nr_open), fs.file-max $(cat /proc/sys/fs/file-max)"
@@ -645,6 +651,7 @@ write_setup() {
         echo "- Rate: all proxies running at once (idle ones cost nothing), rounds in rotated order; per measurement ${RATE_WARMUP}s unrecorded warm-up, then ${RATE_DURATION}s of \`loadtool rate\` with $RATE_CONC concurrent loops of connect, send 64 bytes, read the 64-byte echo, close ($CLOSE: $([[ $CLOSE == rst ]] && echo 'SO_LINGER 0, the client leaves no TIME_WAIT' || echo 'normal close')). Before each measurement the machine must be under ${IDLE_MAX}% busy (waits up to ${IDLE_WAIT}s). CPU over the measurement: proxy and echo backend from /proc/PID/stat, the load tool from the shell's children times, machine and per-CPU from /proc/stat; *other* = machine - proxy - backend - client, per second: above ${RATE_OTHER_MAX} the measurement counts as disturbed (other load) and is re-done, up to ${RATE_RETRIES} times (rate.csv keeps every try; the summary uses the last). direct = client straight to the first backend port."
         echo "- Overload: a second ringlb with max_connections $OVERLOAD_MAX; $OVERLOAD_CLIENTS clients connect at once and send; after 2 s the first $((OVERLOAD_CLIENTS - OVERLOAD_MAX)) served ones leave (FIN) and the waiting ones must be served; then each remaining one echoes once more. ringlb's /proc/PID/fd is sampled every 10 ms throughout (overload-fds.csv)."
     } >"$OUT_DIR/SETUP.md"
+    echo "c100k, WORKERS=$WORKERS, N=$N; ${T_LIST[*]}${RINGLB_VERSION:+; $RINGLB_VERSION @ $commit$dirty}; host $(hostname), kernel $(uname -r). See SETUP.md." >"$OUT_DIR/meta.txt"
 }
 
 # ----------------------------------------------------------------------------- summary

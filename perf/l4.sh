@@ -313,7 +313,7 @@ write_setup() {
         echo "- CPU: utime+stime from /proc/PID/stat of the proxy (nginx master + workers) and of the backend (redis-server / backend nginx master + worker / iperf3 -s) before and after each measurement; machine CPU from /proc/stat (busy = all but idle and iowait)."
         echo "- Clients: redis-benchmark -t get,set -n $REDIS_N -c 50 -P {$REDIS_PIPELINES} --csv; wrk -t1 -c{$WRK_CONNS} -d${DURATION}s --latency; iperf3 -t $IPERF_TIME -J (one stream)."
     } >"$OUT_DIR/SETUP.md"
-    echo "PIN=$PIN ($(pin_summary)); $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v 2>&1 | head -1 | awk '{print $3}'), redis $(redis-server --version | grep -o 'v=[^ ]*' | cut -d= -f2)$(has_t ringlb && echo ", $RINGLB_VERSION"); host $(hostname), kernel $(uname -r). See SETUP.md." >"$OUT_DIR/meta.txt"
+    echo "PIN=$PIN ($(pin_summary)); $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v 2>&1 | head -1 | awk '{print $3}'), redis $(redis-server --version | grep -o 'v=[^ ]*' | cut -d= -f2)$(ringlb_meta); host $(hostname), kernel $(uname -r). See SETUP.md." >"$OUT_DIR/meta.txt"
 }
 
 # ----------------------------------------------------------------------------- main

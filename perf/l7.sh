@@ -233,7 +233,7 @@ write_setup() {
         echo "- CPU: utime+stime from /proc/PID/stat of the proxy (nginx master + worker; HAProxy and ringlb: one process, all threads) and of the backend nginx (master + worker) before and after each measurement; machine CPU from /proc/stat (busy = all but idle and iowait); client CPU from the shell's children times."
         echo "- Clients: wrk -t1 -c{$WRK_CONNS} -d${DURATION}s --latency on {$SIZES} (/ and /64k)."
     } >"$OUT_DIR/SETUP.md"
-    echo "L7, PIN=$PIN ($(pin_summary)); $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v 2>&1 | head -1 | awk '{print $3}')$(has_t ringlb && echo ", $RINGLB_VERSION"); host $(hostname), kernel $(uname -r). See SETUP.md." >"$OUT_DIR/meta.txt"
+    echo "L7, PIN=$PIN ($(pin_summary)); $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v 2>&1 | head -1 | awk '{print $3}')$(ringlb_meta); host $(hostname), kernel $(uname -r). See SETUP.md." >"$OUT_DIR/meta.txt"
 }
 
 # ----------------------------------------------------------------------------- main

@@ -66,6 +66,19 @@ ensure_ringlb() {
         fi
     fi
     RINGLB_VERSION=$("$RINGLB" --version 2>&1) || die "'$RINGLB --version' failed: $RINGLB_VERSION"
+    ringlb_source
+}
+# RINGLB_SRC: the git work tree the binary sits in (RINGLB=/other/tree/target/release/ringlb
+# records that tree, not this script's), else REPO_ROOT; RINGLB_COMMIT: its full HEAD;
+# RINGLB_DIRTY: " (dirty)" if it has changes or untracked files outside perf/runs/ (run output)
+ringlb_source() {
+    RINGLB_SRC=$(git -C "$(dirname "$RINGLB")" rev-parse --show-toplevel 2>/dev/null) || RINGLB_SRC=$REPO_ROOT
+    RINGLB_COMMIT=$(git -C "$RINGLB_SRC" rev-parse HEAD 2>/dev/null) || RINGLB_COMMIT="no-commit"
+    RINGLB_DIRTY=""
+    if git -C "$RINGLB_SRC" status --porcelain -- . ':(exclude)perf/runs' 2>/dev/null | grep -q .; then RINGLB_DIRTY=" (dirty)"; fi
+}
+ringlb_meta() { # ", ringlb X.Y.Z @ <full commit>[ (dirty)]" for meta.txt, empty when ringlb is not run
+    [[ -z ${RINGLB_VERSION:-} ]] || echo ", $RINGLB_VERSION @ $RINGLB_COMMIT$RINGLB_DIRTY"
 }
 
 # ----------------------------------------------------------------------------- run dir
@@ -369,11 +382,9 @@ setup_host_lines() { # markdown list items: date, host, kernel, CPU, memory
     echo "- memory: $(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
 }
 setup_ringlb_lines() { # ringlb version and repo state (when ringlb is a target)
-    local ver
     [[ -n ${RINGLB_VERSION:-} ]] || return 0
-    echo "- ringlb: $RINGLB_VERSION ($RINGLB)"
-    ver=$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo "no commit")
-    echo "- ringlb repo: $REPO_ROOT @ $ver$(git -C "$REPO_ROOT" status --porcelain 2>/dev/null | grep -q . && echo ' (dirty)')"
+    echo "- ringlb: $RINGLB_VERSION ($RINGLB, built $(date -r "$RINGLB" -Is))"
+    echo "- ringlb repo: $RINGLB_SRC @ $RINGLB_COMMIT$RINGLB_DIRTY (HEAD when the run started; the binary may predate it)"
 }
 setup_limits_line() {
     echo "- somaxconn: $(cat /proc/sys/net/core/somaxconn), ip_local_port_range: $(tr '\t' ' ' </proc/sys/net/ipv4/ip_local_port_range), ulimit -n: $(ulimit -n)"
