@@ -2,8 +2,6 @@
 //! failover, timeouts, PROXY protocol, IPv6, on both drivers and both
 //! transfer modes.
 
-mod common;
-
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{Shutdown, TcpStream},
@@ -15,11 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 use sha2::{Digest, Sha256};
 
 fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    common::http::pseudo_random(n, seed)
+    crate::common::http::pseudo_random(n, seed)
 }
 
 /// Push `data` through the proxy to an echo backend while reading it back;

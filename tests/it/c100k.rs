@@ -2,8 +2,6 @@
 //! sockets and nothing else, the fd budget caps max_connections, and an
 //! overloaded listener queues clients instead of dropping them.
 
-mod common;
-
 use std::{
     io::{Read, Write},
     net::TcpStream,
@@ -12,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use crate::common::*;
 
 /// Connect `n` clients, each moving `bytes` through the proxy (so splice
 /// pipes were used), then leave them idle.

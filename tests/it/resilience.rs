@@ -10,8 +10,6 @@
 //! tolerant where timing on a loaded 2-core machine matters. Every socket
 //! has a read timeout and every thread ends.
 
-mod common;
-
 use std::{
     io::{self, BufRead, BufReader, Read, Write},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
@@ -23,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{backends::*, http::*, *};
+use crate::common::{backends::*, http::*, *};
 
 const HEALTH_HTTP: &str = r#"health = { kind = "http", path = "/healthz", interval = "100ms", timeout = "100ms", rise = 2, fall = 2 }"#;
 const HEALTH_TCP: &str =

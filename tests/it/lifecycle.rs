@@ -1,7 +1,5 @@
 //! Process-level behaviour: connection limit, graceful stop, `check`.
 
-mod common;
-
 use std::{
     io::{Read, Write},
     net::TcpStream,
@@ -10,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 
 fn echo_ok(s: &mut TcpStream, msg: &[u8]) -> bool {
     s.write_all(msg).is_ok() && {
@@ -184,25 +182,10 @@ fn second_signal_exits_at_once() {
     assert_eq!(lb.wait_exit(Duration::from_secs(3)), Some(0));
 }
 
-fn check(text: &str) -> (i32, String, String) {
-    let path = temp_file("check", text);
-    let out = Command::new(BIN)
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_file(&path);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn check_accepts_valid_and_names_the_key_of_broken_configs() {
     let good = l4_config(&["127.0.0.1:1".parse().unwrap()], "", "", "");
-    let (code, out, _) = check(&good);
+    let (code, out, _) = check_config(&good);
     assert_eq!(code, 0);
     assert!(out.contains("ok"));
 
@@ -238,7 +221,7 @@ fn check_accepts_valid_and_names_the_key_of_broken_configs() {
         ("[[listener]\n".to_string(), "line 1"),
     ];
     for (text, key) in cases {
-        let (code, _, err) = check(&text);
+        let (code, _, err) = check_config(&text);
         assert_eq!(code, 2, "exit code for {key}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
         assert!(err.contains(key), "error should name {key}: {err}");

@@ -1,8 +1,6 @@
 //! redis-benchmark through ringlb to a real redis-server: no errors.
 //! Needs redis-server and redis-benchmark (installed by .ci/run).
 
-mod common;
-
 use std::{
     net::TcpListener,
     process::{Child, Command, Stdio},
@@ -10,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 
 struct Redis(Child);
 

@@ -3,9 +3,11 @@
 //! is stopped by PID when its handle drops.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod backends;
 pub mod http;
 pub mod json;
+pub mod notify;
 pub mod prom;
 
 use std::{
@@ -26,15 +28,33 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_ringlb");
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
+/// A name no other test in this run uses: `ringlb-test-PID-WHAT-N`.
+pub fn unique_name(what: &str) -> String {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("ringlb-test-{}-{what}-{n}", std::process::id())
+}
+
 /// A unique temp file holding `text`.
 pub fn temp_file(prefix: &str, text: &str) -> PathBuf {
-    let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    let p = std::env::temp_dir().join(format!(
-        "ringlb-test-{}-{prefix}-{n}.toml",
-        std::process::id()
-    ));
+    let p = std::env::temp_dir().join(format!("{}.toml", unique_name(prefix)));
     std::fs::write(&p, text).expect("write temp config");
     p
+}
+
+/// `ringlb check -c` on `text`: (exit code, stdout, stderr).
+pub fn check_config(text: &str) -> (i32, String, String) {
+    let path = temp_file("check", text);
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// How to start ringlb beyond its config.
@@ -468,4 +488,47 @@ servers = [{}]
 "#,
         list.join(", ")
     )
+}
+
+/// Active tcp checks that decide at the first verdict, circuit breaker off.
+pub const HEALTH_FAST: &str = "health = { kind = \"tcp\", interval = \"100ms\", timeout = \"100ms\", rise = 1, fall = 1 }\neject = { failures = 0 }";
+
+/// A temp directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> TempDir {
+        let p = std::env::temp_dir().join(unique_name(what));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A TCP session through an echo backend greeting with `greeting`: read
+/// the greeting, echo `payload`, half-close, read to EOF. The client address.
+pub fn tcp_session(addr: SocketAddr, greeting: &[u8], payload: &[u8]) -> SocketAddr {
+    let mut s = connect(addr);
+    let local = s.local_addr().unwrap();
+    let mut g = vec![0u8; greeting.len()];
+    s.read_exact(&mut g).unwrap();
+    assert_eq!(g, greeting);
+    if !payload.is_empty() {
+        assert_eq!(echo_roundtrip(&mut s, payload), payload);
+    }
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "bytes after the echo: {rest:?}");
+    local
 }

@@ -2,8 +2,6 @@
 //! zero failed connections and requests, the new config or binary takes
 //! over, an invalid config or a broken binary changes nothing.
 
-mod common;
-
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
@@ -17,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{http::Backend, temp_file, Echo, BIN};
+use crate::common::{http::Backend, temp_file, Echo, BIN};
 
 /// A ringlb started from `exe` with a config file the test rewrites.
 struct Proc {

@@ -9,8 +9,6 @@
 //! Every socket has a read timeout (5 s client side, 10 s backend side), so
 //! a broken proxy fails a test instead of hanging it.
 
-mod common;
-
 use std::{
     net::{Shutdown, SocketAddr},
     sync::{
@@ -21,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{http::*, *};
+use crate::common::{http::*, *};
 
 const MIB: u64 = 1 << 20;
 
@@ -57,7 +55,7 @@ fn cfg(backends: &[SocketAddr], listener: &str, upstream: &str) -> String {
     )
 }
 
-use common::backends::wait_until;
+use crate::common::backends::wait_until;
 
 // ------------------------------------------------------------------ curl
 

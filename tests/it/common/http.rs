@@ -956,3 +956,31 @@ pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
     out.truncate(n);
     out
 }
+
+/// One request on a fresh connection.
+pub struct Sent {
+    pub resp: Resp,
+    /// Bytes written by the client.
+    pub req_bytes: usize,
+    /// Bytes of the response as received (head and body).
+    pub resp_bytes: usize,
+    pub client: SocketAddr,
+}
+
+pub fn send(addr: SocketAddr, raw: &str) -> Sent {
+    let mut c = Client::connect(addr);
+    let client = c.w.s.local_addr().unwrap();
+    c.send(raw.as_bytes());
+    let resp = c.response();
+    let resp_bytes = resp.head.raw.len() + resp.body.len();
+    Sent {
+        resp,
+        req_bytes: raw.len(),
+        resp_bytes,
+        client,
+    }
+}
+
+pub fn get_req(path: &str, host: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n")
+}
