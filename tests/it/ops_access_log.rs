@@ -149,24 +149,30 @@ fn json_lines(lines: &[String]) -> Vec<Json> {
 /// "raw" (tcp echo greeting "hi\n"), "idle" (the same with a 300 ms idle
 /// timeout) and "dead" (tcp, its only server refuses). Listeners need
 /// distinct addresses (config validation), hence 127.0.0.2-4.
-fn access_config(access: &str, app: SocketAddr, echo: SocketAddr) -> String {
-    format!(
-        "[runtime]\nworkers = 2\n\n{ADMIN}\n{access}\n\
-         [[listener]]\nname = \"web\"\nmode = \"http\"\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"1s\"\n\
-         [[listener.route]]\npath_prefix = \"/api/\"\nupstream = \"app\"\n\n\
-         [[listener]]\nname = \"raw\"\nmode = \"tcp\"\nlisten = \"127.0.0.2:0\"\nupstream = \"echo\"\nconnect_timeout = \"1s\"\n\n\
-         [[listener]]\nname = \"idle\"\nmode = \"tcp\"\nlisten = \"127.0.0.3:0\"\nupstream = \"echo\"\nconnect_timeout = \"1s\"\nidle_timeout = \"300ms\"\n\n\
-         [[listener]]\nname = \"dead\"\nmode = \"tcp\"\nlisten = \"127.0.0.4:0\"\nupstream = \"gone\"\nconnect_timeout = \"1s\"\n\n\
-         [upstream.app]\nservers = [{{ addr = \"{app}\" }}]\n\n\
-         [upstream.echo]\nservers = [{{ addr = \"{echo}\" }}]\n\n\
-         [upstream.gone]\nservers = [{{ addr = \"{}\" }}]\n",
-        refused_addr()
-    )
+fn access_config(access: &str, app: SocketAddr, echo: SocketAddr) -> Cfg {
+    const CT: &str = "connect_timeout = \"1s\"";
+    Cfg::new(2)
+        .admin()
+        .table(access)
+        .http("web", "")
+        .listener_with(CT)
+        .route("path_prefix = \"/api/\"\nupstream = \"app\"")
+        .tcp("raw", "echo")
+        .listener_with(&format!("listen = \"127.0.0.2:0\"\n{CT}"))
+        .tcp("idle", "echo")
+        .listener_with(&format!(
+            "listen = \"127.0.0.3:0\"\n{CT}\nidle_timeout = \"300ms\""
+        ))
+        .tcp("dead", "gone")
+        .listener_with(&format!("listen = \"127.0.0.4:0\"\n{CT}"))
+        .upstream("app", &[app])
+        .upstream("echo", &[echo])
+        .upstream("gone", &[refused_addr()])
 }
 
 /// The backend for the access log tests: `/api/slow` takes 150 ms.
-fn app_backend() -> Backend {
-    Backend::with(|r| {
+fn app_backend() -> HttpBackend {
+    HttpBackend::with(|r| {
         if r.target.starts_with("/api/slow") {
             Reply::ok(r, "slow").delayed(Duration::from_millis(150))
         } else {
@@ -176,7 +182,7 @@ fn app_backend() -> Backend {
 }
 
 /// The X-Request-Id the backend got for the request to `target`.
-fn backend_id(b: &Backend, target: &str) -> String {
+fn backend_id(b: &HttpBackend, target: &str) -> String {
     b.requests()
         .iter()
         .find(|r| r.target == target)
@@ -189,8 +195,8 @@ fn access_log_json_one_line_per_request_and_connection() {
     let dir = TempDir::new("json");
     let path = dir.path("access.log");
     let b = app_backend();
-    let echo = Echo::with_greeting(Some("hi\n"));
-    let lb = Ringlb::start(&access_config(
+    let echo = EchoBackend::greeting("hi");
+    let lb = Ringlb::start(access_config(
         &format!(
             "[access_log]\npath = \"{}\"\nformat = \"json\"\n",
             path.display()
@@ -531,8 +537,8 @@ fn access_log_combined_is_the_default_format() {
     let dir = TempDir::new("combined");
     let path = dir.path("access.log");
     let b = app_backend();
-    let echo = Echo::with_greeting(Some("hi\n"));
-    let lb = Ringlb::start(&access_config(
+    let echo = EchoBackend::greeting("hi");
+    let lb = Ringlb::start(access_config(
         &format!("[access_log]\npath = \"{}\"\n", path.display()),
         b.addr,
         echo.addr,
@@ -670,9 +676,9 @@ fn access_log_combined_is_the_default_format() {
 #[test]
 fn access_log_to_stdout() {
     let b = app_backend();
-    let echo = Echo::with_greeting(Some("hi\n"));
+    let echo = EchoBackend::greeting("hi");
     let lb = Ringlb::start_opts(
-        &access_config(
+        access_config(
             "[access_log]\npath = \"stdout\"\nformat = \"json\"\n",
             b.addr,
             echo.addr,
@@ -720,8 +726,8 @@ fn access_log_reopens_on_sigusr1() {
     let path = dir.path("access.log");
     let rotated = dir.path("access.log.1");
     let b = app_backend();
-    let echo = Echo::with_greeting(Some("hi\n"));
-    let mut lb = Ringlb::start(&access_config(
+    let echo = EchoBackend::greeting("hi");
+    let mut lb = Ringlb::start(access_config(
         &format!(
             "[access_log]\npath = \"{}\"\nformat = \"json\"\n",
             path.display()

@@ -6,7 +6,7 @@ use std::{thread, time::Duration};
 
 use crate::common::{
     admin::*,
-    backends::*,
+    cfg::HEALTH_FAST,
     http::*,
     json::{field, find_by, Json},
     *,
@@ -14,8 +14,8 @@ use crate::common::{
 
 #[test]
 fn admin_healthz_and_unknown_paths() {
-    let echo = Echo::start();
-    let lb = Ringlb::start(&format!("{ADMIN}\n{}", l4_config(&[echo.addr], "", "", "")));
+    let echo = EchoBackend::start();
+    let lb = Ringlb::start(Cfg::tcp_proxy(&[echo.addr]).admin());
     let admin = lb.admin_addr();
     assert!(admin.ip().is_loopback(), "{admin}");
     assert_ne!(admin, lb.addr("l"));
@@ -45,8 +45,8 @@ fn admin_healthz_and_unknown_paths() {
 
 #[test]
 fn no_admin_table_no_admin_listener() {
-    let echo = Echo::start();
-    let lb = Ringlb::start(&l4_config(&[echo.addr], "", "", ""));
+    let echo = EchoBackend::start();
+    let lb = Ringlb::start(Cfg::tcp_proxy(&[echo.addr]));
     thread::sleep(Duration::from_millis(200));
     assert!(
         !lb.log_text().contains("admin listening on"),
@@ -57,12 +57,15 @@ fn no_admin_table_no_admin_listener() {
 
 #[test]
 fn readyz_follows_active_health_checks() {
-    let b = HttpBackend::start("only");
-    let cfg = format!(
-        "[runtime]\nworkers = 2\n\n{ADMIN}\n[[listener]]\nname = \"web\"\nmode = \"http\"\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\nconnect_timeout = \"1s\"\n\n[upstream.app]\nservers = [{{ addr = \"{}\" }}]\n{HEALTH_FAST}\n",
-        b.addr()
+    let b = HttpBackend::named("only");
+    let lb = Ringlb::start(
+        Cfg::new(2)
+            .admin()
+            .http("web", "app")
+            .listener_with("connect_timeout = \"1s\"")
+            .upstream("app", &[b.addr])
+            .upstream_with(HEALTH_FAST),
     );
-    let lb = Ringlb::start(&cfg);
     let r = admin_get(&lb, "/readyz");
     assert_eq!((r.status, r.text().as_str()), (200, "ready\n"));
     assert_eq!(get(lb.addr("web"), "t", "/a").status, 200);
@@ -87,10 +90,10 @@ fn readyz_follows_active_health_checks() {
         "want a one-line reason, got {body:?}"
     );
     let st = status(&lb);
-    let be = status_backend(&st, "app", b.addr());
+    let be = status_backend(&st, "app", b.addr);
     assert_eq!(field(&be, "health").str(), Some("down"), "{be}");
     assert_eq!(field(&be, "up").bool(), Some(false), "{be}");
-    let bl = lbl(&[("upstream", "app"), ("backend", &b.addr().to_string())]);
+    let bl = lbl(&[("upstream", "app"), ("backend", &b.addr.to_string())]);
     let m = scrape(&lb);
     assert_eq!(
         mismatches(&m, &[("ringlb_backend_up", bl.clone(), 0.0)]),
@@ -104,7 +107,7 @@ fn readyz_follows_active_health_checks() {
         "readyz not ready again after the backend came back"
     );
     assert_eq!(admin_get(&lb, "/readyz").text(), "ready\n");
-    let be = status_backend(&status(&lb), "app", b.addr());
+    let be = status_backend(&status(&lb), "app", b.addr);
     assert_eq!(field(&be, "health").str(), Some("up"), "{be}");
     assert_eq!(field(&be, "up").bool(), Some(true), "{be}");
     assert_eq!(get(lb.addr("web"), "t", "/b").status, 200);
@@ -133,10 +136,14 @@ fn readyz_503_when_every_circuit_is_open() {
     // Connect failures count for passive ejection: 2 per backend open both
     // circuits (no active checks), so no backend of "app" is available.
     let (a, b) = (refused_addr(), refused_addr());
-    let cfg = format!(
-        "[runtime]\nworkers = 1\n\n{ADMIN}\n[[listener]]\nname = \"l\"\nmode = \"http\"\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\nconnect_timeout = \"1s\"\n\n[upstream.app]\nservers = [{{ addr = \"{a}\" }}, {{ addr = \"{b}\" }}]\neject = {{ failures = 2, cooldown = \"10s\" }}\n"
+    let lb = Ringlb::start(
+        Cfg::new(1)
+            .admin()
+            .http("l", "app")
+            .listener_with("connect_timeout = \"1s\"")
+            .upstream("app", &[a, b])
+            .upstream_with("eject = { failures = 2, cooldown = \"10s\" }"),
     );
-    let lb = Ringlb::start(&cfg);
     assert_eq!(admin_get(&lb, "/readyz").status, 200);
     let statuses: Vec<u16> = (0..6)
         .map(|i| get(lb.addr("l"), "t", &format!("/{i}")).status)
@@ -189,17 +196,19 @@ fn readyz_503_when_every_circuit_is_open() {
 
 #[test]
 fn status_lists_listeners_upstreams_and_backends() {
-    let (b1, b2) = (Backend::start(), Backend::start());
-    let echo = Echo::start();
-    let cfg = format!(
-        "[runtime]\nworkers = 2\n\n{ADMIN}\n\
-         [[listener]]\nname = \"web\"\nmode = \"http\"\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\nmax_connections = 200\n\n\
-         [[listener]]\nname = \"raw\"\nmode = \"tcp\"\nlisten = \"127.0.0.2:0\"\nupstream = \"echo\"\nmax_connections = 50\n\n\
-         [upstream.app]\nservers = [{{ addr = \"{}\" }}, {{ addr = \"{}\", backup = true }}]\n\n\
-         [upstream.echo]\nservers = [{{ addr = \"{}\" }}]\n",
-        b1.addr, b2.addr, echo.addr
+    let (b1, b2) = (HttpBackend::start(), HttpBackend::start());
+    let echo = EchoBackend::start();
+    let lb = Ringlb::start(
+        Cfg::new(2)
+            .admin()
+            .http("web", "app")
+            .listener_with("max_connections = 200")
+            .tcp("raw", "echo")
+            .listener_with("listen = \"127.0.0.2:0\"\nmax_connections = 50")
+            .upstream("app", &[b1.addr])
+            .server(b2.addr, "backup = true")
+            .upstream("echo", &[echo.addr]),
     );
-    let lb = Ringlb::start(&cfg);
     let st = status(&lb);
     assert_eq!(
         field(&st, "version").str(),

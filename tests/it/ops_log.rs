@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, thread, time::Duration};
 
-use crate::common::{admin::ADMIN, backends::*, http::*, notify::*, *};
+use crate::common::{cfg::HEALTH_FAST, http::*, notify::*, *};
 
 /// The level field of a log line (`<time> LEVEL message`).
 fn level(line: &str) -> Option<&str> {
@@ -21,10 +21,11 @@ fn lines_at(lb: &Ringlb, lvl: &str) -> Vec<String> {
 }
 
 /// An http listener "web" in front of one backend, with `log` as the [log] table.
-fn log_config(log: &str, b: SocketAddr) -> String {
-    format!(
-        "{log}\n[runtime]\nworkers = 1\n\n[[listener]]\nname = \"web\"\nmode = \"http\"\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n\n[upstream.app]\nservers = [{{ addr = \"{b}\" }}]\n"
-    )
+fn log_config(log: &str, b: SocketAddr) -> Cfg {
+    Cfg::new(1)
+        .table(log)
+        .http("web", "app")
+        .upstream("app", &[b])
 }
 
 /// A malformed request: ringlb answers 400 and logs why at debug level.
@@ -35,9 +36,9 @@ fn bad_request(addr: SocketAddr) {
 
 #[test]
 fn log_level_debug_from_config() {
-    let b = Backend::start();
+    let b = HttpBackend::start();
     let lb = Ringlb::start_opts(
-        &log_config("[log]\nlevel = \"debug\"\n", b.addr),
+        log_config("[log]\nlevel = \"debug\"\n", b.addr),
         Opts {
             unset: &["RINGLB_LOG", "RUST_LOG"],
             ..Opts::default()
@@ -54,9 +55,9 @@ fn log_level_debug_from_config() {
 
 #[test]
 fn ringlb_log_env_overrides_the_config_level() {
-    let b = Backend::start();
+    let b = HttpBackend::start();
     // level = debug, RINGLB_LOG=info (the harness default): no debug lines.
-    let lb = Ringlb::start(&log_config("[log]\nlevel = \"debug\"\n", b.addr));
+    let lb = Ringlb::start(log_config("[log]\nlevel = \"debug\"\n", b.addr));
     bad_request(lb.addr("web"));
     assert_eq!(get(lb.addr("web"), "t", "/").status, 200);
     thread::sleep(Duration::from_millis(300));
@@ -70,7 +71,7 @@ fn ringlb_log_env_overrides_the_config_level() {
     // level = warn, RINGLB_LOG=debug: info lines (the harness waits for the
     // ready line) and debug lines.
     let lb = Ringlb::start_opts(
-        &log_config("[log]\nlevel = \"warn\"\n", b.addr),
+        log_config("[log]\nlevel = \"warn\"\n", b.addr),
         Opts {
             env: &[("RINGLB_LOG", "debug")],
             ..Opts::default()
@@ -91,10 +92,11 @@ fn log_level_warn_hides_info_lines() {
     // sd_notify here; a refused backend with fast checks logs a WARN.
     let dir = TempDir::new("warn");
     let (sock, sock_path) = notify_socket(&dir);
-    let cfg = format!(
-        "[log]\nlevel = \"warn\"\n\n[runtime]\nworkers = 1\n\n[[listener]]\nname = \"l\"\nmode = \"tcp\"\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n\n[upstream.u]\nservers = [{{ addr = \"{}\" }}]\n{HEALTH_FAST}\n",
-        refused_addr()
-    );
+    let cfg = Cfg::new(1)
+        .table("[log]\nlevel = \"warn\"")
+        .tcp("l", "u")
+        .upstream("u", &[refused_addr()])
+        .upstream_with(HEALTH_FAST);
     let lb = Ringlb::start_opts(
         &cfg,
         Opts {
@@ -127,10 +129,11 @@ fn log_level_warn_hides_info_lines() {
 
 #[test]
 fn check_validates_the_ops_tables() {
-    let good = format!(
-        "{ADMIN}\n[log]\nlevel = \"info\"\n\n[access_log]\npath = \"/tmp/ringlb-ops-check.log\"\nformat = \"json\"\n\n{}",
-        l4_config(&["127.0.0.1:1".parse().unwrap()], "", "", "")
-    );
+    let good = Cfg::tcp_proxy(&["127.0.0.1:1".parse().unwrap()])
+        .admin()
+        .table("[log]\nlevel = \"info\"")
+        .table("[access_log]\npath = \"/tmp/ringlb-ops-check.log\"\nformat = \"json\"")
+        .to_string();
     let (code, _, err) = check_config(&good);
     assert_eq!(code, 0, "{err}");
     for (level, ok) in [
@@ -140,15 +143,15 @@ fn check_validates_the_ops_tables() {
         ("verbose", false),
     ] {
         let (code, _, err) =
-            check_config(&good.replace("level = \"info\"", &format!("level = \"{level}\"")));
+            check_config(good.replace("level = \"info\"", &format!("level = \"{level}\"")));
         assert_eq!(code == 0, ok, "level {level}: {err}");
     }
     for (fmt, ok) in [("combined", true), ("xml", false)] {
         let (code, _, err) =
-            check_config(&good.replace("format = \"json\"", &format!("format = \"{fmt}\"")));
+            check_config(good.replace("format = \"json\"", &format!("format = \"{fmt}\"")));
         assert_eq!(code == 0, ok, "format {fmt}: {err}");
     }
-    let (code, _, _) = check_config(&good.replace("/tmp/ringlb-ops-check.log", "stdout"));
+    let (code, _, _) = check_config(good.replace("/tmp/ringlb-ops-check.log", "stdout"));
     assert_eq!(code, 0, "path = \"stdout\"");
     let cases = [
         (

@@ -2,7 +2,7 @@
 //! parsed (common/prom.rs), checked against the traffic the test sent, and
 //! cross-checked by promtool when it is installed.
 
-use std::{process::Command, sync::atomic::Ordering};
+use std::process::Command;
 
 use crate::common::{admin::*, http::*, *};
 
@@ -38,26 +38,27 @@ fn promtool_check(text: &str) {
 
 #[test]
 fn metrics_parse_strictly_and_count_the_traffic() {
-    let b = Backend::with(|r| {
+    let b = HttpBackend::with(|r| {
         if r.target.starts_with("/api/missing") {
             Reply::new(r, 404, &[("Content-Type", "text/plain")], b"no such thing")
         } else {
             Reply::ok(r, "ok")
         }
     });
-    let echo = Echo::with_greeting(Some("hi\n"));
-    let cfg = format!(
-        "[runtime]\nworkers = 2\n\n{ADMIN}\n\
-         [[listener]]\nname = \"web\"\nmode = \"http\"\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"1s\"\nmax_connections = 200\n\
-         [[listener.route]]\npath_prefix = \"/api/\"\nupstream = \"app\"\n\
-         [[listener.route]]\nhost = \"api.example.com\"\npath_prefix = \"/v1/\"\nupstream = \"app\"\n\
-         [[listener.route]]\npath_prefix = \"/limited/\"\nupstream = \"app\"\nrate_limit = {{ rate = 0.001, burst = 2 }}\n\n\
-         [[listener]]\nname = \"raw\"\nmode = \"tcp\"\nlisten = \"127.0.0.2:0\"\nupstream = \"echo\"\nconnect_timeout = \"1s\"\nmax_connections = 50\n\n\
-         [upstream.app]\nservers = [{{ addr = \"{}\" }}]\n\n\
-         [upstream.echo]\nservers = [{{ addr = \"{}\" }}]\n",
-        b.addr, echo.addr
+    let echo = EchoBackend::greeting("hi");
+    let lb = Ringlb::start(
+        Cfg::new(2)
+            .admin()
+            .http("web", "")
+            .listener_with("connect_timeout = \"1s\"\nmax_connections = 200")
+            .route("path_prefix = \"/api/\"\nupstream = \"app\"")
+            .route("host = \"api.example.com\"\npath_prefix = \"/v1/\"\nupstream = \"app\"")
+            .route("path_prefix = \"/limited/\"\nupstream = \"app\"\nrate_limit = { rate = 0.001, burst = 2 }")
+            .tcp("raw", "echo")
+            .listener_with("listen = \"127.0.0.2:0\"\nconnect_timeout = \"1s\"\nmax_connections = 50")
+            .upstream("app", &[b.addr])
+            .upstream("echo", &[echo.addr]),
     );
-    let lb = Ringlb::start(&cfg);
     let web = lb.addr("web");
 
     // Before any traffic: valid, complete, nothing counted.
@@ -226,7 +227,7 @@ fn metrics_parse_strictly_and_count_the_traffic() {
         (
             "ringlb_upstream_connect_duration_seconds_count",
             lbl(&[("upstream", "app")]),
-            b.conns.load(Ordering::SeqCst) as f64,
+            b.conns() as f64,
         ),
         (
             "ringlb_upstream_connect_duration_seconds_count",

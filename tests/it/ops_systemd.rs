@@ -9,8 +9,8 @@ use crate::common::{admin::*, notify::*, *};
 fn sd_notify_ready_after_listening_and_stopping_on_sigterm() {
     let dir = TempDir::new("notify");
     let (sock, sock_path) = notify_socket(&dir);
-    let echo = Echo::start();
-    let cfg = format!("{ADMIN}\n{}", l4_config(&[echo.addr], "", "", ""));
+    let echo = EchoBackend::start();
+    let cfg = Cfg::tcp_proxy(&[echo.addr]).admin();
     let mut lb = Ringlb::start_opts(
         &cfg,
         Opts {
@@ -57,8 +57,8 @@ fn sd_notify_ready_after_listening_and_stopping_on_sigterm() {
 fn sd_notify_reloading_then_ready_around_sighup() {
     let dir = TempDir::new("notify-reload");
     let (sock, sock_path) = notify_socket(&dir);
-    let echo = Echo::start();
-    let cfg = l4_config(&[echo.addr], "", "", "");
+    let echo = EchoBackend::start();
+    let cfg = Cfg::tcp_proxy(&[echo.addr]);
     let mut lb = Ringlb::start_opts(
         &cfg,
         Opts {
@@ -113,12 +113,9 @@ fn sd_notify_abstract_socket() {
     let sock = UnixDatagram::bind_addr(&addr).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let echo = Echo::start();
+    let echo = EchoBackend::start();
     let notify = format!("@{name}");
-    let lb = Ringlb::start_with_env(
-        &l4_config(&[echo.addr], "", "", ""),
-        &[("NOTIFY_SOCKET", &notify)],
-    );
+    let lb = Ringlb::start_with_env(Cfg::tcp_proxy(&[echo.addr]), &[("NOTIFY_SOCKET", &notify)]);
     let mut got = Vec::new();
     assert!(
         recv_until(&sock, "READY=1", Duration::from_secs(5), &mut got),

@@ -11,9 +11,6 @@ use super::{
     Ringlb,
 };
 
-/// The admin table: a listener on a loopback ephemeral port.
-pub const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
-
 /// The histogram buckets the spec fixes (upper bounds in seconds, then +Inf).
 pub const BUCKETS: [f64; 15] = [
     0.0005,

@@ -1,17 +1,16 @@
-//! Backends that can be killed and restarted on the same port, for the
-//! resilience tests (health checks, ejection, failover).
+//! The test backends' plumbing, and the one echo backend.
 //!
-//! [`Server`] owns a listening socket on 127.0.0.1. `kill()` closes the
-//! listener and shuts down every open connection (pooled keep-alive ones
-//! too), so the port refuses connections as after a crash; until
-//! `restart()` a bound but not listening placeholder socket keeps the port
-//! from being handed out as an ephemeral port. `restart()` listens again on
-//! the same port (SO_REUSEADDR).
+//! [`Server`] owns a listening socket on loopback (an ephemeral port, accept
+//! queue 1024) and runs a closure per accepted connection in its own
+//! thread. `kill()` closes the listener and shuts down every open
+//! connection (pooled keep-alive ones too), so the port refuses connections
+//! as after a crash; until `restart()` a bound but not listening
+//! placeholder socket keeps the port from being handed out as an ephemeral
+//! port. `restart()` listens again on the same port (SO_REUSEADDR). The HTTP
+//! backend (http.rs), [`EchoBackend`] and [`scripted`] backends all run on it.
 //!
-//! [`HttpBackend`] records every request it answers with a timestamp,
-//! marking health checks (`GET /healthz`) apart. [`EchoBackend`] records,
-//! per accepted connection, whether it carried data: a tcp health check
-//! connects and closes without sending anything.
+//! [`EchoBackend`] records, per accepted connection, whether it carried
+//! data: a tcp health check connects and closes without sending anything.
 //!
 //! Every thread ends: the accept loop polls a stop flag, connection threads
 //! read with a timeout and are shut down on kill and drop.
@@ -19,7 +18,8 @@
 use std::{
     collections::HashMap,
     io::{self, Read, Write},
-    net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    ops::Deref,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
@@ -29,11 +29,6 @@ use std::{
 };
 
 use socket2::{Domain, Socket, Type};
-
-use super::http::{Head, Reply, Req, Step, Then, Wire};
-
-/// The path active http health checks ask for in these tests.
-pub const HEALTH_PATH: &str = "/healthz";
 
 /// How long a backend connection waits for the next byte.
 const CONN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,11 +41,13 @@ enum State {
         accept: JoinHandle<()>,
     },
     /// Killed; the placeholder (bound, not listening) keeps the port.
-    Killed(Option<Socket>),
+    Killed {
+        _placeholder: Option<Socket>,
+    },
     Gone,
 }
 
-/// A restartable listener on 127.0.0.1 running `on_conn` per connection.
+/// A restartable listener running `on_conn` per connection.
 pub struct Server {
     pub addr: SocketAddr,
     on_conn: ConnFn,
@@ -62,13 +59,16 @@ pub struct Server {
 }
 
 fn bound(addr: SocketAddr) -> io::Result<Socket> {
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     s.set_reuse_address(true)?;
     s.bind(&addr.into())?;
     Ok(s)
 }
 
-/// Listen on `addr`, retrying for a while if the port is still taken.
+/// Listen on `addr`, retrying for a while if the port is still taken. The
+/// accept queue is 1024 deep: std's default of 128 overflows when 200
+/// clients connect at once, and a dropped SYN is retried only after 1 s,
+/// longer than the tests' connect timeout.
 fn listen_on(addr: SocketAddr) -> TcpListener {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
@@ -88,12 +88,21 @@ fn listen_on(addr: SocketAddr) -> TcpListener {
 }
 
 impl Server {
-    /// Listen on a fresh port and serve.
+    /// Listen on a fresh port of 127.0.0.1 and serve; `on_conn` gets each
+    /// connection and its number (1-based, in accept order over every run).
     pub fn start<F>(on_conn: F) -> Server
     where
         F: Fn(TcpStream, usize) + Send + Sync + 'static,
     {
-        let l = listen_on("127.0.0.1:0".parse().unwrap());
+        Self::start_on("127.0.0.1:0".parse().unwrap(), on_conn)
+    }
+
+    /// The same on `addr` (e.g. `[::1]:0`).
+    pub fn start_on<F>(addr: SocketAddr, on_conn: F) -> Server
+    where
+        F: Fn(TcpStream, usize) + Send + Sync + 'static,
+    {
+        let l = listen_on(addr);
         let addr = l.local_addr().unwrap();
         let s = Server {
             addr,
@@ -138,7 +147,7 @@ impl Server {
     }
 
     /// Connections accepted so far (the number the next one gets, minus one).
-    pub fn accepted(&self) -> usize {
+    pub fn conns(&self) -> usize {
         self.seq.load(Ordering::SeqCst)
     }
 
@@ -151,9 +160,11 @@ impl Server {
             for (_, c) in self.conns.lock().unwrap().drain() {
                 let _ = c.shutdown(Shutdown::Both);
             }
-            *st = State::Killed(bound(self.addr).ok());
+            *st = State::Killed {
+                _placeholder: bound(self.addr).ok(),
+            };
         } else {
-            *st = State::Killed(None);
+            *st = State::Killed { _placeholder: None };
         }
     }
 
@@ -177,165 +188,49 @@ impl Drop for Server {
     }
 }
 
-// ------------------------------------------------------------------ http
-
-/// One request an [`HttpBackend`] read.
-#[derive(Clone, Debug)]
-pub struct Hit {
-    pub at: Instant,
-    pub target: String,
-    /// A health check (`GET /healthz`).
-    pub health: bool,
+/// A backend running `f` on each accepted connection (in its own thread,
+/// with 10 s read and write timeouts set); stopped when dropped.
+pub fn scripted<F>(f: F) -> Server
+where
+    F: Fn(TcpStream) + Send + Sync + 'static,
+{
+    Server::start(move |s, _| f(s))
 }
 
-/// A restartable HTTP/1.1 backend recording what it serves.
-pub struct HttpBackend {
-    pub name: String,
-    pub server: Server,
-    pub hits: Arc<Mutex<Vec<Hit>>>,
-}
-
-impl HttpBackend {
-    /// Answers `200` with body "`name` `target`" to everything, health checks included.
-    pub fn start(name: &str) -> HttpBackend {
-        let n = name.to_string();
-        Self::with(name, move |r| Reply::ok(r, &format!("{n} {}", r.target)))
-    }
-
-    /// Answers with whatever `f` returns (health checks go to `f` too).
-    pub fn with<F>(name: &str, f: F) -> HttpBackend
-    where
-        F: Fn(&Req) -> Reply + Send + Sync + 'static,
-    {
-        let hits = Arc::new(Mutex::new(Vec::new()));
-        let h2 = Arc::clone(&hits);
-        let f = Arc::new(f);
-        let server = Server::start(move |s, conn| serve_http(s, conn, &h2, &*f));
-        HttpBackend {
-            name: name.to_string(),
-            server,
-            hits,
-        }
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr
-    }
-
-    pub fn kill(&self) {
-        self.server.kill()
-    }
-
-    pub fn restart(&self) {
-        self.server.restart()
-    }
-
-    pub fn hits(&self) -> Vec<Hit> {
-        self.hits.lock().unwrap().clone()
-    }
-
-    /// Requests served that were not health checks.
-    pub fn served(&self) -> usize {
-        self.hits
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|h| !h.health)
-            .count()
-    }
-
-    /// Health checks served.
-    pub fn checks(&self) -> usize {
-        self.hits
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|h| h.health)
-            .count()
-    }
-
-    /// Non-health requests read in `[from, to)`.
-    pub fn served_between(&self, from: Instant, to: Instant) -> usize {
-        self.hits
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|h| !h.health && h.at >= from && h.at < to)
-            .count()
-    }
-}
-
-fn serve_http(s: TcpStream, conn: usize, hits: &Mutex<Vec<Hit>>, f: &dyn Fn(&Req) -> Reply) {
-    let mut w = Wire::new(s);
+/// Writes back whatever `r` reads, to `w`, until EOF or an error.
+pub fn echo_loop(r: &mut impl Read, w: &mut impl Write) {
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let head = match w.read_head() {
-            Ok(Some(h)) => Head::parse(h),
-            _ => return,
-        };
-        if head.has("transfer-encoding") {
-            return; // not needed by these tests
-        }
-        let mut parts = head.start.splitn(3, ' ');
-        let method = parts.next().unwrap_or("").to_string();
-        let target = parts.next().unwrap_or("").to_string();
-        let version = parts.next().unwrap_or("").to_string();
-        let len: usize = head
-            .get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let Ok(body) = w.read_n(len) else { return };
-        hits.lock().unwrap().push(Hit {
-            at: Instant::now(),
-            health: target.starts_with(HEALTH_PATH),
-            target: target.clone(),
-        });
-        let req = Req {
-            conn,
-            head,
-            method,
-            target,
-            version,
-            body_len: body.len() as u64,
-            body,
-            chunked: false,
-        };
-        let reply = f(&req);
-        for step in &reply.steps {
-            let ok = match step {
-                Step::Write(b) => w.write_all(b).is_ok(),
-                Step::Sleep(d) => {
-                    thread::sleep(*d);
-                    true
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if w.write_all(&buf[..n]).is_err() {
+                    return;
                 }
-                Step::Fill(n) => w.write_all(&vec![b'f'; *n as usize]).is_ok(),
-            };
-            if !ok {
-                return;
             }
-        }
-        if reply.then != Then::KeepAlive {
-            let _ = w.s.shutdown(Shutdown::Write);
-            return;
         }
     }
 }
 
 // ------------------------------------------------------------------ echo
 
+/// How long an echo connection may sit idle (tests hold idle connections
+/// open on purpose; the backend's drop shuts them down in any case).
+const ECHO_IDLE: Duration = Duration::from_secs(60);
+
 /// One connection an [`EchoBackend`] accepted.
 #[derive(Clone, Debug)]
 pub struct ConnRec {
     /// Accept order over the backend's whole life (1-based).
     pub seq: usize,
-    pub at: Instant,
     /// Whether any byte arrived (a tcp health check sends none).
     pub data: bool,
 }
 
-/// A restartable echo backend, optionally greeting each connection with
-/// "`name`\n" first (to tell which backend a client reached).
+/// A restartable echo backend, optionally greeting each connection with a
+/// line first (to tell which backend a client reached).
 pub struct EchoBackend {
-    pub name: String,
+    /// Its listener (`addr`, `kill()`, `restart()`, `conns()` come from it).
     pub server: Server,
     /// One record per connection, pushed once its first read returns.
     pub recs: Arc<Mutex<Vec<ConnRec>>>,
@@ -344,16 +239,30 @@ pub struct EchoBackend {
     pub max_active: Arc<AtomicUsize>,
 }
 
+impl Deref for EchoBackend {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
 impl EchoBackend {
-    pub fn start(name: &str) -> EchoBackend {
-        Self::spawn(name, false)
+    pub fn start() -> EchoBackend {
+        Self::spawn("127.0.0.1:0".parse().unwrap(), None)
     }
 
+    /// Greets each connection with "`name`\n", then echoes.
     pub fn greeting(name: &str) -> EchoBackend {
-        Self::spawn(name, true)
+        Self::spawn("127.0.0.1:0".parse().unwrap(), Some(format!("{name}\n")))
     }
 
-    fn spawn(name: &str, greet: bool) -> EchoBackend {
+    /// An echo backend listening on `addr` (e.g. `[::1]:0`).
+    pub fn start_on(addr: SocketAddr) -> EchoBackend {
+        Self::spawn(addr, None)
+    }
+
+    fn spawn(addr: SocketAddr, greeting: Option<String>) -> EchoBackend {
         let recs = Arc::new(Mutex::new(Vec::new()));
         let active = Arc::new(AtomicUsize::new(0));
         let max_active = Arc::new(AtomicUsize::new(0));
@@ -362,46 +271,31 @@ impl EchoBackend {
             Arc::clone(&active),
             Arc::clone(&max_active),
         );
-        let greeting = format!("{name}\n");
-        let server = Server::start(move |mut s, seq| {
+        let server = Server::start_on(addr, move |mut s, seq| {
             let now = a2.fetch_add(1, Ordering::SeqCst) + 1;
             m2.fetch_max(now, Ordering::SeqCst);
-            let at = Instant::now();
-            if greet {
-                let _ = s.write_all(greeting.as_bytes());
+            let _ = s.set_read_timeout(Some(ECHO_IDLE));
+            if let Some(g) = &greeting {
+                let _ = s.write_all(g.as_bytes());
             }
             let mut buf = vec![0u8; 16 * 1024];
             let first = s.read(&mut buf);
             let data = matches!(first, Ok(n) if n > 0);
-            r2.lock().unwrap().push(ConnRec { seq, at, data });
+            r2.lock().unwrap().push(ConnRec { seq, data });
             if let Ok(n) = first {
-                let mut n = n;
-                while n > 0 && s.write_all(&buf[..n]).is_ok() {
-                    n = s.read(&mut buf).unwrap_or(0);
+                if n > 0 && s.write_all(&buf[..n]).is_ok() {
+                    echo_loop(&mut &s, &mut &s);
                 }
             }
             let _ = s.shutdown(Shutdown::Write);
             a2.fetch_sub(1, Ordering::SeqCst);
         });
         EchoBackend {
-            name: name.to_string(),
             server,
             recs,
             active,
             max_active,
         }
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr
-    }
-
-    pub fn kill(&self) {
-        self.server.kill()
-    }
-
-    pub fn restart(&self) {
-        self.server.restart()
     }
 
     /// Records sorted by accept order.
@@ -419,33 +313,5 @@ impl EchoBackend {
     /// Connections that closed without sending a byte (tcp health checks).
     pub fn empty_conns(&self) -> usize {
         self.recs.lock().unwrap().iter().filter(|r| !r.data).count()
-    }
-}
-
-// ---------------------------------------------------------------- client
-
-/// A connection from source address `src` (any 127.0.0.0/8 address works on
-/// Linux loopback), with 5 s read and write timeouts.
-pub fn connect_from(src: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    s.bind(&SocketAddr::new(src, 0).into())?;
-    s.connect_timeout(&to.into(), Duration::from_secs(3))?;
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    Ok(s)
-}
-
-/// Polls `f` every 5 ms until it holds or `limit` passes.
-pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(5));
     }
 }

@@ -63,14 +63,6 @@ impl Json {
     pub fn is_null(&self) -> bool {
         matches!(self, Json::Null)
     }
-
-    /// The member names of an object, in order.
-    pub fn keys(&self) -> Vec<&str> {
-        match self {
-            Json::Obj(m) => m.iter().map(|(k, _)| k.as_str()).collect(),
-            _ => Vec::new(),
-        }
-    }
 }
 
 impl fmt::Display for Json {
