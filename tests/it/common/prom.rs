@@ -564,3 +564,118 @@ fn check_histogram(name: &str, samples: &[Sample]) -> Result<(), (usize, String)
     }
     Ok(())
 }
+
+const GOOD_EXPOSITION: &str = r#"# HELP ringlb_x_total Things, with a \\ and a \n.
+# TYPE ringlb_x_total counter
+ringlb_x_total{listener="a",path="q\"uote\\back\nnl"} 3
+ringlb_x_total{listener="b",} 0
+# a comment
+# HELP ringlb_g A gauge.
+# TYPE ringlb_g gauge
+ringlb_g -1.5e3
+ringlb_g{a="1"} NaN
+ringlb_g{a="2"} +Inf 1700000000000
+
+# HELP ringlb_h_seconds Latency.
+# TYPE ringlb_h_seconds histogram
+ringlb_h_seconds_bucket{listener="a",le="0.1"} 1
+ringlb_h_seconds_bucket{listener="a",le="1"} 3
+ringlb_h_seconds_bucket{listener="a",le="+Inf"} 4
+ringlb_h_seconds_sum{listener="a"} 7.25
+ringlb_h_seconds_count{listener="a"} 4
+ringlb_h_seconds_bucket{listener="b",le="0.1"} 0
+ringlb_h_seconds_bucket{listener="b",le="+Inf"} 0
+ringlb_h_seconds_sum{listener="b"} 0
+ringlb_h_seconds_count{listener="b"} 0
+"#;
+
+#[test]
+fn prometheus_parser_accepts_valid_and_rejects_invalid_text() {
+    let m = parse(GOOD_EXPOSITION).unwrap();
+    assert_eq!(m.families.len(), 3);
+    assert_eq!(
+        m.get(
+            "ringlb_x_total",
+            &[("listener", "a"), ("path", "q\"uote\\back\nnl")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        m.family("ringlb_x_total").unwrap().help,
+        "Things, with a \\ and a \n."
+    );
+    assert_eq!(m.get("ringlb_g", &[]), Some(-1500.0));
+    assert_eq!(
+        m.get("ringlb_h_seconds_count", &[("listener", "a")]),
+        Some(4.0)
+    );
+    assert_eq!(m.sum("ringlb_h_seconds_count", &[]), 4.0);
+
+    let head = "# HELP m_total x\n# TYPE m_total counter\n";
+    let hist = "# HELP h x\n# TYPE h histogram\n";
+    let bad: Vec<(String, &str)> = vec![
+        ("m_total 1\n".into(), "no TYPE"),
+        (format!("{head}m_total 1"), "no final newline"),
+        ("# TYPE m_total counter\nm_total 1\n".into(), "no HELP"),
+        ("# HELP m_total x\nm_total 1\n".into(), "HELP, no TYPE"),
+        (format!("{head}# TYPE m_total counter\nm_total 1\n"), "TYPE twice"),
+        (format!("{head}m_total 1\n# HELP m_total y\n"), "HELP twice"),
+        ("# HELP m x\n# TYPE m countr\nm 1\n".into(), "unknown type"),
+        ("# HELP m x\n# TYPE m gauge\n# TYPE m gauge\n".into(), "TYPE twice, no samples"),
+        (format!("{head}m_total -1\n"), "negative counter"),
+        (format!("{head}m_total NaN\n"), "NaN counter"),
+        (format!("{head}m_total 1.2.3\n"), "bad value"),
+        (format!("{head}m_total inf\n"), "inf (Go accepts it; not canonical)"),
+        (format!("{head}m_total 0x10\n"), "hex value"),
+        (format!("{head}m_total\n"), "no value"),
+        (format!("{head}m_total  1\n"), "two spaces"),
+        (format!("{head}m_total 1 \n"), "trailing blank"),
+        (format!("{head} m_total 1\n"), "leading blank"),
+        (format!("{head}m_total 1 12.5\n"), "float timestamp"),
+        (format!("{head}m_total 1\r\n"), "CRLF"),
+        (format!("{head}m_total{{a=\"1\"}} 1\nm_total{{a=\"1\"}} 2\n"), "series twice"),
+        (format!("{head}m_total{{a=1}} 1\n"), "unquoted label value"),
+        (format!("{head}m_total{{a=\"x\\t\"}} 1\n"), "bad label escape"),
+        (format!("{head}m_total{{a=\"x}} 1\n"), "unterminated label value"),
+        (format!("{head}m_total{{a=\"1\",a=\"2\"}} 1\n"), "label twice"),
+        (format!("{head}m_total{{1a=\"1\"}} 1\n"), "bad label name"),
+        (format!("{head}m_total{{__a=\"1\"}} 1\n"), "reserved label name"),
+        (format!("{head}m_total{{a=\"1\"b=\"2\"}} 1\n"), "no comma between labels"),
+        (format!("{head}m_total{{a=\"1\",,}} 1\n"), "two commas"),
+        ("# HELP 1m x\n# TYPE 1m gauge\n1m 1\n".into(), "bad metric name"),
+        ("# HELP m x\\t\n# TYPE m gauge\nm 1\n".into(), "bad HELP escape"),
+        ("# HELP m \n# TYPE m gauge\nm 1\n".into(), "empty HELP"),
+        (
+            "# HELP a x\n# TYPE a gauge\na 1\n# HELP b x\n# TYPE b gauge\nb 1\na{x=\"1\"} 2\n".into(),
+            "family not in one group",
+        ),
+        (format!("{head}m_total 1\n# TYPE m_total counter\n"), "TYPE after samples"),
+        (format!("{hist}h_bucket{{le=\"1\"}} 1\nh_sum 1\nh_count 1\n"), "no +Inf bucket"),
+        (
+            format!("{hist}h_bucket{{le=\"1\"}} 2\nh_bucket{{le=\"+Inf\"}} 1\nh_sum 1\nh_count 1\n"),
+            "not cumulative",
+        ),
+        (
+            format!("{hist}h_bucket{{le=\"2\"}} 1\nh_bucket{{le=\"1\"}} 1\nh_bucket{{le=\"+Inf\"}} 1\nh_sum 1\nh_count 1\n"),
+            "le not increasing",
+        ),
+        (
+            format!("{hist}h_bucket{{le=\"+Inf\"}} 3\nh_sum 1\nh_count 2\n"),
+            "count != +Inf",
+        ),
+        (format!("{hist}h_bucket{{le=\"+Inf\"}} 3\nh_count 3\n"), "no _sum"),
+        (format!("{hist}h_bucket{{le=\"+Inf\"}} 3\nh_sum 1\n"), "no _count"),
+        (format!("{hist}h_bucket 3\nh_sum 1\nh_count 3\n"), "bucket without le"),
+        (format!("{hist}h_bucket{{le=\"x\"}} 3\nh_sum 1\nh_count 3\n"), "bad le"),
+        (
+            format!("{hist}h_bucket{{le=\"+Inf\"}} 1.5\nh_sum 1\nh_count 1.5\n"),
+            "fractional bucket",
+        ),
+        (format!("{hist}h_bucket{{le=\"+Inf\"}} 1\nh_sum{{le=\"1\"}} 1\nh_count 1\n"), "le on _sum"),
+        (format!("{hist}h 1\n"), "bare histogram sample"),
+        (format!("{head}m_total_bucket{{le=\"1\"}} 1\n"), "bucket of a counter"),
+    ];
+    for (text, what) in bad {
+        assert!(parse(&text).is_err(), "accepted ({what}):\n{text}");
+    }
+}

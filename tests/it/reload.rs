@@ -2,13 +2,11 @@
 //! zero failed connections and requests, the new config or binary takes
 //! over, an invalid config or a broken binary changes nothing.
 
-mod common;
-
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, ErrorKind, Write},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -17,115 +15,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{http::Backend, temp_file, Echo, BIN};
+use crate::common::{http::Client, *};
 
-/// A ringlb started from `exe` with a config file the test rewrites.
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    cfg: PathBuf,
-}
+/// How long a reload may take to be logged, and a binary upgrade.
+const LOG_WAIT: Duration = Duration::from_secs(10);
+const UPGRADE_WAIT: Duration = Duration::from_secs(30);
 
-impl Proc {
-    fn start(exe: &Path, cfg_text: &str) -> Proc {
-        let cfg = temp_file("reload", cfg_text);
-        // ETXTBSY: another test thread may have forked while this binary's copy
-        // was open for writing (the child holds the fd until it execs); retry.
-        let mut tries = 0;
-        let mut child = loop {
-            let r = Command::new(exe)
-                .args(["run", "-c"])
-                .arg(&cfg)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn();
-            match r {
-                Ok(c) => break c,
-                Err(e) if e.raw_os_error() == Some(26) && tries < 50 => {
-                    tries += 1;
-                    thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => panic!("start ringlb: {e}"),
-            }
-        };
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let l2 = Arc::clone(&log);
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                l2.lock().unwrap().push(line);
-            }
-        });
-        let p = Proc { child, log, cfg };
-        assert!(p.wait_log("ready:", 10), "did not start: {}", p.text());
-        p
-    }
-
-    fn text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    fn wait_count(&self, needle: &str, n: usize, secs: u64) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < deadline {
-            if self.count(needle) >= n {
-                return true;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        false
-    }
-
-    fn wait_log(&self, needle: &str, secs: u64) -> bool {
-        self.wait_count(needle, 1, secs)
-    }
-
-    /// The first listener's bound address.
-    fn addr(&self) -> SocketAddr {
-        let text = self.text();
-        let line = text
-            .lines()
-            .find(|l| l.contains(" listening on "))
-            .expect("listening line");
-        let rest = &line[line.find(" listening on ").unwrap() + 14..];
-        rest.split(' ').next().unwrap().parse().unwrap()
-    }
-
-    fn signal(&self, sig: &str) {
-        signal(self.child.id(), sig);
-    }
-
-    fn rewrite(&self, text: &str) {
-        std::fs::write(&self.cfg, text).unwrap();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.cfg);
-    }
-}
-
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "kill -{sig} {pid}");
+/// Start ringlb from `exe` (the cargo-built binary or an installed copy).
+fn start(exe: &Path, cfg: Cfg) -> Ringlb {
+    Ringlb::start_opts(
+        cfg,
+        Opts {
+            exe: Some(exe),
+            ..Opts::default()
+        },
+    )
 }
 
 #[derive(Default)]
@@ -147,7 +51,7 @@ fn http_load(
     stats: Arc<Mutex<Stats>>,
 ) -> thread::JoinHandle<()> {
     thread::spawn(move || {
-        let mut conn: Option<TcpStream> = None;
+        let mut conn: Option<Client> = None;
         let mut n = 0u64;
         while !stop.load(Ordering::Relaxed) {
             n += 1;
@@ -165,11 +69,8 @@ fn http_load(
                 let reused = conn.is_some();
                 let mut s = match conn.take() {
                     Some(s) => s,
-                    None => match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-                        Ok(s) => {
-                            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                            s
-                        }
+                    None => match Client::try_connect(addr, Duration::from_secs(2)) {
+                        Ok(s) => s,
                         Err(e) => {
                             stats.lock().unwrap().failures.push(format!("connect: {e}"));
                             break;
@@ -213,70 +114,46 @@ enum Failure {
     Other(String),
 }
 
-/// Send a request, read one response: (body, server said close).
-fn exchange(s: &mut TcpStream, req: &[u8]) -> Result<(String, bool), Failure> {
-    if let Err(e) = s.write_all(req) {
+/// Send a request, read one response: (body, server said close). Closed
+/// before any byte of the answer is told apart (a client may retry that).
+fn exchange(c: &mut Client, req: &[u8]) -> Result<(String, bool), Failure> {
+    if let Err(e) = c.w.write_all(req) {
         return Err(
-            if e.kind() == std::io::ErrorKind::BrokenPipe
-                || e.kind() == std::io::ErrorKind::ConnectionReset
-            {
+            if e.kind() == ErrorKind::BrokenPipe || e.kind() == ErrorKind::ConnectionReset {
                 Failure::ClosedBeforeAnswer
             } else {
                 Failure::Other(format!("write: {e}"))
             },
         );
     }
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 4096];
-    let head_end = loop {
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
+    let before = c.w.received();
+    let r = match c.try_response(false) {
+        Ok(r) => r,
+        Err(e)
+            if c.w.received() == before
+                && matches!(
+                    e.kind(),
+                    ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
+                ) =>
+        {
+            return Err(Failure::ClosedBeforeAnswer)
         }
-        match s.read(&mut tmp) {
-            Ok(0) if buf.is_empty() => return Err(Failure::ClosedBeforeAnswer),
-            Err(e) if buf.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
-                return Err(Failure::ClosedBeforeAnswer)
-            }
-            Ok(0) => return Err(Failure::Other("closed mid-response".into())),
-            Ok(n) => buf.extend_from_slice(&tmp[..n]),
-            Err(e) => return Err(Failure::Other(format!("read: {e}"))),
-        }
+        Err(e) => return Err(Failure::Other(format!("read: {e}"))),
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(Failure::Other(format!(
-            "status: {}",
-            head.lines().next().unwrap_or("")
-        )));
+    if r.status != 200 {
+        return Err(Failure::Other(format!("status: {}", r.head.start)));
     }
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .ok_or_else(|| Failure::Other("no content-length".into()))?;
-    let close = head.to_ascii_lowercase().contains("connection: close");
-    while buf.len() < head_end + len {
-        match s.read(&mut tmp) {
-            Ok(0) => return Err(Failure::Other("closed mid-body".into())),
-            Ok(n) => buf.extend_from_slice(&tmp[..n]),
-            Err(e) => return Err(Failure::Other(format!("read body: {e}"))),
-        }
+    if r.header("content-length").is_none() {
+        return Err(Failure::Other("no content-length".into()));
     }
-    Ok((
-        String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string(),
-        close,
-    ))
+    Ok((r.text(), r.connection("close")))
 }
 
-fn http_cfg(backend: SocketAddr) -> String {
-    format!(
-        "[runtime]\nworkers = 2\nshutdown_timeout = \"3s\"\n\
-         [[listener]]\nname = \"web\"\nmode = \"http\"\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n\
-         [upstream.app]\nservers = [{{ addr = \"{backend}\" }}]\n"
-    )
+fn http_cfg(backend: SocketAddr) -> Cfg {
+    Cfg::new(2)
+        .runtime("shutdown_timeout = \"3s\"")
+        .http("web", "app")
+        .upstream("app", &[backend])
 }
 
 fn run_load(
@@ -298,24 +175,32 @@ fn run_load(
 
 #[test]
 fn http_reload_under_load_switches_backends_and_drops_nothing() {
-    let a = Backend::echo_path("a");
-    let b = Backend::echo_path("b");
-    let p = Proc::start(Path::new(BIN), &http_cfg(a.addr));
-    let addr = p.addr();
+    let a = HttpBackend::named("a");
+    let b = HttpBackend::named("b");
+    let p = start(Path::new(BIN), http_cfg(a.addr));
+    let addr = p.addr("web");
     let (stop, stats, threads) = run_load(addr);
     thread::sleep(Duration::from_millis(400));
 
     // A valid reload to the other backend.
-    p.rewrite(&http_cfg(b.addr));
+    p.rewrite(http_cfg(b.addr));
     p.signal("HUP");
-    assert!(p.wait_log("configuration reloaded", 10), "{}", p.text());
+    assert!(
+        p.wait_count("configuration reloaded", 1, LOG_WAIT),
+        "{}",
+        p.log_text()
+    );
     let reloaded = Instant::now();
     thread::sleep(Duration::from_millis(700));
 
     // An invalid config: refused, nothing changes.
     p.rewrite("[[listener]]\nlisten = \"nope\"\n");
     p.signal("HUP");
-    assert!(p.wait_log("reload refused", 10), "{}", p.text());
+    assert!(
+        p.wait_count("reload refused", 1, LOG_WAIT),
+        "{}",
+        p.log_text()
+    );
     thread::sleep(Duration::from_millis(400));
 
     stop.store(true, Ordering::Relaxed);
@@ -355,17 +240,16 @@ fn http_reload_under_load_switches_backends_and_drops_nothing() {
 
 #[test]
 fn tcp_reload_under_load_switches_backends() {
-    let a = Echo::with_greeting(Some("a\n"));
-    let b = Echo::with_greeting(Some("b\n"));
+    let a = EchoBackend::greeting("a");
+    let b = EchoBackend::greeting("b");
     let cfg = |backend: SocketAddr| {
-        format!(
-            "[runtime]\nworkers = 2\nshutdown_timeout = \"3s\"\n\
-             [[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n\
-             [upstream.u]\nservers = [{{ addr = \"{backend}\" }}]\n"
-        )
+        Cfg::new(2)
+            .runtime("shutdown_timeout = \"3s\"")
+            .tcp("l", "u")
+            .upstream("u", &[backend])
     };
-    let p = Proc::start(Path::new(BIN), &cfg(a.addr));
-    let addr = p.addr();
+    let p = start(Path::new(BIN), cfg(a.addr));
+    let addr = p.addr("l");
     let stop = Arc::new(AtomicBool::new(false));
     let seen: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
     let failures: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -385,9 +269,13 @@ fn tcp_reload_under_load_switches_backends() {
         })
         .collect();
     thread::sleep(Duration::from_millis(300));
-    p.rewrite(&cfg(b.addr));
+    p.rewrite(cfg(b.addr));
     p.signal("HUP");
-    assert!(p.wait_log("configuration reloaded", 10), "{}", p.text());
+    assert!(
+        p.wait_count("configuration reloaded", 1, LOG_WAIT),
+        "{}",
+        p.log_text()
+    );
     let reloaded = Instant::now();
     thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
@@ -443,8 +331,8 @@ fn install(src: &Path, dst: &Path) {
     std::fs::rename(&tmp, dst).unwrap();
 }
 
-fn new_pid(p: &Proc) -> u32 {
-    let text = p.text();
+fn new_pid(p: &Ringlb) -> u32 {
+    let text = p.log_text();
     let line = text
         .lines()
         .find(|l| l.contains("the new process (pid "))
@@ -455,10 +343,10 @@ fn new_pid(p: &Proc) -> u32 {
 
 #[test]
 fn binary_upgrade_under_load_drops_nothing() {
-    let a = Backend::echo_path("a");
+    let a = HttpBackend::named("a");
     let exe = installed_binary("ok");
-    let mut p = Proc::start(&exe, &http_cfg(a.addr));
-    let addr = p.addr();
+    let mut p = start(&exe, http_cfg(a.addr));
+    let addr = p.addr("web");
     let old_pid = p.child.id();
     let (stop, stats, threads) = run_load(addr);
     thread::sleep(Duration::from_millis(300));
@@ -468,7 +356,11 @@ fn binary_upgrade_under_load_drops_nothing() {
     // writing exec first (else exec of the new binary fails with ETXTBSY).
     thread::sleep(Duration::from_millis(200));
     p.signal("USR2");
-    assert!(p.wait_log("the new process (pid", 30), "{}", p.text());
+    assert!(
+        p.wait_count("the new process (pid", 1, UPGRADE_WAIT),
+        "{}",
+        p.log_text()
+    );
     let pid = new_pid(&p);
     assert_ne!(pid, old_pid);
     // The old process drains and exits 0.
@@ -489,7 +381,7 @@ fn binary_upgrade_under_load_drops_nothing() {
     }
     // The new process serves on the same address; then stop it (we started it, indirectly).
     let after = exchange(
-        &mut TcpStream::connect(addr).unwrap(),
+        &mut Client::connect(addr),
         b"GET /after HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     );
     signal(pid, "TERM");
@@ -497,7 +389,7 @@ fn binary_upgrade_under_load_drops_nothing() {
         status.map(|s| s.code()),
         Some(Some(0)),
         "old process did not exit: {}",
-        p.text()
+        p.log_text()
     );
     assert!(after.is_ok(), "new process does not serve: {after:?}");
     let st = stats.lock().unwrap();
@@ -506,7 +398,7 @@ fn binary_upgrade_under_load_drops_nothing() {
         "{} failures: {:?}\n{}",
         st.failures.len(),
         &st.failures[..st.failures.len().min(5)],
-        p.text()
+        p.log_text()
     );
     assert!(st.ok > 100, "only {} requests", st.ok);
     let _ = std::fs::remove_dir_all(exe.parent().unwrap());
@@ -514,10 +406,10 @@ fn binary_upgrade_under_load_drops_nothing() {
 
 #[test]
 fn failed_upgrade_keeps_the_old_process_serving() {
-    let a = Backend::echo_path("a");
+    let a = HttpBackend::named("a");
     let exe = installed_binary("broken");
-    let p = Proc::start(&exe, &http_cfg(a.addr));
-    let addr = p.addr();
+    let p = start(&exe, http_cfg(a.addr));
+    let addr = p.addr("web");
     // "Install" a binary that cannot start.
     let tmp = exe.with_extension("new");
     std::fs::write(&tmp, "#!/bin/sh\necho broken >&2\nexit 1\n").unwrap();
@@ -527,12 +419,12 @@ fn failed_upgrade_keeps_the_old_process_serving() {
     std::fs::rename(&tmp, &exe).unwrap();
     p.signal("USR2");
     assert!(
-        p.wait_log("upgrade failed, still serving", 30),
+        p.wait_count("upgrade failed, still serving", 1, Duration::from_secs(30)),
         "{}",
-        p.text()
+        p.log_text()
     );
     let r = exchange(
-        &mut TcpStream::connect(addr).unwrap(),
+        &mut Client::connect(addr),
         b"GET /still HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     );
     assert!(
@@ -544,7 +436,7 @@ fn failed_upgrade_keeps_the_old_process_serving() {
 
 #[test]
 fn socket_activation_uses_the_passed_listening_socket() {
-    let a = Backend::echo_path("a");
+    let a = HttpBackend::named("a");
     // The "systemd" side: a listening socket bound before ringlb starts,
     // passed as fd 3 with LISTEN_FDS=1 and LISTEN_PID = ringlb's pid (the
     // shell execs ringlb, so its pid is the shell's).
@@ -556,8 +448,12 @@ fn socket_activation_uses_the_passed_listening_socket() {
     sock.listen(128).unwrap();
     let addr = sock.local_addr().unwrap().as_socket().unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
-    let cfg_text = http_cfg(a.addr).replace("127.0.0.1:0", &addr.to_string());
-    let cfg = temp_file("activation", &cfg_text);
+    let cfg = temp_file(
+        "activation",
+        &http_cfg(a.addr)
+            .listener_with(&format!("listen = \"{addr}\""))
+            .to_string(),
+    );
     let script = format!(
         "exec 3<&{fd}; export LISTEN_FDS=1 LISTEN_PID=$$; exec {} run -c {}",
         BIN,
@@ -567,39 +463,24 @@ fn socket_activation_uses_the_passed_listening_socket() {
     let sref = socket2::SockRef::from(&sock);
     sref.set_cloexec(false).unwrap();
     // bash, not sh: dash only redirects single-digit fds, and ours may be >= 10.
-    let mut child = Command::new("bash")
+    let child = Command::new("bash")
         .arg("-c")
         .arg(&script)
+        .env("RINGLB_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     sref.set_cloexec(true).unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let l2 = Arc::clone(&log);
-    let stderr = child.stderr.take().unwrap();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut l = l2.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !log.lock().unwrap().contains("ready:") && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(10));
-    }
+    let lb = Ringlb::adopt(child, cfg, true).unwrap_or_else(|e| panic!("{e}"));
     // Our copy goes away: from now on only ringlb holds the socket.
     drop(sock);
-    let text = log.lock().unwrap().clone();
     let r = exchange(
-        &mut TcpStream::connect(addr).unwrap(),
+        &mut Client::connect(addr),
         b"GET /act HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     );
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_file(&cfg);
+    let text = lb.log_text();
     assert!(text.contains("took over 1 listening socket(s)"), "{text}");
     assert!(
         matches!(&r, Ok((body, _)) if body.starts_with("a ")),
@@ -609,29 +490,28 @@ fn socket_activation_uses_the_passed_listening_socket() {
 
 #[test]
 fn reload_changing_the_worker_count_drops_nothing() {
-    let a = Backend::echo_path("a");
-    let cfg =
-        |workers: usize| http_cfg(a.addr).replace("workers = 2", &format!("workers = {workers}"));
-    let p = Proc::start(Path::new(BIN), &cfg(2));
-    let addr = p.addr();
+    let a = HttpBackend::named("a");
+    let cfg = |workers: usize| http_cfg(a.addr).runtime(&format!("workers = {workers}"));
+    let p = start(Path::new(BIN), cfg(2));
+    let addr = p.addr("web");
     let (stop, stats, threads) = run_load(addr);
     thread::sleep(Duration::from_millis(300));
     // Fewer workers: one worker takes both sockets (no accept queue is closed).
-    p.rewrite(&cfg(1));
+    p.rewrite(cfg(1));
     p.signal("HUP");
     assert!(
-        p.wait_count("configuration reloaded", 1, 10),
+        p.wait_count("configuration reloaded", 1, LOG_WAIT),
         "{}",
-        p.text()
+        p.log_text()
     );
     thread::sleep(Duration::from_millis(300));
     // More workers than sockets: a sibling socket is bound.
-    p.rewrite(&cfg(3));
+    p.rewrite(cfg(3));
     p.signal("HUP");
     assert!(
-        p.wait_count("configuration reloaded", 2, 10),
+        p.wait_count("configuration reloaded", 2, LOG_WAIT),
         "{}",
-        p.text()
+        p.log_text()
     );
     thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
@@ -646,6 +526,10 @@ fn reload_changing_the_worker_count_drops_nothing() {
         &st.failures[..st.failures.len().min(5)]
     );
     assert!(st.ok > 100, "only {} requests", st.ok);
-    assert!(p.text().contains("workers=3"), "{}", p.text());
-    assert!(p.text().contains("3 SO_REUSEPORT sockets"), "{}", p.text());
+    assert!(p.log_text().contains("workers=3"), "{}", p.log_text());
+    assert!(
+        p.log_text().contains("3 SO_REUSEPORT sockets"),
+        "{}",
+        p.log_text()
+    );
 }

@@ -1,11 +1,11 @@
-//! HTTP/1.1 test backends and a raw client for the L7 tests.
+//! The one HTTP/1.1 test backend and a raw client.
 //!
-//! Backends run in plain threads on 127.0.0.1 ephemeral ports. They parse
-//! each request (head up to CRLFCRLF, then a Content-Length or chunked
-//! body), record exactly what arrived, count TCP connections and answer
-//! with whatever the test's handler returns. Every thread ends: the accept
-//! loop polls a stop flag set when the [`Backend`] drops, and connection
-//! threads read with a timeout.
+//! [`HttpBackend`] runs on a restartable [`Server`] (127.0.0.1, ephemeral
+//! port; killed and restarted by the resilience tests). It parses each
+//! request (head up to CRLFCRLF, then a Content-Length or chunked body),
+//! records exactly what arrived and when (health checks, `GET /healthz`,
+//! told apart), counts TCP connections and answers with whatever the
+//! test's handler returns. Every thread ends (see backends.rs).
 //!
 //! The client side ([`Client`]) writes raw bytes and reads responses with
 //! the same small parser, so tests can assert exact bytes.
@@ -13,22 +13,26 @@
 use std::{
     io::{self, Read, Write},
     net::{Shutdown, SocketAddr, TcpStream},
+    ops::Deref,
     process::Command,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     thread,
     time::{Duration, Instant},
 };
 
-use super::listen_local;
+use super::{
+    backends::{echo_loop, Server},
+    json, wait_until,
+};
+
+/// The path active http health checks ask for in these tests.
+pub const HEALTH_PATH: &str = "/healthz";
 
 /// Largest head either side accepts before calling the peer broken.
 pub const MAX_HEAD: usize = 1 << 20;
-
-/// How long a backend connection waits for the next byte before giving up.
-pub const BACKEND_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the test client waits for the next byte.
 pub const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,6 +46,8 @@ pub struct Wire {
     pub s: TcpStream,
     buf: Vec<u8>,
     pos: usize,
+    /// Bytes read so far, and a shared counter to add them to.
+    received: u64,
     counter: Option<Arc<AtomicU64>>,
 }
 
@@ -51,6 +57,7 @@ impl Wire {
             s,
             buf: Vec::new(),
             pos: 0,
+            received: 0,
             counter: None,
         }
     }
@@ -60,7 +67,13 @@ impl Wire {
         &self.buf[self.pos..]
     }
 
-    fn count(&self, n: usize) {
+    /// Every byte read from the stream so far (consumed or not).
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    fn count(&mut self, n: usize) {
+        self.received += n as u64;
         if let Some(c) = &self.counter {
             c.fetch_add(n as u64, Ordering::SeqCst);
         }
@@ -293,20 +306,24 @@ impl Head {
 pub struct Req {
     /// Which accepted connection (1-based, in accept order) carried it.
     pub conn: usize,
+    /// When it was complete (head and body read).
+    pub at: Instant,
     pub head: Head,
     pub method: String,
     pub target: String,
-    pub version: String,
     /// The decoded body (empty when the backend discards bodies).
     pub body: Vec<u8>,
     pub body_len: u64,
-    /// Whether it arrived with chunked framing.
-    pub chunked: bool,
 }
 
 impl Req {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.head.get(name)
+    }
+
+    /// A health check (`GET /healthz`).
+    pub fn health(&self) -> bool {
+        self.target.starts_with(HEALTH_PATH)
     }
 }
 
@@ -406,11 +423,10 @@ impl Reply {
 
 pub type Handler = Arc<dyn Fn(&Req) -> Reply + Send + Sync>;
 
-/// A recording HTTP backend.
-pub struct Backend {
-    pub addr: SocketAddr,
-    /// TCP connections accepted.
-    pub conns: Arc<AtomicUsize>,
+/// The recording, restartable HTTP backend.
+pub struct HttpBackend {
+    /// Its listener (`addr`, `kill()`, `restart()`, `conns()` come from it).
+    pub server: Server,
     /// Request heads read (counted as soon as a head is complete, before its body).
     pub heads: Arc<AtomicUsize>,
     /// Complete requests (head and whole body), recorded before answering.
@@ -419,13 +435,6 @@ pub struct Backend {
     pub dropped: Arc<Mutex<Vec<String>>>,
     /// Every byte read from every connection.
     pub bytes: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
 }
 
 #[derive(Clone)]
@@ -436,31 +445,39 @@ struct Ctx {
     reqs: Arc<Mutex<Vec<Req>>>,
     dropped: Arc<Mutex<Vec<String>>>,
     bytes: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
 }
 
-impl Backend {
+impl Deref for HttpBackend {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+impl HttpBackend {
     /// Answers every request `200 ok` (HEAD-aware), keep-alive.
-    pub fn start() -> Backend {
+    pub fn start() -> HttpBackend {
         Self::with(|r| Reply::ok(r, "ok"))
     }
 
     /// Answers with whatever `f` returns; records bodies.
-    pub fn with<F>(f: F) -> Backend
+    pub fn with<F>(f: F) -> HttpBackend
     where
         F: Fn(&Req) -> Reply + Send + Sync + 'static,
     {
         Self::spawn(Arc::new(f), true)
     }
 
-    /// Answers `200` with body "`name` `target`" (who served it, and the path it got).
-    pub fn echo_path(name: &str) -> Backend {
+    /// Answers `200` with body "`name` `target`" (who served it, and the
+    /// path it got), health checks included.
+    pub fn named(name: &str) -> HttpBackend {
         let name = name.to_string();
         Self::with(move |r| Reply::ok(r, &format!("{name} {}", r.target)))
     }
 
     /// Discards request bodies, counting them; answers `200` with the byte count.
-    pub fn sink() -> Backend {
+    pub fn sink() -> HttpBackend {
         Self::spawn(
             Arc::new(|r: &Req| Reply::ok(r, &r.body_len.to_string())),
             false,
@@ -468,7 +485,7 @@ impl Backend {
     }
 
     /// A chunked response: one chunk per part, 20 ms apart.
-    pub fn chunked_response(parts: Vec<Vec<u8>>) -> Backend {
+    pub fn chunked_response(parts: Vec<Vec<u8>>) -> HttpBackend {
         Self::with(move |_| {
             let mut r = Reply::raw(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -484,7 +501,7 @@ impl Backend {
     }
 
     /// A response without Content-Length or chunked framing: the body ends when the backend closes.
-    pub fn until_close(body: Vec<u8>) -> Backend {
+    pub fn until_close(body: Vec<u8>) -> HttpBackend {
         Self::with(move |_| {
             Reply::raw("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n")
                 .sleep(Duration::from_millis(20))
@@ -494,7 +511,7 @@ impl Backend {
     }
 
     /// `103 Early Hints`, a pause, then `200 ok`.
-    pub fn early_hints() -> Backend {
+    pub fn early_hints() -> HttpBackend {
         Self::with(|r| {
             let mut reply = Reply::raw(
                 "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n\r\n",
@@ -506,28 +523,23 @@ impl Backend {
     }
 
     /// Accepts and reads the request, then waits `d` before answering `200 ok`.
-    pub fn slow(d: Duration) -> Backend {
+    pub fn slow(d: Duration) -> HttpBackend {
         Self::with(move |r| Reply::ok(r, "late").delayed(d))
     }
 
-    /// Answers every request with exactly `bytes`, then closes.
-    pub fn raw_then_close(bytes: &'static [u8]) -> Backend {
-        Self::with(move |_| Reply::raw(bytes).then(Then::Close))
-    }
-
     /// Answers `200 ok` (keep-alive framing, no `Connection: close`) and then closes.
-    pub fn closing() -> Backend {
+    pub fn closing() -> HttpBackend {
         Self::with(|r| Reply::ok(r, "ok").then(Then::Close))
     }
 
     /// Answers `200 ok`, then reads the next request on that connection
     /// and closes without answering it.
-    pub fn dropping() -> Backend {
+    pub fn dropping() -> HttpBackend {
         Self::with(|r| Reply::ok(r, "ok").then(Then::DropNext))
     }
 
     /// `101` to a websocket upgrade, then raw echo; `200 ok` to anything else.
-    pub fn websocket() -> Backend {
+    pub fn websocket() -> HttpBackend {
         Self::with(|r| {
             if r.head.lists("upgrade", "websocket") {
                 Reply::raw(
@@ -540,12 +552,7 @@ impl Backend {
         })
     }
 
-    pub fn spawn(handler: Handler, record_bodies: bool) -> Backend {
-        let l = listen_local();
-        l.set_nonblocking(true).unwrap();
-        let addr = l.local_addr().unwrap();
-        let conns = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
+    pub fn spawn(handler: Handler, record_bodies: bool) -> HttpBackend {
         let ctx = Ctx {
             handler,
             record_bodies,
@@ -553,33 +560,16 @@ impl Backend {
             reqs: Arc::new(Mutex::new(Vec::new())),
             dropped: Arc::new(Mutex::new(Vec::new())),
             bytes: Arc::new(AtomicU64::new(0)),
-            stop: Arc::clone(&stop),
         };
-        let b = Backend {
-            addr,
-            conns: Arc::clone(&conns),
-            heads: Arc::clone(&ctx.heads),
-            reqs: Arc::clone(&ctx.reqs),
-            dropped: Arc::clone(&ctx.dropped),
-            bytes: Arc::clone(&ctx.bytes),
-            stop,
-        };
-        thread::spawn(move || {
-            let mut n = 0;
-            while !ctx.stop.load(Ordering::SeqCst) {
-                match l.accept() {
-                    Ok((s, _)) => {
-                        n += 1;
-                        conns.fetch_add(1, Ordering::SeqCst);
-                        let ctx = ctx.clone();
-                        let conn = n;
-                        thread::spawn(move || serve(s, conn, ctx));
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(2)),
-                }
-            }
-        });
-        b
+        let c2 = ctx.clone();
+        let server = Server::start(move |s, conn| serve(s, conn, &c2));
+        HttpBackend {
+            server,
+            heads: ctx.heads,
+            reqs: ctx.reqs,
+            dropped: ctx.dropped,
+            bytes: ctx.bytes,
+        }
     }
 
     /// Complete requests so far.
@@ -593,23 +583,49 @@ impl Backend {
 
     /// Waits up to 5 s until `n` complete requests were recorded.
     pub fn wait_requests(&self, n: usize) -> Vec<Req> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.count() < n && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(5));
-        }
+        wait_until(Duration::from_secs(5), || self.count() >= n);
         self.requests()
+    }
+
+    /// Requests served that were not health checks.
+    pub fn served(&self) -> usize {
+        self.reqs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| !r.health())
+            .count()
+    }
+
+    /// Health checks served.
+    pub fn checks(&self) -> usize {
+        self.reqs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.health())
+            .count()
+    }
+
+    /// Non-health requests read in `[from, to)`.
+    pub fn served_between(&self, from: Instant, to: Instant) -> usize {
+        self.reqs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| !r.health() && r.at >= from && r.at < to)
+            .count()
     }
 }
 
-fn serve(s: TcpStream, conn: usize, ctx: Ctx) {
-    let _ = s.set_nonblocking(false);
-    let _ = s.set_read_timeout(Some(BACKEND_READ_TIMEOUT));
-    let _ = s.set_write_timeout(Some(BACKEND_READ_TIMEOUT));
+/// One backend connection (the server set its timeouts): requests until
+/// EOF, an error or the reply's `Then` ends it.
+fn serve(s: TcpStream, conn: usize, ctx: &Ctx) {
     let mut w = Wire::new(s);
     w.counter = Some(Arc::clone(&ctx.bytes));
     let mut drop_next = false;
     let filler = vec![b'f'; 256 * 1024];
-    while !ctx.stop.load(Ordering::SeqCst) {
+    loop {
         let raw = match w.read_head() {
             Ok(Some(h)) => h,
             _ => return,
@@ -624,7 +640,6 @@ fn serve(s: TcpStream, conn: usize, ctx: Ctx) {
         let mut parts = head.start.splitn(3, ' ');
         let method = parts.next().unwrap_or("").to_string();
         let target = parts.next().unwrap_or("").to_string();
-        let version = parts.next().unwrap_or("").to_string();
         let chunked = head.is_chunked();
         let mut body = Vec::new();
         let body_len = if chunked {
@@ -646,13 +661,12 @@ fn serve(s: TcpStream, conn: usize, ctx: Ctx) {
         };
         let req = Req {
             conn,
+            at: Instant::now(),
             head,
             method,
             target,
-            version,
             body,
             body_len,
-            chunked,
         };
         ctx.reqs.lock().unwrap().push(req.clone());
         let reply = (ctx.handler)(&req);
@@ -693,25 +707,14 @@ fn serve(s: TcpStream, conn: usize, ctx: Ctx) {
     }
 }
 
+/// The rest of a connection after a 101: raw echo, bytes already read first.
 fn echo(mut w: Wire) {
     let early = w.buffered().to_vec();
     if !early.is_empty() && w.write_all(&early).is_err() {
         return;
     }
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match w.s.read(&mut buf) {
-            Ok(0) | Err(_) => {
-                let _ = w.s.shutdown(Shutdown::Write);
-                return;
-            }
-            Ok(n) => {
-                if w.s.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-        }
-    }
+    echo_loop(&mut &w.s, &mut &w.s);
+    let _ = w.s.shutdown(Shutdown::Write);
 }
 
 // ---------------------------------------------------------------- client
@@ -749,12 +752,18 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connect (5 s at most); a failure panics.
     pub fn connect(addr: SocketAddr) -> Client {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-        s.set_read_timeout(Some(CLIENT_READ_TIMEOUT)).unwrap();
-        s.set_write_timeout(Some(CLIENT_READ_TIMEOUT)).unwrap();
-        Client { w: Wire::new(s) }
+        Self::try_connect(addr, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+    }
+
+    /// Connect within `limit`, with the client's read and write timeouts.
+    pub fn try_connect(addr: SocketAddr, limit: Duration) -> io::Result<Client> {
+        let s = TcpStream::connect_timeout(&addr, limit)?;
+        s.set_read_timeout(Some(CLIENT_READ_TIMEOUT))?;
+        s.set_write_timeout(Some(CLIENT_READ_TIMEOUT))?;
+        Ok(Client { w: Wire::new(s) })
     }
 
     pub fn send(&mut self, b: &[u8]) {
@@ -856,28 +865,10 @@ pub fn get(addr: SocketAddr, host: &str, path: &str) -> Resp {
 
 // ---------------------------------------------------------------- helpers
 
-/// The number after `"key":` in a flat JSON object.
-pub fn json_num(body: &str, key: &str) -> Option<i64> {
-    let at = body.find(&format!("\"{key}\""))?;
-    let rest = body[at + key.len() + 2..].trim_start().strip_prefix(':')?;
-    let rest = rest.trim_start();
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit() && c != '-')
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
-}
-
-/// The string after `"key":` in a flat JSON object (no escapes).
-pub fn json_str(body: &str, key: &str) -> Option<String> {
-    let at = body.find(&format!("\"{key}\""))?;
-    let rest = body[at + key.len() + 2..].trim_start().strip_prefix(':')?;
-    let rest = rest.trim_start().strip_prefix('"')?;
-    Some(rest[..rest.find('"')?].to_string())
-}
-
 /// Asserts `r` is ringlb's JSON error `status` / `error`; returns its request id.
 pub fn assert_error(r: &Resp, status: u16, error: &str) -> String {
     let body = r.text();
+    let v = json::parse(&body).unwrap_or_else(|e| panic!("error body is not JSON: {e}\n{body}"));
     assert_eq!(
         r.status,
         status,
@@ -892,16 +883,20 @@ pub fn assert_error(r: &Resp, status: u16, error: &str) -> String {
         r.head.text()
     );
     assert_eq!(
-        json_num(&body, "status"),
-        Some(status as i64),
+        v.get("status").and_then(json::Json::uint),
+        Some(status as u64),
         "body {body}"
     );
     assert_eq!(
-        json_str(&body, "error").as_deref(),
+        v.get("error").and_then(json::Json::str),
         Some(error),
         "body {body}"
     );
-    let id = json_str(&body, "request_id").unwrap_or_default();
+    let id = v
+        .get("request_id")
+        .and_then(json::Json::str)
+        .unwrap_or_default()
+        .to_string();
     assert!(!id.is_empty(), "no request_id in {body}");
     assert_eq!(
         r.header("x-request-id"),
@@ -943,16 +938,37 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Deterministic pseudo-random bytes.
-pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
+/// One request on a fresh connection.
+pub struct Sent {
+    pub resp: Resp,
+    /// Bytes written by the client.
+    pub req_bytes: usize,
+    /// Bytes of the response as received (head and body).
+    pub resp_bytes: usize,
+    pub client: SocketAddr,
+}
+
+pub fn send(addr: SocketAddr, raw: &str) -> Sent {
+    let mut c = Client::connect(addr);
+    let client = c.w.s.local_addr().unwrap();
+    c.send(raw.as_bytes());
+    let resp = c.response();
+    let resp_bytes = resp.head.raw.len() + resp.body.len();
+    Sent {
+        resp,
+        req_bytes: raw.len(),
+        resp_bytes,
+        client,
     }
-    out.truncate(n);
-    out
+}
+
+pub fn get_req(path: &str, host: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n")
+}
+
+/// Which backend answered (bodies of [`HttpBackend::named`] are "`name`
+/// `target`"); panics unless 200.
+pub fn who(r: &Resp) -> String {
+    assert_eq!(r.status, 200, "{}{}", r.head.text(), r.text());
+    r.text().split(' ').next().unwrap_or("").to_string()
 }

@@ -63,14 +63,6 @@ impl Json {
     pub fn is_null(&self) -> bool {
         matches!(self, Json::Null)
     }
-
-    /// The member names of an object, in order.
-    pub fn keys(&self) -> Vec<&str> {
-        match self {
-            Json::Obj(m) => m.iter().map(|(k, _)| k.as_str()).collect(),
-            _ => Vec::new(),
-        }
-    }
 }
 
 impl fmt::Display for Json {
@@ -351,5 +343,47 @@ impl Parser<'_> {
         s.parse::<f64>()
             .map(Json::Num)
             .map_err(|_| self.err("bad number"))
+    }
+}
+
+/// The member `key` of a JSON object, or a panic naming it.
+pub fn field<'a>(v: &'a Json, key: &str) -> &'a Json {
+    v.get(key).unwrap_or_else(|| panic!("no {key:?} in {v}"))
+}
+
+/// The element of array `arr` whose `key` is the string `want`.
+pub fn find_by<'a>(arr: &'a Json, key: &str, want: &str) -> &'a Json {
+    arr.arr()
+        .unwrap_or_else(|| panic!("not an array: {arr}"))
+        .iter()
+        .find(|v| v.get(key).and_then(Json::str) == Some(want))
+        .unwrap_or_else(|| panic!("no element with {key} = {want:?} in {arr}"))
+}
+
+#[test]
+fn json_parser_is_strict() {
+    let v =
+        parse(r#" {"a":[1,-2.5e3,true,null],"b":"x\"\\\n\u00e9\ud83d\ude00","c":{}} "#).unwrap();
+    assert_eq!(field(&v, "b").str(), Some("x\"\\\né😀"));
+    assert_eq!(field(&v, "a").arr().unwrap()[1].num(), Some(-2500.0));
+    for bad in [
+        "",
+        "{",
+        "{\"a\":1,}",
+        "[1,]",
+        "{\"a\":1,\"a\":2}",
+        "01",
+        "1.",
+        "+1",
+        "\"\t\"",
+        "'x'",
+        "{\"a\" 1}",
+        "nul",
+        "{} {}",
+        "\"\\x\"",
+        "\"\\ud800\"",
+        "NaN",
+    ] {
+        assert!(parse(bad).is_err(), "accepted {bad:?}");
     }
 }

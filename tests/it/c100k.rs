@@ -2,17 +2,14 @@
 //! sockets and nothing else, the fd budget caps max_connections, and an
 //! overloaded listener queues clients instead of dropping them.
 
-mod common;
-
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    sync::atomic::Ordering,
     thread,
     time::Duration,
 };
 
-use common::*;
+use crate::common::*;
 
 /// Connect `n` clients, each moving `bytes` through the proxy (so splice
 /// pipes were used), then leave them idle.
@@ -32,14 +29,13 @@ fn open_after_traffic(addr: std::net::SocketAddr, n: usize, bytes: usize) -> Vec
 
 #[test]
 fn idle_connections_hold_no_pipes_after_traffic() {
-    let echo = Echo::start();
+    let echo = EchoBackend::start();
     // splice forced, small pipe pool: pipes are a per-worker constant, not per connection.
-    let lb = Ringlb::start(&l4_config(
-        &[echo.addr],
-        "transfer = \"splice\"",
-        "",
-        "pipe_pool = 8",
-    ));
+    let lb = Ringlb::start(
+        Cfg::tcp_proxy(&[echo.addr])
+            .listener_with("transfer = \"splice\"")
+            .runtime("pipe_pool = 8"),
+    );
     let before = lb.open_fds();
     let pipes_before = lb.fd_kinds().1;
     let n = 1000;
@@ -67,13 +63,8 @@ fn idle_connections_hold_no_pipes_after_traffic() {
 
 #[test]
 fn max_connections_above_the_fd_budget_is_capped_with_a_warning() {
-    let echo = Echo::start();
-    let lb = Ringlb::start(&l4_config(
-        &[echo.addr],
-        "max_connections = 5000000",
-        "",
-        "",
-    ));
+    let echo = EchoBackend::start();
+    let lb = Ringlb::start(Cfg::tcp_proxy(&[echo.addr]).listener_with("max_connections = 5000000"));
     let log = lb.log_text();
     assert!(log.contains("capping to"), "no capping warning: {log}");
     assert!(
@@ -103,13 +94,12 @@ fn max_connections_above_the_fd_budget_is_capped_with_a_warning() {
 
 #[test]
 fn overload_limit_100_with_150_clients_queues_and_serves_everyone() {
-    let echo = Echo::start();
-    let lb = Ringlb::start(&l4_config(
-        &[echo.addr],
-        "max_connections = 100\nbacklog = 512",
-        "",
-        "pipe_pool = 4",
-    ));
+    let echo = EchoBackend::start();
+    let lb = Ringlb::start(
+        Cfg::tcp_proxy(&[echo.addr])
+            .listener_with("max_connections = 100\nbacklog = 512")
+            .runtime("pipe_pool = 4"),
+    );
     let addr = lb.addr("l");
     let fds_idle = lb.open_fds();
     let mut clients: Vec<TcpStream> = (0..150).map(|_| connect(addr)).collect();
@@ -123,11 +113,7 @@ fn overload_limit_100_with_150_clients_queues_and_serves_everyone() {
         fds_full <= fds_idle + 2 * 100 + 2 * 4 * 2 + 6,
         "{fds_full} fds with 100 admitted (idle {fds_idle})"
     );
-    assert_eq!(
-        echo.conns.load(Ordering::SeqCst),
-        100,
-        "exactly the limit admitted"
-    );
+    assert_eq!(echo.conns(), 100, "exactly the limit admitted");
     // Read answers; close each served client so the waiting ones get in.
     let mut served = 0;
     let mut pending: Vec<(usize, TcpStream)> = clients.drain(..).enumerate().collect();
@@ -172,5 +158,5 @@ fn overload_limit_100_with_150_clients_queues_and_serves_everyone() {
         peak <= fds_full + 24,
         "fds peaked at {peak} (full: {fds_full})"
     );
-    assert_eq!(echo.conns.load(Ordering::SeqCst), 150);
+    assert_eq!(echo.conns(), 150);
 }

@@ -1,7 +1,5 @@
 //! Process-level behaviour: connection limit, graceful stop, `check`.
 
-mod common;
-
 use std::{
     io::{Read, Write},
     net::TcpStream,
@@ -10,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 
 fn echo_ok(s: &mut TcpStream, msg: &[u8]) -> bool {
     s.write_all(msg).is_ok() && {
@@ -31,15 +29,14 @@ fn served_within(s: &mut TcpStream, wait: Duration) -> bool {
 
 #[test]
 fn max_connections_queues_the_eleventh_and_bounds_fds() {
-    let echo = Echo::start();
+    let echo = EchoBackend::start();
     // pipe_pool = 2: at most 2 pipes (4 fds) per worker, so fds are bounded by
     // 2 per connection + 8 + a constant.
-    let lb = Ringlb::start(&l4_config(
-        &[echo.addr],
-        "max_connections = 10\nbacklog = 128",
-        "",
-        "pipe_pool = 2",
-    ));
+    let lb = Ringlb::start(
+        Cfg::tcp_proxy(&[echo.addr])
+            .listener_with("max_connections = 10\nbacklog = 128")
+            .runtime("pipe_pool = 2"),
+    );
     let fds_idle = lb.open_fds();
     let pipes_before = lb.fd_kinds().1;
     let addr = lb.addr("l");
@@ -64,7 +61,7 @@ fn max_connections_queues_the_eleventh_and_bounds_fds() {
         "11th client served while 10 are open"
     );
     assert!(lb.open_fds() <= fds_full + 4, "accepted beyond the limit");
-    assert_eq!(echo.conns.load(std::sync::atomic::Ordering::SeqCst), 10);
+    assert_eq!(echo.conns(), 10);
 
     // One of the 10 leaves: the 11th is served (it sent "?" already).
     drop(served.remove(0));
@@ -80,7 +77,7 @@ fn max_connections_queues_the_eleventh_and_bounds_fds() {
         fds_over <= fds_full + 4,
         "fds grew from {fds_full} to {fds_over} with waiting clients: accepted beyond the limit"
     );
-    assert_eq!(echo.conns.load(std::sync::atomic::Ordering::SeqCst), 11);
+    assert_eq!(echo.conns(), 11);
 
     // Everyone is served eventually, in turn, as others leave; nothing is dropped.
     drop(served);
@@ -111,13 +108,13 @@ fn max_connections_queues_the_eleventh_and_bounds_fds() {
             "{fds} fds open, {fds_idle} when idle"
         );
     }
-    assert_eq!(echo.conns.load(std::sync::atomic::Ordering::SeqCst), 51);
+    assert_eq!(echo.conns(), 51);
 }
 
 #[test]
 fn sigterm_drains_open_connections_then_exits_zero() {
-    let echo = Echo::start();
-    let mut lb = Ringlb::start(&l4_config(&[echo.addr], "", "", ""));
+    let echo = EchoBackend::start();
+    let mut lb = Ringlb::start(Cfg::tcp_proxy(&[echo.addr]));
     let addr = lb.addr("l");
     let mut open = connect(addr);
     assert!(echo_ok(&mut open, b"before"));
@@ -150,11 +147,9 @@ fn sigterm_drains_open_connections_then_exits_zero() {
 
 #[test]
 fn shutdown_timeout_closes_stragglers_and_exits_zero() {
-    let echo = Echo::start();
-    let mut lb = Ringlb::start(
-        &l4_config(&[echo.addr], "", "", "shutdown_timeout = \"500ms\"")
-            .replace("shutdown_timeout = \"5s\"\n", ""),
-    );
+    let echo = EchoBackend::start();
+    let mut lb =
+        Ringlb::start(Cfg::tcp_proxy(&[echo.addr]).runtime("shutdown_timeout = \"500ms\""));
     let mut open = connect(lb.addr("l"));
     assert!(echo_ok(&mut open, b"x"));
     let start = Instant::now();
@@ -170,11 +165,8 @@ fn shutdown_timeout_closes_stragglers_and_exits_zero() {
 
 #[test]
 fn second_signal_exits_at_once() {
-    let echo = Echo::start();
-    let mut lb = Ringlb::start(
-        &l4_config(&[echo.addr], "", "", "shutdown_timeout = \"60s\"")
-            .replace("shutdown_timeout = \"5s\"\n", ""),
-    );
+    let echo = EchoBackend::start();
+    let mut lb = Ringlb::start(Cfg::tcp_proxy(&[echo.addr]).runtime("shutdown_timeout = \"60s\""));
     let mut open = connect(lb.addr("l"));
     assert!(echo_ok(&mut open, b"x"));
     lb.signal("TERM");
@@ -184,25 +176,10 @@ fn second_signal_exits_at_once() {
     assert_eq!(lb.wait_exit(Duration::from_secs(3)), Some(0));
 }
 
-fn check(text: &str) -> (i32, String, String) {
-    let path = temp_file("check", text);
-    let out = Command::new(BIN)
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_file(&path);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn check_accepts_valid_and_names_the_key_of_broken_configs() {
-    let good = l4_config(&["127.0.0.1:1".parse().unwrap()], "", "", "");
-    let (code, out, _) = check(&good);
+    let good = Cfg::tcp_proxy(&["127.0.0.1:1".parse().unwrap()]).to_string();
+    let (code, out, _) = check_config(&good);
     assert_eq!(code, 0);
     assert!(out.contains("ok"));
 
@@ -238,7 +215,7 @@ fn check_accepts_valid_and_names_the_key_of_broken_configs() {
         ("[[listener]\n".to_string(), "line 1"),
     ];
     for (text, key) in cases {
-        let (code, _, err) = check(&text);
+        let (code, _, err) = check_config(&text);
         assert_eq!(code, 2, "exit code for {key}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
         assert!(err.contains(key), "error should name {key}: {err}");
@@ -263,9 +240,9 @@ fn check_accepts_valid_and_names_the_key_of_broken_configs() {
 fn port_in_use_is_a_clear_error_with_exit_one() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let cfg = l4_config(&["127.0.0.1:1".parse().unwrap()], "", "", "")
-        .replace("127.0.0.1:0", &addr.to_string());
-    let path = temp_file("inuse", &cfg);
+    let cfg = Cfg::tcp_proxy(&["127.0.0.1:1".parse().unwrap()])
+        .listener_with(&format!("listen = \"{addr}\""));
+    let path = temp_file("inuse", &cfg.to_string());
     let out = Command::new(BIN)
         .args(["run", "-c"])
         .arg(&path)

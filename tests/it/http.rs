@@ -1,18 +1,16 @@
-//! L7 (mode = "http") through the real binary: curl as a real client, raw
-//! sockets for exact bytes and malformed requests, recording backends from
-//! tests/common/http.rs. Behaviour follows the L7 spec: strict RFC 9112
-//! framing (400 and the backend never sees the request), limits (408, 413,
-//! 414, 431), keep-alive and pipelining, 1xx/HEAD/204/304, streaming bodies
-//! both ways, upstream keep-alive pool and retries, routing and rewriting,
-//! consistent hashing, WebSocket tunnels, 502/504.
+//! HTTP proxying (mode = "http", L7) through the real binary: curl as a
+//! real client, raw sockets for exact bytes and malformed requests, the
+//! recording backend from common/http.rs. Behaviour follows the L7 spec:
+//! strict RFC 9112 framing (400 and the backend never sees the request),
+//! limits (408, 413, 414, 431), keep-alive and pipelining, 1xx/HEAD/204/304,
+//! streaming bodies both ways, upstream keep-alive pool and retries, routing
+//! and rewriting, consistent hashing, WebSocket tunnels, 502/504.
 //!
 //! Every socket has a read timeout (5 s client side, 10 s backend side), so
 //! a broken proxy fails a test instead of hanging it.
 
-mod common;
-
 use std::{
-    net::{Shutdown, SocketAddr},
+    net::Shutdown,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -21,50 +19,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{http::*, *};
+use crate::common::{http::*, *};
 
 const MIB: u64 = 1 << 20;
-
-fn servers(addrs: &[SocketAddr]) -> String {
-    let list: Vec<String> = addrs
-        .iter()
-        .map(|a| format!("{{ addr = \"{a}\" }}"))
-        .collect();
-    format!("servers = [{}]", list.join(", "))
-}
-
-/// An http listener "web" on 127.0.0.1:0: `listener` holds its keys and then
-/// any [[listener.route]] tables; `upstreams` are (name, servers, extra lines).
-fn config(workers: usize, listener: &str, upstreams: &[(&str, &[SocketAddr], &str)]) -> String {
-    let mut s = format!(
-        "[runtime]\nworkers = {workers}\n\n[[listener]]\nname = \"web\"\nmode = \"http\"\nlisten = \"127.0.0.1:0\"\n{listener}\n"
-    );
-    for (name, addrs, extra) in upstreams {
-        s.push_str(&format!(
-            "\n[upstream.{name}]\n{}\n{extra}\n",
-            servers(addrs)
-        ));
-    }
-    s
-}
-
-/// One worker, a catch-all upstream "app" over `backends`, connect_timeout 1s.
-fn cfg(backends: &[SocketAddr], listener: &str, upstream: &str) -> String {
-    config(
-        1,
-        &format!("upstream = \"app\"\nconnect_timeout = \"1s\"\n{listener}"),
-        &[("app", backends, upstream)],
-    )
-}
-
-use common::backends::wait_until;
 
 // ------------------------------------------------------------------ curl
 
 #[test]
 fn curl_get_keepalive_and_http10() {
-    let b = Backend::start();
-    let lb = Ringlb::start(&cfg(&[b.addr], "", ""));
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
     let url = format!("http://{}/hello?x=1", lb.addr("web"));
 
     let (ok, out, err) = curl(&["-i", &url]);
@@ -89,8 +53,8 @@ fn curl_get_keepalive_and_http10() {
 
 #[test]
 fn curl_uploads_with_expect_and_chunked() {
-    let b = Backend::start();
-    let lb = Ringlb::start(&cfg(&[b.addr], "", ""));
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
     let url = format!("http://{}/upload", lb.addr("web"));
     let data = pseudo_random(300_000, 11);
     let path = std::env::temp_dir().join(format!("ringlb-l7-upload-{}", std::process::id()));
@@ -145,8 +109,8 @@ fn curl_uploads_with_expect_and_chunked() {
 
 #[test]
 fn backend_receives_rewritten_head() {
-    let b = Backend::start();
-    let lb = Ringlb::start(&cfg(&[b.addr], "", ""));
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
     let mut c = Client::connect(lb.addr("web"));
     c.send(
         b"GET /p?q=1 HTTP/1.1\r\n\
@@ -224,8 +188,8 @@ X-Custom: b\r\n\
 
 #[test]
 fn request_id_kept_when_valid_replaced_when_invalid() {
-    let b = Backend::start();
-    let lb = Ringlb::start(&cfg(&[b.addr], "", ""));
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
     let long_ok = "a".repeat(128);
     let too_long = "a".repeat(129);
     let cases: Vec<(&str, bool)> = vec![
@@ -266,8 +230,8 @@ fn request_id_kept_when_valid_replaced_when_invalid() {
 /// already have gone upstream (bodies are streamed): then the backend must
 /// not have received a *complete* request, and must have been cut off.
 fn rejected(cases: &[&[u8]], after_head: bool) {
-    let b = Backend::start();
-    let lb = Ringlb::start(&cfg(&[b.addr], "", ""));
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
     for raw in cases {
         let shown = String::from_utf8_lossy(raw).to_string();
         let mut c = Client::connect(lb.addr("web"));
@@ -327,8 +291,8 @@ fn reject_differing_content_lengths() {
 
 #[test]
 fn identical_content_lengths_are_forwarded_as_one() {
-    let b = Backend::start();
-    let lb = Ringlb::start(&cfg(&[b.addr], "", ""));
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
     let r = roundtrip(
         lb.addr("web"),
         b"POST /same HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
@@ -522,8 +486,8 @@ fn reject_several_host_headers() {
 
 #[test]
 fn request_line_too_long_is_414() {
-    let b = Backend::start();
-    let lb = Ringlb::start(&cfg(&[b.addr], "max_request_line = \"1k\"", ""));
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]).listener_with("max_request_line = \"1k\""));
     let r = roundtrip(
         lb.addr("web"),
         format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(2000)).as_bytes(),
@@ -539,8 +503,8 @@ fn request_line_too_long_is_414() {
 
 #[test]
 fn too_many_headers_is_431() {
-    let b = Backend::start();
-    let lb = Ringlb::start(&cfg(&[b.addr], "max_headers = 10", ""));
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]).listener_with("max_headers = 10"));
     let many: String = (0..14).map(|i| format!("X-H{i}: v\r\n")).collect();
     let r = roundtrip(
         lb.addr("web"),
@@ -560,12 +524,11 @@ fn too_many_headers_is_431() {
 
 #[test]
 fn header_section_too_large_is_431() {
-    let b = Backend::start();
-    let lb = Ringlb::start(&cfg(
-        &[b.addr],
-        "max_header_size = \"4k\"\nmax_request_line = \"1k\"",
-        "",
-    ));
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(
+        Cfg::http_proxy(&[b.addr])
+            .listener_with("max_header_size = \"4k\"\nmax_request_line = \"1k\""),
+    );
     // One huge header, then many ordinary ones adding up past the limit.
     let one = format!("X-Big: {}\r\n", "b".repeat(5000));
     let many: String = (0..60)
@@ -593,9 +556,11 @@ fn header_section_too_large_is_431() {
 
 #[test]
 fn body_over_route_limit_is_413() {
-    let b = Backend::start();
-    let routes = "\n[[listener.route]]\npath_prefix = \"/up/\"\nupstream = \"app\"\nmax_body_size = \"1k\"\n";
-    let lb = Ringlb::start(&cfg(&[b.addr], routes, ""));
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(
+        Cfg::http_proxy(&[b.addr])
+            .route("path_prefix = \"/up/\"\nupstream = \"app\"\nmax_body_size = \"1k\""),
+    );
     let addr = lb.addr("web");
 
     // Content-Length over the limit: 413 at once, the body is never sent.
@@ -656,8 +621,8 @@ fn body_over_route_limit_is_413() {
 
 #[test]
 fn slow_request_head_is_408() {
-    let b = Backend::start();
-    let lb = Ringlb::start(&cfg(&[b.addr], "header_timeout = \"300ms\"", ""));
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]).listener_with("header_timeout = \"300ms\""));
 
     // Part of a head, then silence.
     let mut c = Client::connect(lb.addr("web"));
@@ -709,12 +674,11 @@ fn slow_request_head_is_408() {
 
 #[test]
 fn idle_keepalive_client_is_closed() {
-    let b = Backend::start();
-    let lb = Ringlb::start(&cfg(
-        &[b.addr],
-        "keepalive_timeout = \"300ms\"\nheader_timeout = \"5s\"",
-        "",
-    ));
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(
+        Cfg::http_proxy(&[b.addr])
+            .listener_with("keepalive_timeout = \"300ms\"\nheader_timeout = \"5s\""),
+    );
     // Requests 150 ms apart keep the connection...
     let mut c = Client::connect(lb.addr("web"));
     for i in 0..5 {
@@ -732,8 +696,9 @@ fn idle_keepalive_client_is_closed() {
 
 #[test]
 fn backend_not_answering_is_504() {
-    let b = Backend::slow(Duration::from_millis(1500));
-    let lb = Ringlb::start(&cfg(&[b.addr], "response_timeout = \"300ms\"", ""));
+    let b = HttpBackend::slow(Duration::from_millis(1500));
+    let lb =
+        Ringlb::start(Cfg::http_proxy(&[b.addr]).listener_with("response_timeout = \"300ms\""));
     let mut c = Client::connect(lb.addr("web"));
     let start = Instant::now();
     c.send(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -752,7 +717,7 @@ fn backend_not_answering_is_504() {
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
-    let b = Backend::with(|r| {
+    let b = HttpBackend::with(|r| {
         let reply = Reply::ok(
             r,
             &format!(
@@ -768,7 +733,7 @@ fn pipelined_requests_are_answered_in_order() {
             reply
         }
     });
-    let lb = Ringlb::start(&cfg(&[b.addr], "", ""));
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
     let mut c = Client::connect(lb.addr("web"));
     c.send(
         b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n\
@@ -788,8 +753,8 @@ GET /c HTTP/1.1\r\nHost: h\r\n\r\n",
 
 #[test]
 fn http10_without_keepalive_is_closed_after_response() {
-    let b = Backend::start();
-    let lb = Ringlb::start(&cfg(&[b.addr], "", ""));
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
     let mut c = Client::connect(lb.addr("web"));
     c.send(b"GET /old HTTP/1.0\r\n\r\n");
     let r = c.response();
@@ -812,8 +777,8 @@ fn http10_without_keepalive_is_closed_after_response() {
 
 #[test]
 fn http10_keepalive() {
-    let b = Backend::start();
-    let lb = Ringlb::start(&cfg(&[b.addr], "", ""));
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
     let mut c = Client::connect(lb.addr("web"));
     for path in ["/one", "/two"] {
         c.send(
@@ -837,8 +802,8 @@ fn http10_keepalive() {
 
 #[test]
 fn expect_100_continue() {
-    let b = Backend::start();
-    let lb = Ringlb::start(&cfg(&[b.addr], "", ""));
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
     let mut c = Client::connect(lb.addr("web"));
     c.send(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
     let interim = c.response();
@@ -868,14 +833,14 @@ fn expect_100_continue() {
 
 #[test]
 fn head_204_304_carry_no_body() {
-    let b = Backend::with(|r| match r.target.as_str() {
+    let b = HttpBackend::with(|r| match r.target.as_str() {
         "/204" => Reply::raw("HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n"),
         "/304" => {
             Reply::raw("HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 1000\r\n\r\n")
         }
         _ => Reply::new(r, 200, &[], &[b'x'; 1000]),
     });
-    let lb = Ringlb::start(&cfg(&[b.addr], "", ""));
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
     // One connection: any stray body byte would break the next response.
     let mut c = Client::connect(lb.addr("web"));
     c.send(b"HEAD /h HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -908,8 +873,8 @@ fn head_204_304_carry_no_body() {
 
 #[test]
 fn interim_103_relayed_before_final() {
-    let b = Backend::early_hints();
-    let lb = Ringlb::start(&cfg(&[b.addr], "", ""));
+    let b = HttpBackend::early_hints();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
     let mut c = Client::connect(lb.addr("web"));
     c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
     let first = c.response();
@@ -937,8 +902,8 @@ fn interim_103_relayed_before_final() {
 
 #[test]
 fn chunked_request_body_is_streamed_intact() {
-    let b = Backend::start();
-    let lb = Ringlb::start(&cfg(&[b.addr], "", ""));
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
     let mut c = Client::connect(lb.addr("web"));
     c.send(b"POST /stream HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;foo=bar;baz\r\nhello\r\n");
     // The head reaches the backend before the body is complete: streamed, not buffered.
@@ -985,8 +950,8 @@ fn chunked_response_to_http11_and_http10_clients() {
         vec![b'z'; 100_000],
     ];
     let want = parts.concat();
-    let b = Backend::chunked_response(parts);
-    let lb = Ringlb::start(&cfg(&[b.addr], "", ""));
+    let b = HttpBackend::chunked_response(parts);
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
 
     let mut c = Client::connect(lb.addr("web"));
     for _ in 0..2 {
@@ -1021,8 +986,8 @@ fn chunked_response_to_http11_and_http10_clients() {
 #[test]
 fn until_close_response_is_relayed() {
     let data = pseudo_random(300_000, 5);
-    let b = Backend::until_close(data.clone());
-    let lb = Ringlb::start(&cfg(&[b.addr], "", ""));
+    let b = HttpBackend::until_close(data.clone());
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
     for req in [
         &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
         &b"GET / HTTP/1.0\r\n\r\n"[..],
@@ -1073,8 +1038,8 @@ const RSS_LIMIT_KIB: u64 = 64 * 1024;
 fn big_request_body_streams_with_bounded_memory() {
     // 1 GiB: about 3.5 s through a debug build on 2 cores.
     let total = 1 << 30;
-    let b = Backend::sink();
-    let lb = Ringlb::start(&cfg(&[b.addr], "", ""));
+    let b = HttpBackend::sink();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
     let watch = RssWatch::start(lb.pid());
     let mut c = Client::connect(lb.addr("web"));
     let start = Instant::now();
@@ -1103,14 +1068,14 @@ fn big_request_body_streams_with_bounded_memory() {
 #[test]
 fn big_response_body_streams_with_bounded_memory() {
     let total = 256 * MIB;
-    let b = Backend::with(move |_| Reply {
+    let b = HttpBackend::with(move |_| Reply {
         steps: vec![
             Step::Write(format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n").into_bytes()),
             Step::Fill(total),
         ],
         then: Then::KeepAlive,
     });
-    let lb = Ringlb::start(&cfg(&[b.addr], "", ""));
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
     let watch = RssWatch::start(lb.pid());
     let mut c = Client::connect(lb.addr("web"));
     c.send(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -1131,8 +1096,8 @@ fn big_response_body_streams_with_bounded_memory() {
 
 #[test]
 fn upstream_connections_are_reused() {
-    let b = Backend::start();
-    let lb = Ringlb::start(&cfg(&[b.addr], "", "keepalive = 8"));
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]).upstream_with("keepalive = 8"));
     let mut c = Client::connect(lb.addr("web"));
     for i in 0..20 {
         c.send(format!("GET /k{i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
@@ -1142,7 +1107,7 @@ fn upstream_connections_are_reused() {
         assert_eq!(get(lb.addr("web"), "a", &format!("/n{i}")).status, 200);
     }
     assert_eq!(b.count(), 40);
-    let conns = b.conns.load(Ordering::SeqCst);
+    let conns = b.conns();
     assert!(
         conns <= 4,
         "backend saw {conns} connections for 40 requests"
@@ -1151,22 +1116,22 @@ fn upstream_connections_are_reused() {
 
 #[test]
 fn keepalive_zero_disables_upstream_pooling() {
-    let b = Backend::start();
-    let lb = Ringlb::start(&cfg(&[b.addr], "", "keepalive = 0"));
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]).upstream_with("keepalive = 0"));
     let mut c = Client::connect(lb.addr("web"));
     for i in 0..10 {
         c.send(format!("GET /k{i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
         assert_eq!(c.response().status, 200);
     }
     assert_eq!(b.count(), 10);
-    assert_eq!(b.conns.load(Ordering::SeqCst), 10);
+    assert_eq!(b.conns(), 10);
 }
 
 #[test]
 fn pooled_connection_closed_by_backend_is_discarded() {
     // The backend answers keep-alive style, then closes each connection.
-    let b = Backend::closing();
-    let lb = Ringlb::start(&cfg(&[b.addr], "", "keepalive = 8"));
+    let b = HttpBackend::closing();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]).upstream_with("keepalive = 8"));
     let mut c = Client::connect(lb.addr("web"));
     for i in 0..30 {
         if i >= 20 {
@@ -1191,8 +1156,8 @@ fn request_on_dying_pooled_connection_retried_only_when_idempotent() {
     // The backend answers one request per connection, then reads the next
     // one and closes without answering: a pooled connection that dies
     // under a reused request, before any response byte.
-    let b = Backend::dropping();
-    let lb = Ringlb::start(&cfg(&[b.addr], "", "keepalive = 8"));
+    let b = HttpBackend::dropping();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]).upstream_with("keepalive = 8"));
     let mut c = Client::connect(lb.addr("web"));
     for i in 0..20 {
         c.send(format!("GET /g{i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
@@ -1238,12 +1203,12 @@ fn request_on_dying_pooled_connection_retried_only_when_idempotent() {
 
 #[test]
 fn refused_backend_is_skipped() {
-    let b = Backend::start();
-    let lb = Ringlb::start(&cfg(
-        &[refused_addr(), b.addr],
-        "connect_tries = 2",
-        "balance = \"round_robin\"",
-    ));
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(
+        Cfg::http_proxy(&[refused_addr(), b.addr])
+            .listener_with("connect_tries = 2")
+            .upstream_with("balance = \"round_robin\""),
+    );
     for i in 0..20 {
         let r = get(lb.addr("web"), "a", &format!("/r{i}"));
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
@@ -1253,7 +1218,7 @@ fn refused_backend_is_skipped() {
 
 #[test]
 fn all_backends_refused_is_502() {
-    let lb = Ringlb::start(&cfg(&[refused_addr(), refused_addr()], "", ""));
+    let lb = Ringlb::start(Cfg::http_proxy(&[refused_addr(), refused_addr()]));
     let mut c = Client::connect(lb.addr("web"));
     let start = Instant::now();
     c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -1270,7 +1235,7 @@ fn all_backends_refused_is_502() {
 
 #[test]
 fn malformed_backend_responses_are_502() {
-    let b = Backend::with(|r| {
+    let b = HttpBackend::with(|r| {
         let raw: &'static [u8] = match r.target.as_str() {
             "/garbage" => b"garbage\r\n\r\n",
             "/status" => b"HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\nok",
@@ -1281,7 +1246,7 @@ fn malformed_backend_responses_are_502() {
         };
         Reply::raw(raw).then(Then::Close)
     });
-    let lb = Ringlb::start(&cfg(&[b.addr], "", ""));
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
     for path in ["/garbage", "/status", "/conflict", "/badcl", "/negcl"] {
         let r = get(lb.addr("web"), "a", path);
         assert_eq!(r.status, 502, "{path}: {}{}", r.head.text(), r.text());
@@ -1297,41 +1262,19 @@ fn malformed_backend_responses_are_502() {
 #[test]
 fn routes_by_host_and_longest_prefix() {
     let names = ["a", "b", "c", "d", "e", "f"];
-    let backends: Vec<Backend> = names.iter().map(|n| Backend::echo_path(n)).collect();
-    let addrs: Vec<[SocketAddr; 1]> = backends.iter().map(|b| [b.addr]).collect();
-    let ups: Vec<(&str, &[SocketAddr], &str)> = names
-        .iter()
-        .zip(&addrs)
-        .map(|(n, a)| (*n, &a[..], ""))
-        .collect();
-    let routes = r#"
-[[listener.route]]
-host = "api.example.com"
-upstream = "a"
-
-[[listener.route]]
-host = "api.example.com"
-path_prefix = "/v1/"
-strip_prefix = true
-upstream = "b"
-
-[[listener.route]]
-host = "*.example.com"
-upstream = "c"
-
-[[listener.route]]
-host = "*.deep.example.com"
-upstream = "d"
-
-[[listener.route]]
-path_prefix = "/static/"
-upstream = "e"
-
-[[listener.route]]
-path_prefix = "/static/img/"
-upstream = "f"
-"#;
-    let lb = Ringlb::start(&config(1, routes, &ups));
+    let backends: Vec<HttpBackend> = names.iter().map(|n| HttpBackend::named(n)).collect();
+    let mut cfg = Cfg::new(1)
+        .http("web", "")
+        .route("host = \"api.example.com\"\nupstream = \"a\"")
+        .route("host = \"api.example.com\"\npath_prefix = \"/v1/\"\nstrip_prefix = true\nupstream = \"b\"")
+        .route("host = \"*.example.com\"\nupstream = \"c\"")
+        .route("host = \"*.deep.example.com\"\nupstream = \"d\"")
+        .route("path_prefix = \"/static/\"\nupstream = \"e\"")
+        .route("path_prefix = \"/static/img/\"\nupstream = \"f\"");
+    for (n, b) in names.iter().zip(&backends) {
+        cfg = cfg.upstream(n, &[b.addr]);
+    }
+    let lb = Ringlb::start(cfg);
     let addr = lb.addr("web");
     let cases = [
         ("api.example.com", "/x", "a /x"),
@@ -1369,7 +1312,7 @@ upstream = "f"
 
 #[test]
 fn route_sets_and_removes_headers() {
-    let b = Backend::with(|r| {
+    let b = HttpBackend::with(|r| {
         Reply::new(
             r,
             200,
@@ -1381,13 +1324,16 @@ fn route_sets_and_removes_headers() {
             b"ok",
         )
     });
-    let routes = r#"
-[[listener.route]]
-upstream = "app"
+    let lb = Ringlb::start(
+        Cfg::new(1)
+            .http("web", "")
+            .route(
+                r#"upstream = "app"
 request_headers = { set = { "X-Env" = "prod" }, remove = ["X-Debug"] }
-response_headers = { set = { "X-Served-By" = "ringlb" }, remove = ["Server"] }
-"#;
-    let lb = Ringlb::start(&config(1, routes, &[("app", &[b.addr], "")]));
+response_headers = { set = { "X-Served-By" = "ringlb" }, remove = ["Server"] }"#,
+            )
+            .upstream("app", &[b.addr]),
+    );
     let r = roundtrip(
         lb.addr("web"),
         b"GET /h HTTP/1.1\r\nHost: a\r\nX-Env: dev\r\nX-Debug: 1\r\nX-Other: o\r\n\r\n",
@@ -1402,24 +1348,24 @@ response_headers = { set = { "X-Served-By" = "ringlb" }, remove = ["Server"] }
     assert_eq!(req.header("x-other"), Some("o"));
 }
 
-fn who(r: &Resp) -> String {
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.text().split(' ').next().unwrap_or("").to_string()
+/// Backends "0" and "1" behind two workers hashing on `key`.
+fn hashing_over_two(key: &str) -> (HttpBackend, HttpBackend, Ringlb) {
+    let b0 = HttpBackend::named("0");
+    let b1 = HttpBackend::named("1");
+    let lb = Ringlb::start(
+        Cfg::new(2)
+            .http("web", "app")
+            .upstream("app", &[b0.addr, b1.addr])
+            .upstream_with(&format!(
+                "balance = \"consistent_hash\"\nhash_key = \"{key}\""
+            )),
+    );
+    (b0, b1, lb)
 }
 
 #[test]
 fn consistent_hash_by_uri() {
-    let b0 = Backend::echo_path("0");
-    let b1 = Backend::echo_path("1");
-    let lb = Ringlb::start(&config(
-        2,
-        "upstream = \"app\"",
-        &[(
-            "app",
-            &[b0.addr, b1.addr],
-            "balance = \"consistent_hash\"\nhash_key = \"uri\"",
-        )],
-    ));
+    let (_b0, _b1, lb) = hashing_over_two("uri");
     let mut seen = std::collections::HashSet::new();
     for i in 0..30 {
         let path = format!("/item/{i}");
@@ -1434,17 +1380,7 @@ fn consistent_hash_by_uri() {
 
 #[test]
 fn consistent_hash_by_header() {
-    let b0 = Backend::echo_path("0");
-    let b1 = Backend::echo_path("1");
-    let lb = Ringlb::start(&config(
-        2,
-        "upstream = \"app\"",
-        &[(
-            "app",
-            &[b0.addr, b1.addr],
-            "balance = \"consistent_hash\"\nhash_key = \"header:X-User\"",
-        )],
-    ));
+    let (_b0, _b1, lb) = hashing_over_two("header:X-User");
     let mut seen = std::collections::HashSet::new();
     for u in 0..30 {
         let mut first = None;
@@ -1470,8 +1406,8 @@ const WS_UPGRADE: &[u8] = b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade
 
 #[test]
 fn websocket_upgrade_becomes_a_tunnel() {
-    let b = Backend::websocket();
-    let lb = Ringlb::start(&cfg(&[b.addr], "", ""));
+    let b = HttpBackend::websocket();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
     let mut c = Client::connect(lb.addr("web"));
     c.send(WS_UPGRADE);
     let r = c.response();
@@ -1517,9 +1453,13 @@ fn websocket_upgrade_becomes_a_tunnel() {
 
 #[test]
 fn websocket_not_upgraded_when_route_disallows() {
-    let b = Backend::websocket();
-    let routes = "\n[[listener.route]]\nupstream = \"app\"\nupgrade = []\n";
-    let lb = Ringlb::start(&config(1, routes, &[("app", &[b.addr], "")]));
+    let b = HttpBackend::websocket();
+    let lb = Ringlb::start(
+        Cfg::new(1)
+            .http("web", "")
+            .route("upstream = \"app\"\nupgrade = []")
+            .upstream("app", &[b.addr]),
+    );
     let r = roundtrip(lb.addr("web"), WS_UPGRADE);
     assert_ne!(r.status, 101, "upgraded on a route that allows no upgrade");
     thread::sleep(Duration::from_millis(100));
@@ -1530,8 +1470,8 @@ fn websocket_not_upgraded_when_route_disallows() {
 
 #[test]
 fn h2c_upgrade_is_not_honoured() {
-    let b = Backend::websocket();
-    let lb = Ringlb::start(&cfg(&[b.addr], "", ""));
+    let b = HttpBackend::websocket();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
     let mut c = Client::connect(lb.addr("web"));
     c.send(b"GET /h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n");
     let r = c.response();
@@ -1550,8 +1490,9 @@ fn h2c_upgrade_is_not_honoured() {
 
 #[test]
 fn accepts_proxy_protocol_from_a_front_balancer() {
-    let b = Backend::start();
-    let lb = Ringlb::start(&cfg(&[b.addr], "accept_proxy_protocol = \"v1\"", ""));
+    let b = HttpBackend::start();
+    let lb =
+        Ringlb::start(Cfg::http_proxy(&[b.addr]).listener_with("accept_proxy_protocol = \"v1\""));
     let mut c = Client::connect(lb.addr("web"));
     // The PROXY header and the first request in one write.
     c.send(b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 80\r\nGET /pp HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -1575,8 +1516,8 @@ fn status_line_without_reason_or_with_non_ascii_reason_is_relayed() {
         "HTTP/1.1 404 N\u{e3}o encontrado\r\nContent-Length: 2\r\n\r\nno".as_bytes(),
     ] {
         let bytes = raw.to_vec();
-        let b = Backend::with(move |_| Reply::raw(bytes.clone()));
-        let lb = Ringlb::start(&cfg(&[b.addr], "", ""));
+        let b = HttpBackend::with(move |_| Reply::raw(bytes.clone()));
+        let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
         let r = get(lb.addr("web"), "a", "/");
         assert!(r.status == 200 || r.status == 404, "{}", r.text());
         // Still alive and serving.

@@ -1,18 +1,22 @@
 //! Test harness: start the real `ringlb` binary on loopback with ephemeral
-//! ports, plus small real backends (echo, scripted). Everything started here
-//! is stopped by PID when its handle drops.
-#![allow(dead_code)]
+//! ports (configs from cfg.rs), plus small real backends (backends.rs,
+//! http.rs). Everything started here is stopped by PID when its handle
+//! drops.
 
+pub mod admin;
 pub mod backends;
+pub mod cfg;
 pub mod http;
 pub mod json;
+pub mod notify;
 pub mod prom;
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader, Read, Write},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
-    path::PathBuf,
+    fmt::Display,
+    io::{self, BufRead, BufReader, Read, Write},
+    net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -22,19 +26,63 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use backends::EchoBackend;
+pub use cfg::Cfg;
+pub use http::HttpBackend;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_ringlb");
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
+/// A name no other test in this run uses: `ringlb-test-PID-WHAT-N`.
+pub fn unique_name(what: &str) -> String {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("ringlb-test-{}-{what}-{n}", std::process::id())
+}
+
 /// A unique temp file holding `text`.
 pub fn temp_file(prefix: &str, text: &str) -> PathBuf {
-    let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    let p = std::env::temp_dir().join(format!(
-        "ringlb-test-{}-{prefix}-{n}.toml",
-        std::process::id()
-    ));
+    let p = std::env::temp_dir().join(format!("{}.toml", unique_name(prefix)));
     std::fs::write(&p, text).expect("write temp config");
     p
+}
+
+/// A temp directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> TempDir {
+        let p = std::env::temp_dir().join(unique_name(what));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `ringlb check -c` on `config`: (exit code, stdout, stderr).
+pub fn check_config(config: impl Display) -> (i32, String, String) {
+    let path = temp_file("check", &config.to_string());
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// How to start ringlb beyond its config.
@@ -50,6 +98,9 @@ pub struct Opts<'a> {
     /// Return right after spawning instead of waiting for the INFO
     /// `ready:` line (for runs that log above info).
     pub no_wait: bool,
+    /// Run this executable instead of the one cargo built (an installed
+    /// copy, for binary upgrades).
+    pub exe: Option<&'a Path>,
 }
 
 /// A running ringlb process.
@@ -63,18 +114,18 @@ pub struct Ringlb {
 }
 
 impl Ringlb {
-    /// Start with this config text and wait until it reports ready.
-    pub fn start(config: &str) -> Ringlb {
+    /// Start with this config and wait until it reports ready.
+    pub fn start(config: impl Display) -> Ringlb {
         Self::try_start(config).unwrap_or_else(|e| panic!("ringlb did not start: {e}"))
     }
 
-    pub fn try_start(config: &str) -> Result<Ringlb, String> {
+    pub fn try_start(config: impl Display) -> Result<Ringlb, String> {
         Self::try_start_opts(config, Opts::default())
     }
 
     /// Start with extra environment variables (e.g. NOTIFY_SOCKET, or
     /// RINGLB_LOG to replace the default `info`) and wait until ready.
-    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Ringlb {
+    pub fn start_with_env(config: impl Display, env: &[(&str, &str)]) -> Ringlb {
         Self::start_opts(
             config,
             Opts {
@@ -84,13 +135,13 @@ impl Ringlb {
         )
     }
 
-    pub fn start_opts(config: &str, opts: Opts) -> Ringlb {
+    pub fn start_opts(config: impl Display, opts: Opts) -> Ringlb {
         Self::try_start_opts(config, opts).unwrap_or_else(|e| panic!("ringlb did not start: {e}"))
     }
 
-    pub fn try_start_opts(config: &str, opts: Opts) -> Result<Ringlb, String> {
-        let path = temp_file("cfg", config);
-        let mut cmd = Command::new(BIN);
+    pub fn try_start_opts(config: impl Display, opts: Opts) -> Result<Ringlb, String> {
+        let path = temp_file("cfg", &config.to_string());
+        let mut cmd = Command::new(opts.exe.unwrap_or(Path::new(BIN)));
         cmd.args(["run", "-c"]).arg(&path);
         if !opts.unset.contains(&"RINGLB_LOG") {
             cmd.env("RINGLB_LOG", "info");
@@ -101,16 +152,38 @@ impl Ringlb {
         for (k, v) in opts.env {
             cmd.env(k, v);
         }
-        let mut child = cmd
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(if opts.stdout {
                 Stdio::piped()
             } else {
                 Stdio::null()
             })
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| e.to_string())?;
+            .stderr(Stdio::piped());
+        // ETXTBSY: another test thread may have forked while an installed
+        // copy of the binary was open for writing (the child holds the fd
+        // until it execs); retry.
+        let mut tries = 0;
+        let child = loop {
+            match cmd.spawn() {
+                Ok(c) => break c,
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                    tries += 1;
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(e.to_string());
+                }
+            }
+        };
+        Self::adopt(child, path, !opts.no_wait)
+    }
+
+    /// Take over a ringlb process spawned by the caller (stderr piped; stdout
+    /// piped to collect it) running with the config file `config` (removed
+    /// on drop): read its log and, when `wait_ready`, wait (15 s) for the
+    /// ready line.
+    pub fn adopt(mut child: Child, config: PathBuf, wait_ready: bool) -> Result<Ringlb, String> {
         let stdout = Arc::new(Mutex::new(Vec::new()));
         if let Some(out) = child.stdout.take() {
             let out_lines = Arc::clone(&stdout);
@@ -134,7 +207,7 @@ impl Ringlb {
         });
         let mut addrs = HashMap::new();
         let deadline = Instant::now() + Duration::from_secs(15);
-        if !opts.no_wait {
+        if wait_ready {
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match rx.recv_timeout(left) {
@@ -149,7 +222,7 @@ impl Ringlb {
                     Err(_) => {
                         let _ = child.kill();
                         let _ = child.wait();
-                        let _ = std::fs::remove_file(&path);
+                        let _ = std::fs::remove_file(&config);
                         return Err(format!(
                             "no ready line; log:\n{}",
                             log.lock().unwrap().join("\n")
@@ -165,7 +238,7 @@ impl Ringlb {
             addrs,
             log,
             stdout,
-            config: path,
+            config,
         })
     }
 
@@ -176,7 +249,7 @@ impl Ringlb {
             return *a;
         }
         let mut found = None;
-        wait_for(Duration::from_secs(5), || {
+        wait_until(Duration::from_secs(5), || {
             found = self
                 .log
                 .lock()
@@ -194,7 +267,7 @@ impl Ringlb {
     /// line (it may come after the ready line: waits up to 5 s).
     pub fn admin_addr(&self) -> SocketAddr {
         let mut found = None;
-        wait_for(Duration::from_secs(5), || {
+        wait_until(Duration::from_secs(5), || {
             found = self.log.lock().unwrap().iter().find_map(|l| parse_admin(l));
             found.is_some()
         });
@@ -206,12 +279,12 @@ impl Ringlb {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "kill -{sig} failed");
+        signal(self.pid(), sig);
+    }
+
+    /// Replace the config file's text (for a reload).
+    pub fn rewrite(&self, config: impl Display) {
+        std::fs::write(&self.config, config.to_string()).unwrap();
     }
 
     /// Wait for exit up to `limit`; returns the exit code.
@@ -271,19 +344,25 @@ impl Ringlb {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// Log lines containing `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits up to `limit` until `n` log lines contain `needle`.
+    pub fn wait_count(&self, needle: &str, n: usize, limit: Duration) -> bool {
+        wait_until(limit, || self.count(needle) >= n)
+    }
+
     /// Waits (up to 5 s) until the log contains `needle`: stderr is read by
     /// a separate thread, so a line logged just now may not be here yet.
     pub fn wait_log(&self, needle: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if self.log_text().contains(needle) {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.wait_count(needle, 1, Duration::from_secs(5))
     }
 }
 
@@ -305,20 +384,6 @@ pub fn parse_admin(line: &str) -> Option<SocketAddr> {
     addr.parse().ok()
 }
 
-/// Polls `f` every 10 ms until it holds or `limit` passes.
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
     let rest = line.split("listener \"").nth(1)?;
     let (name, rest) = rest.split_once('"')?;
@@ -327,81 +392,28 @@ fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
     Some((name.to_string(), addr.parse().ok()?))
 }
 
-/// A loopback listener with a 1024-deep accept queue (std's default of 128
-/// overflows when 200 clients connect at once; a dropped SYN is retried
-/// only after 1 s, longer than the tests' connect timeout).
-pub fn listen_local() -> TcpListener {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.set_reuse_address(true).unwrap();
-    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    s.listen(1024).unwrap();
-    s.into()
+/// `kill -SIG pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{sig} {pid} failed");
 }
 
-/// A threaded echo backend; counts connections; optional greeting line.
-pub struct Echo {
-    pub addr: SocketAddr,
-    pub conns: Arc<AtomicUsize>,
-}
-
-impl Echo {
-    pub fn start() -> Echo {
-        Self::with_greeting(None)
-    }
-
-    pub fn with_greeting(greeting: Option<&'static str>) -> Echo {
-        let l = listen_local();
-        let addr = l.local_addr().unwrap();
-        let conns = Arc::new(AtomicUsize::new(0));
-        let c2 = Arc::clone(&conns);
-        thread::spawn(move || {
-            for s in l.incoming() {
-                let Ok(mut s) = s else { continue };
-                c2.fetch_add(1, Ordering::SeqCst);
-                thread::spawn(move || {
-                    if let Some(g) = greeting {
-                        if s.write_all(g.as_bytes()).is_err() {
-                            return;
-                        }
-                    }
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        match s.read(&mut buf) {
-                            Ok(0) | Err(_) => {
-                                let _ = s.shutdown(Shutdown::Write);
-                                return;
-                            }
-                            Ok(n) => {
-                                if s.write_all(&buf[..n]).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        Echo { addr, conns }
-    }
-}
-
-/// A backend running `f` on each accepted connection (in its own thread).
-pub fn scripted<F>(f: F) -> SocketAddr
-where
-    F: Fn(TcpStream) + Send + Sync + 'static,
-{
-    let l = listen_local();
-    let addr = l.local_addr().unwrap();
-    let f = Arc::new(f);
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(s) = s else { continue };
-            let f = Arc::clone(&f);
-            thread::spawn(move || f(s));
+/// Polls `f` every 5 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
         }
-    });
-    addr
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// An address where nothing listens (connect is refused).
@@ -419,6 +431,18 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// A connection from source address `src` (any 127.0.0.0/8 address works on
+/// Linux loopback), with 5 s read and write timeouts.
+pub fn connect_from(src: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&SocketAddr::new(src, 0).into())?;
+    s.connect_timeout(&to.into(), Duration::from_secs(3))?;
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    Ok(s)
+}
+
 /// Send `msg` and read back exactly as many bytes.
 pub fn echo_roundtrip(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
     s.write_all(msg).unwrap();
@@ -427,45 +451,34 @@ pub fn echo_roundtrip(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
     back
 }
 
-/// A config with one tcp listener "l" on 127.0.0.1:0 in front of `servers`.
-pub fn l4_config(
-    servers: &[SocketAddr],
-    extra_listener: &str,
-    extra_upstream: &str,
-    extra_runtime: &str,
-) -> String {
-    let list: Vec<String> = servers
-        .iter()
-        .map(|a| format!("{{ addr = \"{a}\" }}"))
-        .collect();
-    let workers = if extra_runtime.contains("workers") {
-        ""
-    } else {
-        "workers = 2"
-    };
-    let ct = if extra_listener.contains("connect_timeout") {
-        ""
-    } else {
-        "connect_timeout = \"1s\""
-    };
-    format!(
-        r#"[runtime]
-{workers}
-shutdown_timeout = "5s"
-{extra_runtime}
+/// A TCP session through an echo backend greeting with `greeting`: read
+/// the greeting, echo `payload`, half-close, read to EOF. The client address.
+pub fn tcp_session(addr: SocketAddr, greeting: &[u8], payload: &[u8]) -> SocketAddr {
+    let mut s = connect(addr);
+    let local = s.local_addr().unwrap();
+    let mut g = vec![0u8; greeting.len()];
+    s.read_exact(&mut g).unwrap();
+    assert_eq!(g, greeting);
+    if !payload.is_empty() {
+        assert_eq!(echo_roundtrip(&mut s, payload), payload);
+    }
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "bytes after the echo: {rest:?}");
+    local
+}
 
-[[listener]]
-name = "l"
-mode = "tcp"
-listen = "127.0.0.1:0"
-upstream = "u"
-{ct}
-{extra_listener}
-
-[upstream.u]
-servers = [{}]
-{extra_upstream}
-"#,
-        list.join(", ")
-    )
+/// Deterministic pseudo-random bytes.
+pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
 }

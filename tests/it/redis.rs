@@ -1,8 +1,6 @@
 //! redis-benchmark through ringlb to a real redis-server: no errors.
 //! Needs redis-server and redis-benchmark (installed by .ci/run).
 
-mod common;
-
 use std::{
     net::TcpListener,
     process::{Child, Command, Stdio},
@@ -10,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 
 struct Redis(Child);
 
@@ -75,7 +73,7 @@ fn redis_benchmark_through_ringlb_has_no_errors() {
         assert!(Instant::now() < deadline, "redis-server did not start");
         thread::sleep(Duration::from_millis(20));
     }
-    let lb = Ringlb::start(&l4_config(&[backend], "", "", ""));
+    let lb = Ringlb::start(Cfg::tcp_proxy(&[backend]));
     let front = lb.addr("l");
     for pipeline in ["1", "16"] {
         let out = Command::new("redis-benchmark")

@@ -1,33 +1,28 @@
-//! L4 proxying through the real binary: integrity, concurrency, half-close,
-//! failover, timeouts, PROXY protocol, IPv6, on both drivers and both
-//! transfer modes.
-
-mod common;
+//! TCP proxying (mode = "tcp", L4) through the real binary: integrity,
+//! concurrency, half-close, failover, timeouts, PROXY protocol, IPv6, on
+//! both drivers and both transfer modes.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{Shutdown, TcpStream},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
-    },
+    net::{Shutdown, SocketAddr, TcpStream},
+    sync::{atomic::Ordering, Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::{backends::*, *};
 use sha2::{Digest, Sha256};
-
-fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    common::http::pseudo_random(n, seed)
-}
 
 /// Push `data` through the proxy to an echo backend while reading it back;
 /// compare digests.
 fn bulk_echo(extra_listener: &str, extra_runtime: &str) {
-    let echo = Echo::start();
-    let lb = Ringlb::start(&l4_config(&[echo.addr], extra_listener, "", extra_runtime));
-    let data = Arc::new(random_bytes(50 << 20, 0x5eed));
+    let echo = EchoBackend::start();
+    let lb = Ringlb::start(
+        Cfg::tcp_proxy(&[echo.addr])
+            .listener_with(extra_listener)
+            .runtime(extra_runtime),
+    );
+    let data = Arc::new(pseudo_random(50 << 20, 0x5eed));
     let want = Sha256::digest(&*data);
     let s = connect(lb.addr("l"));
     let mut w = s.try_clone().unwrap();
@@ -77,8 +72,8 @@ fn bulk_50mb_intact_when_pipe_pool_is_exhausted() {
 }
 
 fn concurrent(extra_runtime: &str) {
-    let echo = Echo::start();
-    let lb = Ringlb::start(&l4_config(&[echo.addr], "", "", extra_runtime));
+    let echo = EchoBackend::start();
+    let lb = Ringlb::start(Cfg::tcp_proxy(&[echo.addr]).runtime(extra_runtime));
     let addr = lb.addr("l");
     let handles: Vec<_> = (0..200)
         .map(|i| {
@@ -94,7 +89,7 @@ fn concurrent(extra_runtime: &str) {
     for h in handles {
         h.join().unwrap();
     }
-    assert_eq!(echo.conns.load(Ordering::SeqCst), 200);
+    assert_eq!(echo.conns(), 200);
 }
 
 #[test]
@@ -118,12 +113,9 @@ fn client_half_close_keeps_reply_flowing() {
             .unwrap();
     });
     for transfer in ["splice", "copy"] {
-        let lb = Ringlb::start(&l4_config(
-            &[backend],
-            &format!("transfer = \"{transfer}\""),
-            "",
-            "",
-        ));
+        let lb = Ringlb::start(
+            Cfg::tcp_proxy(&[backend.addr]).listener_with(&format!("transfer = \"{transfer}\"")),
+        );
         let mut s = connect(lb.addr("l"));
         s.write_all(&[7u8; 100_000]).unwrap();
         s.shutdown(Shutdown::Write).unwrap();
@@ -146,7 +138,7 @@ fn backend_half_close_keeps_request_flowing() {
         s.read_to_end(&mut all).unwrap();
         seen2.lock().unwrap().push(all);
     });
-    let lb = Ringlb::start(&l4_config(&[backend], "", "", ""));
+    let lb = Ringlb::start(Cfg::tcp_proxy(&[backend.addr]));
     let mut s = connect(lb.addr("l"));
     let mut got = Vec::new();
     s.read_to_end(&mut got).unwrap(); // EOF from the backend reaches us...
@@ -166,19 +158,19 @@ fn backend_half_close_keeps_request_flowing() {
 #[test]
 fn refused_backend_is_skipped() {
     let dead = refused_addr();
-    let echo = Echo::start();
-    let lb = Ringlb::start(&l4_config(&[dead, echo.addr], "connect_tries = 2", "", ""));
+    let echo = EchoBackend::start();
+    let lb = Ringlb::start(Cfg::tcp_proxy(&[dead, echo.addr]).listener_with("connect_tries = 2"));
     for i in 0..20 {
         let mut s = connect(lb.addr("l"));
         let msg = format!("ping {i}");
         assert_eq!(echo_roundtrip(&mut s, msg.as_bytes()), msg.as_bytes());
     }
-    assert_eq!(echo.conns.load(Ordering::SeqCst), 20);
+    assert_eq!(echo.conns(), 20);
 }
 
 #[test]
 fn all_backends_refusing_closes_client_promptly() {
-    let lb = Ringlb::start(&l4_config(&[refused_addr(), refused_addr()], "", "", ""));
+    let lb = Ringlb::start(Cfg::tcp_proxy(&[refused_addr(), refused_addr()]));
     let mut s = connect(lb.addr("l"));
     let start = Instant::now();
     let mut buf = [0u8; 16];
@@ -193,15 +185,10 @@ fn all_backends_refusing_closes_client_promptly() {
 
 /// A listening socket whose accept queue is full: SYNs to it are dropped,
 /// so connects hang until the client's timeout. Loopback only.
-fn blackhole() -> (socket2::Socket, Vec<TcpStream>, std::net::SocketAddr) {
+fn blackhole() -> (socket2::Socket, Vec<TcpStream>, SocketAddr) {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(
-        &"127.0.0.1:0"
-            .parse::<std::net::SocketAddr>()
-            .unwrap()
-            .into(),
-    )
-    .unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
     s.listen(0).unwrap();
     let addr = s.local_addr().unwrap().as_socket().unwrap();
     let mut fillers = Vec::new();
@@ -216,14 +203,12 @@ fn blackhole() -> (socket2::Socket, Vec<TcpStream>, std::net::SocketAddr) {
 #[test]
 fn connect_timeout_then_next_backend_then_give_up() {
     let (_hole, _fill, hole) = blackhole();
-    let echo = Echo::start();
+    let echo = EchoBackend::start();
     // First: the black hole times out (300ms) and the next backend serves.
-    let cfg = l4_config(
-        &[hole, echo.addr],
-        "connect_timeout = \"300ms\"\nconnect_tries = 2",
-        "balance = \"round_robin\"",
-        "workers = 1",
-    );
+    let cfg = Cfg::tcp_proxy(&[hole, echo.addr])
+        .listener_with("connect_timeout = \"300ms\"\nconnect_tries = 2")
+        .upstream_with("balance = \"round_robin\"")
+        .runtime("workers = 1");
     let lb = Ringlb::start(&cfg);
     for _ in 0..2 {
         let mut s = connect(lb.addr("l"));
@@ -231,12 +216,8 @@ fn connect_timeout_then_next_backend_then_give_up() {
     }
     drop(lb);
     // Then: only black holes -> client closed after about tries x timeout.
-    let cfg = l4_config(
-        &[hole],
-        "connect_timeout = \"300ms\"\nconnect_tries = 2",
-        "",
-        "",
-    );
+    let cfg =
+        Cfg::tcp_proxy(&[hole]).listener_with("connect_timeout = \"300ms\"\nconnect_tries = 2");
     let lb = Ringlb::start(&cfg);
     let mut s = connect(lb.addr("l"));
     let start = Instant::now();
@@ -254,19 +235,10 @@ fn connect_timeout_then_next_backend_then_give_up() {
 
 #[test]
 fn idle_timeout_closes_both_sides() {
-    let closed = Arc::new(AtomicUsize::new(0));
-    let c2 = Arc::clone(&closed);
-    let backend = scripted(move |mut s| {
-        let mut buf = [0u8; 64];
-        while let Ok(n) = s.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            let _ = s.write_all(&buf[..n]);
-        }
-        c2.fetch_add(1, Ordering::SeqCst);
-    });
-    let lb = Ringlb::start(&l4_config(&[backend], "idle_timeout = \"400ms\"", "", ""));
+    let echo = EchoBackend::start();
+    // Backend connections whose echo loop ended (the peer closed).
+    let closed = || echo.conns() - echo.active.load(Ordering::SeqCst);
+    let lb = Ringlb::start(Cfg::tcp_proxy(&[echo.addr]).listener_with("idle_timeout = \"400ms\""));
     let mut s = connect(lb.addr("l"));
     // Traffic keeps it alive past the timeout...
     for _ in 0..4 {
@@ -278,42 +250,26 @@ fn idle_timeout_closes_both_sides() {
     let mut buf = [0u8; 4];
     assert_eq!(s.read(&mut buf).unwrap_or(0), 0);
     assert!(start.elapsed() < Duration::from_secs(3));
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while closed.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(closed.load(Ordering::SeqCst), 1, "backend side closed too");
+    wait_until(Duration::from_secs(3), || closed() > 0);
+    assert_eq!(closed(), 1, "backend side closed too");
 }
 
 #[test]
 fn ipv6_listener_and_backend() {
-    let Ok(l) = std::net::TcpListener::bind("[::1]:0") else {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
         eprintln!("no IPv6 loopback on this machine");
         return;
-    };
-    let addr = l.local_addr().unwrap();
-    thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            thread::spawn(move || {
-                let mut s = s;
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    let cfg = l4_config(&[addr], "", "", "").replace("127.0.0.1:0", "[::1]:0");
-    let lb = Ringlb::start(&cfg);
+    }
+    let echo = EchoBackend::start_on("[::1]:0".parse().unwrap());
+    let lb = Ringlb::start(Cfg::tcp_proxy(&[echo.addr]).listener_with("listen = \"[::1]:0\""));
     assert!(lb.addr("l").is_ipv6());
     let mut s = connect(lb.addr("l"));
     assert_eq!(echo_roundtrip(&mut s, b"over v6"), b"over v6");
 }
 
-/// Backend that records the first line (the PROXY v1 header) and echoes the rest.
-fn header_recorder(seen: Arc<Mutex<Vec<Vec<u8>>>>, v2: bool) -> std::net::SocketAddr {
+/// Backend that records the PROXY header (a v1 line, or v2 when `v2`) and
+/// echoes the rest.
+fn header_recorder(seen: Arc<Mutex<Vec<Vec<u8>>>>, v2: bool) -> Server {
     scripted(move |s| {
         let mut r = BufReader::new(s.try_clone().unwrap());
         let header = if v2 {
@@ -329,13 +285,7 @@ fn header_recorder(seen: Arc<Mutex<Vec<Vec<u8>>>>, v2: bool) -> std::net::Socket
             line
         };
         seen.lock().unwrap().push(header);
-        let mut w = s;
-        let mut buf = [0u8; 1024];
-        while let Ok(n) = r.read(&mut buf) {
-            if n == 0 || w.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
+        echo_loop(&mut r, &mut &s);
     })
 }
 
@@ -343,7 +293,8 @@ fn header_recorder(seen: Arc<Mutex<Vec<Vec<u8>>>>, v2: bool) -> std::net::Socket
 fn sends_proxy_protocol_v1() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let backend = header_recorder(Arc::clone(&seen), false);
-    let lb = Ringlb::start(&l4_config(&[backend], "proxy_protocol = \"v1\"", "", ""));
+    let lb =
+        Ringlb::start(Cfg::tcp_proxy(&[backend.addr]).listener_with("proxy_protocol = \"v1\""));
     let mut s = connect(lb.addr("l"));
     assert_eq!(echo_roundtrip(&mut s, b"payload"), b"payload");
     let me = s.local_addr().unwrap();
@@ -359,12 +310,8 @@ fn sends_proxy_protocol_v1() {
 fn accepts_proxy_v1_and_forwards_real_client_in_v2() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let backend = header_recorder(Arc::clone(&seen), true);
-    let lb = Ringlb::start(&l4_config(
-        &[backend],
-        "accept_proxy_protocol = \"v1\"\nproxy_protocol = \"v2\"\nproxy_protocol_timeout = \"500ms\"",
-        "",
-        "",
-    ));
+    let lb = Ringlb::start(Cfg::tcp_proxy(&[backend.addr])
+.listener_with("accept_proxy_protocol = \"v1\"\nproxy_protocol = \"v2\"\nproxy_protocol_timeout = \"500ms\""));
     let mut s = connect(lb.addr("l"));
     // Header and first payload bytes in one segment: the payload must not be lost.
     s.write_all(b"PROXY TCP4 203.0.113.9 198.51.100.1 40000 443\r\nfirst")
@@ -408,21 +355,17 @@ fn accepts_proxy_v1_and_forwards_real_client_in_v2() {
 fn accepts_proxy_v2() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let backend = header_recorder(Arc::clone(&seen), false);
-    let lb = Ringlb::start(&l4_config(
-        &[backend],
-        "accept_proxy_protocol = \"any\"\nproxy_protocol = \"v1\"",
-        "",
-        "",
-    ));
+    let lb = Ringlb::start(
+        Cfg::tcp_proxy(&[backend.addr])
+            .listener_with("accept_proxy_protocol = \"any\"\nproxy_protocol = \"v1\""),
+    );
     let mut s = connect(lb.addr("l"));
     let h = ppp::v2::Builder::with_addresses(
         ppp::v2::Version::Two | ppp::v2::Command::Proxy,
         ppp::v2::Protocol::Stream,
         (
-            "[2001:db8::7]:5000"
-                .parse::<std::net::SocketAddr>()
-                .unwrap(),
-            "[2001:db8::1]:80".parse::<std::net::SocketAddr>().unwrap(),
+            "[2001:db8::7]:5000".parse::<SocketAddr>().unwrap(),
+            "[2001:db8::1]:80".parse::<SocketAddr>().unwrap(),
         ),
     )
     .build()
@@ -436,19 +379,13 @@ fn accepts_proxy_v2() {
 }
 
 /// Backends that greet with their index, so the client sees who served it.
-fn named_backends(n: usize) -> Vec<std::net::SocketAddr> {
+fn named_backends(n: usize) -> Vec<EchoBackend> {
     (0..n)
-        .map(|i| {
-            scripted(move |mut s| {
-                let _ = s.write_all(format!("{i}\n").as_bytes());
-                let mut b = [0u8; 1];
-                let _ = s.read(&mut b);
-            })
-        })
+        .map(|i| EchoBackend::greeting(&i.to_string()))
         .collect()
 }
 
-fn who(addr: std::net::SocketAddr) -> usize {
+fn who(addr: SocketAddr) -> usize {
     let mut s = connect(addr);
     let mut line = String::new();
     BufReader::new(&mut s).read_line(&mut line).unwrap();
@@ -458,20 +395,22 @@ fn who(addr: std::net::SocketAddr) -> usize {
 #[test]
 fn weighted_distribution_over_real_connections() {
     let b = named_backends(3);
-    let servers = format!(
-        "servers = [{{ addr = \"{}\", weight = 5 }}, {{ addr = \"{}\", weight = 1 }}, {{ addr = \"{}\", weight = 1 }}]",
-        b[0], b[1], b[2]
-    );
+    let cfg = |workers| {
+        Cfg::new(workers)
+            .tcp("l", "u")
+            .upstream("u", &[])
+            .server(b[0].addr, "weight = 5")
+            .server(b[1].addr, "weight = 1")
+            .server(b[2].addr, "weight = 1")
+            .upstream_with("balance = \"weighted_round_robin\"")
+    };
     // One worker: the exact smooth sequence a a b a c a a.
-    let cfg = format!(
-        "[runtime]\nworkers = 1\n[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n[upstream.u]\nbalance = \"weighted_round_robin\"\n{servers}\n"
-    );
-    let lb = Ringlb::start(&cfg);
+    let lb = Ringlb::start(cfg(1));
     let seq: Vec<usize> = (0..14).map(|_| who(lb.addr("l"))).collect();
     assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
     drop(lb);
     // Two workers, each with its own replica: the totals still follow the weights.
-    let lb = Ringlb::start(&cfg.replace("workers = 1", "workers = 2"));
+    let lb = Ringlb::start(cfg(2));
     let mut counts = [0usize; 3];
     for _ in 0..140 {
         counts[who(lb.addr("l"))] += 1;
@@ -486,12 +425,13 @@ fn weighted_distribution_over_real_connections() {
 #[test]
 fn consistent_hash_keeps_a_client_ip_on_one_backend() {
     let b = named_backends(4);
-    let list: Vec<String> = b.iter().map(|a| format!("{{ addr = \"{a}\" }}")).collect();
-    let cfg = format!(
-        "[runtime]\nworkers = 2\n[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n[upstream.u]\nbalance = \"consistent_hash\"\nhash_key = \"client_ip\"\nservers = [{}]\n",
-        list.join(", ")
+    let addrs: Vec<SocketAddr> = b.iter().map(|x| x.addr).collect();
+    let lb = Ringlb::start(
+        Cfg::new(2)
+            .tcp("l", "u")
+            .upstream("u", &addrs)
+            .upstream_with("balance = \"consistent_hash\"\nhash_key = \"client_ip\""),
     );
-    let lb = Ringlb::start(&cfg);
     // Same client IP (127.0.0.1) on many connections, across both workers: one backend.
     let first = who(lb.addr("l"));
     for _ in 0..30 {
@@ -503,12 +443,13 @@ fn consistent_hash_keeps_a_client_ip_on_one_backend() {
 fn least_conn_and_random_spread_over_all_backends() {
     for balance in ["least_conn", "random"] {
         let b = named_backends(3);
-        let list: Vec<String> = b.iter().map(|a| format!("{{ addr = \"{a}\" }}")).collect();
-        let cfg = format!(
-            "[runtime]\nworkers = 2\n[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n[upstream.u]\nbalance = \"{balance}\"\nservers = [{}]\n",
-            list.join(", ")
+        let addrs: Vec<SocketAddr> = b.iter().map(|x| x.addr).collect();
+        let lb = Ringlb::start(
+            Cfg::new(2)
+                .tcp("l", "u")
+                .upstream("u", &addrs)
+                .upstream_with(&format!("balance = \"{balance}\"")),
         );
-        let lb = Ringlb::start(&cfg);
         let mut counts = [0usize; 3];
         for _ in 0..90 {
             counts[who(lb.addr("l"))] += 1;
@@ -524,8 +465,8 @@ fn bulk_50mb_intact_auto_default() {
 
 #[test]
 fn auto_mode_copies_small_bursts_and_splices_bulk() {
-    let echo = Echo::start();
-    let lb = Ringlb::start(&l4_config(&[echo.addr], "", "", ""));
+    let echo = EchoBackend::start();
+    let lb = Ringlb::start(Cfg::tcp_proxy(&[echo.addr]));
     // (stderr and inherited fds may be pipes too: count relative to the start.)
     let pipes_at_start = lb.fd_kinds().1;
     let mut s = connect(lb.addr("l"));
@@ -540,7 +481,7 @@ fn auto_mode_copies_small_bursts_and_splices_bulk() {
         lb.fd_list()
     );
     // Bulk: 8 MB each way makes the direction switch to splice (pooled pipes appear).
-    let data = random_bytes(8 << 20, 7);
+    let data = pseudo_random(8 << 20, 7);
     let mut w = s.try_clone().unwrap();
     let d2 = data.clone();
     let writer = thread::spawn(move || w.write_all(&d2).unwrap());
@@ -571,12 +512,9 @@ fn slow_steady_reader_is_not_idle() {
         }
     });
     for transfer in ["auto", "splice", "copy"] {
-        let lb = Ringlb::start(&l4_config(
-            &[backend],
-            &format!("idle_timeout = \"300ms\"\ntransfer = \"{transfer}\""),
-            "",
-            "",
-        ));
+        let lb = Ringlb::start(Cfg::tcp_proxy(&[backend.addr]).listener_with(&format!(
+            "idle_timeout = \"300ms\"\ntransfer = \"{transfer}\""
+        )));
         let sock =
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         sock.set_recv_buffer_size(16 * 1024).unwrap();

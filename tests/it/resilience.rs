@@ -5,12 +5,10 @@
 //!
 //! Backends are real listeners on 127.0.0.1 that the tests kill (listener
 //! closed, open connections shut down) and restart on the same port
-//! (tests/common/backends.rs). Health checks run fast (interval and timeout
+//! (common/backends.rs). Health checks run fast (interval and timeout
 //! 100 ms, rise 2, fall 2) so each test takes a few seconds; thresholds are
 //! tolerant where timing on a loaded 2-core machine matters. Every socket
 //! has a read timeout and every thread ends.
-
-mod common;
 
 use std::{
     io::{self, BufRead, BufReader, Read, Write},
@@ -23,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{backends::*, http::*, *};
+use crate::common::{backends::*, http::*, *};
 
 const HEALTH_HTTP: &str = r#"health = { kind = "http", path = "/healthz", interval = "100ms", timeout = "100ms", rise = 2, fall = 2 }"#;
 const HEALTH_TCP: &str =
@@ -45,38 +43,13 @@ fn loopback(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
 }
 
-/// One entry of `servers = [...]`.
-fn server(addr: SocketAddr, extra: &str) -> String {
-    if extra.is_empty() {
-        format!("{{ addr = \"{addr}\" }}")
-    } else {
-        format!("{{ addr = \"{addr}\", {extra} }}")
-    }
-}
-
-/// One listener "l" (`mode` tcp or http) on 127.0.0.1:0 in front of upstream
-/// "app". `listener` holds extra listener keys and then any
-/// [[listener.route]] tables (with routes, no catch-all upstream is set).
-fn config(
-    mode: &str,
-    workers: usize,
-    listener: &str,
-    servers: &[String],
-    upstream: &str,
-) -> String {
-    let catch_all = if listener.contains("[[listener.route]]") {
-        ""
-    } else {
-        "upstream = \"app\"\n"
-    };
-    format!(
-        "[runtime]\nworkers = {workers}\n\n[[listener]]\nname = \"l\"\nmode = \"{mode}\"\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"1s\"\n{catch_all}{listener}\n\n[upstream.app]\nservers = [{}]\n{upstream}\n",
-        servers.join(", ")
-    )
-}
-
-fn servers_of(addrs: &[SocketAddr]) -> Vec<String> {
-    addrs.iter().map(|a| server(*a, "")).collect()
+/// One listener "l" (`mode` tcp or http) on 127.0.0.1:0, connect_timeout
+/// 1s, in front of upstream "app" over `servers` (more with `.server()`).
+fn config(mode: &str, workers: usize, servers: &[SocketAddr]) -> Cfg {
+    Cfg::new(workers)
+        .listener("l", mode, "app")
+        .listener_with("connect_timeout = \"1s\"")
+        .upstream("app", servers)
 }
 
 /// Whether `line` names `addr` (not merely a longer port starting the same).
@@ -144,22 +117,13 @@ fn wait_checked_tcp(b: &[&EchoBackend]) {
 
 /// A client connection with 5 s timeouts, without panicking.
 fn try_client(addr: SocketAddr) -> io::Result<Client> {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    Ok(Client { w: Wire::new(s) })
+    Client::try_connect(addr, Duration::from_secs(3))
 }
 
 fn client_from(src: IpAddr, addr: SocketAddr) -> io::Result<Client> {
     Ok(Client {
         w: Wire::new(connect_from(src, addr)?),
     })
-}
-
-/// Which backend answered (bodies are "`name` `target`"); panics unless 200.
-fn who(r: &Resp) -> String {
-    assert_eq!(r.status, 200, "{}{}", r.head.text(), r.text());
-    r.text().split(' ').next().unwrap_or("").to_string()
 }
 
 /// `GET path` on a fresh connection; who answered.
@@ -274,15 +238,12 @@ fn window(b: &[HttpBackend], i: usize, t0: Instant, from_ms: u64, to_ms: u64) ->
 
 #[test]
 fn http_kill_one_of_three_under_load_then_back_with_slow_start() {
-    let b: Vec<HttpBackend> = ["a", "b", "c"].map(HttpBackend::start).into();
-    let addrs: Vec<SocketAddr> = b.iter().map(|x| x.addr()).collect();
-    let lb = Ringlb::start(&config(
-        "http",
-        2,
-        "",
-        &servers_of(&addrs),
-        &format!("{HEALTH_HTTP}\n{NO_EJECT}\nslow_start = \"1s\""),
-    ));
+    let b: Vec<HttpBackend> = ["a", "b", "c"].map(HttpBackend::named).into();
+    let addrs: Vec<SocketAddr> = b.iter().map(|x| x.addr).collect();
+    let lb = Ringlb::start(
+        config("http", 2, &addrs)
+            .upstream_with(&format!("{HEALTH_HTTP}\n{NO_EJECT}\nslow_start = \"1s\"")),
+    );
     wait_checked(&[&b[0], &b[1], &b[2]]);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -299,11 +260,11 @@ fn http_kill_one_of_three_under_load_then_back_with_slow_start() {
     );
 
     let c = &b[2];
-    let ups_before = ups(&lb, c.addr());
+    let ups_before = ups(&lb, c.addr);
     let killed = Instant::now();
     c.kill();
     assert!(
-        wait_down(&lb, c.addr(), 0),
+        wait_down(&lb, c.addr, 0),
         "no DOWN line; log:\n{}",
         lb.log_text()
     );
@@ -312,24 +273,24 @@ fn http_kill_one_of_three_under_load_then_back_with_slow_start() {
     // Traffic on a and b alone for a while.
     thread::sleep(Duration::from_millis(300));
 
-    let mark = c.hits().len();
+    let mark = c.requests().len();
     c.restart();
     assert!(
-        wait_up(&lb, c.addr(), ups_before),
+        wait_up(&lb, c.addr, ups_before),
         "no UP line after the restart; log:\n{}",
         lb.log_text()
     );
     // Nothing but health checks reached it until the second passing check
     // (rise = 2) after the restart.
-    let after = c.hits()[mark..].to_vec();
+    let after = c.requests()[mark..].to_vec();
     let rise = after
         .iter()
         .enumerate()
-        .filter(|(_, h)| h.health)
+        .filter(|(_, h)| h.health())
         .nth(1)
         .map(|(i, _)| i)
         .expect("two health checks after the restart");
-    let early: Vec<&Hit> = after[..rise].iter().filter(|h| !h.health).collect();
+    let early: Vec<&Req> = after[..rise].iter().filter(|h| !h.health()).collect();
     assert!(
         early.is_empty(),
         "requests reached the restarted backend before it was UP: {early:?}"
@@ -386,15 +347,10 @@ fn http_kill_one_of_three_under_load_then_back_with_slow_start() {
 
 #[test]
 fn tcp_kill_one_of_three_under_load_then_back() {
-    let b: Vec<EchoBackend> = ["a", "b", "c"].map(EchoBackend::start).into();
-    let addrs: Vec<SocketAddr> = b.iter().map(|x| x.addr()).collect();
-    let lb = Ringlb::start(&config(
-        "tcp",
-        2,
-        "",
-        &servers_of(&addrs),
-        &format!("{HEALTH_TCP}\n{NO_EJECT}"),
-    ));
+    let b: Vec<EchoBackend> = ["a", "b", "c"].map(|_| EchoBackend::start()).into();
+    let addrs: Vec<SocketAddr> = b.iter().map(|x| x.addr).collect();
+    let lb =
+        Ringlb::start(config("tcp", 2, &addrs).upstream_with(&format!("{HEALTH_TCP}\n{NO_EJECT}")));
     wait_checked_tcp(&[&b[0], &b[1], &b[2]]);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -410,12 +366,12 @@ fn tcp_kill_one_of_three_under_load_then_back() {
     );
 
     let c = &b[2];
-    let ups_before = ups(&lb, c.addr());
+    let ups_before = ups(&lb, c.addr);
     let t_kill = Instant::now();
     c.kill();
     let killed = Instant::now();
     assert!(
-        wait_down(&lb, c.addr(), 0),
+        wait_down(&lb, c.addr, 0),
         "no DOWN line; log:\n{}",
         lb.log_text()
     );
@@ -423,10 +379,10 @@ fn tcp_kill_one_of_three_under_load_then_back() {
     assert!(took < DOWN_WITHIN, "DOWN only after {took:?}");
     thread::sleep(Duration::from_millis(200));
 
-    let mark = c.server.accepted();
+    let mark = c.conns();
     c.restart();
     assert!(
-        wait_up(&lb, c.addr(), ups_before),
+        wait_up(&lb, c.addr, ups_before),
         "no UP line after the restart; log:\n{}",
         lb.log_text()
     );
@@ -482,20 +438,16 @@ fn tcp_kill_one_of_three_under_load_then_back() {
 fn failing_backend_is_ejected_probed_and_readmitted() {
     let healthy = Arc::new(AtomicBool::new(false));
     let h2 = Arc::clone(&healthy);
-    let bad = HttpBackend::with("bad", move |r| {
+    let bad = HttpBackend::with(move |r| {
         if h2.load(Ordering::SeqCst) {
             Reply::ok(r, &format!("bad {}", r.target))
         } else {
             Reply::new(r, 500, &[("Content-Type", "text/plain")], b"boom")
         }
     });
-    let good = HttpBackend::start("good");
+    let good = HttpBackend::named("good");
     // No active checks: passive ejection alone.
-    let lb = Ringlb::start(&config(
-        "http",
-        2,
-        "",
-        &servers_of(&[bad.addr(), good.addr()]),
+    let lb = Ringlb::start(config("http", 2, &[bad.addr, good.addr]).upstream_with(
         r#"eject = { failures = 3, cooldown = "300ms", max_cooldown = "2s", half_open = 1 }"#,
     ));
     let addr = lb.addr("l");
@@ -518,14 +470,20 @@ fn failing_backend_is_ejected_probed_and_readmitted() {
         assert!(r.status == 200 || r.status == 500, "{}", r.head.text());
     }
     assert_eq!(bad.served(), 3, "bad backend never got 3 requests");
-    let t_open = bad.hits().iter().filter(|h| !h.health).nth(2).unwrap().at;
+    let t_open = bad
+        .requests()
+        .iter()
+        .filter(|h| !h.health())
+        .nth(2)
+        .unwrap()
+        .at;
     assert!(
         lb.wait_log("circuit OPEN"),
         "no circuit OPEN; log:\n{}",
         lb.log_text()
     );
     assert_eq!(
-        log_count(&lb, "circuit OPEN", Some(bad.addr())),
+        log_count(&lb, "circuit OPEN", Some(bad.addr)),
         1,
         "the OPEN line does not name the backend; log:\n{}",
         lb.log_text()
@@ -547,9 +505,9 @@ fn failing_backend_is_ejected_probed_and_readmitted() {
             assert!(r.status == 200 || r.status == 500, "{}", r.head.text());
             thread::sleep(Duration::from_millis(15));
         }
-        bad.hits()
+        bad.requests()
             .iter()
-            .filter(|h| !h.health)
+            .filter(|h| !h.health())
             .nth(from)
             .unwrap()
             .at
@@ -567,7 +525,7 @@ fn failing_backend_is_ejected_probed_and_readmitted() {
         lb.log_text()
     );
     assert!(
-        wait_log_count(&lb, "circuit OPEN", Some(bad.addr()), 2),
+        wait_log_count(&lb, "circuit OPEN", Some(bad.addr), 2),
         "the failed probe did not re-open the circuit; log:\n{}",
         lb.log_text()
     );
@@ -602,15 +560,11 @@ fn failing_backend_is_ejected_probed_and_readmitted() {
 
 #[test]
 fn consistent_hash_uri_moves_only_keys_of_the_dead_backend() {
-    let b: Vec<HttpBackend> = ["0", "1", "2"].map(HttpBackend::start).into();
-    let addrs: Vec<SocketAddr> = b.iter().map(|x| x.addr()).collect();
-    let lb = Ringlb::start(&config(
-        "http",
-        2,
-        "",
-        &servers_of(&addrs),
-        &format!("balance = \"consistent_hash\"\nhash_key = \"uri\"\n{HEALTH_HTTP}\n{NO_EJECT}"),
-    ));
+    let b: Vec<HttpBackend> = ["0", "1", "2"].map(HttpBackend::named).into();
+    let addrs: Vec<SocketAddr> = b.iter().map(|x| x.addr).collect();
+    let lb = Ringlb::start(config("http", 2, &addrs).upstream_with(&format!(
+        "balance = \"consistent_hash\"\nhash_key = \"uri\"\n{HEALTH_HTTP}\n{NO_EJECT}"
+    )));
     wait_checked(&[&b[0], &b[1], &b[2]]);
     let addr = lb.addr("l");
     let map = || -> Vec<String> {
@@ -631,10 +585,10 @@ fn consistent_hash_uri_moves_only_keys_of_the_dead_backend() {
     );
     let x = &b[victim.parse::<usize>().unwrap()];
 
-    let ups_before = ups(&lb, x.addr());
+    let ups_before = ups(&lb, x.addr);
     x.kill();
     assert!(
-        wait_down(&lb, x.addr(), 0),
+        wait_down(&lb, x.addr, 0),
         "no DOWN line; log:\n{}",
         lb.log_text()
     );
@@ -649,7 +603,7 @@ fn consistent_hash_uri_moves_only_keys_of_the_dead_backend() {
 
     x.restart();
     assert!(
-        wait_up(&lb, x.addr(), ups_before),
+        wait_up(&lb, x.addr, ups_before),
         "no UP line; log:\n{}",
         lb.log_text()
     );
@@ -667,16 +621,10 @@ fn consistent_hash_uri_moves_only_keys_of_the_dead_backend() {
 #[test]
 fn consistent_hash_client_ip_moves_only_clients_of_the_dead_backend() {
     let b: Vec<EchoBackend> = ["0", "1", "2"].map(EchoBackend::greeting).into();
-    let addrs: Vec<SocketAddr> = b.iter().map(|x| x.addr()).collect();
-    let lb = Ringlb::start(&config(
-        "tcp",
-        2,
-        "",
-        &servers_of(&addrs),
-        &format!(
-            "balance = \"consistent_hash\"\nhash_key = \"client_ip\"\n{HEALTH_TCP}\n{NO_EJECT}"
-        ),
-    ));
+    let addrs: Vec<SocketAddr> = b.iter().map(|x| x.addr).collect();
+    let lb = Ringlb::start(config("tcp", 2, &addrs).upstream_with(&format!(
+        "balance = \"consistent_hash\"\nhash_key = \"client_ip\"\n{HEALTH_TCP}\n{NO_EJECT}"
+    )));
     wait_checked_tcp(&[&b[0], &b[1], &b[2]]);
     let addr = lb.addr("l");
     // The greeting line names the backend.
@@ -700,10 +648,10 @@ fn consistent_hash_client_ip_moves_only_clients_of_the_dead_backend() {
     assert!(on(&victim) < 30, "30 client IPs all on one backend");
     let x = &b[victim.parse::<usize>().unwrap()];
 
-    let ups_before = ups(&lb, x.addr());
+    let ups_before = ups(&lb, x.addr);
     x.kill();
     assert!(
-        wait_down(&lb, x.addr(), 0),
+        wait_down(&lb, x.addr, 0),
         "no DOWN line; log:\n{}",
         lb.log_text()
     );
@@ -721,7 +669,7 @@ fn consistent_hash_client_ip_moves_only_clients_of_the_dead_backend() {
 
     x.restart();
     assert!(
-        wait_up(&lb, x.addr(), ups_before),
+        wait_up(&lb, x.addr, ups_before),
         "no UP line; log:\n{}",
         lb.log_text()
     );
@@ -740,21 +688,14 @@ fn consistent_hash_client_ip_moves_only_clients_of_the_dead_backend() {
 
 #[test]
 fn backup_serves_only_while_every_primary_is_down() {
-    let p1 = HttpBackend::start("p1");
-    let p2 = HttpBackend::start("p2");
-    let bk = HttpBackend::start("backup");
-    let servers = [
-        server(p1.addr(), ""),
-        server(p2.addr(), ""),
-        server(bk.addr(), "backup = true"),
-    ];
-    let lb = Ringlb::start(&config(
-        "http",
-        2,
-        "",
-        &servers,
-        &format!("{HEALTH_HTTP}\n{NO_EJECT}"),
-    ));
+    let p1 = HttpBackend::named("p1");
+    let p2 = HttpBackend::named("p2");
+    let bk = HttpBackend::named("backup");
+    let lb = Ringlb::start(
+        config("http", 2, &[p1.addr, p2.addr])
+            .server(bk.addr, "backup = true")
+            .upstream_with(&format!("{HEALTH_HTTP}\n{NO_EJECT}")),
+    );
     wait_checked(&[&p1, &p2, &bk]);
     let addr = lb.addr("l");
     let mut n = 0;
@@ -773,7 +714,7 @@ fn backup_serves_only_while_every_primary_is_down() {
     // One primary down: the other takes everything, the backup still nothing.
     p1.kill();
     assert!(
-        wait_down(&lb, p1.addr(), 0),
+        wait_down(&lb, p1.addr, 0),
         "no DOWN line for p1; log:\n{}",
         lb.log_text()
     );
@@ -783,7 +724,7 @@ fn backup_serves_only_while_every_primary_is_down() {
     // Both down: the backup serves.
     p2.kill();
     assert!(
-        wait_down(&lb, p2.addr(), 0),
+        wait_down(&lb, p2.addr, 0),
         "no DOWN line for p2; log:\n{}",
         lb.log_text()
     );
@@ -791,10 +732,10 @@ fn backup_serves_only_while_every_primary_is_down() {
     assert!(none.iter().all(|w| w == "backup"), "{none:?}");
 
     // A primary is back: the backup is left alone again.
-    let ups_before = ups(&lb, p1.addr());
+    let ups_before = ups(&lb, p1.addr);
     p1.restart();
     assert!(
-        wait_up(&lb, p1.addr(), ups_before),
+        wait_up(&lb, p1.addr, ups_before),
         "no UP line for p1; log:\n{}",
         lb.log_text()
     );
@@ -812,22 +753,18 @@ fn backup_serves_only_while_every_primary_is_down() {
 
 #[test]
 fn http_no_backend_up_is_503_json() {
-    let b = HttpBackend::start("only");
-    let lb = Ringlb::start(&config(
-        "http",
-        1,
-        "",
-        &servers_of(&[b.addr()]),
-        &format!("{HEALTH_HTTP}\n{NO_EJECT}"),
-    ));
+    let b = HttpBackend::named("only");
+    let lb = Ringlb::start(
+        config("http", 1, &[b.addr]).upstream_with(&format!("{HEALTH_HTTP}\n{NO_EJECT}")),
+    );
     wait_checked(&[&b]);
     let addr = lb.addr("l");
     assert_eq!(who_get(addr, "/a"), "only");
 
-    let ups_before = ups(&lb, b.addr());
+    let ups_before = ups(&lb, b.addr);
     b.kill();
     assert!(
-        wait_down(&lb, b.addr(), 0),
+        wait_down(&lb, b.addr, 0),
         "no DOWN line; log:\n{}",
         lb.log_text()
     );
@@ -842,7 +779,7 @@ fn http_no_backend_up_is_503_json() {
 
     b.restart();
     assert!(
-        wait_up(&lb, b.addr(), ups_before),
+        wait_up(&lb, b.addr, ups_before),
         "no UP line; log:\n{}",
         lb.log_text()
     );
@@ -859,13 +796,10 @@ fn http_every_backend_ejected_is_503_json() {
     // circuits are open and requests get 503 at once instead of a 502
     // after refused connects. (Two backends: like nginx, ringlb never
     // ejects a lone server.)
-    let lb = Ringlb::start(&config(
-        "http",
-        1,
-        "",
-        &servers_of(&[refused_addr(), refused_addr()]),
-        r#"eject = { failures = 2, cooldown = "10s" }"#,
-    ));
+    let lb = Ringlb::start(
+        config("http", 1, &[refused_addr(), refused_addr()])
+            .upstream_with(r#"eject = { failures = 2, cooldown = "10s" }"#),
+    );
     let addr = lb.addr("l");
     let statuses: Vec<u16> = (0..6)
         .map(|i| get(addr, "t", &format!("/{i}")).status)
@@ -890,24 +824,20 @@ fn http_every_backend_ejected_is_503_json() {
 
 #[test]
 fn tcp_no_backend_up_closes_client_at_once() {
-    let b = EchoBackend::start("only");
-    let lb = Ringlb::start(&config(
-        "tcp",
-        2,
-        "",
-        &servers_of(&[b.addr()]),
-        &format!("{HEALTH_TCP}\n{NO_EJECT}"),
-    ));
+    let b = EchoBackend::start();
+    let lb = Ringlb::start(
+        config("tcp", 2, &[b.addr]).upstream_with(&format!("{HEALTH_TCP}\n{NO_EJECT}")),
+    );
     wait_checked_tcp(&[&b]);
     let addr = lb.addr("l");
     let mut s = connect(addr);
     assert_eq!(echo_roundtrip(&mut s, b"hi"), b"hi");
     drop(s);
 
-    let ups_before = ups(&lb, b.addr());
+    let ups_before = ups(&lb, b.addr);
     b.kill();
     assert!(
-        wait_down(&lb, b.addr(), 0),
+        wait_down(&lb, b.addr, 0),
         "no DOWN line; log:\n{}",
         lb.log_text()
     );
@@ -931,7 +861,7 @@ fn tcp_no_backend_up_closes_client_at_once() {
 
     b.restart();
     assert!(
-        wait_up(&lb, b.addr(), ups_before),
+        wait_up(&lb, b.addr, ups_before),
         "no UP line; log:\n{}",
         lb.log_text()
     );
@@ -1038,14 +968,14 @@ fn assert_limited(shots: &[Shot], what: &str) {
 
 #[test]
 fn rate_limit_by_client_ip_holds_across_two_workers() {
-    let b = Backend::start();
-    let lb = Ringlb::start(&config(
-        "http",
-        2,
-        "[[listener.route]]\nupstream = \"app\"\nrate_limit = { rate = 20, burst = 5, key = \"client_ip\" }",
-        &servers_of(&[b.addr]),
-        "",
-    ));
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(
+        Cfg::new(2)
+            .http("l", "")
+            .listener_with("connect_timeout = \"1s\"")
+            .route("upstream = \"app\"\nrate_limit = { rate = 20, burst = 5, key = \"client_ip\" }")
+            .upstream("app", &[b.addr]),
+    );
     let addr = lb.addr("l");
     let dur = Duration::from_secs(3);
     // 127.0.0.1 at 3x the rate; 127.0.0.2 at half of it meanwhile.
@@ -1064,14 +994,12 @@ fn rate_limit_by_client_ip_holds_across_two_workers() {
 
 #[test]
 fn rate_limit_by_header_keys_are_independent() {
-    let b = Backend::start();
-    let lb = Ringlb::start(&config(
-        "http",
-        2,
-        "[[listener.route]]\nupstream = \"app\"\nrate_limit = { rate = 20, burst = 5, key = \"header:X-Api-Key\" }",
-        &servers_of(&[b.addr]),
-        "",
-    ));
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(Cfg::new(2)
+.http("l", "")
+.listener_with("connect_timeout = \"1s\"")
+.route("upstream = \"app\"\nrate_limit = { rate = 20, burst = 5, key = \"header:X-Api-Key\" }")
+.upstream("app", &[b.addr]));
     let addr = lb.addr("l");
     let dur = Duration::from_millis(2500);
     let k1 = paced(addr, localhost(), Some("key-one"), 60.0, dur, 3);
@@ -1090,11 +1018,11 @@ fn rate_limit_by_header_keys_are_independent() {
 // ------------------------------------------------- max_connections + queue
 
 /// A backend that sleeps `d` per request, tracking how many it handles at once.
-fn tracked(d: Duration) -> (Backend, Arc<AtomicUsize>) {
+fn tracked(d: Duration) -> (HttpBackend, Arc<AtomicUsize>) {
     let now = Arc::new(AtomicUsize::new(0));
     let max = Arc::new(AtomicUsize::new(0));
     let m2 = Arc::clone(&max);
-    let b = Backend::with(move |r| {
+    let b = HttpBackend::with(move |r| {
         let n = now.fetch_add(1, Ordering::SeqCst) + 1;
         m2.fetch_max(n, Ordering::SeqCst);
         thread::sleep(d);
@@ -1134,13 +1062,11 @@ fn staggered(addr: SocketAddr, offsets: &[u64]) -> Vec<(Duration, Result<Resp, S
 #[test]
 fn max_connections_queue_then_503_after_queue_timeout() {
     let (b, max) = tracked(Duration::from_secs(1));
-    let lb = Ringlb::start(&config(
-        "http",
-        1,
-        "",
-        &[server(b.addr, "max_connections = 2")],
-        "queue = 2\nqueue_timeout = \"300ms\"",
-    ));
+    let lb = Ringlb::start(
+        config("http", 1, &[])
+            .server(b.addr, "max_connections = 2")
+            .upstream_with("queue = 2\nqueue_timeout = \"300ms\""),
+    );
     // 1 and 2 take both slots, 3 and 4 wait in the queue, 5 finds it full.
     let res = staggered(lb.addr("l"), &[0, 60, 120, 180, 240]);
     let got: Vec<String> = res
@@ -1191,13 +1117,11 @@ fn max_connections_queued_requests_succeed_when_slots_free_in_time() {
     let (b, max) = tracked(Duration::from_millis(200));
     // queue_timeout well above the 200 ms a queued request waits, so a
     // loaded machine cannot turn this into the timeout case.
-    let lb = Ringlb::start(&config(
-        "http",
-        1,
-        "",
-        &[server(b.addr, "max_connections = 2")],
-        "queue = 2\nqueue_timeout = \"1s\"",
-    ));
+    let lb = Ringlb::start(
+        config("http", 1, &[])
+            .server(b.addr, "max_connections = 2")
+            .upstream_with("queue = 2\nqueue_timeout = \"1s\""),
+    );
     let res = staggered(lb.addr("l"), &[0, 10, 20, 30]);
     let mut times = Vec::new();
     for (i, (d, r)) in res.iter().enumerate() {
@@ -1217,18 +1141,13 @@ fn max_connections_queued_requests_succeed_when_slots_free_in_time() {
 
 #[test]
 fn tcp_max_connections_full_backend_is_skipped() {
-    let a = EchoBackend::start("a");
-    let other = EchoBackend::start("b");
-    let lb = Ringlb::start(&config(
-        "tcp",
-        2,
-        "",
-        &[
-            server(a.addr(), "max_connections = 1"),
-            server(other.addr(), ""),
-        ],
-        "",
-    ));
+    let a = EchoBackend::start();
+    let other = EchoBackend::start();
+    let lb = Ringlb::start(
+        config("tcp", 2, &[])
+            .server(a.addr, "max_connections = 1")
+            .server(other.addr, ""),
+    );
     let addr = lb.addr("l");
     let open = |n: usize| -> Vec<TcpStream> {
         (0..n)
@@ -1292,14 +1211,9 @@ fn closed_at_once(s: &mut TcpStream) -> bool {
 
 #[test]
 fn tcp_max_connections_per_ip() {
-    let echo = Echo::start();
-    let lb = Ringlb::start(&config(
-        "tcp",
-        2,
-        "max_connections_per_ip = 2",
-        &servers_of(&[echo.addr]),
-        "",
-    ));
+    let echo = EchoBackend::start();
+    let lb =
+        Ringlb::start(config("tcp", 2, &[echo.addr]).listener_with("max_connections_per_ip = 2"));
     let addr = lb.addr("l");
     let conn = |ip: IpAddr, msg: &[u8]| -> TcpStream {
         let mut s = connect_from(ip, addr).unwrap();
@@ -1331,14 +1245,9 @@ fn tcp_max_connections_per_ip() {
 
 #[test]
 fn http_max_connections_per_ip_is_429() {
-    let b = Backend::start();
-    let lb = Ringlb::start(&config(
-        "http",
-        2,
-        "max_connections_per_ip = 2",
-        &servers_of(&[b.addr]),
-        "",
-    ));
+    let b = HttpBackend::start();
+    let lb =
+        Ringlb::start(config("http", 2, &[b.addr]).listener_with("max_connections_per_ip = 2"));
     let addr = lb.addr("l");
     let req = b"GET /p HTTP/1.1\r\nHost: t\r\n\r\n";
     let open = |ip: IpAddr| -> Client {

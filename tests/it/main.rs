@@ -1,0 +1,18 @@
+//! Every integration test in one binary (one build of the helpers in
+//! common/, one link): each module starts the real `ringlb` binary on
+//! loopback with ephemeral ports against real backends.
+
+mod common;
+
+mod c100k;
+mod http;
+mod lifecycle;
+mod ops_access_log;
+mod ops_admin;
+mod ops_log;
+mod ops_metrics;
+mod ops_systemd;
+mod redis;
+mod reload;
+mod resilience;
+mod tcp;
