@@ -56,12 +56,59 @@ pub(super) struct LimiterKey {
 
 /// Read, validate and start `path` as the next generation. On any error
 /// nothing changes.
+/// What a reload did.
+pub(super) enum Reloaded {
+    /// Only upstream server lists (addresses, weights, flags) changed: each
+    /// upstream published a new backend-set version and the running
+    /// workers follow it at their next pick. No thread started.
+    InPlace {
+        cfg: Arc<Config>,
+        /// One line per upstream that changed.
+        changed: Vec<String>,
+    },
+    /// Anything else: a new generation of workers took over.
+    Generation(Generation),
+}
+
+/// True when `a` and `b` differ at most in their upstreams' `servers`.
+/// Compared through `Debug`, which every config type derives over all of
+/// its fields: a key added later is compared too, without a hand-written
+/// comparison to forget it.
+fn only_servers_differ(a: &Config, b: &Config) -> bool {
+    let without_servers = |c: &Config| {
+        let mut c = c.clone();
+        for u in &mut c.upstreams {
+            u.servers.clear();
+        }
+        format!("{c:?}")
+    };
+    without_servers(a) == without_servers(b)
+}
+
 pub(super) fn reload(
     ctl: &mut Control,
     cur: &Generation,
     path: &std::path::Path,
-) -> Result<Generation, Error> {
+) -> Result<Reloaded, Error> {
     let next = Config::load(path)?;
+    if only_servers_differ(&cur.cfg, &next) {
+        let mut changed = Vec::new();
+        for (up, new) in cur.registry.upstreams.all.iter().zip(&next.upstreams) {
+            let before = up.version();
+            let v = up.apply(crate::backends::Update::Reset(new.servers.clone()));
+            if v != before {
+                changed.push(format!(
+                    "upstream {:?}: backend set version {v} ({} servers)",
+                    up.name,
+                    new.servers.len()
+                ));
+            }
+        }
+        return Ok(Reloaded::InPlace {
+            cfg: Arc::new(next),
+            changed,
+        });
+    }
     if next.admin != cur.cfg.admin {
         tracing::warn!("reload: a changed [admin] listen address takes effect after a restart");
     }
@@ -75,7 +122,7 @@ pub(super) fn reload(
             "reload: a changed [log] level takes effect after a restart (RINGLB_LOG too)"
         );
     }
-    start_generation(ctl, next, false)
+    start_generation(ctl, next, false).map(Reloaded::Generation)
 }
 
 /// Size the budget, bind (or reuse) the sockets and start one worker per core.
@@ -291,5 +338,28 @@ pub(super) fn start_generation(
 pub(super) fn stop_all(stops: Vec<oneshot::Sender<Duration>>, grace: Duration) {
     for s in stops {
         let _ = s.send(grace);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::only_servers_differ;
+    use crate::Config;
+
+    fn cfg(servers: &str, idle: &str) -> Config {
+        Config::parse(&format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\nidle_timeout = \"{idle}\"\n[upstream.u]\nservers = [{servers}]\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_server_list_change_is_told_apart_from_any_other() {
+        let one = "{ addr = \"127.0.0.1:2\" }";
+        let two = "{ addr = \"127.0.0.1:2\", weight = 3 }, { addr = \"127.0.0.1:3\" }";
+        assert!(only_servers_differ(&cfg(one, "10s"), &cfg(two, "10s")));
+        assert!(only_servers_differ(&cfg(one, "10s"), &cfg(one, "10s")));
+        assert!(!only_servers_differ(&cfg(one, "10s"), &cfg(one, "11s")));
+        assert!(!only_servers_differ(&cfg(one, "10s"), &cfg(two, "11s")));
     }
 }

@@ -29,7 +29,7 @@ pub use threads::{choose_driver, Driver, TaskRun};
 pub use upgrade::remember_exe;
 
 use crate::{config::Config, listen::limiter::Limiter, sys, Error};
-use generation::{reload, start_generation, stop_all, LimiterKey, Sockets};
+use generation::{reload, start_generation, stop_all, LimiterKey, Reloaded, Sockets};
 use upgrade::{remove_pid_file, take_upgrade_fd, upgrade, write_pid_file};
 
 /// Start everything and block until a stop signal and the drain are done.
@@ -143,7 +143,19 @@ pub fn run_with(cfg: Config, path: Option<PathBuf>) -> Result<(), Error> {
                     sys::monotonic_usec()
                 ));
                 match reload(&mut ctl, &gen, path) {
-                    Ok(next) => {
+                    Ok(Reloaded::InPlace { cfg, changed }) => {
+                        gen.cfg = cfg;
+                        tracing::info!(
+                            "configuration reloaded from {}: backends updated in place, no new workers ({})",
+                            path.display(),
+                            if changed.is_empty() {
+                                "nothing changed".to_string()
+                            } else {
+                                changed.join("; ")
+                            }
+                        );
+                    }
+                    Ok(Reloaded::Generation(next)) => {
                         let old = std::mem::replace(&mut gen, next);
                         *registry_slot.write().unwrap_or_else(|e| e.into_inner()) =
                             Arc::clone(&gen.registry);

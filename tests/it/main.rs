@@ -4,6 +4,7 @@
 
 mod common;
 
+mod backend_sets;
 mod c100k;
 mod http;
 mod lifecycle;
