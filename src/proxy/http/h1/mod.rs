@@ -5,6 +5,7 @@ pub mod body;
 pub mod chunked;
 pub mod client;
 pub mod codec;
+pub mod fields;
 pub mod respond;
 pub mod rewrite;
 pub mod server;
