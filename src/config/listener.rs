@@ -40,7 +40,7 @@ pub enum ProxyAccept {
     Any,
 }
 
-/// How an L4 listener moves bytes.
+/// How a tcp listener (and an http tunnel) moves bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transfer {
     /// Per direction: copy while bursts are small (request/response traffic),

@@ -1,4 +1,4 @@
-//! Per-worker pools of the transfer resources an L4 relay needs only while
+//! Per-worker pools of the transfer resources a relay needs only while
 //! bytes are moving: pipes for splice, buffers for copy.
 //!
 //! A connection takes a pipe when its source becomes readable and gives it

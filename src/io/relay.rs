@@ -196,7 +196,7 @@ async fn splice_burst(
             }
         };
         // The drain loop of `pipe_to`, inline: a nested future here would
-        // grow every L4 connection's task state by 128 bytes (measured by
+        // grow every tcp connection's task state by 128 bytes (measured by
         // `connection_task_state_is_small`, release and debug alike).
         let mut left = n;
         while left > 0 {
@@ -263,7 +263,7 @@ async fn copy_burst(
 /// # Errors
 /// The peer reset or closed the connection.
 pub async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    // Not write_all_until: this runs inside every L4 connection's task, and
+    // Not write_all_until: this runs inside every tcp connection's task, and
     // its pair of slices and optional timer add 128 bytes to that state
     // (`connection_task_state_is_small`).
     let fd = dst.as_raw_fd();
@@ -345,7 +345,7 @@ pub async fn pipe_to(
 
 /// Wait for room in `dst`'s send buffer, at most `limit` when given.
 /// Not an async fn, and the timed wait is boxed: it is the rare path, and
-/// keeping its timer inline would grow every L4 connection's task state.
+/// keeping its timer inline would grow every tcp connection's task state.
 fn writable(
     dst: &TcpStream,
     limit: Option<Duration>,

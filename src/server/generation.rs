@@ -139,7 +139,7 @@ pub(super) fn start_generation(
     // Without splice(2) the workers make every listener copy (see
     // `WorkerSpec::splice_ok`); the config stays as validated.
     if !splice_ok && first {
-        tracing::warn!("splice(2) does not work here; L4 listeners will copy");
+        tracing::warn!("splice(2) does not work here; tcp listeners will copy");
     }
 
     // Sockets: reuse those of listeners whose address is unchanged, bind the

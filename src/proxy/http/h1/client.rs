@@ -31,7 +31,7 @@ pub struct Interim<'a> {
 /// or `ClientGone` while relaying an interim response.
 pub async fn read_response_head(
     up: &TcpStream,
-    ubuf: &mut RBuf,
+    from_backend: &mut RBuf,
     resp: &mut Response,
     is_head: bool,
     deadline: Instant,
@@ -39,8 +39,8 @@ pub async fn read_response_head(
 ) -> Result<(), Kind> {
     let mut first = true;
     loop {
-        if !ubuf.is_empty() {
-            match codec::parse_response(ubuf.data(), MAX_RESPONSE_HEAD, is_head, resp) {
+        if !from_backend.is_empty() {
+            match codec::parse_response(from_backend.data(), MAX_RESPONSE_HEAD, is_head, resp) {
                 Ok(true) => {
                     let s = resp.status;
                     if s >= 200 || s == 101 {
@@ -50,7 +50,7 @@ pub async fn read_response_head(
                     if s != 100 && interim.http11 {
                         if let Err(e) = timed_write(
                             interim.client,
-                            &ubuf.data()[..n],
+                            &from_backend.data()[..n],
                             &[],
                             interim.write_timeout,
                         )
@@ -59,7 +59,7 @@ pub async fn read_response_head(
                             return Err(Kind::ClientGone(e));
                         }
                     }
-                    ubuf.consume(n);
+                    from_backend.consume(n);
                     continue;
                 }
                 Ok(false) => {}
@@ -69,9 +69,9 @@ pub async fn read_response_head(
         let read = if first {
             first = false;
             // Nothing can be there yet: wait first (saves a recv that finds nothing).
-            ubuf.fill_after_wait(up, deadline).await
+            from_backend.fill_after_wait(up, deadline).await
         } else {
-            ubuf.fill_until(up, deadline).await
+            from_backend.fill_until(up, deadline).await
         };
         match read {
             Ok(0) => {

@@ -42,11 +42,11 @@ pub struct HeadWait<'a> {
 /// into `req`.
 pub async fn read_head(
     client: &TcpStream,
-    cbuf: &mut RBuf,
+    from_client: &mut RBuf,
     req: &mut Request,
     w: &HeadWait<'_>,
 ) -> HeadRead {
-    if cbuf.is_empty() {
+    if from_client.is_empty() {
         // Between requests: wait for a byte, the keep-alive timeout or shutdown.
         if w.drain.is_stopping() {
             return HeadRead::Gone;
@@ -60,18 +60,18 @@ pub async fn read_head(
     }
     let deadline = Instant::now() + w.header_timeout;
     loop {
-        if !cbuf.is_empty() {
-            match codec::parse_request(cbuf.data(), w.limits, req) {
+        if !from_client.is_empty() {
+            match codec::parse_request(from_client.data(), w.limits, req) {
                 Ok(true) => return HeadRead::Ready,
                 Ok(false) => {}
                 Err(e) => return HeadRead::Refuse(e.into()),
             }
         }
-        match cbuf.fill_until(client, deadline).await {
+        match from_client.fill_until(client, deadline).await {
             Ok(0) => return HeadRead::Gone,
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                return if cbuf.is_empty() {
+                return if from_client.is_empty() {
                     HeadRead::Gone
                 } else {
                     HeadRead::Refuse(Kind::HeadTimeout)
@@ -88,16 +88,16 @@ pub async fn read_head(
 /// Before closing after an error: send FIN, then read and discard what the
 /// client is still sending for a moment. Closing a socket with unread input
 /// sends a reset, which can destroy the answer on its way.
-pub async fn linger(client: &TcpStream, cbuf: &mut RBuf) {
+pub async fn linger(client: &TcpStream, from_client: &mut RBuf) {
     let _ = sys::shutdown_write(client.as_raw_fd());
     let deadline = Instant::now() + LINGER;
     let mut drained = 0;
     while drained < LINGER_BYTES {
-        cbuf.clear();
-        match cbuf.fill_until(client, deadline).await {
+        from_client.clear();
+        match from_client.fill_until(client, deadline).await {
             Ok(n) if n > 0 => drained += n,
             _ => break,
         }
     }
-    cbuf.clear();
+    from_client.clear();
 }

@@ -32,18 +32,18 @@ pub struct TunnelOpts<'a> {
 pub async fn run(
     client: &TcpStream,
     upstream: &TcpStream,
-    ubuf: &RBuf,
-    cbuf: &RBuf,
+    from_backend: &RBuf,
+    from_client: &RBuf,
     o: &TunnelOpts<'_>,
 ) -> Option<(Counts, RelayEnd)> {
-    if timed_write(client, ubuf.data(), &[], o.write_timeout)
+    if timed_write(client, from_backend.data(), &[], o.write_timeout)
         .await
         .is_err()
     {
         return None;
     }
-    if !cbuf.is_empty()
-        && timed_write(upstream, cbuf.data(), &[], o.write_timeout)
+    if !from_client.is_empty()
+        && timed_write(upstream, from_client.data(), &[], o.write_timeout)
             .await
             .is_err()
     {
