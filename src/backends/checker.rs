@@ -11,8 +11,6 @@ use std::{
     thread,
 };
 
-use monoio::io::AsyncWriteRentExt;
-
 use super::{circuit::now_ms, set::Upstream, state::Backend, BackendId, Upstreams, TICK};
 use crate::config::{Config, HealthConfig, HealthKind};
 
@@ -133,9 +131,9 @@ async fn probe(addr: std::net::SocketAddr, h: &HealthConfig) -> Result<(), Strin
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringlb-health\r\nConnection: close\r\n\r\n"
     );
-    let mut stream = stream;
-    let (r, _) = stream.write_all(req.into_bytes()).await;
-    r.map_err(|e| format!("send: {e}"))?;
+    crate::io::relay::write_all_until(&stream, req.as_bytes(), &[], Some(h.timeout))
+        .await
+        .map_err(|e| format!("send: {e}"))?;
     let mut buf = vec![0u8; 1024];
     let mut len = 0;
     loop {

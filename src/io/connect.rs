@@ -4,6 +4,8 @@
 use std::{io, net::SocketAddr, os::fd::AsRawFd, time::Duration};
 
 use monoio::net::TcpStream;
+
+use super::stream::Stream;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Why a connect attempt failed, for logs and the retry decision.
@@ -20,7 +22,7 @@ pub enum ConnectError {
 ///
 /// # Errors
 /// Refused, unreachable, out of fds, or timed out.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Stream, ConnectError> {
     let io_err = |e| ConnectError::Io(addr, e);
     let sock = Socket::new(
         Domain::for_address(addr),
@@ -43,7 +45,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
     }
     // POLLOUT fires on success and on failure alike; SO_ERROR tells which.
     match crate::sys::with_sock(stream.as_raw_fd(), |s| s.take_error()) {
-        Ok(None) => Ok(stream),
+        Ok(None) => Ok(Stream::Plain(stream)),
         Ok(Some(e)) | Err(e) => Err(io_err(e)),
     }
 }

@@ -6,8 +6,10 @@
 //!   the write helpers everything else uses.
 //! - [`pools`]: per-worker pipes and copy buffers, leased while bytes move.
 //! - [`rbuf`]: a read buffer with a consumed front (heads, pipelining).
+//! - [`stream`]: the byte stream all of the above work on.
 
 pub mod connect;
 pub mod pools;
 pub mod rbuf;
 pub mod relay;
+pub mod stream;

@@ -4,9 +4,7 @@
 
 use std::{io, time::Duration};
 
-use monoio::net::TcpStream;
-
-use super::relay::read_some;
+use super::{relay::read_some, stream::Stream};
 
 #[derive(Debug)]
 pub struct RBuf {
@@ -104,7 +102,7 @@ impl RBuf {
     /// # Errors
     /// `TimedOut` after `limit`; `OutOfMemory` when the buffer is full;
     /// others as recv(2).
-    pub async fn fill(&mut self, s: &TcpStream, limit: Duration) -> io::Result<usize> {
+    pub async fn fill(&mut self, s: &Stream, limit: Duration) -> io::Result<usize> {
         let spare = self.spare();
         if spare.is_empty() {
             return Err(io::ErrorKind::OutOfMemory.into());
@@ -131,11 +129,11 @@ impl RBuf {
     /// As [`RBuf::fill`].
     pub async fn fill_after_wait(
         &mut self,
-        s: &TcpStream,
+        s: &Stream,
         deadline: std::time::Instant,
     ) -> io::Result<usize> {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match monoio::time::timeout(left, s.readable(false)).await {
+        match monoio::time::timeout(left, s.readable()).await {
             Ok(r) => r?,
             Err(_) => return Err(io::ErrorKind::TimedOut.into()),
         }
@@ -145,7 +143,7 @@ impl RBuf {
     /// Like [`RBuf::fill`] with an absolute deadline.
     pub async fn fill_until(
         &mut self,
-        s: &TcpStream,
+        s: &Stream,
         deadline: std::time::Instant,
     ) -> io::Result<usize> {
         let left = deadline.saturating_duration_since(std::time::Instant::now());

@@ -34,7 +34,10 @@ use std::{
 use futures_util::future::{select, try_join, Either};
 use monoio::net::TcpStream;
 
-use super::pools::{PipeLease, Pools};
+use super::{
+    pools::{PipeLease, Pools},
+    stream::Stream,
+};
 use crate::{config::Transfer, sys};
 
 /// How a relay ended.
@@ -63,8 +66,8 @@ struct Ctx<'a> {
 
 /// Relay until both sides close, one fails, or `idle` passes with no bytes.
 pub async fn relay(
-    client: &TcpStream,
-    backend: &TcpStream,
+    client: &Stream,
+    backend: &Stream,
     pools: &Pools,
     transfer: Transfer,
     idle: Duration,
@@ -108,31 +111,26 @@ const SMALL_BURST: u64 = 4 * 1024;
 const SMALL_RUN: u32 = 8;
 
 /// One direction, until EOF (then FIN the destination) or an error.
-async fn pump(
-    src: &TcpStream,
-    dst: &TcpStream,
-    ctx: &Ctx<'_>,
-    count: &Cell<u64>,
-) -> io::Result<()> {
-    let (sfd, dfd) = (src.as_raw_fd(), dst.as_raw_fd());
+async fn pump(src: &Stream, dst: &Stream, ctx: &Ctx<'_>, count: &Cell<u64>) -> io::Result<()> {
+    // Splice moves bytes kernel-side between two plain sockets only.
+    let plain = src.as_plain().zip(dst.as_plain());
     // Auto: start copying; one big burst means bulk, a run of small ones means not.
     let mut bulk = false;
     let mut small_run = 0u32;
     loop {
-        src.readable(false).await?;
+        src.readable().await?;
         let before = count.get();
         let use_splice = match ctx.transfer {
             Transfer::Splice => true,
             Transfer::Copy => false,
             Transfer::Auto => bulk,
         };
-        let eof = if use_splice {
-            match ctx.pools.lease_pipe() {
-                Some(lease) => splice_burst(sfd, dst, lease, ctx, count).await?,
-                None => copy_burst(sfd, dst, ctx, count).await?,
-            }
-        } else {
-            copy_burst(sfd, dst, ctx, count).await?
+        let eof = match plain {
+            Some((s, d)) if use_splice => match ctx.pools.lease_pipe() {
+                Some(lease) => splice_burst(s.as_raw_fd(), d, lease, ctx, count).await?,
+                None => copy_burst(src, dst, ctx, count).await?,
+            },
+            _ => copy_burst(src, dst, ctx, count).await?,
         };
         let moved = count.get() - before;
         if bulk {
@@ -150,7 +148,7 @@ async fn pump(
         }
         if eof {
             // The peer may already be gone (ENOTCONN); the other pump will see it.
-            let _ = sys::shutdown_write(dfd);
+            let _ = dst.shutdown_write();
             return Ok(());
         }
     }
@@ -229,17 +227,17 @@ async fn splice_burst(
     result
 }
 
-/// The same with recv/send through a pooled buffer.
+/// The same with reads and writes through a pooled buffer (any stream).
 async fn copy_burst(
-    sfd: RawFd,
-    dst: &TcpStream,
+    src: &Stream,
+    dst: &Stream,
     ctx: &Ctx<'_>,
     count: &Cell<u64>,
 ) -> io::Result<bool> {
     let mut buf = ctx.pools.take_buf();
     let result = async {
         loop {
-            let n = match sys::recv(sfd, &mut buf) {
+            let n = match src.try_read(&mut buf) {
                 Ok(0) => return Ok(true),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -262,16 +260,15 @@ async fn copy_burst(
 ///
 /// # Errors
 /// The peer reset or closed the connection.
-pub async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+pub async fn write_all(dst: &Stream, mut data: &[u8]) -> io::Result<()> {
     // Not write_all_until: this runs inside every tcp connection's task, and
     // its pair of slices and optional timer add 128 bytes to that state
     // (`connection_task_state_is_small`).
-    let fd = dst.as_raw_fd();
     while !data.is_empty() {
-        match sys::send(fd, data) {
+        match dst.try_write(data, &[]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable(false).await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -285,26 +282,13 @@ pub async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
 /// # Errors
 /// `TimedOut`, or the peer reset or closed the connection.
 pub async fn write_all_until(
-    dst: &TcpStream,
+    dst: &Stream,
     mut a: &[u8],
     mut b: &[u8],
     limit: Option<Duration>,
 ) -> io::Result<()> {
-    let fd = dst.as_raw_fd();
     while !a.is_empty() || !b.is_empty() {
-        let r = if a.is_empty() {
-            sys::send(fd, b)
-        } else if b.is_empty() {
-            sys::send(fd, a)
-        } else {
-            sys::with_sock(fd, |s| {
-                s.send_vectored_with_flags(
-                    &[std::io::IoSlice::new(a), std::io::IoSlice::new(b)],
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            })
-        };
-        match r {
+        match dst.try_write(a, b) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(mut n) => {
                 let from_a = n.min(a.len());
@@ -320,17 +304,18 @@ pub async fn write_all_until(
     Ok(())
 }
 
-/// Move the `n` bytes waiting in a pipe (read end `pr`) into `dst`.
+/// Move the `n` bytes waiting in a pipe (read end `pr`) into `dst`, a
+/// plain stream (the caller checked: splice needs a socket on both ends).
 ///
 /// # Errors
 /// `TimedOut` (a wait for room passed `limit`), or as splice(2).
 pub async fn pipe_to(
     pr: RawFd,
-    dst: &TcpStream,
+    dst: &Stream,
     mut n: usize,
     limit: Option<Duration>,
 ) -> io::Result<()> {
-    let dfd = dst.as_raw_fd();
+    let dfd = dst.fd();
     while n > 0 {
         match sys::splice(pr, dfd, n) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -347,16 +332,16 @@ pub async fn pipe_to(
 /// Not an async fn, and the timed wait is boxed: it is the rare path, and
 /// keeping its timer inline would grow every tcp connection's task state.
 fn writable(
-    dst: &TcpStream,
+    dst: &Stream,
     limit: Option<Duration>,
 ) -> Either<
     impl std::future::Future<Output = io::Result<()>> + '_,
     impl std::future::Future<Output = io::Result<()>> + '_,
 > {
     match limit {
-        None => Either::Left(dst.writable(false)),
+        None => Either::Left(dst.writable()),
         Some(d) => Either::Right(async move {
-            match Box::pin(monoio::time::timeout(d, dst.writable(false))).await {
+            match Box::pin(monoio::time::timeout(d, dst.writable())).await {
                 Ok(r) => r,
                 Err(_) => Err(io::ErrorKind::TimedOut.into()),
             }
@@ -364,17 +349,16 @@ fn writable(
     }
 }
 
-/// Read once from a nonblocking socket into `buf[at..]`, waiting until readable.
+/// Read once from a stream into `buf`, waiting until readable.
 /// Returns the bytes read (0 at EOF).
 ///
 /// # Errors
 /// As recv(2).
-pub async fn read_some(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    let fd = src.as_raw_fd();
+pub async fn read_some(src: &Stream, buf: &mut [u8]) -> io::Result<usize> {
     loop {
-        match sys::recv(fd, buf) {
+        match src.try_read(buf) {
             Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => src.readable(false).await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => src.readable().await?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }

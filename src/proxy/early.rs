@@ -6,12 +6,10 @@
 
 use std::{io, net::SocketAddr};
 
-use monoio::net::TcpStream;
-
 use super::proxy_protocol::{self, MAX_HEADER};
 use crate::{
     config::{ListenerConfig, ProxyAccept},
-    io::relay,
+    io::{relay, stream::Stream},
 };
 
 /// What was read before the protocol starts.
@@ -26,7 +24,7 @@ pub struct Early {
 /// When the listener expects a PROXY header: read it (within the
 /// listener's deadline) and return the addresses it carries and the bytes
 /// that followed it. `None`: refused or late (logged); close the client.
-pub async fn read(client: &TcpStream, cfg: &ListenerConfig, peer: SocketAddr) -> Option<Early> {
+pub async fn read(client: &Stream, cfg: &ListenerConfig, peer: SocketAddr) -> Option<Early> {
     if cfg.accept_proxy_protocol == ProxyAccept::Off {
         return Some(Early::default());
     }
@@ -47,7 +45,7 @@ pub async fn read(client: &TcpStream, cfg: &ListenerConfig, peer: SocketAddr) ->
 /// Read a PROXY header; return the addresses it carries and any bytes that
 /// followed it in the same read.
 async fn read_proxy_header(
-    client: &TcpStream,
+    client: &Stream,
     accept: ProxyAccept,
 ) -> io::Result<(Option<(SocketAddr, SocketAddr)>, Vec<u8>)> {
     let mut buf = vec![0u8; MAX_HEADER];

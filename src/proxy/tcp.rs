@@ -3,8 +3,6 @@
 
 use std::{net::SocketAddr, rc::Rc, sync::Arc};
 
-use monoio::net::TcpStream;
-
 use super::{early, proxy_protocol};
 use crate::{
     backends::BackendId,
@@ -13,6 +11,7 @@ use crate::{
     io::{
         pools::Pools,
         relay::{self, Counts, RelayEnd},
+        stream::Stream,
     },
     listen::ticket::ConnTicket,
     metrics::{
@@ -42,7 +41,7 @@ pub async fn handle(
     peer: SocketAddr,
     _ticket: Box<ConnTicket>,
 ) {
-    let client = match TcpStream::from_std(client) {
+    let client = match Stream::from_std(client) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(listener = %l.cfg.name, %peer, "cannot register client socket: {e}");
@@ -126,7 +125,7 @@ pub async fn handle(
 /// Try available backends in balancer order, at most `connect_tries`
 /// distinct ones. The returned guard counts toward the backend's
 /// max_connections and the replica's live count for the connection's life.
-async fn connect_any(l: &TcpProxy, key: u64, src: SocketAddr) -> Option<(TcpStream, InFlight<'_>)> {
+async fn connect_any(l: &TcpProxy, key: u64, src: SocketAddr) -> Option<(Stream, InFlight<'_>)> {
     let up = &*l.upstream;
     let mut tried: Vec<BackendId> = Vec::new();
     for _ in 0..l.cfg.connect_tries {

@@ -2,10 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use monoio::net::TcpStream;
-
 use crate::{
-    io::connect::{connect, ConnectError},
+    io::{
+        connect::{connect, ConnectError},
+        stream::Stream,
+    },
     metrics::WorkerMetrics,
 };
 
@@ -19,7 +20,7 @@ pub async fn timed_connect(
     timeout: Duration,
     metrics: &WorkerMetrics,
     ui: usize,
-) -> Result<TcpStream, ConnectError> {
+) -> Result<Stream, ConnectError> {
     let t = Instant::now();
     let r = connect(addr, timeout).await;
     if r.is_ok() {

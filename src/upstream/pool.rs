@@ -3,14 +3,12 @@
 //! view of the backend set (a new set version moves the stacks by backend
 //! id; the stacks of removed backends close).
 
-use std::{collections::VecDeque, os::fd::AsRawFd, time::Duration, time::Instant};
+use std::{collections::VecDeque, time::Duration, time::Instant};
 
-use monoio::net::TcpStream;
-
-use crate::sys;
+use crate::io::stream::Stream;
 
 struct IdleConn {
-    stream: TcpStream,
+    stream: Stream,
     since: Instant,
 }
 
@@ -42,10 +40,10 @@ impl IdlePool {
 
     /// The most recently used idle connection to backend `idx` that still
     /// looks usable; stale ones are closed on the way.
-    pub fn take(&mut self, idx: usize, timeout: Duration) -> Option<TcpStream> {
+    pub fn take(&mut self, idx: usize, timeout: Duration) -> Option<Stream> {
         let q = self.stacks.get_mut(idx)?;
         while let Some(c) = q.pop_back() {
-            if c.since.elapsed() < timeout && sys::idle_socket_usable(c.stream.as_raw_fd()) {
+            if c.since.elapsed() < timeout && c.stream.idle_usable() {
                 return Some(c.stream);
             }
         }
@@ -54,7 +52,7 @@ impl IdlePool {
 
     /// Keep `stream` for backend `idx`, at most `max` per backend (the
     /// oldest goes first).
-    pub fn put(&mut self, idx: usize, stream: TcpStream, max: usize) {
+    pub fn put(&mut self, idx: usize, stream: Stream, max: usize) {
         if max == 0 {
             return;
         }
@@ -73,9 +71,7 @@ impl IdlePool {
     /// O(pooled connections).
     pub fn sweep(&mut self, timeout: Duration) {
         for q in &mut self.stacks {
-            q.retain(|c| {
-                c.since.elapsed() < timeout && sys::idle_socket_usable(c.stream.as_raw_fd())
-            });
+            q.retain(|c| c.since.elapsed() < timeout && c.stream.idle_usable());
         }
     }
 

@@ -13,13 +13,12 @@
 
 use std::{cell::RefCell, sync::Arc};
 
-use monoio::net::TcpStream;
-
 use super::pool::IdlePool;
 use crate::{
     backends::{self, Backend, BackendId, BackendSet, NoPick, Slot, Upstream},
     balancer::{Balancer, ServerSpec},
     config::UpstreamConfig,
+    io::stream::Stream,
 };
 
 pub struct Replica {
@@ -182,7 +181,7 @@ impl Replica {
     }
 
     /// A pooled connection to the picked backend, if one is usable.
-    pub fn take_idle(&self, picked: &Picked) -> Option<TcpStream> {
+    pub fn take_idle(&self, picked: &Picked) -> Option<Stream> {
         let mut v = self.view.borrow_mut();
         let i = v.index(picked)?;
         v.pool.take(i, self.cfg.keepalive_timeout)
@@ -190,7 +189,7 @@ impl Replica {
 
     /// Keep a connection that can carry another request. A backend that
     /// left the set gets none: its connection closes.
-    pub fn put_idle(&self, f: &InFlight<'_>, stream: TcpStream) {
+    pub fn put_idle(&self, f: &InFlight<'_>, stream: Stream) {
         let mut v = self.view.borrow_mut();
         self.refresh(&mut v);
         if let Some(i) = v.index(&f.picked) {

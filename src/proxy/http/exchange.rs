@@ -7,8 +7,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use monoio::net::TcpStream;
-
 use super::{
     errors::{ProxyError, Side},
     forward,
@@ -24,7 +22,12 @@ use super::{
     log::LogFields,
     phases, HttpProxy,
 };
-use crate::{balancer::ip_octets, io::rbuf::RBuf, listen::ticket::ConnTicket, proxy::early};
+use crate::{
+    balancer::ip_octets,
+    io::{rbuf::RBuf, stream::Stream},
+    listen::ticket::ConnTicket,
+    proxy::early,
+};
 
 /// First size of a connection's read buffers; they grow up to
 /// [`BUF_MAX`] (or the head limit) only when a head or a burst needs it.
@@ -41,7 +44,7 @@ pub(super) enum Next {
 /// One client connection.
 pub(super) struct Conn<'a> {
     pub l: &'a HttpProxy,
-    pub client: TcpStream,
+    pub client: Stream,
     pub peer: SocketAddr,
     pub ip: String,
     /// The client address's octets (rate-limit key), computed once.
@@ -76,7 +79,7 @@ pub(super) async fn serve(
     peer: SocketAddr,
     ticket: &ConnTicket,
 ) {
-    let client = match TcpStream::from_std(client) {
+    let client = match Stream::from_std(client) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(listener = %l.cfg.name, %peer, "cannot register client socket: {e}");

@@ -9,8 +9,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use monoio::net::TcpStream;
-
 use super::{
     errors::{Kind, ProxyError},
     exchange::Conn,
@@ -22,6 +20,7 @@ use super::{
 };
 use crate::{
     backends::{BackendId, NoPick, Upstream},
+    io::stream::Stream,
     upstream::{connect::timed_connect, InFlight, Replica},
 };
 
@@ -89,7 +88,7 @@ pub(super) async fn forward<'r>(
     c: &mut Conn<'_>,
     up: &'r Replica,
     plan: &mut Plan,
-) -> Result<(TcpStream, InFlight<'r>), ProxyError> {
+) -> Result<(Stream, InFlight<'r>), ProxyError> {
     let l = c.l;
     let lm = &l.metrics.listeners[l.li];
     let write_timeout = c.write_timeout();

@@ -5,14 +5,13 @@
 
 use std::{io, os::fd::AsRawFd, time::Duration};
 
-use monoio::net::TcpStream;
-
 use super::{chunked::Chunked, codec::Framing};
 use crate::{
     io::{
         pools::{PipeLease, Pools},
         rbuf::RBuf,
         relay,
+        stream::Stream,
     },
     sys,
 };
@@ -31,7 +30,7 @@ pub enum BodyError {
 }
 
 /// Write `a` then `b` (one vectored send), each wait for room at most `limit`.
-pub async fn timed_write(dst: &TcpStream, a: &[u8], b: &[u8], limit: Duration) -> io::Result<()> {
+pub async fn timed_write(dst: &Stream, a: &[u8], b: &[u8], limit: Duration) -> io::Result<()> {
     relay::write_all_until(dst, a, b, Some(limit)).await
 }
 
@@ -42,9 +41,9 @@ pub async fn timed_write(dst: &TcpStream, a: &[u8], b: &[u8], limit: Duration) -
 /// Returns the body bytes moved.
 #[allow(clippy::too_many_arguments)]
 pub async fn forward_body(
-    src: &TcpStream,
+    src: &Stream,
     sbuf: &mut RBuf,
-    dst: &TcpStream,
+    dst: &Stream,
     framing: Framing,
     dechunk: bool,
     limit: u64,
@@ -66,8 +65,9 @@ pub async fn forward_body(
             let mut left = n;
             while left > 0 {
                 if sbuf.is_empty() {
-                    if left >= SPLICE_MIN {
-                        // Bulk: what is left moves kernel-side through a pipe.
+                    if left >= SPLICE_MIN && src.as_plain().is_some() && dst.as_plain().is_some() {
+                        // Bulk between plain sockets: what is left moves
+                        // kernel-side through a pipe.
                         if let Some(lease) = pools.lease_pipe() {
                             if !head.is_empty() {
                                 timed_write(dst, head, &[], timeout)
@@ -158,7 +158,7 @@ pub async fn forward_body(
                 moved += sbuf.len() as u64;
                 sbuf.clear();
             }
-            let _ = sys::shutdown_write(dst.as_raw_fd());
+            let _ = dst.shutdown_write();
         }
     }
     Ok(moved)
@@ -170,8 +170,8 @@ const SPLICE_MIN: u64 = 16 * 1024;
 
 /// Move exactly `left` bytes from `src` to `dst` through a leased pipe.
 async fn splice_exact(
-    src: &TcpStream,
-    dst: &TcpStream,
+    src: &Stream,
+    dst: &Stream,
     mut left: u64,
     mut lease: PipeLease<'_>,
     timeout: Duration,
@@ -180,7 +180,7 @@ async fn splice_exact(
         return Err(BodyError::Source(io::ErrorKind::Other.into()));
     };
     let (pr, pw) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
-    let sfd = src.as_raw_fd();
+    let sfd = src.fd();
     let cap = pipe.capacity as u64;
     let mut result = Ok(());
     while left > 0 {
@@ -191,7 +191,7 @@ async fn splice_exact(
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                match monoio::time::timeout(timeout, src.readable(false)).await {
+                match monoio::time::timeout(timeout, src.readable()).await {
                     Ok(Ok(())) => continue,
                     Ok(Err(e)) => result = Err(BodyError::Source(e)),
                     Err(_) => result = Err(BodyError::Source(io::ErrorKind::TimedOut.into())),
@@ -216,7 +216,7 @@ async fn splice_exact(
 }
 
 /// Read more body bytes; EOF mid-body is an error.
-async fn fill(src: &TcpStream, sbuf: &mut RBuf, timeout: Duration) -> Result<(), BodyError> {
+async fn fill(src: &Stream, sbuf: &mut RBuf, timeout: Duration) -> Result<(), BodyError> {
     match sbuf.fill(src, timeout).await {
         Ok(0) => Err(BodyError::Source(io::ErrorKind::UnexpectedEof.into())),
         Ok(_) => Ok(()),

@@ -3,20 +3,21 @@
 
 use std::{io, time::Instant};
 
-use monoio::net::TcpStream;
-
 use super::{
     body::timed_write,
     codec::{self, Response},
 };
-use crate::{io::rbuf::RBuf, proxy::http::errors::Kind};
+use crate::{
+    io::{rbuf::RBuf, stream::Stream},
+    proxy::http::errors::Kind,
+};
 
 /// Most bytes of response head accepted from a backend.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// Where interim responses go while a final one is awaited.
 pub struct Interim<'a> {
-    pub client: &'a TcpStream,
+    pub client: &'a Stream,
     /// The client speaks HTTP/1.1 (1.0 clients get no interim responses).
     pub http11: bool,
     pub write_timeout: std::time::Duration,
@@ -30,7 +31,7 @@ pub struct Interim<'a> {
 /// `NoResponse` (closed or reset first), `ResponseTimeout`, `BadResponse`,
 /// or `ClientGone` while relaying an interim response.
 pub async fn read_response_head(
-    up: &TcpStream,
+    up: &Stream,
     from_backend: &mut RBuf,
     resp: &mut Response,
     is_head: bool,

@@ -4,15 +4,16 @@
 
 use std::{
     io,
-    os::fd::AsRawFd,
     time::{Duration, Instant},
 };
 
-use futures_util::future::{select, Either};
-use monoio::net::TcpStream;
-
 use super::codec::{self, Limits, Request};
-use crate::{io::rbuf::RBuf, listen::drain::Drain, proxy::http::errors::Kind, sys};
+use crate::{
+    io::{rbuf::RBuf, stream::Stream},
+    listen::drain::Drain,
+    proxy::http::errors::Kind,
+};
+use futures_util::future::{select, Either};
 
 /// How long, and how much, an erroring connection is drained before close.
 const LINGER: Duration = Duration::from_millis(500);
@@ -41,7 +42,7 @@ pub struct HeadWait<'a> {
 /// Wait for the next request head (or reuse what is buffered) and parse it
 /// into `req`.
 pub async fn read_head(
-    client: &TcpStream,
+    client: &Stream,
     from_client: &mut RBuf,
     req: &mut Request,
     w: &HeadWait<'_>,
@@ -51,7 +52,7 @@ pub async fn read_head(
         if w.drain.is_stopping() {
             return HeadRead::Gone;
         }
-        let readable = std::pin::pin!(client.readable(false));
+        let readable = std::pin::pin!(client.readable());
         let stop = std::pin::pin!(w.drain.stopped());
         match monoio::time::timeout(w.idle, select(readable, stop)).await {
             Ok(Either::Left((Ok(()), _))) => {}
@@ -88,8 +89,8 @@ pub async fn read_head(
 /// Before closing after an error: send FIN, then read and discard what the
 /// client is still sending for a moment. Closing a socket with unread input
 /// sends a reset, which can destroy the answer on its way.
-pub async fn linger(client: &TcpStream, from_client: &mut RBuf) {
-    let _ = sys::shutdown_write(client.as_raw_fd());
+pub async fn linger(client: &Stream, from_client: &mut RBuf) {
+    let _ = client.shutdown_write();
     let deadline = Instant::now() + LINGER;
     let mut drained = 0;
     while drained < LINGER_BYTES {

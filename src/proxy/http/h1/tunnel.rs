@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use monoio::net::TcpStream;
-
 use super::body::timed_write;
 use crate::{
     config::Transfer,
@@ -13,6 +11,7 @@ use crate::{
         pools::Pools,
         rbuf::RBuf,
         relay::{self, Counts, RelayEnd},
+        stream::Stream,
     },
 };
 
@@ -30,8 +29,8 @@ pub struct TunnelOpts<'a> {
 /// tunnel ends. Returns the bytes relayed and how it ended; `None` when a
 /// first write failed.
 pub async fn run(
-    client: &TcpStream,
-    upstream: &TcpStream,
+    client: &Stream,
+    upstream: &Stream,
     from_backend: &RBuf,
     from_client: &RBuf,
     o: &TunnelOpts<'_>,
