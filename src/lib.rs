@@ -1,8 +1,32 @@
 //! ringlb: a thread-per-core io_uring load balancer (tcp and HTTP/1.1).
 //!
-//! The module map and the direction of its dependencies are in
-//! [`layers`]; a unit test there reads every module's `use crate::` lines
-//! and fails on an arrow the table does not allow.
+//! One connection flows down this table: `server` starts workers, a worker
+//! wires `listen` (accept, limiter, ticket) to a `proxy` handler, which
+//! asks an `upstream` replica for a backend of a `backends` set (picked by a
+//! pure `balancer`) and moves bytes with `io`. `config`, `sys`, `limits` and
+//! `metrics` are leaves below the data path. A module may `use` only the
+//! modules its row names (the crate-root re-exports `Config` and `Error`
+//! count as `config` and `error`); the unit test in `layers.rs` reads this
+//! table and every file's `crate::` paths, and fails on any other arrow.
+//! Nothing imports `server` but `main` and `demo`, so there are no cycles.
+//!
+//! | module | what it owns | may use (`use crate::...`) |
+//! |---|---|---|
+//! | `main` | the CLI | everything |
+//! | `demo` | `ringlb demo`: echo backends + a tcp listener | config, error, server, sys |
+//! | `server` | signal loop, generations, reload, upgrade, fd budget, threads | admin, proxy, listen, upstream, metrics, backends, limits, io, config, balancer, error, sys |
+//! | `admin` | the admin HTTP listener (/metrics /status /healthz /readyz) | metrics, sys |
+//! | `proxy` | the protocol handlers: tcp relay, HTTP/1.1 exchange | listen, upstream, backends, balancer, io, limits, metrics, config, sys |
+//! | `listen` | sockets, accept loop, limiter, drain, connection ticket | io, limits, metrics, config, sys |
+//! | `upstream` | per-worker replica (balancer, pool, in-flight), timed connects | backends, balancer, io, metrics, config, sys |
+//! | `metrics` | per-worker shards, Prometheus text, /status, access log | backends, config, sys |
+//! | `backends` | versioned backend sets, health and circuit state, pick, checks | balancer, io, config, sys |
+//! | `limits` | token buckets and per-IP counters | balancer, config |
+//! | `io` | streams, relay, pools, read buffer, connect | config, sys |
+//! | `config` | TOML -> typed config | balancer |
+//! | `error` | startup errors and exit codes | config |
+//! | `balancer` | pure pick algorithms | (nothing) |
+//! | `sys` | the only `unsafe`: syscalls, signals, fd hand-over, sd_notify | (nothing) |
 #![deny(rust_2018_idioms, unused_must_use)]
 #![deny(unsafe_code)]
 
@@ -13,6 +37,7 @@ pub mod config;
 pub mod demo;
 mod error;
 pub mod io;
+#[cfg(test)]
 mod layers;
 pub mod limits;
 pub mod listen;
