@@ -32,7 +32,6 @@ pub struct Accepted {
 pub async fn accept_loop(
     listener: TcpListener,
     limiter: Arc<Limiter>,
-    worker: usize,
     drain: Rc<Drain>,
     name: Rc<str>,
     on_full: impl Fn(),
@@ -62,7 +61,7 @@ pub async fn accept_loop(
                 Some(p) => p,
                 None => {
                     on_full();
-                    let acq = std::pin::pin!(limiter.acquire(worker));
+                    let acq = std::pin::pin!(limiter.acquire());
                     let stop = std::pin::pin!(drain.stopped());
                     match select(acq, stop).await {
                         Either::Left((p, _)) => p,

@@ -19,29 +19,32 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex,
     },
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
 };
-
-use atomic_waker::AtomicWaker;
 
 /// The shared counter of one listener.
 #[derive(Debug)]
 pub struct Limiter {
     max: usize,
     active: AtomicUsize,
-    /// One slot per worker: the task waiting for a free connection slot.
-    waiters: Box<[AtomicWaker]>,
+    /// Every task waiting for a free slot (accept loops of any worker, of
+    /// any generation sharing this limiter). A release at the limit wakes
+    /// them all; the ones that lose the race register again. A list, not
+    /// one slot per worker: two accept loops of one worker (a reload to
+    /// fewer workers gives each worker several sockets) must not overwrite
+    /// each other's waker.
+    waiters: Mutex<Vec<Waker>>,
 }
 
 impl Limiter {
-    /// A limiter allowing `max` connections, shared by `workers` workers.
-    pub fn new(max: usize, workers: usize) -> Arc<Limiter> {
+    /// A limiter allowing `max` connections.
+    pub fn new(max: usize) -> Arc<Limiter> {
         Arc::new(Limiter {
             max: max.max(1),
             active: AtomicUsize::new(0),
-            waiters: (0..workers.max(1)).map(|_| AtomicWaker::new()).collect(),
+            waiters: Mutex::new(Vec::new()),
         })
     }
 
@@ -71,11 +74,22 @@ impl Limiter {
         None
     }
 
-    /// Wait for a permit; `worker` selects the wake-up slot.
-    pub fn acquire(self: &Arc<Self>, worker: usize) -> Acquire<'_> {
-        Acquire {
-            limiter: self,
-            slot: worker % self.waiters.len(),
+    /// Wait for a permit.
+    pub fn acquire(self: &Arc<Self>) -> Acquire<'_> {
+        Acquire { limiter: self }
+    }
+
+    fn register(&self, waker: &Waker) {
+        let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if !w.iter().any(|x| x.will_wake(waker)) {
+            w.push(waker.clone());
+        }
+    }
+
+    fn wake_all(&self) {
+        let woken = std::mem::take(&mut *self.waiters.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in woken {
+            w.wake();
         }
     }
 }
@@ -84,7 +98,6 @@ impl Limiter {
 #[derive(Debug)]
 pub struct Acquire<'a> {
     limiter: &'a Arc<Limiter>,
-    slot: usize,
 }
 
 impl Future for Acquire<'_> {
@@ -96,7 +109,7 @@ impl Future for Acquire<'_> {
         }
         // Register, then check again: a release between the first check and the
         // registration would otherwise be missed.
-        self.limiter.waiters[self.slot].register(cx.waker());
+        self.limiter.register(cx.waker());
         match self.limiter.try_acquire() {
             Some(p) => Poll::Ready(p),
             None => Poll::Pending,
@@ -114,9 +127,7 @@ impl Drop for Permit {
     fn drop(&mut self) {
         let before = self.limiter.active.fetch_sub(1, Ordering::Release);
         if before >= self.limiter.max {
-            for w in self.limiter.waiters.iter() {
-                w.wake();
-            }
+            self.limiter.wake_all();
         }
     }
 }
@@ -127,7 +138,7 @@ mod tests {
 
     #[test]
     fn limit_is_exact_and_released_on_drop() {
-        let l = Limiter::new(3, 2);
+        let l = Limiter::new(3);
         let a = l.try_acquire().unwrap();
         let _b = l.try_acquire().unwrap();
         let _c = l.try_acquire().unwrap();
@@ -140,7 +151,7 @@ mod tests {
 
     #[test]
     fn waiter_is_woken_from_another_thread() {
-        let l = Limiter::new(1, 2);
+        let l = Limiter::new(1);
         let held = l.try_acquire().unwrap();
         let l2 = Arc::clone(&l);
         let t = std::thread::spawn(move || {
@@ -148,7 +159,7 @@ mod tests {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let _p = l2.acquire(1).await;
+                let _p = l2.acquire().await;
                 l2.active()
             })
         });
@@ -157,5 +168,42 @@ mod tests {
         drop(held);
         assert_eq!(t.join().unwrap(), 1);
         assert_eq!(l.active(), 0);
+    }
+
+    /// Two waiters of one worker (two accept loops on one thread, as after a
+    /// reload to fewer workers): each release must reach a waiter. With one
+    /// waker slot per worker the second registration overwrote the first,
+    /// and the first waiter was never woken again.
+    #[test]
+    fn two_waiters_on_one_thread_are_both_served() {
+        use std::{cell::Cell, rc::Rc, time::Duration};
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let served = rt.block_on(async {
+            let l = Limiter::new(1);
+            let held = l.try_acquire().unwrap();
+            let served = Rc::new(Cell::new(0));
+            for _ in 0..2 {
+                let (l, served) = (Arc::clone(&l), Rc::clone(&served));
+                monoio::spawn(async move {
+                    let p = l.acquire().await;
+                    served.set(served.get() + 1);
+                    monoio::time::sleep(Duration::from_millis(20)).await;
+                    drop(p);
+                });
+            }
+            monoio::time::sleep(Duration::from_millis(20)).await;
+            drop(held);
+            for _ in 0..50 {
+                if served.get() == 2 {
+                    break;
+                }
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+            served.get()
+        });
+        assert_eq!(served, 2, "a waiter was never woken");
     }
 }

@@ -209,7 +209,7 @@ mod tests {
             });
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-            let limiter = crate::listen::limiter::Limiter::new(1, 1);
+            let limiter = crate::listen::limiter::Limiter::new(1);
             let permit = limiter.try_acquire().unwrap();
             let drain = crate::listen::drain::Drain::new();
             let ticket = crate::listen::ticket::ConnTicket::new(

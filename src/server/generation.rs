@@ -46,12 +46,12 @@ pub(super) struct Generation {
 }
 
 /// What a listener's limiter is kept by across a reload: a listener with
-/// the same name, (capped) limit and worker count keeps its limiter.
+/// the same name and (capped) limit keeps its limiter, whatever the
+/// worker count (its waiters are a list, not one slot per worker).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct LimiterKey {
     pub listener: String,
     pub max_connections: usize,
-    pub workers: usize,
 }
 
 /// Read, validate and start `path` as the next generation. On any error
@@ -203,7 +203,7 @@ pub(super) fn start_generation(
             }
         }
     }
-    // A listener kept by a reload (same name, capped limit and worker count)
+    // A listener kept by a reload (same name and capped limit)
     // keeps its limiter: connections still held by the old workers count
     // against the same max_connections.
     let keys: Vec<LimiterKey> = cfg
@@ -213,14 +213,13 @@ pub(super) fn start_generation(
         .map(|(l, &cap)| LimiterKey {
             listener: l.name.clone(),
             max_connections: cap,
-            workers,
         })
         .collect();
     let limiters: Vec<Arc<Limiter>> = keys
         .iter()
         .map(|key| match ctl.limiters.iter().find(|(k, _)| k == key) {
             Some((_, lim)) => Arc::clone(lim),
-            None => Limiter::new(key.max_connections, workers),
+            None => Limiter::new(key.max_connections),
         })
         .collect();
 

@@ -129,42 +129,33 @@ pub async fn run(spec: WorkerSpec) {
             let name: Rc<str> = Rc::from(lcfg.name.as_str());
             let limiter = Arc::clone(limiter);
             let metrics = Arc::clone(&spec.metrics);
-            let worker = spec.index;
             monoio::spawn(async move {
                 let conn_drain = Rc::clone(&d);
                 let m_full = Arc::clone(&metrics);
                 let on_full = move || m_full.listeners[li].saturated.inc();
-                accept::accept_loop(
-                    listener,
-                    limiter,
-                    worker,
-                    d,
-                    name,
-                    on_full,
-                    move |a: Accepted| {
-                        let lm = &metrics.listeners[li];
-                        // Per-client-IP limit (process-wide): over it, refuse at once.
-                        let ip_permit = match &ip_limit {
-                            None => None,
-                            Some(lim) => match lim.acquire(a.peer.ip()) {
-                                Some(p) => Some(p),
-                                None => {
-                                    lm.rejected_per_ip.inc();
-                                    handler.refuse(&a.stream, a.peer);
-                                    return;
-                                }
-                            },
-                        };
-                        let ticket = ConnTicket::new(
-                            a.permit,
-                            conn_drain.track(),
-                            ip_permit,
-                            Arc::clone(&metrics),
-                            li,
-                        );
-                        handler.serve(a.stream, a.peer, ticket);
-                    },
-                )
+                accept::accept_loop(listener, limiter, d, name, on_full, move |a: Accepted| {
+                    let lm = &metrics.listeners[li];
+                    // Per-client-IP limit (process-wide): over it, refuse at once.
+                    let ip_permit = match &ip_limit {
+                        None => None,
+                        Some(lim) => match lim.acquire(a.peer.ip()) {
+                            Some(p) => Some(p),
+                            None => {
+                                lm.rejected_per_ip.inc();
+                                handler.refuse(&a.stream, a.peer);
+                                return;
+                            }
+                        },
+                    };
+                    let ticket = ConnTicket::new(
+                        a.permit,
+                        conn_drain.track(),
+                        ip_permit,
+                        Arc::clone(&metrics),
+                        li,
+                    );
+                    handler.serve(a.stream, a.peer, ticket);
+                })
                 .await;
                 // Dropping the listener here closes this worker's socket: only now,
                 // when stopping, since closing a reuseport socket drops its queue.

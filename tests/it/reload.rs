@@ -3,7 +3,7 @@
 //! over, an invalid config or a broken binary changes nothing.
 
 use std::{
-    io::{BufRead, BufReader, ErrorKind, Write},
+    io::{BufRead, BufReader, ErrorKind, Read, Write},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -532,4 +532,59 @@ fn reload_changing_the_worker_count_drops_nothing() {
         "{}",
         p.log_text()
     );
+}
+
+/// Issue 10: after a reload to fewer workers each worker accepts on two
+/// sockets of one listener, and both accept loops may wait on the saturated
+/// limiter. Every release must reach a waiting loop: "hold two, a third
+/// waits, free one" serves the third every round.
+#[test]
+fn a_saturated_limiter_after_a_reload_to_fewer_workers_serves_every_waiter() {
+    let echo = EchoBackend::start();
+    let cfg = |workers: usize| {
+        Cfg::tcp_proxy(&[echo.addr])
+            .runtime(&format!("workers = {workers}"))
+            .listener_with("max_connections = 2")
+    };
+    let p = Ringlb::start(cfg(2));
+    let addr = p.addr("l");
+    p.rewrite(cfg(1));
+    p.signal("HUP");
+    assert!(
+        p.wait_count("configuration reloaded", 1, LOG_WAIT),
+        "{}",
+        p.log_text()
+    );
+    // Until the old worker's accept loops are gone, both generations share
+    // the limiter; what matters is after. Let the old worker finish.
+    thread::sleep(Duration::from_millis(300));
+    for round in 0..8 {
+        let mut held: Vec<TcpStream> = (0..2).map(|_| connect(addr)).collect();
+        for (i, s) in held.iter_mut().enumerate() {
+            assert_eq!(
+                echo_roundtrip(s, b"held"),
+                b"held",
+                "round {round}, held {i}"
+            );
+        }
+        // The third is in the kernel backlog: no answer while two are held.
+        let mut third = connect(addr);
+        third.write_all(b"third").unwrap();
+        third
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 5];
+        assert!(
+            third.read_exact(&mut buf).is_err(),
+            "round {round}: the limit let a third connection through"
+        );
+        drop(held.pop());
+        third
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        third
+            .read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("round {round}: the waiting client was never served: {e}"));
+        assert_eq!(&buf, b"third");
+    }
 }
