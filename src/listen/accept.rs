@@ -52,7 +52,7 @@ pub async fn accept_loop(
                     monoio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
-                Either::Right(_) => return,
+                Either::Right(_) => return accept_queued(fd, &limiter, &drain, &mut on_conn),
             }
         }
         // Accept what is queued, one permit each.
@@ -65,7 +65,9 @@ pub async fn accept_loop(
                     let stop = std::pin::pin!(drain.stopped());
                     match select(acq, stop).await {
                         Either::Left((p, _)) => p,
-                        Either::Right(_) => return,
+                        Either::Right(_) => {
+                            return accept_queued(fd, &limiter, &drain, &mut on_conn)
+                        }
                     }
                 }
             };
@@ -101,6 +103,32 @@ pub async fn accept_loop(
                     break;
                 }
             }
+        }
+    }
+}
+
+/// On the last stop: hand over the connections the kernel already queued
+/// (as far as the limit allows), so that closing the listening socket
+/// afterwards resets none of them. A reload or an upgrade leaves the queue
+/// to the next workers.
+fn accept_queued(
+    fd: std::os::fd::RawFd,
+    limiter: &Arc<Limiter>,
+    drain: &Drain,
+    on_conn: &mut impl FnMut(Accepted),
+) {
+    if !drain.accept_queued() {
+        return;
+    }
+    while let Some(permit) = limiter.try_acquire() {
+        match sys::accept(fd) {
+            Ok((stream, peer)) => on_conn(Accepted {
+                stream,
+                peer,
+                permit,
+            }),
+            Err(e) if is_transient(&e) => {}
+            Err(_) => return,
         }
     }
 }

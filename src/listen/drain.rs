@@ -8,12 +8,29 @@ use std::{
     pin::Pin,
     rc::Rc,
     task::{Context, Poll, Waker},
+    time::{Duration, Instant},
 };
+
+/// How a worker is told to stop.
+#[derive(Debug, Clone, Copy)]
+pub struct Stop {
+    /// How long connections may take to finish.
+    pub grace: Duration,
+    /// The process is going away (a plain stop, not a reload or an
+    /// upgrade): accept what the kernel already queued, then close the
+    /// listening sockets, so later clients are refused at once instead of
+    /// waiting in a backlog nobody will accept.
+    pub last: bool,
+}
 
 /// Per-worker drain state (never crosses threads).
 #[derive(Debug, Default)]
 pub struct Drain {
     stopping: Cell<bool>,
+    /// Set with `stopping`: accept the queued connections before closing.
+    accept_queued: Cell<bool>,
+    /// When the drain ends (set with `stopping`).
+    deadline: Cell<Option<Instant>>,
     active: Cell<usize>,
     /// Tasks waiting in [`Drain::stopped`]: a slab, so registering,
     /// re-registering and leaving are O(1) however many connections wait.
@@ -29,6 +46,20 @@ impl Drain {
 
     /// Start stopping: wakes every task waiting in [`Drain::stopped`].
     pub fn stop(&self) {
+        self.stop_as(Stop {
+            grace: Duration::ZERO,
+            last: false,
+        });
+    }
+
+    /// [`Drain::stop`] with the drain's deadline and kind.
+    pub fn stop_as(&self, how: Stop) {
+        self.accept_queued.set(how.last);
+        self.deadline.set(
+            Instant::now()
+                .checked_add(how.grace)
+                .or(Some(Instant::now())),
+        );
         self.stopping.set(true);
         let wakers: Vec<Waker> = self
             .stop_wakers
@@ -44,6 +75,16 @@ impl Drain {
     /// True once [`Drain::stop`] was called.
     pub fn is_stopping(&self) -> bool {
         self.stopping.get()
+    }
+
+    /// Stopping for good: accept loops take what is queued before closing.
+    pub fn accept_queued(&self) -> bool {
+        self.accept_queued.get()
+    }
+
+    /// When the drain ends (once stopping).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline.get()
     }
 
     /// Connections alive on this worker.

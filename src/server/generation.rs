@@ -18,7 +18,7 @@ use futures_channel::oneshot;
 
 use crate::{
     config::{Config, IoUringMode},
-    listen::{self, limiter::Limiter},
+    listen::{self, drain::Stop, limiter::Limiter},
     sys, Error,
 };
 
@@ -37,7 +37,7 @@ pub(super) type Sockets = HashMap<SocketAddr, Vec<std::net::TcpListener>>;
 /// One set of workers running one config.
 pub(super) struct Generation {
     pub cfg: Arc<Config>,
-    pub stops: Vec<oneshot::Sender<Duration>>,
+    pub stops: Vec<oneshot::Sender<Stop>>,
     pub handles: Vec<thread::JoinHandle<()>>,
     pub health_stop: Arc<AtomicBool>,
     pub registry: Arc<crate::metrics::Registry>,
@@ -288,12 +288,12 @@ pub(super) fn start_generation(
             }
             Ok(Err(msg)) => {
                 health_stop.store(true, Ordering::Relaxed);
-                stop_all(stops, Duration::ZERO);
+                stop_all(stops, Duration::ZERO, false);
                 return Err(Error::Startup(msg));
             }
             Err(_) => {
                 health_stop.store(true, Ordering::Relaxed);
-                stop_all(stops, Duration::ZERO);
+                stop_all(stops, Duration::ZERO, false);
                 return Err(Error::Startup("a worker did not start within 10s".into()));
             }
         }
@@ -334,9 +334,11 @@ pub(super) fn start_generation(
 }
 
 /// Tell every worker of a generation to stop, draining for up to `grace`.
-pub(super) fn stop_all(stops: Vec<oneshot::Sender<Duration>>, grace: Duration) {
+/// Tell every worker of a generation to stop; `last`: the process is
+/// going away (see [`Stop::last`]).
+pub(super) fn stop_all(stops: Vec<oneshot::Sender<Stop>>, grace: Duration, last: bool) {
     for s in stops {
-        let _ = s.send(grace);
+        let _ = s.send(Stop { grace, last });
     }
 }
 

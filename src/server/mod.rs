@@ -162,7 +162,7 @@ pub fn run_with(cfg: Config, path: Option<PathBuf>) -> Result<(), Error> {
                         // The old workers stop accepting and finish what they hold.
                         let grace = old.cfg.runtime.shutdown_timeout;
                         old.health_stop.store(true, Ordering::Relaxed);
-                        stop_all(old.stops, grace);
+                        stop_all(old.stops, grace, false);
                         let handles = old.handles;
                         draining.push(thread::spawn(move || {
                             for h in handles {
@@ -212,7 +212,15 @@ pub fn run_with(cfg: Config, path: Option<PathBuf>) -> Result<(), Error> {
     }
     gen.health_stop.store(true, Ordering::Relaxed);
     admin_stop.store(true, Ordering::Relaxed);
-    stop_all(gen.stops, grace);
+    stop_all(gen.stops, grace, !upgraded);
+    if !upgraded {
+        // The workers accept what is queued and then close their copies;
+        // with ours closed too, the listening sockets go away and later
+        // clients are refused at once (under socket activation systemd
+        // keeps its copy, and they wait for the next process). An upgrade
+        // keeps ours until exit: the new process accepts from them.
+        ctl.sockets.clear();
+    }
     drop(ctl.access.take());
     // A second signal ends the process at once.
     let _ = thread::Builder::new()

@@ -12,7 +12,7 @@ use crate::{
     io::pools::Pools,
     listen::{
         accept::{self, Accepted},
-        drain::Drain,
+        drain::{Drain, Stop},
         limiter::Limiter,
         ticket::ConnTicket,
     },
@@ -35,8 +35,8 @@ pub struct WorkerSpec {
     /// This worker's metrics shard.
     pub metrics: Arc<WorkerMetrics>,
     pub access: Option<AccessLog>,
-    /// Resolves with the drain deadline when the process must stop.
-    pub shutdown: oneshot::Receiver<Duration>,
+    /// Resolves with the drain deadline and kind when the worker must stop.
+    pub shutdown: oneshot::Receiver<Stop>,
     /// splice(2) works here; when it does not, every listener copies.
     pub splice_ok: bool,
 }
@@ -163,8 +163,12 @@ pub async fn run(spec: WorkerSpec) {
         }
     }
 
-    let grace = spec.shutdown.await.unwrap_or(Duration::ZERO);
-    drain.stop();
+    let stop = spec.shutdown.await.unwrap_or(Stop {
+        grace: Duration::ZERO,
+        last: false,
+    });
+    let grace = stop.grace;
+    drain.stop_as(stop);
     let active = drain.active();
     if active > 0 {
         tracing::info!(
