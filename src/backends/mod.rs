@@ -206,6 +206,41 @@ mod tests {
     }
 
     #[test]
+    fn a_reset_to_the_same_list_publishes_nothing_and_names_are_identity() {
+        let u = state("");
+        let same: Vec<ServerConfig> = u
+            .current()
+            .members
+            .iter()
+            .map(|m| ServerConfig {
+                id: m.backend.name.clone(),
+                addr: m.backend.addr,
+                weight: m.weight,
+                backup: m.backend.backup,
+                max_connections: m.backend.max_connections,
+            })
+            .collect();
+        assert_eq!(u.apply(Update::Reset(same.clone())), 1, "no new version");
+        // The same address under another name is another ring key: a new backend.
+        let mut renamed = same;
+        renamed[0].id = "app.internal:2".into();
+        let before = nth(&u, 0);
+        assert_eq!(u.apply(Update::Reset(renamed)), 2);
+        assert_ne!(nth(&u, 0).id, before.id);
+        assert_eq!(nth(&u, 0).name, "app.internal:2");
+    }
+
+    #[test]
+    fn a_set_shrunk_to_one_closes_its_circuit() {
+        let u = state("eject = { failures = 1 }");
+        let (a, b) = (nth(&u, 0), nth(&u, 1));
+        u.report_failure(&a, "t");
+        assert_eq!(u.avail(&a), Avail::No, "ejected while there are two");
+        u.apply(Update::Remove(b.addr));
+        assert_eq!(u.avail(&a), Avail::Yes, "a lone server is never ejected");
+    }
+
+    #[test]
     fn pick_skips_tried_ids_and_prefers_primaries() {
         let u = state("");
         let set = u.current();

@@ -5,7 +5,8 @@
 //! `servers` list as the first version, a reload that only changes
 //! servers, later a discovery source) builds the next snapshot off the data
 //! path and publishes it under a short write lock; the version counter is
-//! what workers look at: one relaxed load per pick, and only a worker that
+//! what workers look at: one load per pick (acquire: a plain load on x86),
+//! and only a worker that
 //! sees a new number takes the read lock to fetch the snapshot and rebuild
 //! its replica. Backends that stay keep their `Arc<Backend>` (id, health,
 //! circuit, counts); backends that leave are retired (their health check
@@ -172,6 +173,16 @@ impl Upstream {
             return cur.version;
         }
         let members = build(&servers, &cur.members);
+        let same = members.len() == cur.members.len()
+            && members
+                .iter()
+                .zip(&cur.members)
+                .all(|(m, o)| Arc::ptr_eq(&m.backend, &o.backend) && m.weight == o.weight);
+        if same {
+            // A reset to what is already there (an unchanged upstream in a
+            // reload): no new version, no replica rebuilds.
+            return cur.version;
+        }
         for old in &cur.members {
             if !members
                 .iter()
@@ -188,6 +199,11 @@ impl Upstream {
             m.backend.retire(false);
         }
         self.ejectable.store(members.len() > 1, Ordering::Relaxed);
+        if let [only] = &members[..] {
+            // A lone server is never ejected: one left open or half-open by
+            // a larger set goes back into service.
+            only.backend.close_circuit();
+        }
         let version = slot.version + 1;
         *slot = Arc::new(BackendSet { version, members });
         self.version.store(version, Ordering::Release);
@@ -208,7 +224,12 @@ fn build(servers: &[ServerConfig], kept: &[Member]) -> Vec<Member> {
             .iter()
             .find(|m| {
                 let b = &m.backend;
-                b.addr == s.addr && b.backup == s.backup && b.max_connections == s.max_connections
+                // The name too: it is the consistent-hash ring key, and a
+                // kept backend must hash as a freshly built one would.
+                b.addr == s.addr
+                    && b.name == s.id
+                    && b.backup == s.backup
+                    && b.max_connections == s.max_connections
             })
             .map_or_else(
                 || {

@@ -166,6 +166,16 @@ impl Backend {
         }
     }
 
+    /// Back in service as far as the circuit breaker goes (closed, no
+    /// failures counted); active-health verdicts stay.
+    pub(super) fn close_circuit(&self) {
+        let _ = self
+            .word
+            .fetch_update(Relaxed, Relaxed, |w| Some(w & !(OPEN | HALF_OPEN)));
+        self.fails.store(0, Relaxed);
+        self.probes.store(0, Relaxed);
+    }
+
     /// True once a set version dropped this backend.
     pub fn is_retired(&self) -> bool {
         self.retired.load(Relaxed)

@@ -182,7 +182,8 @@ impl IpLimiter {
 }
 
 /// The process-wide limits of one configuration: per listener, its per-IP
-/// counters and its routes' token buckets. A reload starts them afresh.
+/// counters and its routes' token buckets. A reload that starts new workers
+/// starts them afresh; one that only changes servers keeps them.
 #[derive(Debug, Default)]
 pub struct Limits {
     /// Per listener: per-IP connection counters.

@@ -27,7 +27,9 @@ use std::{
 /// The shared counter of one listener.
 #[derive(Debug)]
 pub struct Limiter {
-    max: usize,
+    /// The limit; a reload that only changes servers may move it (the fd
+    /// budget follows the keep-alive pools of the new server list).
+    max: AtomicUsize,
     active: AtomicUsize,
     /// Every task waiting for a free slot (accept loops of any worker, of
     /// any generation sharing this limiter). A release at the limit wakes
@@ -42,7 +44,7 @@ impl Limiter {
     /// A limiter allowing `max` connections.
     pub fn new(max: usize) -> Arc<Limiter> {
         Arc::new(Limiter {
-            max: max.max(1),
+            max: AtomicUsize::new(max.max(1)),
             active: AtomicUsize::new(0),
             waiters: Mutex::new(Vec::new()),
         })
@@ -56,7 +58,7 @@ impl Limiter {
     /// Take a permit now if one is free.
     pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
         let mut cur = self.active.load(Ordering::Relaxed);
-        while cur < self.max {
+        while cur < self.max.load(Ordering::Relaxed) {
             match self.active.compare_exchange_weak(
                 cur,
                 cur + 1,
@@ -72,6 +74,21 @@ impl Limiter {
             }
         }
         None
+    }
+
+    /// The limit now.
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// Move the limit. Connections already admitted stay (a lower limit
+    /// admits nobody until enough of them end); a higher one wakes the
+    /// waiting accept loops.
+    pub fn set_max(&self, max: usize) {
+        let old = self.max.swap(max.max(1), Ordering::Relaxed);
+        if max > old {
+            self.wake_all();
+        }
     }
 
     /// Wait for a permit.
@@ -126,7 +143,7 @@ pub struct Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         let before = self.limiter.active.fetch_sub(1, Ordering::Release);
-        if before >= self.limiter.max {
+        if before >= self.limiter.max() {
             self.limiter.wake_all();
         }
     }

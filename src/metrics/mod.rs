@@ -151,7 +151,7 @@ impl WorkerMetrics {
 }
 
 /// Everything `/metrics` and `/status` read.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Registry {
     pub cfg: Arc<Config>,
     /// Every upstream's live backend set.

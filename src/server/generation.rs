@@ -63,6 +63,9 @@ pub(super) enum Reloaded {
     /// workers follow it at their next pick. No thread started.
     InPlace {
         cfg: Arc<Config>,
+        /// Per listener: the connection cap the fd budget gives the new
+        /// server list (the limiters already enforce it).
+        caps: Vec<usize>,
         /// One line per upstream that changed.
         changed: Vec<String>,
     },
@@ -92,6 +95,13 @@ pub(super) fn reload(
 ) -> Result<Reloaded, Error> {
     let next = Config::load(path)?;
     if only_servers_differ(&cur.cfg, &next) {
+        // More servers can mean more pooled keep-alive fds: the budget is
+        // sized again and the listeners' limiters follow its caps.
+        let budget = apply_fd_budget(&next, cur.registry.workers.len());
+        for ((key, limiter), &cap) in ctl.limiters.iter_mut().zip(&budget.caps) {
+            limiter.set_max(cap);
+            key.max_connections = cap;
+        }
         let mut changed = Vec::new();
         for (up, new) in cur.registry.upstreams.all.iter().zip(&next.upstreams) {
             let before = up.version();
@@ -100,12 +110,13 @@ pub(super) fn reload(
                 changed.push(format!(
                     "upstream {:?}: backend set version {v} ({} servers)",
                     up.name,
-                    new.servers.len()
+                    up.current().len()
                 ));
             }
         }
         return Ok(Reloaded::InPlace {
             cfg: Arc::new(next),
+            caps: budget.caps,
             changed,
         });
     }

@@ -143,7 +143,15 @@ pub fn run_with(cfg: Config, path: Option<PathBuf>) -> Result<(), Error> {
                     sys::monotonic_usec()
                 ));
                 match reload(&mut ctl, &gen, path) {
-                    Ok(Reloaded::InPlace { cfg, changed }) => {
+                    Ok(Reloaded::InPlace { cfg, caps, changed }) => {
+                        let mut registry = (*gen.registry).clone();
+                        registry.max_connections = caps;
+                        gen.registry = Arc::new(registry);
+                        *registry_slot.write().unwrap_or_else(|e| e.into_inner()) =
+                            Arc::clone(&gen.registry);
+                        // The workers keep the config they started with:
+                        // only its server lists are stale, and nothing
+                        // reads those after start (replicas follow the sets).
                         gen.cfg = cfg;
                         tracing::info!(
                             "configuration reloaded from {}: backends updated in place, no new workers ({})",

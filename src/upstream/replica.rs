@@ -124,10 +124,17 @@ impl Replica {
             return;
         }
         let set = self.upstream.current();
+        let old: ahash::AHashMap<BackendId, usize> = v
+            .set
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.backend.id, i))
+            .collect();
         let from: Vec<Option<usize>> = set
             .members
             .iter()
-            .map(|m| v.set.index_of(m.backend.id))
+            .map(|m| old.get(&m.backend.id).copied())
             .collect();
         let mut balancer = balancer_for(self.cfg.balance, &set, self.worker);
         for (j, i) in from.iter().enumerate() {
@@ -150,6 +157,17 @@ impl Replica {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// How many of `tried` are still in the current set (a backend removed
+    /// mid-request no longer counts against the tries left).
+    pub fn tried_in_set(&self, tried: &[BackendId]) -> usize {
+        let mut v = self.view.borrow_mut();
+        self.refresh(&mut v);
+        tried
+            .iter()
+            .filter(|id| v.set.index_of(**id).is_some())
+            .count()
     }
 
     /// Pick and reserve a backend not in `tried` (see [`backends::pick`]).

@@ -220,16 +220,45 @@ impl ProxyError {
 }
 
 impl std::fmt::Display for ProxyError {
+    /// What the log says (the texts the proxy logged before the error type
+    /// existed).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use Kind::*;
         match &self.kind {
-            BadHead(w) | BadBody(w) | BadResponse(w) => write!(f, "{}: {w}", self.reason()),
+            BadHead(w) => write!(f, "request refused: {w}"),
+            UriTooLong => f.write_str("request refused: request line too long"),
+            HeadTooLarge => f.write_str("request refused: header section too large"),
+            MethodNotAllowed => f.write_str("request refused: CONNECT is not served"),
+            HeadTimeout => f.write_str("request refused: request head not received in time"),
+            NoRoute => f.write_str("no route for the host and path"),
+            RateLimited { retry_after } => write!(f, "rate limited (retry after {retry_after}s)"),
+            BodyTooLarge => f.write_str("request body over max_body_size"),
+            BadBody(w) => write!(f, "request body refused: {w}"),
+            ClientGone(e) => write!(f, "the client went away: {e}"),
+            NoBackend => f.write_str("no backend available"),
+            QueueFull => f.write_str("every backend is full and the queue too"),
+            QueueTimeout => f.write_str("no backend slot within queue_timeout"),
             Connect(w) => f.write_str(w),
-            ClientGone(e) | SendFailed(e) | BackendStoppedReading(e) | NoResponse(e) => {
-                write!(f, "{}: {e}", self.reason())
-            }
-            _ => f.write_str(self.reason()),
+            BackendsFailed => f.write_str("no backend answered"),
+            SendFailed(e) => write!(f, "sending the request failed: {e}"),
+            BackendStoppedReading(e) => write!(f, "backend stopped reading the body: {e}"),
+            NoResponse(e) => write!(f, "backend closed without a response: {e}"),
+            ResponseTimeout => f.write_str("no response within response_timeout"),
+            BadResponse(w) => write!(f, "invalid response: {w}"),
+            UnexpectedSwitch => f.write_str("101 to a request that asked for no upgrade"),
         }
+    }
+}
+
+impl ProxyError {
+    /// Worth a warning: the backend misbehaved (closed, too slow, invalid
+    /// answer). Everything else is the client's doing or expected under
+    /// load, and logs at debug.
+    pub fn is_warning(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::NoResponse(_) | Kind::ResponseTimeout | Kind::BadResponse(_)
+        ) && !self.retryable
     }
 }
 

@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::{
-    errors::{ProxyError, Side},
+    errors::ProxyError,
     forward,
     h1::{
         body::{forward_body, timed_write},
@@ -274,12 +274,12 @@ impl Conn<'_> {
     /// close unless the framing allows the next request.
     async fn answer(&mut self, e: ProxyError, started: Instant) -> Next {
         let l = self.l;
-        match (e.side(), e.backend) {
-            (Side::Backend, Some(b)) => {
-                tracing::warn!(listener = %l.cfg.name, peer = %self.peer, request_id = %self.id, backend = %b, "{e}")
+        match e.backend {
+            Some(b) if e.is_warning() => {
+                tracing::warn!(listener = %l.cfg.name, peer = %self.peer, request_id = %self.id, backend = %b, reason = e.reason(), "{e}")
             }
             _ => {
-                tracing::debug!(listener = %l.cfg.name, peer = %self.peer, request_id = %self.id, backend = ?e.backend, "request failed: {e}")
+                tracing::debug!(listener = %l.cfg.name, peer = %self.peer, request_id = %self.id, backend = ?e.backend, reason = e.reason(), "{e}")
             }
         }
         let Some(status) = e.status() else {

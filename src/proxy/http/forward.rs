@@ -104,7 +104,7 @@ pub(super) async fn forward<'r>(
     };
     loop {
         attempts += 1;
-        if tried.len() >= tries.min(up.len()) || attempts > tries + 2 {
+        if up.tried_in_set(&tried) >= tries.min(up.len()) || attempts > tries + 2 {
             return Err(Kind::BackendsFailed.into());
         }
         let picked = match up.pick(plan.key, &tried) {
