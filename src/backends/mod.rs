@@ -208,18 +208,7 @@ mod tests {
     #[test]
     fn a_reset_to_the_same_list_publishes_nothing_and_names_are_identity() {
         let u = state("");
-        let same: Vec<ServerConfig> = u
-            .current()
-            .members
-            .iter()
-            .map(|m| ServerConfig {
-                id: m.backend.name.clone(),
-                addr: m.backend.addr,
-                weight: m.weight,
-                backup: m.backend.backup,
-                max_connections: m.backend.max_connections,
-            })
-            .collect();
+        let same: Vec<ServerConfig> = u.current().members.iter().map(Member::server).collect();
         assert_eq!(u.apply(Update::Reset(same.clone())), 1, "no new version");
         // The same address under another name is another ring key: a new backend.
         let mut renamed = same;

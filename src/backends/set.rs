@@ -34,6 +34,19 @@ pub struct Member {
     pub weight: u32,
 }
 
+impl Member {
+    /// The member as a server line (what an `Update` would say to keep it).
+    pub fn server(&self) -> ServerConfig {
+        ServerConfig {
+            id: self.backend.name.clone(),
+            addr: self.backend.addr,
+            weight: self.weight,
+            backup: self.backend.backup,
+            max_connections: self.backend.max_connections,
+        }
+    }
+}
+
 /// One version of an upstream's backends. Immutable once published.
 #[derive(Debug)]
 pub struct BackendSet {
@@ -132,17 +145,7 @@ impl Upstream {
         // sources cannot lose each other's update.
         let mut slot = self.current.write().unwrap_or_else(|e| e.into_inner());
         let cur = Arc::clone(&slot);
-        let mut servers: Vec<ServerConfig> = cur
-            .members
-            .iter()
-            .map(|m| ServerConfig {
-                id: m.backend.name.clone(),
-                addr: m.backend.addr,
-                weight: m.weight,
-                backup: m.backend.backup,
-                max_connections: m.backend.max_connections,
-            })
-            .collect();
+        let mut servers: Vec<ServerConfig> = cur.members.iter().map(Member::server).collect();
         let changed = match update {
             Update::Reset(list) => {
                 servers = list;
