@@ -39,6 +39,39 @@ pub struct HeadWait<'a> {
     pub drain: &'a Drain,
 }
 
+/// How long before the drain's deadline an idle connection is closed: a
+/// clean FIN of ours, not the reset of a runtime torn down mid-request.
+const DRAIN_MARGIN: Duration = Duration::from_millis(100);
+
+/// Between requests: wait for the client's next byte, at most the idle
+/// timeout. When the worker is draining (a reload, an upgrade, a stop), an
+/// idle keep-alive connection is not closed at once, which would race the
+/// request the client may be sending: it keeps waiting (within its idle
+/// timeout and the drain's deadline) and its next request is answered with
+/// `Connection: close`. Only a connection that stays idle is closed.
+/// Returns false when the connection should close.
+async fn wait_for_request(client: &Stream, w: &HeadWait<'_>) -> bool {
+    let idle_until = Instant::now() + w.idle;
+    if !w.drain.is_stopping() {
+        let readable = std::pin::pin!(client.readable());
+        let stop = std::pin::pin!(w.drain.stopped());
+        match monoio::time::timeout(w.idle, select(readable, stop)).await {
+            Ok(Either::Left((Ok(()), _))) => return true,
+            Ok(Either::Right(_)) => {} // draining now: wait on below
+            _ => return false,
+        }
+    }
+    let until = match w.drain.deadline() {
+        Some(d) => idle_until.min(d.checked_sub(DRAIN_MARGIN).unwrap_or(d)),
+        None => idle_until,
+    };
+    let left = until.saturating_duration_since(Instant::now());
+    matches!(
+        monoio::time::timeout(left, client.readable()).await,
+        Ok(Ok(()))
+    )
+}
+
 /// Wait for the next request head (or reuse what is buffered) and parse it
 /// into `req`.
 pub async fn read_head(
@@ -47,17 +80,8 @@ pub async fn read_head(
     req: &mut Request,
     w: &HeadWait<'_>,
 ) -> HeadRead {
-    if from_client.is_empty() {
-        // Between requests: wait for a byte, the keep-alive timeout or shutdown.
-        if w.drain.is_stopping() {
-            return HeadRead::Gone;
-        }
-        let readable = std::pin::pin!(client.readable());
-        let stop = std::pin::pin!(w.drain.stopped());
-        match monoio::time::timeout(w.idle, select(readable, stop)).await {
-            Ok(Either::Left((Ok(()), _))) => {}
-            _ => return HeadRead::Gone,
-        }
+    if from_client.is_empty() && !wait_for_request(client, w).await {
+        return HeadRead::Gone;
     }
     let deadline = Instant::now() + w.header_timeout;
     loop {
