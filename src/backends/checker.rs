@@ -92,7 +92,9 @@ async fn check_loop(up: Arc<Upstream>, b: Arc<Backend>, h: HealthConfig, stop: A
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {:?}", h.timeout)),
         };
-        if b.is_retired() {
+        // Stopped (a newer generation, or one that failed) or retired while
+        // the probe ran: its verdict must not land in the shared state.
+        if b.is_retired() || stop.load(Ordering::Relaxed) {
             break;
         }
         match result {

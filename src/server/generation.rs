@@ -6,10 +6,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc, Arc,
-    },
+    sync::{atomic::AtomicBool, mpsc, Arc},
     thread,
     time::Duration,
 };
@@ -175,16 +172,21 @@ pub(super) fn start_generation(
         })?;
         fresh.insert(l.listen, socks);
     }
-    // Committed: from here on the new sockets belong to the control thread.
-    for (addr, socks) in fresh {
-        ctl.sockets.entry(addr).or_default().extend(socks);
-    }
-
+    // The new sockets join the control thread's only when the generation
+    // commits: a failure below closes them, and the previous state is
+    // exactly as it was (no socket left in a SO_REUSEPORT group that
+    // nobody accepts on).
     let mut per_worker: Vec<Vec<Vec<std::net::TcpListener>>> =
         (0..workers).map(|_| Vec::new()).collect();
     let mut bound_addrs = Vec::with_capacity(cfg.listeners.len());
     for (l, cap) in cfg.listeners.iter().zip(&budget.caps) {
-        let socks = &ctl.sockets[&l.listen];
+        let socks: Vec<&std::net::TcpListener> = ctl
+            .sockets
+            .get(&l.listen)
+            .into_iter()
+            .flatten()
+            .chain(fresh.get(&l.listen).into_iter().flatten())
+            .collect();
         let bound = socks
             .first()
             .and_then(|s| s.local_addr().ok())
@@ -239,8 +241,6 @@ pub(super) fn start_generation(
     let shared = crate::backends::Upstreams::carry_over(&cfg, ctl.upstreams.as_deref());
     let limits = crate::limits::Limits::new(&cfg);
     let health_stop = Arc::new(AtomicBool::new(false));
-    crate::backends::spawn_checker(&cfg, Arc::clone(&shared), Arc::clone(&health_stop))
-        .map_err(|e| Error::Startup(format!("cannot start the health-check thread: {e}")))?;
     let worker_metrics: Vec<Arc<crate::metrics::WorkerMetrics>> = (0..workers)
         .map(|_| crate::metrics::WorkerMetrics::new(&cfg))
         .collect();
@@ -255,10 +255,13 @@ pub(super) fn start_generation(
 
     let (ready_tx, ready_rx) = mpsc::channel::<Result<WorkerReady, String>>();
     let mut stops = Vec::with_capacity(workers);
+    let mut starts = Vec::with_capacity(workers);
     let mut handles = Vec::with_capacity(workers);
     for (index, sockets) in per_worker.into_iter().enumerate() {
         let (stop_tx, stop_rx) = oneshot::channel();
         stops.push(stop_tx);
+        let (start_tx, start_rx) = oneshot::channel();
+        starts.push(start_tx);
         let spec = worker::WorkerSpec {
             index,
             cfg: Arc::clone(&cfg),
@@ -268,6 +271,7 @@ pub(super) fn start_generation(
             limits: Arc::clone(&limits),
             metrics: Arc::clone(&worker_metrics[index]),
             access: ctl.access.clone(),
+            start: start_rx,
             shutdown: stop_rx,
             splice_ok,
         };
@@ -281,9 +285,12 @@ pub(super) fn start_generation(
         let required = cfg.runtime.io_uring == IoUringMode::Required;
         let h = thread::Builder::new()
             .name(format!("ringlb-w{index}"))
-            .spawn(move || worker_thread(spec, core, driver, entries, required, ready))
-            .map_err(|e| Error::Startup(format!("cannot start worker thread: {e}")))?;
-        handles.push(h);
+            .spawn(move || worker_thread(spec, core, driver, entries, required, ready));
+        match h {
+            Ok(h) => handles.push(h),
+            // Dropping `starts` tells the workers already running to exit.
+            Err(e) => return Err(Error::Startup(format!("cannot start worker thread: {e}"))),
+        }
     }
     drop(ready_tx);
 
@@ -297,19 +304,29 @@ pub(super) fn start_generation(
                 drivers.push(r.driver);
                 taskrun = taskrun.or(r.taskrun);
             }
-            Ok(Err(msg)) => {
-                health_stop.store(true, Ordering::Relaxed);
-                stop_all(stops, Duration::ZERO, false);
-                return Err(Error::Startup(msg));
-            }
-            Err(_) => {
-                health_stop.store(true, Ordering::Relaxed);
-                stop_all(stops, Duration::ZERO, false);
-                return Err(Error::Startup("a worker did not start within 10s".into()));
-            }
+            // Dropping `starts` tells the workers that did start to exit
+            // before they accept anything.
+            Ok(Err(msg)) => return Err(Error::Startup(msg)),
+            Err(_) => return Err(Error::Startup("a worker did not start within 10s".into())),
         }
     }
     pinned.sort_unstable();
+    // The health checker starts only now: one started for a generation that
+    // then failed would go on writing verdicts into the shared backend
+    // state with the refused settings.
+    if let Err(e) =
+        crate::backends::spawn_checker(&cfg, Arc::clone(&shared), Arc::clone(&health_stop))
+    {
+        return Err(Error::Startup(format!(
+            "cannot start the health-check thread: {e}"
+        )));
+    }
+    for s in starts {
+        let _ = s.send(());
+    }
+    for (addr, socks) in fresh {
+        ctl.sockets.entry(addr).or_default().extend(socks);
+    }
     // Committed. Sockets of listeners no longer configured close when the
     // old generation's workers let go of their duplicates.
     let wanted: std::collections::HashSet<SocketAddr> =

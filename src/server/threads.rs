@@ -109,14 +109,24 @@ pub(super) struct WorkerReady {
 /// Where a worker thread reports it started (or why it could not).
 pub(super) type Ready = mpsc::Sender<Result<WorkerReady, String>>;
 
-/// Report a started worker; the sender is consumed, so it is not held
-/// while the worker runs.
-fn started(ready: Ready, pinned_core: Option<usize>, driver: Driver, taskrun: Option<TaskRun>) {
-    let _ = ready.send(Ok(WorkerReady {
-        pinned_core,
-        driver,
-        taskrun,
-    }));
+/// Report a worker that registered its sockets (or why it could not); the
+/// sender is consumed, so it is not held while the worker runs.
+fn report(
+    ready: Ready,
+    index: usize,
+    result: Result<(), String>,
+    pinned_core: Option<usize>,
+    driver: Driver,
+    taskrun: Option<TaskRun>,
+) {
+    let _ = ready.send(match result {
+        Ok(()) => Ok(WorkerReady {
+            pinned_core,
+            driver,
+            taskrun,
+        }),
+        Err(e) => Err(format!("worker {index}: {e}")),
+    });
 }
 
 /// The body of worker thread `spec.index`: pin it to `core`, build a runtime
@@ -153,8 +163,9 @@ pub(super) fn worker_thread(
                 .build()
             {
                 Ok(mut rt) => {
-                    started(ready, pinned, Driver::IoUring, Some(mode));
-                    rt.block_on(worker::run(spec));
+                    rt.block_on(worker::run(spec, |r| {
+                        report(ready, index, r, pinned, Driver::IoUring, Some(mode))
+                    }));
                     return;
                 }
                 Err(e) => last_err = Some(e),
@@ -174,8 +185,9 @@ pub(super) fn worker_thread(
         .build()
     {
         Ok(mut rt) => {
-            started(ready, pinned, Driver::Epoll, None);
-            rt.block_on(worker::run(spec));
+            rt.block_on(worker::run(spec, |r| {
+                report(ready, index, r, pinned, Driver::Epoll, None)
+            }));
         }
         Err(e) => {
             let _ = ready.send(Err(format!(

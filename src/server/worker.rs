@@ -35,14 +35,32 @@ pub struct WorkerSpec {
     /// This worker's metrics shard.
     pub metrics: Arc<WorkerMetrics>,
     pub access: Option<AccessLog>,
+    /// Resolves when the generation commits (dropped: it did not).
+    pub start: oneshot::Receiver<()>,
     /// Resolves with the drain deadline and kind when the worker must stop.
     pub shutdown: oneshot::Receiver<Stop>,
     /// splice(2) works here; when it does not, every listener copies.
     pub splice_ok: bool,
 }
 
-/// The worker's main task: serve until shutdown, then drain.
-pub async fn run(spec: WorkerSpec) {
+/// A listening socket registered with this worker's runtime, and what its
+/// accept loop needs.
+struct Registered {
+    li: usize,
+    name: Rc<str>,
+    socket: monoio::net::TcpListener,
+    handler: Handler,
+    ip_limit: Option<Arc<crate::limits::IpLimiter>>,
+    limiter: Arc<Limiter>,
+}
+
+/// The worker's main task: register its listening sockets and report on
+/// `ready` (a failure is reported, not logged and skipped: a socket in the
+/// SO_REUSEPORT group that nobody accepts on would strand its clients);
+/// then wait for the generation to commit (`spec.start`), serve until
+/// shutdown, and drain. A generation that fails elsewhere drops `start`:
+/// the worker then exits without having accepted anything.
+pub async fn run(spec: WorkerSpec, ready: impl FnOnce(Result<(), String>)) {
     let drain = Drain::new();
     let pools = Rc::new(Pools::new(
         spec.cfg.runtime.pipe_pool,
@@ -59,25 +77,6 @@ pub async fn run(spec: WorkerSpec) {
         .enumerate()
         .map(|(ui, (u, st))| Rc::new(Replica::new(u, Arc::clone(st), spec.index, ui)))
         .collect();
-    {
-        let ups = upstreams.clone();
-        let d = Rc::clone(&drain);
-        monoio::spawn(async move {
-            loop {
-                let tick = std::pin::pin!(monoio::time::sleep(Duration::from_secs(1)));
-                let stop = std::pin::pin!(d.stopped());
-                if let Either::Right(_) = select(tick, stop).await {
-                    break;
-                }
-                for u in &ups {
-                    u.sweep();
-                }
-            }
-            for u in &ups {
-                u.clear();
-            }
-        });
-    }
     let parts = WorkerParts {
         worker: spec.index,
         upstreams: &upstreams,
@@ -86,6 +85,7 @@ pub async fn run(spec: WorkerSpec) {
         metrics: &spec.metrics,
         access: &spec.access,
     };
+    let mut registered = Vec::new();
     for (li, ((lcfg, socks), limiter)) in spec
         .cfg
         .listeners
@@ -110,30 +110,68 @@ pub async fn run(spec: WorkerSpec) {
         };
         let handler = match Handler::build(li, lcfg, &parts) {
             Ok(h) => h,
-            Err(e) => {
-                tracing::error!(listener = %lcfg.name, "{e}");
-                continue;
-            }
+            Err(e) => return ready(Err(format!("listener {:?}: {e}", lcfg.name))),
         };
         for sock in socks {
-            let handler = handler.clone();
-            let ip_limit = ip_limit.clone();
-            let listener = match monoio::net::TcpListener::from_std(sock) {
-                Ok(l) => l,
+            match monoio::net::TcpListener::from_std(sock) {
+                Ok(socket) => registered.push(Registered {
+                    li,
+                    name: Rc::from(lcfg.name.as_str()),
+                    socket,
+                    handler: handler.clone(),
+                    ip_limit: ip_limit.clone(),
+                    limiter: Arc::clone(limiter),
+                }),
                 Err(e) => {
-                    tracing::error!(worker = spec.index, listener = %lcfg.name, "cannot register listening socket: {e}");
-                    continue;
+                    return ready(Err(format!(
+                        "listener {:?}: cannot register a listening socket: {e}",
+                        lcfg.name
+                    )))
                 }
-            };
+            }
+        }
+    }
+    ready(Ok(()));
+    if spec.start.await.is_err() {
+        // The generation did not commit.
+        return;
+    }
+    {
+        let ups = upstreams.clone();
+        let d = Rc::clone(&drain);
+        monoio::spawn(async move {
+            loop {
+                let tick = std::pin::pin!(monoio::time::sleep(Duration::from_secs(1)));
+                let stop = std::pin::pin!(d.stopped());
+                if let Either::Right(_) = select(tick, stop).await {
+                    break;
+                }
+                for u in &ups {
+                    u.sweep();
+                }
+            }
+            for u in &ups {
+                u.clear();
+            }
+        });
+    }
+    for r in registered {
+        let Registered {
+            li,
+            name,
+            socket,
+            handler,
+            ip_limit,
+            limiter,
+        } = r;
+        {
             let d = Rc::clone(&drain);
-            let name: Rc<str> = Rc::from(lcfg.name.as_str());
-            let limiter = Arc::clone(limiter);
             let metrics = Arc::clone(&spec.metrics);
             monoio::spawn(async move {
                 let conn_drain = Rc::clone(&d);
                 let m_full = Arc::clone(&metrics);
                 let on_full = move || m_full.listeners[li].saturated.inc();
-                accept::accept_loop(listener, limiter, d, name, on_full, move |a: Accepted| {
+                accept::accept_loop(socket, limiter, d, name, on_full, move |a: Accepted| {
                     let lm = &metrics.listeners[li];
                     // Per-client-IP limit (process-wide): over it, refuse at once.
                     let ip_permit = match &ip_limit {

@@ -726,3 +726,68 @@ fn a_client_that_does_not_retry_sees_no_error_across_reloads_and_upgrades() {
     assert!(ok > 300, "only {ok} requests");
     let _ = std::fs::remove_dir_all(exe.parent().unwrap());
 }
+
+/// Issue 10: a reload that fails half-way (here: a reload to 100 workers
+/// under a 300-fd limit, where the new sockets fit but the workers do not)
+/// leaves exactly the previous state: no socket of the failed generation
+/// left in the SO_REUSEPORT group without an accepting worker (new
+/// clients would hang in its backlog), and no health checker of the
+/// refused config writing verdicts (its failing check would mark the
+/// backend down for the serving generation too).
+#[test]
+fn a_reload_that_fails_half_way_leaves_the_previous_state() {
+    use crate::common::http::Reply;
+    let a = HttpBackend::with(|r| {
+        if r.target.starts_with("/health") {
+            Reply::new(r, 500, &[], b"unhealthy")
+        } else {
+            Reply::ok(r, &format!("a {}", r.target))
+        }
+    });
+    let dir = TempDir::new("fdlimit");
+    let wrapper = dir.path("ringlb");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nulimit -n 300 || exit 1\nexec {BIN} \"$@\"\n"),
+    )
+    .unwrap();
+    let mut perm = std::fs::metadata(&wrapper).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(&wrapper, perm).unwrap();
+    let cfg = |workers: usize, health: bool| {
+        let c = http_cfg(a.addr).runtime(&format!("workers = {workers}"));
+        if health {
+            c.upstream_with("health = { kind = \"http\", path = \"/health\", interval = \"50ms\", timeout = \"200ms\", rise = 1, fall = 1 }\neject = { failures = 0 }")
+        } else {
+            c
+        }
+    };
+    let p = start(&wrapper, cfg(2, false));
+    let addr = p.addr("web");
+    let served = |what: &str| {
+        for i in 0..30 {
+            let mut c = Client::try_connect(addr, Duration::from_secs(2))
+                .unwrap_or_else(|e| panic!("{what}: connect {i}: {e}"));
+            let r = exchange(
+                &mut c,
+                format!("GET /{i} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+            );
+            assert!(
+                matches!(&r, Ok((body, _)) if body.starts_with("a ")),
+                "{what}: request {i}: {r:?}"
+            );
+        }
+    };
+    served("before");
+    p.rewrite(cfg(100, true));
+    p.signal("HUP");
+    assert!(
+        p.wait_count("reload refused", 1, LOG_WAIT),
+        "the reload to 100 workers under 300 fds should fail: {}",
+        p.log_text()
+    );
+    // Long enough for a leaked checker (50 ms interval, fall = 1) to act.
+    thread::sleep(Duration::from_millis(500));
+    served("after the failed reload");
+    assert_eq!(p.count("configuration reloaded"), 0);
+}
