@@ -52,7 +52,7 @@ pub struct RouteConfig {
 }
 
 /// A route's token bucket.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitConfig {
     /// Tokens (requests) added per second.
     pub rate: f64,

@@ -182,8 +182,10 @@ impl IpLimiter {
 }
 
 /// The process-wide limits of one configuration: per listener, its per-IP
-/// counters and its routes' token buckets. A reload that starts new workers
-/// starts them afresh; one that only changes servers keeps them.
+/// counters and its routes' token buckets. A reload keeps the counters of a
+/// listener with the same name and `max_connections_per_ip`, and the bucket
+/// of a route with the same listener, host, path prefix and `rate_limit`,
+/// so a client cannot reset its limits by waiting for a reload.
 #[derive(Debug, Default)]
 pub struct Limits {
     /// Per listener: per-IP connection counters.
@@ -194,6 +196,55 @@ pub struct Limits {
 
 impl Limits {
     pub fn new(cfg: &crate::config::Config) -> Arc<Limits> {
+        Self::carry_over(cfg, None)
+    }
+
+    /// Like [`Limits::new`], keeping `prev`'s state where the config did
+    /// not change (`prev` is the previous config and its limits).
+    pub fn carry_over(
+        cfg: &crate::config::Config,
+        prev: Option<(&crate::config::Config, &Limits)>,
+    ) -> Arc<Limits> {
+        let fresh = Self::fresh(cfg);
+        let Some((old_cfg, old)) = prev else {
+            return fresh;
+        };
+        let mut out = Arc::try_unwrap(fresh).unwrap_or_default();
+        for (li, l) in cfg.listeners.iter().enumerate() {
+            let Some((oi, ol)) = old_cfg
+                .listeners
+                .iter()
+                .enumerate()
+                .find(|(_, o)| o.name == l.name)
+            else {
+                continue;
+            };
+            if ol.max_connections_per_ip == l.max_connections_per_ip {
+                if let (Some(slot), Some(kept)) = (out.ip.get_mut(li), old.ip.get(oi)) {
+                    *slot = kept.clone();
+                }
+            }
+            let (Some(h), Some(oh)) = (&l.http, &ol.http) else {
+                continue;
+            };
+            for (ri, r) in h.routes.iter().enumerate() {
+                let same = oh.routes.iter().position(|o| {
+                    o.host == r.host
+                        && o.path_prefix == r.path_prefix
+                        && o.rate_limit == r.rate_limit
+                });
+                let kept = same.and_then(|ori| old.rate.get(oi).and_then(|v| v.get(ori)));
+                if let (Some(kept), Some(slot)) =
+                    (kept, out.rate.get_mut(li).and_then(|v| v.get_mut(ri)))
+                {
+                    *slot = kept.clone();
+                }
+            }
+        }
+        Arc::new(out)
+    }
+
+    fn fresh(cfg: &crate::config::Config) -> Arc<Limits> {
         Arc::new(Limits {
             ip: cfg
                 .listeners

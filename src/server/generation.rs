@@ -239,7 +239,8 @@ pub(super) fn start_generation(
     let cfg = Arc::new(cfg);
     // Backend health, circuit breakers and limits: one state for the process.
     let shared = crate::backends::Upstreams::carry_over(&cfg, ctl.upstreams.as_deref());
-    let limits = crate::limits::Limits::new(&cfg);
+    let limits =
+        crate::limits::Limits::carry_over(&cfg, ctl.limits.as_ref().map(|(c, l)| (&**c, &**l)));
     let health_stop = Arc::new(AtomicBool::new(false));
     let worker_metrics: Vec<Arc<crate::metrics::WorkerMetrics>> = (0..workers)
         .map(|_| crate::metrics::WorkerMetrics::new(&cfg))
@@ -333,6 +334,7 @@ pub(super) fn start_generation(
         cfg.listeners.iter().map(|l| l.listen).collect();
     ctl.sockets.retain(|a, _| wanted.contains(a));
     ctl.upstreams = Some(Arc::clone(&shared));
+    ctl.limits = Some((Arc::clone(&cfg), Arc::clone(&limits)));
     ctl.limiters = keys.into_iter().zip(limiters).collect();
     let chosen = if drivers.iter().all(|d| *d == Driver::IoUring) {
         format!("io_uring (taskrun={})", taskrun.unwrap_or(TaskRun::Default))

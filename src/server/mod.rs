@@ -49,6 +49,9 @@ struct Control {
     sockets: Sockets,
     /// The current generation's backend state (a reload carries it over).
     upstreams: Option<Arc<crate::backends::Upstreams>>,
+    /// The current generation's config and its rate limits and per-IP
+    /// counters (a reload keeps those of unchanged listeners and routes).
+    limits: Option<(Arc<Config>, Arc<crate::limits::Limits>)>,
     /// The current generation's listener limiters, by listener, capped
     /// `max_connections` and worker count (a reload carries them over).
     limiters: Vec<(LimiterKey, Arc<Limiter>)>,
@@ -90,6 +93,7 @@ pub fn run_with(cfg: Config, path: Option<PathBuf>) -> Result<(), Error> {
         access_dropped,
         sockets: HashMap::new(),
         upstreams: None,
+        limits: None,
         limiters: Vec::new(),
     };
     // Sockets handed over by a previous ringlb (upgrade) or systemd (socket

@@ -791,3 +791,55 @@ fn a_reload_that_fails_half_way_leaves_the_previous_state() {
     served("after the failed reload");
     assert_eq!(p.count("configuration reloaded"), 0);
 }
+
+/// Issue 10: a reload keeps the rate-limit buckets of unchanged routes and
+/// the per-IP counts of unchanged listeners; otherwise every reload would
+/// hand each client a fresh burst and fresh connection slots.
+#[test]
+fn a_reload_keeps_rate_limit_buckets_and_per_ip_counts() {
+    let a = HttpBackend::named("a");
+    let cfg = |n: u64| {
+        http_cfg(a.addr)
+            .listener_with(&format!(
+                "max_connections_per_ip = 2\nconnect_timeout = \"{}ms\"",
+                1000 + n
+            ))
+            .route("path_prefix = \"/limited/\"\nupstream = \"app\"\nrate_limit = { rate = 0.001, burst = 2, key = \"route\" }")
+    };
+    let p = Ringlb::start(cfg(0));
+    let addr = p.addr("web");
+    let get = |c: &mut Client, path: &str| {
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        c.response().status
+    };
+    // The bucket: a burst of two, then 429.
+    for want in [200, 200, 429] {
+        assert_eq!(get(&mut Client::connect(addr), "/limited/x"), want);
+    }
+    // Two connections held from 127.0.0.1: a third is refused.
+    let mut held: Vec<Client> = (0..2).map(|_| Client::connect(addr)).collect();
+    for c in &mut held {
+        assert_eq!(get(c, "/free"), 200);
+    }
+    assert_eq!(get(&mut Client::connect(addr), "/free"), 429);
+
+    p.rewrite(cfg(1));
+    p.signal("HUP");
+    assert!(
+        p.wait_count("configuration reloaded", 1, LOG_WAIT),
+        "{}",
+        p.log_text()
+    );
+    assert_eq!(p.count("backends updated in place"), 0, "a full reload");
+    assert_eq!(
+        get(&mut Client::connect(addr), "/free"),
+        429,
+        "the two held connections still count for 127.0.0.1"
+    );
+    assert_eq!(
+        get(&mut Client::connect(addr), "/limited/x"),
+        429,
+        "the route's bucket is still empty"
+    );
+    drop(held);
+}
