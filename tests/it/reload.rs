@@ -21,6 +21,17 @@ use crate::common::{http::Client, *};
 const LOG_WAIT: Duration = Duration::from_secs(10);
 const UPGRADE_WAIT: Duration = Duration::from_secs(30);
 
+/// Rewrite the config, send SIGHUP and wait for the `n`th `needle` line.
+fn reload(p: &Ringlb, cfg: impl std::fmt::Display, needle: &str, n: usize) {
+    p.rewrite(cfg);
+    p.signal("HUP");
+    assert!(
+        p.wait_count(needle, n, LOG_WAIT),
+        "no {n}th {needle:?}: {}",
+        p.log_text()
+    );
+}
+
 /// Start ringlb from `exe` (the cargo-built binary or an installed copy).
 fn start(exe: &Path, cfg: Cfg) -> Ringlb {
     Ringlb::start_opts(
@@ -183,24 +194,12 @@ fn http_reload_under_load_switches_backends_and_drops_nothing() {
     thread::sleep(Duration::from_millis(400));
 
     // A valid reload to the other backend.
-    p.rewrite(http_cfg(b.addr));
-    p.signal("HUP");
-    assert!(
-        p.wait_count("configuration reloaded", 1, LOG_WAIT),
-        "{}",
-        p.log_text()
-    );
+    reload(&p, http_cfg(b.addr), "configuration reloaded", 1);
     let reloaded = Instant::now();
     thread::sleep(Duration::from_millis(700));
 
     // An invalid config: refused, nothing changes.
-    p.rewrite("[[listener]]\nlisten = \"nope\"\n");
-    p.signal("HUP");
-    assert!(
-        p.wait_count("reload refused", 1, LOG_WAIT),
-        "{}",
-        p.log_text()
-    );
+    reload(&p, "[[listener]]\nlisten = \"nope\"\n", "reload refused", 1);
     thread::sleep(Duration::from_millis(400));
 
     stop.store(true, Ordering::Relaxed);
@@ -269,13 +268,7 @@ fn tcp_reload_under_load_switches_backends() {
         })
         .collect();
     thread::sleep(Duration::from_millis(300));
-    p.rewrite(cfg(b.addr));
-    p.signal("HUP");
-    assert!(
-        p.wait_count("configuration reloaded", 1, LOG_WAIT),
-        "{}",
-        p.log_text()
-    );
+    reload(&p, cfg(b.addr), "configuration reloaded", 1);
     let reloaded = Instant::now();
     thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
@@ -497,22 +490,10 @@ fn reload_changing_the_worker_count_drops_nothing() {
     let (stop, stats, threads) = run_load(addr);
     thread::sleep(Duration::from_millis(300));
     // Fewer workers: one worker takes both sockets (no accept queue is closed).
-    p.rewrite(cfg(1));
-    p.signal("HUP");
-    assert!(
-        p.wait_count("configuration reloaded", 1, LOG_WAIT),
-        "{}",
-        p.log_text()
-    );
+    reload(&p, cfg(1), "configuration reloaded", 1);
     thread::sleep(Duration::from_millis(300));
     // More workers than sockets: a sibling socket is bound.
-    p.rewrite(cfg(3));
-    p.signal("HUP");
-    assert!(
-        p.wait_count("configuration reloaded", 2, LOG_WAIT),
-        "{}",
-        p.log_text()
-    );
+    reload(&p, cfg(3), "configuration reloaded", 2);
     thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     for t in threads {
@@ -548,13 +529,7 @@ fn a_saturated_limiter_after_a_reload_to_fewer_workers_serves_every_waiter() {
     };
     let p = Ringlb::start(cfg(2));
     let addr = p.addr("l");
-    p.rewrite(cfg(1));
-    p.signal("HUP");
-    assert!(
-        p.wait_count("configuration reloaded", 1, LOG_WAIT),
-        "{}",
-        p.log_text()
-    );
+    reload(&p, cfg(1), "configuration reloaded", 1);
     // Until the old worker's accept loops are gone, both generations share
     // the limiter; what matters is after. Let the old worker finish.
     thread::sleep(Duration::from_millis(300));
@@ -679,13 +654,7 @@ fn a_client_that_does_not_retry_sees_no_error_across_reloads_and_upgrades() {
         .expect("python3");
     thread::sleep(Duration::from_millis(500));
     for i in 1..=20 {
-        p.rewrite(cfg(i));
-        p.signal("HUP");
-        assert!(
-            p.wait_count("configuration reloaded", i as usize, LOG_WAIT),
-            "reload {i}: {}",
-            p.log_text()
-        );
+        reload(&p, cfg(i), "configuration reloaded", i as usize);
         thread::sleep(Duration::from_millis(150));
     }
     let mut pid = p.pid();
@@ -779,13 +748,7 @@ fn a_reload_that_fails_half_way_leaves_the_previous_state() {
         }
     };
     served("before");
-    p.rewrite(cfg(100, true));
-    p.signal("HUP");
-    assert!(
-        p.wait_count("reload refused", 1, LOG_WAIT),
-        "the reload to 100 workers under 300 fds should fail: {}",
-        p.log_text()
-    );
+    reload(&p, cfg(100, true), "reload refused", 1);
     // Long enough for a leaked checker (50 ms interval, fall = 1) to act.
     thread::sleep(Duration::from_millis(500));
     served("after the failed reload");
@@ -823,13 +786,7 @@ fn a_reload_keeps_rate_limit_buckets_and_per_ip_counts() {
     }
     assert_eq!(get(&mut Client::connect(addr), "/free"), 429);
 
-    p.rewrite(cfg(1));
-    p.signal("HUP");
-    assert!(
-        p.wait_count("configuration reloaded", 1, LOG_WAIT),
-        "{}",
-        p.log_text()
-    );
+    reload(&p, cfg(1), "configuration reloaded", 1);
     assert_eq!(p.count("backends updated in place"), 0, "a full reload");
     assert_eq!(
         get(&mut Client::connect(addr), "/free"),
