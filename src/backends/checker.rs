@@ -90,7 +90,7 @@ async fn check_loop(up: Arc<Upstream>, b: Arc<Backend>, h: HealthConfig, stop: A
     while !stop.load(Ordering::Relaxed) && !b.is_retired() {
         let result = match monoio::time::timeout(h.timeout, probe(addr, &h)).await {
             Ok(r) => r,
-            Err(_) => Err(format!("no answer within {:?}", h.timeout)),
+            Err(_) => Err(Probe::Failed(format!("no answer within {:?}", h.timeout))),
         };
         // Stopped (a newer generation, or one that failed) or retired while
         // the probe ran: its verdict must not land in the shared state.
@@ -98,6 +98,10 @@ async fn check_loop(up: Arc<Upstream>, b: Arc<Backend>, h: HealthConfig, stop: A
             break;
         }
         match result {
+            // Our own fds or ports ran out: says nothing about the backend.
+            Err(Probe::Local(why)) => {
+                tracing::debug!(upstream = %up.name, backend = %addr, "health check not run: {why}");
+            }
             Ok(()) => {
                 fail_run = 0;
                 ok_run += 1;
@@ -107,7 +111,7 @@ async fn check_loop(up: Arc<Upstream>, b: Arc<Backend>, h: HealthConfig, stop: A
                     tracing::warn!(upstream = %up.name, backend = %addr, "backend is UP ({ok_run} checks passed)");
                 }
             }
-            Err(why) => {
+            Err(Probe::Failed(why)) => {
                 ok_run = 0;
                 fail_run += 1;
                 if !down && fail_run >= h.fall {
@@ -121,11 +125,34 @@ async fn check_loop(up: Arc<Upstream>, b: Arc<Backend>, h: HealthConfig, stop: A
     }
 }
 
+/// Why a check did not pass.
+enum Probe {
+    /// The backend failed it.
+    Failed(String),
+    /// It could not be run here (our fds or ports ran out).
+    Local(String),
+}
+
 /// One check: Ok when the backend passes.
-async fn probe(addr: std::net::SocketAddr, h: &HealthConfig) -> Result<(), String> {
+async fn probe(addr: std::net::SocketAddr, h: &HealthConfig) -> Result<(), Probe> {
     let stream = crate::io::connect::connect(addr, h.timeout)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            if e.is_local() {
+                Probe::Local(e.to_string())
+            } else {
+                Probe::Failed(e.to_string())
+            }
+        })?;
+    http_check(&stream, addr, h).await.map_err(Probe::Failed)
+}
+
+/// The http part of a check, on a connected stream (tcp checks pass here).
+async fn http_check(
+    stream: &crate::io::stream::Stream,
+    addr: std::net::SocketAddr,
+    h: &HealthConfig,
+) -> Result<(), String> {
     let HealthKind::Http { path, host, status } = &h.kind else {
         return Ok(());
     };
@@ -133,13 +160,13 @@ async fn probe(addr: std::net::SocketAddr, h: &HealthConfig) -> Result<(), Strin
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringlb-health\r\nConnection: close\r\n\r\n"
     );
-    crate::io::relay::write_all_until(&stream, req.as_bytes(), &[], Some(h.timeout))
+    crate::io::relay::write_all_until(stream, req.as_bytes(), &[], Some(h.timeout))
         .await
         .map_err(|e| format!("send: {e}"))?;
     let mut buf = vec![0u8; 1024];
     let mut len = 0;
     loop {
-        let n = crate::io::relay::read_some(&stream, &mut buf[len..])
+        let n = crate::io::relay::read_some(stream, &mut buf[len..])
             .await
             .map_err(|e| format!("read: {e}"))?;
         if n == 0 {

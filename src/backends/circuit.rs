@@ -106,6 +106,10 @@ impl Upstream {
                 tracing::warn!(upstream = %self.name, backend = %b.addr, cooldown_ms = cd, "circuit OPEN again: the probe failed ({why})");
             }
         } else if w & OPEN == 0 && fails >= e.failures {
+            if !self.may_eject_one_more(e.max_ejected_percent) {
+                tracing::debug!(upstream = %self.name, backend = %b.addr, "not ejected: max_ejected_percent of the backends are out already ({why})");
+                return;
+            }
             let mut cd = b.cooldown_ms.load(Relaxed);
             if cd == 0 {
                 cd = e.cooldown.as_millis() as u64;
@@ -117,6 +121,23 @@ impl Upstream {
                 tracing::warn!(upstream = %self.name, backend = %b.addr, failures = fails, cooldown_ms = cd, "circuit OPEN: backend ejected ({why})");
             }
         }
+    }
+
+    /// Whether ejecting one more backend keeps the ejected share within
+    /// `max_percent` (so clients cannot get every backend ejected).
+    fn may_eject_one_more(&self, max_percent: u32) -> bool {
+        let set = self.current();
+        let out = set
+            .members
+            .iter()
+            .filter(|m| m.backend.word() & (OPEN | HALF_OPEN) != 0)
+            .count();
+        (out + 1) * 100 <= set.len() * max_percent as usize
+    }
+
+    /// Panic mode is on and there is a set to panic over.
+    pub(super) fn panics(&self) -> bool {
+        self.eject().is_some_and(|e| e.panic)
     }
 
     /// Timers, called by the checker thread every tick: open circuits whose

@@ -118,5 +118,23 @@ pub fn pick(
         }
     }
     let full = (0..members.len()).any(|i| !was_tried(i) && up.alive_but_full(&members[i].backend));
+    if !full && up.panics() && !members.iter().any(|m| m.backend.available()) {
+        // Panic mode: every backend is out, at least partly by ejection. The
+        // circuit breaker is a guess from recent failures (which clients
+        // can provoke); rather than 503 for everyone, try the ejected ones
+        // (not those active checks found down, nor those at their cap).
+        let picked = bal.pick(key, |i| {
+            members.get(i).map_or(true, |m| {
+                let b = &m.backend;
+                was_tried(i) || b.is_down() || b.is_full()
+            })
+        });
+        if let Some(idx) = picked {
+            if let Some(slot) = up.reserve(&members[idx].backend, Avail::Yes) {
+                tracing::debug!(upstream = %up.name, backend = %members[idx].backend.addr, "panic mode: every backend is ejected; trying one anyway");
+                return Ok((idx, slot));
+            }
+        }
+    }
     Err(NoPick { full })
 }

@@ -88,6 +88,8 @@ pub struct Upstream {
     /// As nginx: a lone server is never ejected (nowhere else to go).
     pub(super) ejectable: AtomicBool,
     pub(super) slow_start_ms: u64,
+    /// Response statuses that count as a backend failure.
+    failure_statuses: Vec<u16>,
     /// http requests waiting for a backend below its max_connections.
     pub queued: AtomicU32,
     version: AtomicU64,
@@ -108,6 +110,7 @@ impl Upstream {
             eject: cfg.eject.clone(),
             ejectable: AtomicBool::new(false),
             slow_start_ms: cfg.slow_start.as_millis() as u64,
+            failure_statuses: cfg.failure_statuses.clone(),
             queued: AtomicU32::new(0),
             version: AtomicU64::new(0),
             current: RwLock::new(Arc::new(BackendSet {
@@ -124,6 +127,12 @@ impl Upstream {
         up.publish(&mut slot, members);
         drop(slot);
         Arc::new(up)
+    }
+
+    /// Whether a response with `status` counts as a backend failure.
+    #[inline]
+    pub fn is_failure_status(&self, status: u16) -> bool {
+        self.failure_statuses.contains(&status)
     }
 
     /// The current version number: the one load a worker does per pick.

@@ -119,6 +119,16 @@ fn bad_values_name_their_key() {
             "[upstream.redis]\nbalance = \"fastest\"",
             "upstream.redis.balance",
         ),
+        (
+            "[upstream.redis]",
+            "[upstream.redis]\neject = { statuses = [502, 200] }",
+            "upstream.redis.eject.statuses",
+        ),
+        (
+            "[upstream.redis]",
+            "[upstream.redis]\neject = { max_ejected_percent = 0 }",
+            "upstream.redis.eject.max_ejected_percent",
+        ),
     ];
     for (from, to, key) in cases {
         let e = err(&MIN.replace(from, to));
@@ -373,4 +383,24 @@ fn shipped_example_config_is_valid() {
     let c = Config::parse(include_str!("../../systemd/ringlb.toml")).unwrap();
     assert!(c.admin.is_some() && c.access_log.is_some());
     assert!(c.listeners.iter().any(|l| l.mode == Mode::Http));
+}
+
+#[test]
+fn failure_statuses_and_ejection_caps() {
+    let c = Config::parse(MIN).unwrap();
+    let u = &c.upstreams[0];
+    assert_eq!(u.failure_statuses, [502, 503, 504]);
+    let e = u.eject.as_ref().unwrap();
+    assert_eq!((e.max_ejected_percent, e.panic), (50, true));
+    let c = Config::parse(&MIN.replace(
+        "[upstream.redis]",
+        "[upstream.redis]\neject = { failures = 0, statuses = [500, 503, 500] }",
+    ))
+    .unwrap();
+    assert!(c.upstreams[0].eject.is_none());
+    assert_eq!(
+        c.upstreams[0].failure_statuses,
+        [500, 503],
+        "kept without ejection"
+    );
 }

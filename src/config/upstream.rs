@@ -39,6 +39,10 @@ pub struct UpstreamConfig {
     pub health: Option<HealthConfig>,
     /// Passive ejection; `None` when `eject.failures = 0`.
     pub eject: Option<EjectConfig>,
+    /// Response statuses that count as a backend failure (for passive
+    /// ejection and `ringlb_backend_failures_total`); `eject.statuses`,
+    /// default 502, 503, 504. Any other status is the application's answer.
+    pub failure_statuses: Vec<u16>,
     /// A backend coming back ramps its share over this (zero = off).
     pub slow_start: Duration,
     /// http: requests that may wait for a backend below its max_connections.
@@ -76,6 +80,14 @@ pub struct EjectConfig {
     pub max_cooldown: Duration,
     /// Requests (connections) let through while half-open.
     pub half_open: u32,
+    /// At most this share of an upstream's backends is ejected at once, in
+    /// percent (Envoy's `max_ejection_percent`); past it, failures are
+    /// counted but nobody else is ejected.
+    pub max_ejected_percent: u32,
+    /// When every backend is ejected, send traffic to all of them anyway
+    /// (panic mode, as Envoy) instead of answering 503. Backends marked down
+    /// by active health checks stay out.
+    pub panic: bool,
 }
 
 /// One backend server.
@@ -129,13 +141,16 @@ pub(super) struct RawHealth {
     pub fall: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEject {
     pub failures: Option<i64>,
     pub cooldown: Option<String>,
     pub max_cooldown: Option<String>,
     pub half_open: Option<i64>,
+    pub statuses: Option<Vec<i64>>,
+    pub max_ejected_percent: Option<i64>,
+    pub panic: Option<bool>,
 }
 
 /// Upstream name -> index into [`super::Config::upstreams`].
@@ -200,7 +215,7 @@ pub(super) fn build(
             None => None,
             Some(h) => Some(health(&format!("{key}.health"), h)?),
         };
-        let eject = eject(&format!("{key}.eject"), u.eject)?;
+        let (eject, failure_statuses) = eject(&format!("{key}.eject"), u.eject)?;
         let slow_start = dur_or(&format!("{key}.slow_start"), u.slow_start, Duration::ZERO)?;
         let queue = match u.queue {
             None => 0,
@@ -241,6 +256,7 @@ pub(super) fn build(
             keepalive_timeout,
             health,
             eject,
+            failure_statuses,
             slow_start,
             queue,
             queue_timeout,
@@ -344,19 +360,34 @@ fn health(key: &str, h: RawHealth) -> Result<HealthConfig, ConfigError> {
     })
 }
 
-fn eject(key: &str, e: Option<RawEject>) -> Result<Option<EjectConfig>, ConfigError> {
+/// The default statuses that count as backend failures: the proxy-class
+/// errors. A 500 or a 501 is the application answering (a client can
+/// provoke those at will, and must not get backends ejected with them).
+pub const DEFAULT_FAILURE_STATUSES: [u16; 3] = [502, 503, 504];
+
+fn eject(key: &str, e: Option<RawEject>) -> Result<(Option<EjectConfig>, Vec<u16>), ConfigError> {
     let kf = |f: &str| format!("{key}.{f}");
-    let (failures, cooldown, max_cooldown, half_open) = match e {
-        None => (None, None, None, None),
-        Some(e) => (e.failures, e.cooldown, e.max_cooldown, e.half_open),
+    let e = e.unwrap_or_default();
+    let statuses = match e.statuses {
+        None => DEFAULT_FAILURE_STATUSES.to_vec(),
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for s in list {
+                out.push(range(&kf("statuses"), s, 400, 599)? as u16);
+            }
+            out.sort_unstable();
+            out.dedup();
+            out
+        }
     };
-    let failures = match failures {
+    let failures = match e.failures {
         None => 5,
         Some(n) => range(&kf("failures"), n, 0, 1_000_000)? as u32,
     };
     if failures == 0 {
-        return Ok(None);
+        return Ok((None, statuses));
     }
+    let (cooldown, max_cooldown, half_open) = (e.cooldown, e.max_cooldown, e.half_open);
     let cooldown = nonzero_dur(&kf("cooldown"), cooldown, 10)?;
     let max_cooldown = dur_or(&kf("max_cooldown"), max_cooldown, Duration::from_secs(300))?;
     if max_cooldown < cooldown {
@@ -365,7 +396,7 @@ fn eject(key: &str, e: Option<RawEject>) -> Result<Option<EjectConfig>, ConfigEr
             "must be at least cooldown",
         ));
     }
-    Ok(Some(EjectConfig {
+    let eject = EjectConfig {
         failures,
         cooldown,
         max_cooldown,
@@ -373,5 +404,11 @@ fn eject(key: &str, e: Option<RawEject>) -> Result<Option<EjectConfig>, ConfigEr
             None => 1,
             Some(n) => range(&kf("half_open"), n, 1, 1000)? as u32,
         },
-    }))
+        max_ejected_percent: match e.max_ejected_percent {
+            None => 50,
+            Some(n) => range(&kf("max_ejected_percent"), n, 1, 100)? as u32,
+        },
+        panic: e.panic.unwrap_or(true),
+    };
+    Ok((Some(eject), statuses))
 }

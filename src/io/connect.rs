@@ -17,6 +17,27 @@ pub enum ConnectError {
     Io(SocketAddr, io::Error),
 }
 
+impl ConnectError {
+    /// Our own resources ran out (fds, ephemeral ports, buffers), not the
+    /// backend: never a reason to eject it or mark it down.
+    pub fn is_local(&self) -> bool {
+        match self {
+            ConnectError::Timeout(..) => false,
+            ConnectError::Io(_, e) => matches!(
+                e.raw_os_error(),
+                Some(
+                    libc::EMFILE
+                        | libc::ENFILE
+                        | libc::ENOBUFS
+                        | libc::ENOMEM
+                        | libc::EADDRNOTAVAIL
+                        | libc::EAGAIN
+                )
+            ),
+        }
+    }
+}
+
 /// Connect to `addr` within `timeout`. The socket is nonblocking, close-on-exec
 /// and has TCP_NODELAY, ready for the relay.
 ///
@@ -47,5 +68,28 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Stream, Conn
     match crate::sys::with_sock(stream.as_raw_fd(), |s| s.take_error()) {
         Ok(None) => Ok(Stream::Plain(stream)),
         Ok(Some(e)) | Err(e) => Err(io_err(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_own_exhaustion_is_local_the_backends_refusal_is_not() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let io = |errno| ConnectError::Io(addr, io::Error::from_raw_os_error(errno));
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::EADDRNOTAVAIL,
+        ] {
+            assert!(io(errno).is_local(), "{errno}");
+        }
+        for errno in [libc::ECONNREFUSED, libc::EHOSTUNREACH, libc::ECONNRESET] {
+            assert!(!io(errno).is_local(), "{errno}");
+        }
+        assert!(!ConnectError::Timeout(addr, Duration::from_secs(1)).is_local());
     }
 }

@@ -147,7 +147,10 @@ async fn connect_any(l: &TcpProxy, key: u64, src: SocketAddr) -> Option<(Stream,
             }
             Err(e) => {
                 l.metrics.listeners[l.li].retries.inc();
-                up.upstream.report_failure(&b, &e.to_string());
+                // Out of fds or ports here is not the backend's fault.
+                if !e.is_local() {
+                    up.upstream.report_failure(&b, &e.to_string());
+                }
                 tracing::warn!(listener = %l.cfg.name, %src, "{e}; trying next backend");
             }
         }

@@ -142,7 +142,9 @@ fn readyz_503_when_every_circuit_is_open() {
             .http("l", "app")
             .listener_with("connect_timeout = \"1s\"")
             .upstream("app", &[a, b])
-            .upstream_with("eject = { failures = 2, cooldown = \"10s\" }"),
+            .upstream_with(
+                "eject = { failures = 2, cooldown = \"10s\", max_ejected_percent = 100 }",
+            ),
     );
     assert_eq!(admin_get(&lb, "/readyz").status, 200);
     let statuses: Vec<u16> = (0..6)

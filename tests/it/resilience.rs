@@ -442,7 +442,7 @@ fn failing_backend_is_ejected_probed_and_readmitted() {
         if h2.load(Ordering::SeqCst) {
             Reply::ok(r, &format!("bad {}", r.target))
         } else {
-            Reply::new(r, 500, &[("Content-Type", "text/plain")], b"boom")
+            Reply::new(r, 503, &[("Content-Type", "text/plain")], b"boom")
         }
     });
     let good = HttpBackend::named("good");
@@ -458,7 +458,7 @@ fn failing_backend_is_ejected_probed_and_readmitted() {
     };
 
     // Fresh connections land on both workers; round robin sends about every
-    // other request to `bad`. Its first three 500s open the circuit: the
+    // other request to `bad`. Its first three 503s open the circuit: the
     // failures are counted for the whole process (counted per worker, the
     // circuit would usually not be open yet: it takes all three landing on
     // one worker, 1 chance in 4).
@@ -467,7 +467,7 @@ fn failing_backend_is_ejected_probed_and_readmitted() {
             break;
         }
         let r = next();
-        assert!(r.status == 200 || r.status == 500, "{}", r.head.text());
+        assert!(r.status == 200 || r.status == 503, "{}", r.head.text());
     }
     assert_eq!(bad.served(), 3, "bad backend never got 3 requests");
     let t_open = bad
@@ -502,7 +502,7 @@ fn failing_backend_is_ejected_probed_and_readmitted() {
         while bad.served() == from {
             assert!(Instant::now() < deadline, "no probe within {limit:?}");
             let r = next();
-            assert!(r.status == 200 || r.status == 500, "{}", r.head.text());
+            assert!(r.status == 200 || r.status == 503, "{}", r.head.text());
             thread::sleep(Duration::from_millis(15));
         }
         bad.requests()
@@ -798,7 +798,8 @@ fn http_every_backend_ejected_is_503_json() {
     // ejects a lone server.)
     let lb = Ringlb::start(
         config("http", 1, &[refused_addr(), refused_addr()])
-            .upstream_with(r#"eject = { failures = 2, cooldown = "10s" }"#),
+            // Both may be ejected, and no panic mode: this is the 503 path.
+            .upstream_with(r#"eject = { failures = 2, cooldown = "10s", max_ejected_percent = 100, panic = false }"#),
     );
     let addr = lb.addr("l");
     let statuses: Vec<u16> = (0..6)
@@ -1296,4 +1297,98 @@ fn http_max_connections_per_ip_is_429() {
             .is_ok_and(|r| r.status == 200)
     });
     assert!(ok, "no slot after closing a connection");
+}
+
+// ------------------------------------------ what counts as a backend failure
+
+/// A backend that answers `status` to paths under /fail (while `failing`),
+/// and 200 "NAME PATH" otherwise.
+fn failing_on(name: &'static str, status: u16, failing: Arc<AtomicBool>) -> HttpBackend {
+    HttpBackend::with(move |r| {
+        if r.target.starts_with("/fail") && failing.load(Ordering::SeqCst) {
+            Reply::new(r, status, &[("Content-Type", "text/plain")], b"no")
+        } else {
+            Reply::ok(r, &format!("{name} {}", r.target))
+        }
+    })
+}
+
+/// Issue 10: a 500 or a 501 is the application's answer (a client can
+/// provoke them at will, e.g. with an unknown transfer coding); by default
+/// only 502, 503 and 504 count for passive ejection.
+#[test]
+fn application_errors_do_not_eject_backends() {
+    let on = Arc::new(AtomicBool::new(true));
+    let a = failing_on("a", 500, Arc::clone(&on));
+    let b = failing_on("b", 501, Arc::clone(&on));
+    let lb = Ringlb::start(
+        config("http", 1, &[a.addr, b.addr]).upstream_with("eject = { failures = 2 }"),
+    );
+    let addr = lb.addr("l");
+    for i in 0..20 {
+        let s = get(addr, "t", &format!("/fail/{i}")).status;
+        assert!(s == 500 || s == 501, "{s}");
+    }
+    let seen: Vec<String> = (0..20)
+        .map(|i| who_get(addr, &format!("/ok/{i}")))
+        .collect();
+    assert!(
+        seen.iter().any(|n| n == "a") && seen.iter().any(|n| n == "b"),
+        "{seen:?}"
+    );
+    assert_eq!(log_count(&lb, "circuit OPEN", None), 0, "{}", lb.log_text());
+}
+
+/// Issue 10: at most `max_ejected_percent` (default 50%) of an upstream's
+/// backends are ejected at once, so failing requests cannot take them all out.
+#[test]
+fn at_most_half_the_backends_are_ejected() {
+    let on = Arc::new(AtomicBool::new(true));
+    let a = failing_on("a", 503, Arc::clone(&on));
+    let b = failing_on("b", 503, Arc::clone(&on));
+    let lb = Ringlb::start(
+        config("http", 1, &[a.addr, b.addr])
+            .upstream_with("eject = { failures = 2, cooldown = \"10s\" }"),
+    );
+    let addr = lb.addr("l");
+    for i in 0..30 {
+        let _ = get(addr, "t", &format!("/fail/{i}"));
+    }
+    assert!(lb.wait_log("circuit OPEN"), "{}", lb.log_text());
+    assert_eq!(log_count(&lb, "circuit OPEN", None), 1, "{}", lb.log_text());
+    // One backend is still in: every request is served by it.
+    for i in 0..10 {
+        assert_eq!(get(addr, "t", &format!("/ok/{i}")).status, 200);
+    }
+}
+
+/// Issue 10: when every backend is ejected (here allowed by
+/// `max_ejected_percent = 100`), panic mode still sends requests to them
+/// instead of answering 503; `panic = false` keeps the 503.
+#[test]
+fn panic_mode_tries_ejected_backends_rather_than_503() {
+    for panic in [true, false] {
+        let on = Arc::new(AtomicBool::new(true));
+        let a = failing_on("a", 503, Arc::clone(&on));
+        let b = failing_on("b", 503, Arc::clone(&on));
+        let lb = Ringlb::start(config("http", 1, &[a.addr, b.addr]).upstream_with(&format!(
+            "eject = {{ failures = 2, cooldown = \"10s\", max_ejected_percent = 100, panic = {panic} }}"
+        )));
+        let addr = lb.addr("l");
+        for i in 0..30 {
+            let _ = get(addr, "t", &format!("/fail/{i}"));
+            if log_count(&lb, "circuit OPEN", None) == 2 {
+                break;
+            }
+        }
+        assert_eq!(log_count(&lb, "circuit OPEN", None), 2, "{}", lb.log_text());
+        // The backends recover, but their circuits stay open for 10 s.
+        on.store(false, Ordering::SeqCst);
+        let r = get(addr, "t", "/fail/again");
+        if panic {
+            assert_eq!(r.status, 200, "panic mode: {}", r.text());
+        } else {
+            assert_error(&r, 503, "service unavailable");
+        }
+    }
 }

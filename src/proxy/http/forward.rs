@@ -24,6 +24,16 @@ use crate::{
     upstream::{connect::timed_connect, InFlight, Replica},
 };
 
+/// The failure reason for a response status that counts as one.
+fn failure_status_reason(status: u16) -> &'static str {
+    match status {
+        502 => "502 response",
+        503 => "503 response",
+        504 => "504 response",
+        _ => "failure-status response",
+    }
+}
+
 /// How often a queued request looks for a free backend slot.
 const QUEUE_POLL: Duration = Duration::from_millis(2);
 const QUEUE_POLL_MAX: Duration = Duration::from_millis(20);
@@ -140,8 +150,11 @@ pub(super) async fn forward<'r>(
                 Err(e) => {
                     lm.retries.inc();
                     let err = ProxyError::from(Kind::Connect(e.to_string()));
-                    if let Some(why) = err.health() {
-                        up.upstream.report_failure(&backend, why);
+                    match err.health() {
+                        // Out of fds or ports here: not the backend's fault.
+                        Some(_) if e.is_local() => {}
+                        Some(why) => up.upstream.report_failure(&backend, why),
+                        None => {}
                     }
                     tracing::warn!(listener = %l.cfg.name, peer = %c.peer, request_id = %c.id, "{e}; trying next backend");
                     tried.push(backend.id);
@@ -239,8 +252,10 @@ pub(super) async fn forward<'r>(
                 l.metrics.upstreams[up.ui]
                     .response
                     .record(sent_at.elapsed());
-                if c.resp.status >= 500 {
-                    up.upstream.report_failure(&backend, "5xx response");
+                let status = c.resp.status;
+                if up.upstream.is_failure_status(status) {
+                    up.upstream
+                        .report_failure(&backend, failure_status_reason(status));
                 } else {
                     up.upstream.report_success(&backend);
                 }
