@@ -230,6 +230,12 @@ fn request_id_kept_when_valid_replaced_when_invalid() {
 /// already have gone upstream (bodies are streamed): then the backend must
 /// not have received a *complete* request, and must have been cut off.
 fn rejected(cases: &[&[u8]], after_head: bool) {
+    rejected_with(cases, after_head, 400, "bad request");
+}
+
+/// Every case is answered `status` (ringlb's JSON `error`) and closed, and
+/// nothing reaches the backend (not even a head, unless `after_head`).
+fn rejected_with(cases: &[&[u8]], after_head: bool, status: u16, error: &str) {
     let b = HttpBackend::start();
     let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
     for raw in cases {
@@ -239,8 +245,14 @@ fn rejected(cases: &[&[u8]], after_head: bool) {
         let r = c
             .try_response(false)
             .unwrap_or_else(|e| panic!("no response to {shown:?}: {e}"));
-        assert_eq!(r.status, 400, "{shown:?} ->\n{}{}", r.head.text(), r.text());
-        assert_error(&r, 400, "bad request");
+        assert_eq!(
+            r.status,
+            status,
+            "{shown:?} ->\n{}{}",
+            r.head.text(),
+            r.text()
+        );
+        assert_error(&r, status, error);
         assert!(
             r.connection("close"),
             "Connection: close\n{}",
@@ -323,15 +335,48 @@ fn reject_content_length_not_digits() {
 }
 
 #[test]
-fn reject_transfer_encoding_not_ending_in_chunked() {
-    rejected(
+fn transfer_codings_other_than_chunked_are_501() {
+    rejected_with(
         &[
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nhello",
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunkedx\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            // Issue 10: before, these went on to the backend as written (and
+            // an nginx backend answered 501, which counted as a failure).
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         ],
         false,
+        501,
+        "not implemented",
     );
+}
+
+#[test]
+fn chunked_goes_on_normalized() {
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
+    let mut c = Client::connect(lb.addr("web"));
+    c.send(
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ChUnKeD\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    assert_eq!(c.response().status, 200);
+    let reqs = b.wait_requests(1);
+    assert_eq!(
+        reqs[0].head.all("transfer-encoding"),
+        ["chunked"],
+        "{}",
+        reqs[0].head.text()
+    );
+    assert!(
+        reqs[0]
+            .head
+            .text()
+            .contains("Transfer-Encoding: chunked\r\n"),
+        "{}",
+        reqs[0].head.text()
+    );
+    assert_eq!(reqs[0].body, b"hello");
 }
 
 #[test]

@@ -29,6 +29,8 @@ pub enum Kind {
     HeadTooLarge,
     /// CONNECT (405).
     MethodNotAllowed,
+    /// A transfer coding other than chunked (501).
+    NotImplemented,
     /// The head did not arrive within `header_timeout` (408).
     HeadTimeout,
     /// No route matches the host and path (404).
@@ -97,6 +99,7 @@ impl From<HttpError> for Kind {
             HttpError::UriTooLong => Kind::UriTooLong,
             HttpError::HeadersTooLarge => Kind::HeadTooLarge,
             HttpError::MethodNotAllowed => Kind::MethodNotAllowed,
+            HttpError::NotImplemented => Kind::NotImplemented,
         }
     }
 }
@@ -124,6 +127,7 @@ impl ProxyError {
             | UriTooLong
             | HeadTooLarge
             | MethodNotAllowed
+            | NotImplemented
             | HeadTimeout
             | NoRoute
             | RateLimited { .. }
@@ -149,6 +153,7 @@ impl ProxyError {
             BadHead(_) | BadBody(_) => 400,
             NoRoute => 404,
             MethodNotAllowed => 405,
+            NotImplemented => 501,
             HeadTimeout => 408,
             BodyTooLarge => 413,
             UriTooLong => 414,
@@ -198,6 +203,7 @@ impl ProxyError {
             UriTooLong => "uri_too_long",
             HeadTooLarge => "head_too_large",
             MethodNotAllowed => "method_not_allowed",
+            NotImplemented => "not_implemented",
             HeadTimeout => "head_timeout",
             NoRoute => "no_route",
             RateLimited { .. } => "rate_limited",
@@ -229,6 +235,7 @@ impl std::fmt::Display for ProxyError {
             UriTooLong => f.write_str("request refused: request line too long"),
             HeadTooLarge => f.write_str("request refused: header section too large"),
             MethodNotAllowed => f.write_str("request refused: CONNECT is not served"),
+            NotImplemented => f.write_str("request refused: a transfer coding other than chunked"),
             HeadTimeout => f.write_str("request refused: request head not received in time"),
             NoRoute => f.write_str("no route for the host and path"),
             RateLimited { retry_after } => write!(f, "rate limited (retry after {retry_after}s)"),

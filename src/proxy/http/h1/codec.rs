@@ -13,7 +13,7 @@
 use std::{mem::MaybeUninit, ops::Range};
 
 use super::fields::{
-    has_dot_segment, parse_content_length, scan_connection, te_ends_chunked, valid_host,
+    has_dot_segment, parse_content_length, scan_connection, te_codings, te_ends_chunked, valid_host,
 };
 pub use super::fields::{host_key, is_tchar, list_has, trim, valid_request_id};
 
@@ -83,6 +83,8 @@ pub enum HttpError {
     HeadersTooLarge,
     /// 405: a method a reverse proxy does not serve (CONNECT).
     MethodNotAllowed,
+    /// 501: a transfer coding other than `chunked` (as nginx).
+    NotImplemented,
 }
 
 /// Limits applied while reading a request head.
@@ -269,7 +271,10 @@ pub fn parse_request(buf: &[u8], limits: &Limits, req: &mut Request) -> Result<b
             .position(|&b| b == b'/' || b == b'?')
             .unwrap_or(rest.len());
         let authority = &rest[..split];
-        if authority.is_empty() || authority.contains(&b'@') {
+        // The authority decides the route: it must pass the same check as
+        // a Host field (no userinfo, no `#`, nothing a backend would read as
+        // another host).
+        if authority.contains(&b'@') || !valid_host(authority) {
             return Err(HttpError::Bad("bad absolute-form target"));
         }
         target_host = Some(Span::of(buf, authority));
@@ -343,8 +348,14 @@ pub fn parse_request(buf: &[u8], limits: &Limits, req: &mut Request) -> Result<b
         if minor == 0 {
             return Err(HttpError::Bad("Transfer-Encoding in an HTTP/1.0 request"));
         }
-        if !te_ends_chunked(buf, &req.te)? {
-            return Err(HttpError::Bad("Transfer-Encoding does not end in chunked"));
+        // Exactly `chunked` (any case, once): the head sent on says
+        // `Transfer-Encoding: chunked` whatever the client wrote. Anything
+        // else (gzip, chunked; chunked, gzip) is a coding ringlb does not
+        // implement: 501, as nginx, rather than forwarding codings that
+        // another parser on the way might read differently.
+        let ends_chunked = te_ends_chunked(buf, &req.te)?; // syntax first: 400
+        if !ends_chunked || te_codings(buf, &req.te)? != 1 {
+            return Err(HttpError::NotImplemented);
         }
         Framing::Chunked
     };

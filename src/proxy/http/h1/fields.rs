@@ -24,6 +24,15 @@ pub(super) fn parse_content_length(v: &[u8]) -> Option<u64> {
 }
 
 /// True when the list of codings ends with exactly one `chunked`, last.
+/// How many codings the Transfer-Encoding fields list (the syntax was
+/// checked by [`te_ends_chunked`] first).
+pub(super) fn te_codings(buf: &[u8], values: &[Span]) -> Result<usize, HttpError> {
+    Ok(values
+        .iter()
+        .map(|v| v.get(buf).split(|&b| b == b',').count())
+        .sum())
+}
+
 pub(super) fn te_ends_chunked(buf: &[u8], values: &[Span]) -> Result<bool, HttpError> {
     let mut codings = 0;
     let mut chunked_at = None;

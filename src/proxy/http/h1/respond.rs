@@ -11,6 +11,7 @@ pub fn status_of(e: HttpError) -> u16 {
         HttpError::UriTooLong => 414,
         HttpError::HeadersTooLarge => 431,
         HttpError::MethodNotAllowed => 405,
+        HttpError::NotImplemented => 501,
     }
 }
 
@@ -27,6 +28,7 @@ fn words(status: u16) -> (&'static str, &'static str) {
             "Request Header Fields Too Large",
             "request header fields too large",
         ),
+        501 => ("Not Implemented", "not implemented"),
         502 => ("Bad Gateway", "bad gateway"),
         503 => ("Service Unavailable", "service unavailable"),
         504 => ("Gateway Timeout", "gateway timeout"),
@@ -73,7 +75,7 @@ mod tests {
 
     #[test]
     fn body_length_matches() {
-        for status in [400, 404, 405, 408, 413, 414, 429, 431, 502, 503, 504] {
+        for status in [400, 404, 405, 408, 413, 414, 429, 431, 501, 502, 503, 504] {
             let mut out = Vec::new();
             error(&mut out, status, "abc123", true);
             let text = String::from_utf8(out).unwrap();

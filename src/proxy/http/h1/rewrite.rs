@@ -121,7 +121,8 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &Request, cx: &RequestCt
         }
     }
     match req.framing {
-        Framing::Chunked => te_field(out, buf, &req.te),
+        // Normalized: the client's spelling and case never go on.
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         _ => {
             if let Some(n) = req.content_length {
                 out.extend_from_slice(b"Content-Length: ");
