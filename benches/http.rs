@@ -41,6 +41,7 @@ const LIMITS: Limits = Limits {
     max_request_line: 8192,
     max_header_size: 32768,
     max_headers: 100,
+    underscores: ringlb::config::Underscores::Drop,
 };
 
 fn parse(c: &mut Criterion) {

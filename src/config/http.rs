@@ -15,6 +15,20 @@ use super::{
     ConfigError,
 };
 
+/// `underscores_in_headers`: request header names with `_` (nginx's
+/// `underscores_in_headers off` drops them). CGI, PHP and Rack read
+/// `X_Forwarded_For` and `X-Forwarded-For` as the same variable, so a client
+/// could spoof a header ringlb sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Underscores {
+    /// Not forwarded (and not seen by rate-limit or hash keys): the default.
+    Drop,
+    /// The request is refused (400).
+    Refuse,
+    /// Forwarded as they are.
+    Allow,
+}
+
 /// Settings of an http listener.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -29,6 +43,8 @@ pub struct HttpConfig {
     pub max_request_line: usize,
     pub max_header_size: usize,
     pub max_headers: usize,
+    /// What to do with request header names that contain `_`.
+    pub underscores: Underscores,
     /// Routes, in config order; the listener's `upstream` is the last one (any host, "/").
     pub routes: Vec<RouteConfig>,
 }
@@ -140,7 +156,20 @@ pub(super) fn build(
     }
     let max_headers = match l.max_headers {
         None => 100,
-        Some(n) => range(&k("max_headers"), n, 1, 1000)? as usize,
+        // The parser holds at most 256 fields, whatever the config says.
+        Some(n) => range(&k("max_headers"), n, 1, 256)? as usize,
+    };
+    let underscores = match l.underscores_in_headers.take().as_deref() {
+        None | Some("drop") => Underscores::Drop,
+        Some("refuse") => Underscores::Refuse,
+        Some("allow") => Underscores::Allow,
+        Some(o) => {
+            return Err(one_of(
+                &k("underscores_in_headers"),
+                o,
+                &["drop", "refuse", "allow"],
+            ))
+        }
     };
     let max_body_size = opt_size("max_body_size", l.max_body_size.take(), 0)? as u64;
     let mut routes = Vec::with_capacity(l.route.len() + 1);
@@ -193,6 +222,7 @@ pub(super) fn build(
         max_request_line,
         max_header_size: max_header_size.max(max_request_line),
         max_headers,
+        underscores,
         routes,
     })
 }

@@ -107,6 +107,7 @@ pub(super) struct RawListener {
     pub max_header_size: Option<RawSize>,
     pub max_headers: Option<i64>,
     pub max_body_size: Option<RawSize>,
+    pub underscores_in_headers: Option<String>,
     pub max_connections_per_ip: Option<i64>,
     #[serde(default)]
     pub route: Vec<RawRoute>,
@@ -154,6 +155,7 @@ pub(super) fn build(
             ("max_request_line", l.max_request_line.is_some()),
             ("max_header_size", l.max_header_size.is_some()),
             ("max_headers", l.max_headers.is_some()),
+            ("underscores_in_headers", l.underscores_in_headers.is_some()),
             ("max_body_size", l.max_body_size.is_some()),
             ("route", !l.route.is_empty()),
         ];

@@ -29,7 +29,7 @@ use std::{
 
 use serde::Deserialize;
 
-pub use http::{HeaderOps, HttpConfig, RateKey, RateLimitConfig, RouteConfig};
+pub use http::{HeaderOps, HttpConfig, RateKey, RateLimitConfig, RouteConfig, Underscores};
 pub use listener::{
     ListenerConfig, Mode, ProxyAccept, ProxySend, Transfer, DEFAULT_MAX_CONNECTIONS,
 };

@@ -404,3 +404,21 @@ fn failure_statuses_and_ejection_caps() {
         "kept without ejection"
     );
 }
+
+#[test]
+fn max_headers_is_capped_by_the_parser_and_underscores_are_a_choice() {
+    let http = |extra: &str| {
+        format!(
+            "[[listener]]\nmode = \"http\"\nlisten = \"127.0.0.1:1\"\nupstream = \"u\"\n{extra}\n[upstream.u]\nservers = [{{ addr = \"127.0.0.1:2\" }}]\n"
+        )
+    };
+    assert!(err(&http("max_headers = 257")).starts_with("listener[0].max_headers"));
+    assert!(Config::parse(&http("max_headers = 256")).is_ok());
+    assert!(err(&http("underscores_in_headers = \"maybe\""))
+        .starts_with("listener[0].underscores_in_headers"));
+    let c = Config::parse(&http("")).unwrap();
+    assert_eq!(
+        c.listeners[0].http.as_ref().unwrap().underscores,
+        crate::config::Underscores::Drop
+    );
+}

@@ -1570,3 +1570,27 @@ fn status_line_without_reason_or_with_non_ascii_reason_is_relayed() {
         assert_eq!(r2.status, r.status);
     }
 }
+
+/// Issue 10: a header name with `_` is dropped by default (nginx's
+/// `underscores_in_headers off`): CGI, PHP and Rack read `X_Forwarded_For`
+/// as X-Forwarded-For, so a client could spoof the address ringlb sets.
+/// `underscores_in_headers = "refuse"` answers 400 instead.
+#[test]
+fn header_names_with_underscores_are_dropped_or_refused() {
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
+    let mut c = Client::connect(lb.addr("web"));
+    c.send(b"GET /u HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 6.6.6.6\r\nX-Kept: yes\r\n\r\n");
+    assert_eq!(c.response().status, 200);
+    let reqs = b.wait_requests(1);
+    let head = reqs[0].head.text();
+    assert!(!head.contains("6.6.6.6"), "{head}");
+    assert_eq!(reqs[0].head.all("x-kept"), ["yes"], "{head}");
+
+    let lb = Ringlb::start(
+        Cfg::http_proxy(&[b.addr]).listener_with("underscores_in_headers = \"refuse\""),
+    );
+    let mut c = Client::connect(lb.addr("web"));
+    c.send(b"GET /u HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 6.6.6.6\r\n\r\n");
+    assert_error(&c.response(), 400, "bad request");
+}

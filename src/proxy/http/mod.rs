@@ -108,6 +108,7 @@ impl HttpProxy {
                 max_request_line: http.max_request_line,
                 max_header_size: http.max_header_size,
                 max_headers: http.max_headers,
+                underscores: http.underscores,
             },
             http,
             router,

@@ -12,6 +12,8 @@
 
 use std::{mem::MaybeUninit, ops::Range};
 
+use crate::config::Underscores;
+
 use super::fields::{
     has_dot_segment, parse_content_length, scan_connection, te_codings, te_ends_chunked, valid_host,
 };
@@ -93,6 +95,8 @@ pub struct Limits {
     pub max_request_line: usize,
     pub max_header_size: usize,
     pub max_headers: usize,
+    /// Header names with `_`: dropped, refused or kept.
+    pub underscores: crate::config::Underscores,
 }
 
 /// Connection-level facts gathered from a head.
@@ -294,6 +298,15 @@ pub fn parse_request(buf: &[u8], limits: &Limits, req: &mut Request) -> Result<b
     for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
+        if name.contains(&b'_') {
+            match limits.underscores {
+                Underscores::Allow => {}
+                // Not forwarded, and invisible to every rule that reads
+                // fields (rate-limit and hash keys, header rules).
+                Underscores::Drop => continue,
+                Underscores::Refuse => return Err(HttpError::Bad("underscore in a header name")),
+            }
+        }
         let kind = classify(name);
         let vspan = Span::of(buf, value);
         match kind {

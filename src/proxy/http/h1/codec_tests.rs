@@ -4,6 +4,7 @@ const LIMITS: Limits = Limits {
     max_request_line: 64,
     max_header_size: 512,
     max_headers: 8,
+    underscores: crate::config::Underscores::Drop,
 };
 
 fn req(raw: &[u8]) -> Result<Request, HttpError> {
@@ -296,4 +297,29 @@ fn absolute_form_authority_is_checked_like_host() {
     }
     let r = req(b"GET http://api.good.com:8080/x HTTP/1.1\r\nHost: other\r\n\r\n").unwrap();
     assert!(r.absolute);
+}
+
+#[test]
+fn header_names_with_underscores_are_dropped_refused_or_kept() {
+    use crate::config::Underscores;
+    let raw = b"GET / HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 6.6.6.6\r\nX-Ok: 1\r\n\r\n";
+    let names = |u: Underscores| {
+        let mut r = Request::default();
+        let limits = Limits {
+            underscores: u,
+            ..LIMITS
+        };
+        parse_request(raw, &limits, &mut r).map(|_| {
+            r.headers
+                .iter()
+                .map(|(n, _)| String::from_utf8_lossy(n.get(raw)).into_owned())
+                .collect::<Vec<_>>()
+        })
+    };
+    assert_eq!(names(Underscores::Drop).unwrap(), ["Host", "X-Ok"]);
+    assert_eq!(
+        names(Underscores::Allow).unwrap(),
+        ["Host", "X_Forwarded_For", "X-Ok"]
+    );
+    assert!(matches!(names(Underscores::Refuse), Err(HttpError::Bad(_))));
 }

@@ -217,6 +217,7 @@ mod tests {
         max_request_line: 8192,
         max_header_size: 32768,
         max_headers: 100,
+        underscores: crate::config::Underscores::Drop,
     };
 
     fn rewrite(raw: &[u8], ops: &HeaderOps) -> String {
