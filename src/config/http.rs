@@ -309,6 +309,23 @@ fn route(
     })
 }
 
+/// Fields that say how a message is framed or that belong to one hop:
+/// header rules may neither set nor remove them.
+fn is_framing_or_hop_by_hop(name: &str) -> bool {
+    [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "te",
+        "keep-alive",
+        "trailer",
+        "proxy-connection",
+    ]
+    .iter()
+    .any(|f| f.eq_ignore_ascii_case(name))
+}
+
 fn header_ops(key: &str, raw: Option<RawHeaderOps>) -> Result<HeaderOps, ConfigError> {
     let Some(raw) = raw else {
         return Ok(HeaderOps::default());
@@ -319,6 +336,12 @@ fn header_ops(key: &str, raw: Option<RawHeaderOps>) -> Result<HeaderOps, ConfigE
             return Err(ConfigError::new(
                 format!("{key}.set"),
                 format!("{name:?} is not a valid header name"),
+            ));
+        }
+        if is_framing_or_hop_by_hop(&name) {
+            return Err(ConfigError::new(
+                format!("{key}.set.{name}"),
+                "framing and hop-by-hop fields are ringlb's to write (a rule here could desynchronize the message framing)",
             ));
         }
         if value.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f) {
@@ -334,6 +357,12 @@ fn header_ops(key: &str, raw: Option<RawHeaderOps>) -> Result<HeaderOps, ConfigE
             return Err(ConfigError::new(
                 format!("{key}.remove"),
                 format!("{name:?} is not a valid header name"),
+            ));
+        }
+        if is_framing_or_hop_by_hop(&name) {
+            return Err(ConfigError::new(
+                format!("{key}.remove"),
+                format!("{name:?} is a framing or hop-by-hop field; ringlb writes those itself"),
             ));
         }
         ops.remove.push(name.to_ascii_lowercase());

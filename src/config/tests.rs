@@ -422,3 +422,27 @@ fn max_headers_is_capped_by_the_parser_and_underscores_are_a_choice() {
         crate::config::Underscores::Drop
     );
 }
+
+#[test]
+fn header_rules_cannot_touch_framing_or_hop_by_hop_fields() {
+    let route = |ops: &str| {
+        format!(
+            "[[listener]]\nmode = \"http\"\nlisten = \"127.0.0.1:1\"\n[[listener.route]]\nupstream = \"u\"\n{ops}\n[upstream.u]\nservers = [{{ addr = \"127.0.0.1:2\" }}]\n"
+        )
+    };
+    for ops in [
+        "request_headers = { set = { \"Content-Length\" = \"0\" } }",
+        "request_headers = { set = { \"transfer-encoding\" = \"chunked\" } }",
+        "response_headers = { set = { Connection = \"close\" } }",
+        "response_headers = { remove = [\"Upgrade\"] }",
+        "request_headers = { remove = [\"TE\"] }",
+        "request_headers = { set = { \"Keep-Alive\" = \"timeout=5\" } }",
+    ] {
+        let e = err(&route(ops));
+        assert!(e.contains("listener[0].route[0]"), "{ops}: {e}");
+    }
+    assert!(Config::parse(&route(
+        "response_headers = { set = { \"X-Frame-Options\" = \"DENY\" } }"
+    ))
+    .is_ok());
+}
