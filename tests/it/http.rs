@@ -1594,3 +1594,67 @@ fn header_names_with_underscores_are_dropped_or_refused() {
     c.send(b"GET /u HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 6.6.6.6\r\n\r\n");
     assert_error(&c.response(), 400, "bad request");
 }
+
+/// Issue 10: interim (1xx) and 101 heads go through the same rewriting as
+/// final heads: hop-by-hop fields (and the fields `Connection` names) stay
+/// behind, the route's response rules apply; a 101 keeps `Upgrade` and
+/// `Connection: upgrade`, which are for the client's hop too.
+#[test]
+fn interim_and_switching_heads_are_rewritten_like_final_ones() {
+    let hints = HttpBackend::with(|r| {
+        let mut reply = Reply::raw(
+            "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nConnection: x-secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nX-Internal: yes\r\n\r\n",
+        );
+        reply.steps.extend(Reply::ok(r, "ok").steps);
+        reply
+    });
+    let rules = "response_headers = { set = { \"X-Frame-Options\" = \"DENY\" }, remove = [\"X-Internal\"] }";
+    let lb = Ringlb::start(Cfg::http_proxy(&[hints.addr]).route(&format!(
+        "upstream = \"app\"\npath_prefix = \"/h\"\n{rules}"
+    )));
+    let mut c = Client::connect(lb.addr("web"));
+    c.send(b"GET /h HTTP/1.1\r\nHost: a\r\n\r\n");
+    let first = c.response();
+    assert_eq!(first.status, 103, "{}", first.head.text());
+    let text = first.head.text();
+    assert!(first.header("link").is_some(), "{text}");
+    for gone in ["x-secret", "keep-alive", "x-internal", "connection"] {
+        assert!(first.header(gone).is_none(), "{gone} relayed: {text}");
+    }
+    assert_eq!(first.header("x-frame-options"), Some("DENY"), "{text}");
+    assert_eq!(c.response().status, 200);
+
+    let ws = crate::common::backends::scripted(|mut s| {
+        use std::io::{Read, Write};
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+        let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade, x-secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nX-Internal: yes\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n");
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let lb = Ringlb::start(Cfg::http_proxy(&[ws.addr]).route(&format!(
+        "upstream = \"app\"\npath_prefix = \"/chat\"\n{rules}"
+    )));
+    let mut c = Client::connect(lb.addr("web"));
+    c.send(WS_UPGRADE);
+    let r = c.response();
+    let text = r.head.text();
+    assert_eq!(r.status, 101, "{text}");
+    assert!(r.head.lists("upgrade", "websocket"), "{text}");
+    assert!(r.connection("upgrade"), "{text}");
+    for gone in ["x-secret", "keep-alive", "x-internal"] {
+        assert!(r.header(gone).is_none(), "{gone} relayed: {text}");
+    }
+    assert_eq!(r.header("x-frame-options"), Some("DENY"), "{text}");
+    assert!(r.header("sec-websocket-accept").is_some(), "{text}");
+    c.send(b"\x81\x02hi");
+    assert_eq!(c.w.read_n(4).unwrap(), b"\x81\x02hi");
+}

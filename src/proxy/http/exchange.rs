@@ -189,7 +189,17 @@ impl Conn<'_> {
             if !plan.upgrading {
                 return Err(ProxyError::from(super::errors::Kind::UnexpectedSwitch).at(backend));
             }
-            self.bytes_out = self.from_backend.len() as u64;
+            // The 101 head through the same rewriting as any head (hop-by-hop
+            // fields out, the route's rules in), Upgrade and Connection:
+            // upgrade kept for this hop.
+            rewrite::response_head(
+                &mut self.response_head,
+                self.from_backend.data(),
+                &self.resp,
+                &ResponseCtx::interim(&route.cfg.response_headers, true),
+            );
+            self.from_backend.consume(self.resp.head_len);
+            self.bytes_out = (self.response_head.len() + self.from_backend.len()) as u64;
             self.log(101, Some(backend), started);
             let opts = TunnelOpts {
                 pools: &l.pools,
@@ -200,6 +210,7 @@ impl Conn<'_> {
             let Some((counts, end)) = tunnel::run(
                 &self.client,
                 &upstream,
+                &self.response_head,
                 &self.from_backend,
                 &self.from_client,
                 &opts,
@@ -231,6 +242,7 @@ impl Conn<'_> {
                 close,
                 keep_alive_1_0: plan.client_minor == 0 && !close,
                 dechunk,
+                switching: false,
                 ops: &route.cfg.response_headers,
             },
         );

@@ -101,6 +101,7 @@ pub(super) async fn forward<'r>(
 ) -> Result<(Stream, InFlight<'r>), ProxyError> {
     let l = c.l;
     let lm = &l.metrics.listeners[l.li];
+    let response_ops = &l.routes[c.route_idx].cfg.response_headers;
     let write_timeout = c.write_timeout();
     let tries = l.cfg.connect_tries as usize;
     let mut tried: Vec<BackendId> = Vec::new();
@@ -237,6 +238,7 @@ pub(super) async fn forward<'r>(
             client: &c.client,
             http11: c.req.minor == 1,
             write_timeout,
+            ops: response_ops,
         };
         let read = read_response_head(
             &stream,

@@ -6,6 +6,7 @@ use std::{io, time::Instant};
 use super::{
     body::timed_write,
     codec::{self, Response},
+    rewrite::{self, ResponseCtx},
 };
 use crate::{
     io::{rbuf::RBuf, stream::Stream},
@@ -21,6 +22,8 @@ pub struct Interim<'a> {
     /// The client speaks HTTP/1.1 (1.0 clients get no interim responses).
     pub http11: bool,
     pub write_timeout: std::time::Duration,
+    /// The route's response header rules (interim heads get them too).
+    pub ops: &'a crate::config::HeaderOps,
 }
 
 /// Read the backend's response head into `resp` within `deadline`,
@@ -49,13 +52,16 @@ pub async fn read_response_head(
                     }
                     let n = resp.head_len;
                     if s != 100 && interim.http11 {
-                        if let Err(e) = timed_write(
-                            interim.client,
-                            &from_backend.data()[..n],
-                            &[],
-                            interim.write_timeout,
-                        )
-                        .await
+                        // Through the same rewriting as a final head.
+                        let mut head = Vec::with_capacity(n + 64);
+                        rewrite::response_head(
+                            &mut head,
+                            from_backend.data(),
+                            resp,
+                            &ResponseCtx::interim(interim.ops, false),
+                        );
+                        if let Err(e) =
+                            timed_write(interim.client, &head, &[], interim.write_timeout).await
                         {
                             return Err(Kind::ClientGone(e));
                         }

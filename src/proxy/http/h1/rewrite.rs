@@ -161,7 +161,24 @@ pub struct ResponseCtx<'a> {
     pub keep_alive_1_0: bool,
     /// The chunked body is decoded for an HTTP/1.0 client.
     pub dechunk: bool,
+    /// A `101 Switching Protocols`: the backend's `Upgrade` and `Connection:
+    /// upgrade` are for this hop too, and go on.
+    pub switching: bool,
     pub ops: &'a HeaderOps,
+}
+
+impl<'a> ResponseCtx<'a> {
+    /// For an interim (1xx) head or a 101: no framing, no connection
+    /// decision; the route's header rules still apply.
+    pub fn interim(ops: &'a HeaderOps, switching: bool) -> Self {
+        ResponseCtx {
+            close: false,
+            keep_alive_1_0: false,
+            dechunk: false,
+            switching,
+            ops,
+        }
+    }
 }
 
 /// The response head for the client, into `out` (cleared first).
@@ -173,8 +190,13 @@ pub fn response_head(out: &mut Vec<u8>, buf: &[u8], resp: &Response, cx: &Respon
     out.extend_from_slice(resp.reason.get(buf));
     out.extend_from_slice(b"\r\n");
     let noms = &resp.conn.nominated;
+    let mut upgrade: Option<&[u8]> = None;
     for (i, (n, v)) in resp.headers.iter().enumerate() {
         match resp.kinds[i] {
+            Kind::Upgrade if cx.switching => {
+                upgrade.get_or_insert(v.get(buf));
+                continue;
+            }
             Kind::Hop | Kind::Upgrade | Kind::ContentLength | Kind::TransferEncoding => continue,
             _ => {}
         }
@@ -197,7 +219,10 @@ pub fn response_head(out: &mut Vec<u8>, buf: &[u8], resp: &Response, cx: &Respon
             out.extend_from_slice(b"\r\n");
         }
     }
-    if cx.close {
+    if let Some(proto) = upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+        field(out, b"Upgrade", proto);
+    } else if cx.close {
         out.extend_from_slice(b"Connection: close\r\n");
     } else if cx.keep_alive_1_0 {
         out.extend_from_slice(b"Connection: keep-alive\r\n");

@@ -23,19 +23,19 @@ pub struct TunnelOpts<'a> {
     pub write_timeout: Duration,
 }
 
-/// Send the backend's 101 head (its Connection/Upgrade fields are for this
-/// hop too) and whatever followed it to the client, what the client sent
-/// after its request to the backend, then relay both ways until the
-/// tunnel ends. Returns the bytes relayed and how it ended; `None` when a
-/// first write failed.
+/// Send the (rewritten) 101 head and whatever the backend sent after it to
+/// the client, what the client sent after its request to the backend, then
+/// relay both ways until the tunnel ends. Returns the bytes relayed and how
+/// it ended; `None` when a first write failed.
 pub async fn run(
     client: &Stream,
     upstream: &Stream,
+    head: &[u8],
     from_backend: &RBuf,
     from_client: &RBuf,
     o: &TunnelOpts<'_>,
 ) -> Option<(Counts, RelayEnd)> {
-    if timed_write(client, from_backend.data(), &[], o.write_timeout)
+    if timed_write(client, head, from_backend.data(), o.write_timeout)
         .await
         .is_err()
     {
