@@ -190,11 +190,34 @@ fn build(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         listeners.push(l);
     }
+    let admin = observe::admin(raw.admin)?;
+    if let Some(a) = admin {
+        // Same port on the same (or a wildcard) address: the admin socket
+        // would join the listener's SO_REUSEPORT group and public clients
+        // would reach /metrics.
+        let clash = listeners.iter().find(|l| {
+            a.port() != 0
+                && l.listen.port() == a.port()
+                && l.listen.is_ipv4() == a.is_ipv4()
+                && (l.listen.ip() == a.ip()
+                    || l.listen.ip().is_unspecified()
+                    || a.ip().is_unspecified())
+        });
+        if let Some(l) = clash {
+            return Err(ConfigError::new(
+                "admin.listen",
+                format!(
+                    "{a} overlaps listener {:?} ({}); give the admin listener its own port",
+                    l.name, l.listen
+                ),
+            ));
+        }
+    }
     Ok(Config {
         runtime,
         listeners,
         upstreams,
-        admin: observe::admin(raw.admin)?,
+        admin,
         log_level: observe::log_level(raw.log)?,
         access_log: observe::access_log(raw.access_log)?,
     })

@@ -446,3 +446,26 @@ fn header_rules_cannot_touch_framing_or_hop_by_hop_fields() {
     ))
     .is_ok());
 }
+
+#[test]
+fn the_admin_listener_cannot_share_a_proxy_listeners_port() {
+    for admin in ["127.0.0.1:6380", "0.0.0.0:6380"] {
+        let e = err(&format!("{MIN}\n[admin]\nlisten = \"{admin}\"\n"));
+        assert!(e.starts_with("admin.listen"), "{admin}: {e}");
+    }
+    assert!(Config::parse(&format!("{MIN}\n[admin]\nlisten = \"127.0.0.1:9900\"\n")).is_ok());
+}
+
+#[test]
+fn durations_have_an_upper_bound() {
+    let e = err(&MIN.replace(
+        "name = \"redis\"",
+        "name = \"redis\"\nidle_timeout = \"100000000000h\"",
+    ));
+    assert!(e.starts_with("listener[0].idle_timeout"), "{e}");
+    assert!(Config::parse(&MIN.replace(
+        "name = \"redis\"",
+        "name = \"redis\"\nidle_timeout = \"30d\""
+    ))
+    .is_ok());
+}

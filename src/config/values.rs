@@ -56,6 +56,11 @@ pub(super) fn is_token(s: &str) -> bool {
 }
 
 /// A duration that must not be zero; `default_secs` when not written.
+/// The longest duration any key accepts: every deadline is `now + d`, and
+/// a duration near `u64::MAX` seconds would overflow the clock (a panic at
+/// the first request instead of an error from `ringlb check`).
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
+
 pub(super) fn nonzero_dur(
     key: &str,
     v: Option<String>,
@@ -76,7 +81,16 @@ pub(super) fn dur_or(
 ) -> Result<Duration, ConfigError> {
     match v {
         None => Ok(default),
-        Some(s) => parse_duration(&s).map_err(|m| ConfigError::new(key, m)),
+        Some(s) => {
+            let d = parse_duration(&s).map_err(|m| ConfigError::new(key, m))?;
+            if d > MAX_DURATION {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{s:?} is longer than the longest allowed duration, 30d"),
+                ));
+            }
+            Ok(d)
+        }
     }
 }
 
