@@ -5,7 +5,7 @@ use std::{io, time::Instant};
 
 use super::{
     body::timed_write,
-    codec::{self, Response},
+    codec::{self, HeadScan, Response},
     rewrite::{self, ResponseCtx},
 };
 use crate::{
@@ -42,8 +42,9 @@ pub async fn read_response_head(
     interim: &Interim<'_>,
 ) -> Result<(), Kind> {
     let mut first = true;
+    let mut scan = HeadScan::default();
     loop {
-        if !from_backend.is_empty() {
+        if !from_backend.is_empty() && scan.should_parse(from_backend.data()) {
             match codec::parse_response(from_backend.data(), MAX_RESPONSE_HEAD, is_head, resp) {
                 Ok(true) => {
                     let s = resp.status;
@@ -67,9 +68,10 @@ pub async fn read_response_head(
                         }
                     }
                     from_backend.consume(n);
+                    scan = HeadScan::default();
                     continue;
                 }
-                Ok(false) => {}
+                Ok(false) => scan.parsed(from_backend.len()),
                 Err(why) => return Err(Kind::BadResponse(why)),
             }
         }

@@ -323,3 +323,42 @@ fn header_names_with_underscores_are_dropped_refused_or_kept() {
     );
     assert!(matches!(names(Underscores::Refuse), Err(HttpError::Bad(_))));
 }
+
+#[test]
+fn a_head_sent_a_byte_at_a_time_is_parsed_a_logarithmic_number_of_times() {
+    let mut head = b"GET /x HTTP/1.1\r\nHost: a\r\n".to_vec();
+    while head.len() < 8000 {
+        head.extend_from_slice(b"X-Filler: abcdefghijklmnopqrstuvwxyz\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    let mut scan = HeadScan::default();
+    let mut r = Request::default();
+    let mut parses = 0;
+    let mut done = false;
+    for n in 1..=head.len() {
+        let data = &head[..n];
+        if scan.should_parse(data) {
+            parses += 1;
+            let limits = Limits {
+                max_header_size: 64 * 1024,
+                max_headers: 256,
+                ..LIMITS
+            };
+            match parse_request(data, &limits, &mut r) {
+                Ok(true) => {
+                    done = true;
+                    assert_eq!(n, head.len(), "complete only at the end");
+                }
+                Ok(false) => scan.parsed(n),
+                Err(e) => panic!("{e:?} at {n}"),
+            }
+        }
+    }
+    assert!(done, "never complete");
+    // Once per doubling (about 13 for 8 KB), plus the end: not once per byte.
+    assert!(
+        parses <= 16,
+        "{parses} full parses for {} bytes",
+        head.len()
+    );
+}

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::codec::{self, Limits, Request};
+use super::codec::{self, HeadScan, Limits, Request};
 use crate::{
     io::{rbuf::RBuf, stream::Stream},
     listen::drain::Drain,
@@ -84,11 +84,12 @@ pub async fn read_head(
         return HeadRead::Gone;
     }
     let deadline = Instant::now() + w.header_timeout;
+    let mut scan = HeadScan::default();
     loop {
-        if !from_client.is_empty() {
+        if !from_client.is_empty() && scan.should_parse(from_client.data()) {
             match codec::parse_request(from_client.data(), w.limits, req) {
                 Ok(true) => return HeadRead::Ready,
-                Ok(false) => {}
+                Ok(false) => scan.parsed(from_client.len()),
                 Err(e) => return HeadRead::Refuse(e.into()),
             }
         }
