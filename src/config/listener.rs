@@ -79,6 +79,9 @@ pub struct ListenerConfig {
     pub http: Option<HttpConfig>,
     /// Concurrent connections per client IP, process-wide (0 = unlimited).
     pub max_connections_per_ip: u32,
+    /// IPv6 clients count (per-IP limit, `client_ip` rate-limit keys) by
+    /// this prefix of their address: one host usually holds a whole /64.
+    pub ipv6_prefix: u8,
 }
 
 /// One `[[listener]]` as written: one flat table, so the http keys are here too.
@@ -109,6 +112,7 @@ pub(super) struct RawListener {
     pub max_body_size: Option<RawSize>,
     pub underscores_in_headers: Option<String>,
     pub max_connections_per_ip: Option<i64>,
+    pub ipv6_prefix: Option<i64>,
     #[serde(default)]
     pub route: Vec<RawRoute>,
 }
@@ -243,6 +247,10 @@ pub(super) fn build(
                 ))
             }
             Some(n) => range(&k("max_connections_per_ip"), n, 0, 10_000_000)? as u32,
+        },
+        ipv6_prefix: match l.ipv6_prefix {
+            None => 64,
+            Some(n) => range(&k("ipv6_prefix"), n, 1, 128)? as u8,
         },
     })
 }

@@ -39,9 +39,39 @@ fn now_us() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
 }
 
-/// Stable 64-bit hash of a key (same in every worker).
+/// 64-bit hash of a key: the same in every worker, keyed with a seed drawn
+/// at random once per process, so nobody outside can compute which slot a
+/// key lands in and aim at a victim's bucket or count.
 fn key_hash(bytes: &[u8]) -> u64 {
-    crate::balancer::hash_key(bytes)
+    use std::sync::OnceLock;
+    static SEED: OnceLock<ahash::RandomState> = OnceLock::new();
+    SEED.get_or_init(ahash::RandomState::new).hash_one(bytes)
+}
+
+/// The key a client address counts by: an IPv4 address whole, an IPv6
+/// address by its first `v6_prefix` bits (the rest zero). Bytes 0..len of
+/// the array.
+pub fn client_key(ip: IpAddr, v6_prefix: u8) -> ([u8; 16], usize) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut out = [0u8; 16];
+            out[..4].copy_from_slice(&v4.octets());
+            (out, 4)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return client_key(IpAddr::V4(v4), v6_prefix);
+            }
+            let bits = u128::from(v6);
+            let keep = u32::from(v6_prefix.min(128));
+            let masked = if keep == 0 {
+                0
+            } else {
+                bits & (u128::MAX << (128 - keep))
+            };
+            (masked.to_be_bytes(), 16)
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -144,6 +174,7 @@ impl RateLimiter {
 pub struct IpLimiter {
     slots: Box<[AtomicU32]>,
     max: u32,
+    v6_prefix: u8,
 }
 
 /// Holds one connection's place in its IP's count.
@@ -160,16 +191,19 @@ impl Drop for IpPermit {
 }
 
 impl IpLimiter {
-    pub fn new(max: u32) -> IpLimiter {
+    /// `max` connections per client, IPv6 clients by their `v6_prefix`.
+    pub fn new(max: u32, v6_prefix: u8) -> IpLimiter {
         IpLimiter {
             slots: (0..IP_SLOTS).map(|_| AtomicU32::new(0)).collect(),
             max,
+            v6_prefix,
         }
     }
 
     /// Count a new connection from `ip`; `None` when it already has `max`.
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpPermit> {
-        let h = crate::balancer::hash_ip(ip);
+        let (k, n) = client_key(ip, self.v6_prefix);
+        let h = key_hash(&k[..n]);
         let idx = (h % self.slots.len() as u64) as usize;
         self.slots[idx]
             .fetch_update(Relaxed, Relaxed, |n| (n < self.max).then_some(n + 1))
@@ -219,7 +253,9 @@ impl Limits {
             else {
                 continue;
             };
-            if ol.max_connections_per_ip == l.max_connections_per_ip {
+            if ol.max_connections_per_ip == l.max_connections_per_ip
+                && ol.ipv6_prefix == l.ipv6_prefix
+            {
                 if let (Some(slot), Some(kept)) = (out.ip.get_mut(li), old.ip.get(oi)) {
                     *slot = kept.clone();
                 }
@@ -251,7 +287,7 @@ impl Limits {
                 .iter()
                 .map(|l| {
                     (l.max_connections_per_ip > 0)
-                        .then(|| Arc::new(IpLimiter::new(l.max_connections_per_ip)))
+                        .then(|| Arc::new(IpLimiter::new(l.max_connections_per_ip, l.ipv6_prefix)))
                 })
                 .collect(),
             rate: cfg
@@ -348,7 +384,7 @@ mod tests {
 
     #[test]
     fn ip_limiter_counts_and_releases() {
-        let l = Arc::new(IpLimiter::new(2));
+        let l = Arc::new(IpLimiter::new(2, 64));
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
         let a = l.acquire(ip).unwrap();
         let _b = l.acquire(ip).unwrap();
@@ -356,5 +392,34 @@ mod tests {
         assert!(l.acquire("10.1.2.4".parse().unwrap()).is_some());
         drop(a);
         assert!(l.acquire(ip).is_some());
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_prefix() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a, 64), client_key(b, 64), "one /64");
+        assert_ne!(client_key(a, 64), client_key(c, 64));
+        assert_ne!(client_key(a, 128), client_key(b, 128));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(client_key(v4, 64), client_key(mapped, 64));
+        // The per-IP limit: two addresses of one /64 share one count.
+        let l = Arc::new(IpLimiter::new(1, 64));
+        let _held = l.acquire(a).unwrap();
+        assert!(l.acquire(b).is_none(), "same /64");
+        assert!(l.acquire(c).is_some(), "another /64");
+    }
+
+    #[test]
+    fn slot_hashes_are_keyed_not_the_public_crc() {
+        // Same in every worker of the process...
+        assert_eq!(key_hash(b"10.0.0.1"), key_hash(b"10.0.0.1"));
+        // ...but not the unkeyed hash anybody can compute.
+        assert_ne!(
+            key_hash(b"10.0.0.1"),
+            crate::balancer::hash_key(b"10.0.0.1")
+        );
     }
 }

@@ -1016,6 +1016,34 @@ fn rate_limit_by_header_keys_are_independent() {
     );
 }
 
+/// Issue 10: a request carrying the rate-limit key header twice is refused:
+/// which value counted was the parser's choice, and a client could pick
+/// another client's bucket.
+#[test]
+fn rate_limit_key_header_twice_is_400() {
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(
+        Cfg::new(1)
+            .http("l", "")
+            .route("upstream = \"app\"\nrate_limit = { rate = 20, burst = 5, key = \"header:X-Api-Key\" }")
+            .upstream("app", &[b.addr]),
+    );
+    let addr = lb.addr("l");
+    let r = send_raw(
+        addr,
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Api-Key: mine\r\nX-Api-Key: victim\r\n\r\n",
+    );
+    assert_error(&r, 400, "bad request");
+    let r = send_raw(addr, "GET / HTTP/1.1\r\nHost: t\r\nX-Api-Key: mine\r\n\r\n");
+    assert_eq!(r.status, 200);
+}
+
+fn send_raw(addr: SocketAddr, raw: &str) -> Resp {
+    let mut c = Client::connect(addr);
+    c.send(raw.as_bytes());
+    c.response()
+}
+
 // ------------------------------------------------- max_connections + queue
 
 /// A backend that sleeps `d` per request, tracking how many it handles at once.

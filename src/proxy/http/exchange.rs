@@ -23,7 +23,6 @@ use super::{
     phases, HttpProxy,
 };
 use crate::{
-    balancer::ip_octets,
     io::{rbuf::RBuf, stream::Stream},
     listen::ticket::ConnTicket,
     proxy::early,
@@ -97,7 +96,7 @@ pub(super) async fn serve(
         client,
         peer,
         ip: peer.ip().to_string(),
-        ip_key: ip_octets(peer.ip()),
+        ip_key: crate::limits::client_key(peer.ip(), l.cfg.ipv6_prefix),
         from_client: RBuf::new(BUF_INITIAL, BUF_MAX.max(head_max)),
         from_backend: RBuf::new(BUF_INITIAL, BUF_MAX.max(MAX_RESPONSE_HEAD)),
         request_head: Vec::with_capacity(1024),

@@ -127,7 +127,22 @@ pub(super) fn limits(c: &mut Conn<'_>, route_idx: usize) -> Result<(), ProxyErro
         let key: &[u8] = match &rl.cfg.key {
             RateKey::Route => b"",
             RateKey::ClientIp => &ip[..n],
-            RateKey::Header(name) => c.req.header(data, name.as_bytes()).unwrap_or(&ip[..n]),
+            RateKey::Header(name) => {
+                // Two of the key header: which one counts is anybody's guess
+                // (and a client could pick a victim's bucket): refused.
+                let mut values = c
+                    .req
+                    .headers
+                    .iter()
+                    .filter(|(hn, _)| hn.get(data).eq_ignore_ascii_case(name.as_bytes()));
+                match (values.next(), values.next()) {
+                    (_, Some(_)) => {
+                        return Err(Kind::BadHead("the rate-limit key header appears twice").into())
+                    }
+                    (Some((_, v)), None) => v.get(data),
+                    (None, _) => &ip[..n],
+                }
+            }
         };
         if let Err(RetryAfter(secs)) = rl.take(key) {
             l.metrics.listeners[l.li].routes[route_idx]
