@@ -11,7 +11,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
         mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError},
         Arc,
     },
@@ -22,6 +22,9 @@ use std::{
 use crate::config::{AccessLogConfig, LogFormat};
 
 const QUEUE: usize = 64 * 1024;
+/// Bytes the queue may hold, whatever the line count: a slow disk behind a
+/// burst of long lines must not grow memory without bound.
+const QUEUE_BYTES: usize = 16 << 20;
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// A worker's handle on the access log.
@@ -29,6 +32,8 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 pub struct AccessLog {
     tx: SyncSender<String>,
     dropped: Arc<AtomicU64>,
+    /// Bytes queued and not yet written.
+    queued: Arc<AtomicUsize>,
     pub format: LogFormat,
 }
 
@@ -44,12 +49,15 @@ pub fn start(
     let path = cfg.path.clone();
     let mut out = open(path.as_ref())?;
     let (tx, rx) = sync_channel::<String>(QUEUE);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let q = Arc::clone(&queued);
     thread::Builder::new()
         .name("ringlb-access".into())
-        .spawn(move || writer(rx, &mut out, path, reopen))?;
+        .spawn(move || writer(rx, &mut out, path, reopen, &q))?;
     Ok(AccessLog {
         tx,
         dropped,
+        queued,
         format: cfg.format,
     })
 }
@@ -78,14 +86,22 @@ fn open(path: Option<&PathBuf>) -> io::Result<Out> {
     }
 }
 
-fn writer(rx: Receiver<String>, out: &mut Out, path: Option<PathBuf>, reopen: Arc<AtomicBool>) {
+fn writer(
+    rx: Receiver<String>,
+    out: &mut Out,
+    path: Option<PathBuf>,
+    reopen: Arc<AtomicBool>,
+    queued: &AtomicUsize,
+) {
     loop {
         match rx.recv_timeout(FLUSH_EVERY) {
             Ok(line) => {
                 let _ = out.w().write_all(line.as_bytes());
+                queued.fetch_sub(line.len(), Relaxed);
                 // Drain what is queued before flushing.
                 while let Ok(line) = rx.try_recv() {
                     let _ = out.w().write_all(line.as_bytes());
+                    queued.fetch_sub(line.len(), Relaxed);
                 }
                 let _ = out.w().flush();
             }
@@ -111,11 +127,19 @@ fn writer(rx: Receiver<String>, out: &mut Out, path: Option<PathBuf>, reopen: Ar
 }
 
 impl AccessLog {
-    /// Queue a line (ending in '\n'); never blocks.
+    /// Queue a line (ending in '\n'); never blocks. Dropped (and counted)
+    /// when the queue holds `QUEUE` lines or `QUEUE_BYTES` bytes.
     pub fn send(&self, line: String) {
+        let len = line.len();
+        if self.queued.fetch_add(len, Relaxed) + len > QUEUE_BYTES {
+            self.queued.fetch_sub(len, Relaxed);
+            self.dropped.fetch_add(1, Relaxed);
+            return;
+        }
         match self.tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(len, Relaxed);
                 self.dropped.fetch_add(1, Relaxed);
             }
         }
@@ -331,6 +355,25 @@ fn clf_time(t: SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_queue_is_bounded_in_bytes_too() {
+        // No writer: nothing leaves the queue.
+        let (tx, _rx) = sync_channel::<String>(QUEUE);
+        let log = AccessLog {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+            queued: Arc::new(AtomicUsize::new(0)),
+            format: LogFormat::Json,
+        };
+        let line = "x".repeat(64 * 1024);
+        let fit = QUEUE_BYTES / line.len();
+        for _ in 0..fit + 10 {
+            log.send(line.clone());
+        }
+        assert_eq!(log.dropped.load(Relaxed), 10, "{fit} lines of 64 KiB fit");
+        assert!(log.queued.load(Relaxed) <= QUEUE_BYTES);
+    }
+
     use super::*;
 
     #[test]
