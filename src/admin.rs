@@ -1,7 +1,9 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/status` on a
-//! plain-HTTP port (loopback by default). It runs on its own small thread
-//! with blocking sockets, one request per connection, so a scrape never
-//! takes time from a worker.
+//! plain-HTTP port (loopback by default). Its accept loop runs on its own
+//! thread and serves each connection (one request, blocking sockets, one
+//! deadline for the whole exchange) on a short-lived thread, at most
+//! [`MAX_ACTIVE`] at once: a scrape never takes time from a worker, and a
+//! slow or stalled client cannot hold `/healthz` up for everyone.
 
 use std::{
     io::{self, Read, Write},
@@ -15,6 +17,13 @@ use std::{
 };
 
 use crate::metrics::Registry;
+
+/// Requests served at once; past it a client gets 503 at once.
+const MAX_ACTIVE: usize = 16;
+/// Reading the request and writing the answer, together.
+const EXCHANGE_DEADLINE: Duration = Duration::from_secs(5);
+/// Of which the request head may take this much.
+const HEAD_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Bind the admin address and serve it on a thread until `stop`.
 ///
@@ -42,13 +51,30 @@ pub fn start(
     thread::Builder::new()
         .name("ringlb-admin".into())
         .spawn(move || {
+            let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((s, _)) => {
+                    Ok((mut s, _)) => {
+                        if active.fetch_add(1, Ordering::Relaxed) >= MAX_ACTIVE {
+                            active.fetch_sub(1, Ordering::Relaxed);
+                            let _ = s.set_nonblocking(true);
+                            let _ = s.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                            continue;
+                        }
                         // The current generation's registry (a reload swaps it).
                         let current = Arc::clone(&reg.read().unwrap_or_else(|e| e.into_inner()));
-                        if let Err(e) = serve(s, &current) {
-                            tracing::debug!("admin request failed: {e}");
+                        let done = Arc::clone(&active);
+                        let spawned = thread::Builder::new()
+                            .name("ringlb-admin-req".into())
+                            .spawn(move || {
+                                if let Err(e) = serve(s, &current) {
+                                    tracing::debug!("admin request failed: {e}");
+                                }
+                                done.fetch_sub(1, Ordering::Relaxed);
+                            });
+                        if let Err(e) = spawned {
+                            active.fetch_sub(1, Ordering::Relaxed);
+                            tracing::warn!("admin: cannot start a request thread: {e}");
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -64,15 +90,18 @@ pub fn start(
     Ok(bound)
 }
 
-fn serve(mut s: TcpStream, reg: &Registry) -> io::Result<()> {
-    s.set_nonblocking(false)?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+fn serve(s: TcpStream, reg: &Registry) -> io::Result<()> {
+    let start = std::time::Instant::now();
+    let mut s = Deadlined {
+        s,
+        deadline: start + EXCHANGE_DEADLINE,
+    };
+    s.s.set_nonblocking(false)?;
     let mut buf = [0u8; 4096];
     let mut len = 0;
     // One deadline for the whole request head (a trickling client cannot
-    // hold the admin thread).
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    // hold its thread).
+    let deadline = start + HEAD_DEADLINE;
     while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n")
         && !buf[..len].windows(2).any(|w| w == b"\n\n")
     {
@@ -83,8 +112,8 @@ fn serve(mut s: TcpStream, reg: &Registry) -> io::Result<()> {
         if left.is_zero() {
             return Ok(());
         }
-        s.set_read_timeout(Some(left))?;
-        let n = s.read(&mut buf[len..])?;
+        s.s.set_read_timeout(Some(left))?;
+        let n = s.s.read(&mut buf[len..])?;
         if n == 0 {
             return Ok(());
         }
@@ -115,7 +144,38 @@ fn serve(mut s: TcpStream, reg: &Registry) -> io::Result<()> {
     }
 }
 
-fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &str) -> io::Result<()> {
+/// A stream whose writes share one deadline (a reader that takes the answer
+/// a byte at a time cannot keep its thread for long).
+struct Deadlined {
+    s: TcpStream,
+    deadline: std::time::Instant,
+}
+
+impl Deadlined {
+    fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let left = self
+                .deadline
+                .saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            self.s.set_write_timeout(Some(left))?;
+            let n = self.s.write(data)?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.s.flush()
+    }
+}
+
+fn respond(s: &mut Deadlined, status: u16, ctype: &str, body: &str) -> io::Result<()> {
     let reason = match status {
         200 => "OK",
         404 => "Not Found",

@@ -2,7 +2,7 @@
 //! health checks and circuits, /status listing listeners, upstreams and
 //! backends, no listener without an [admin] table.
 
-use std::{thread, time::Duration};
+use std::{io::Write, thread, time::Duration};
 
 use crate::common::{
     admin::*,
@@ -11,6 +11,34 @@ use crate::common::{
     json::{field, find_by, Json},
     *,
 };
+
+/// Issue 10: stalled admin clients (a request head that never ends, more
+/// of them than a sequential server could wait out in time) do not hold
+/// `/healthz` up for a probe that gives up after a second.
+#[test]
+fn stalled_admin_clients_do_not_hold_up_healthz() {
+    let echo = EchoBackend::start();
+    let lb = Ringlb::start(Cfg::tcp_proxy(&[echo.addr]).admin());
+    let admin = lb.admin_addr();
+    let stalled: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = connect(admin);
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a").unwrap();
+            s
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(100));
+    for _ in 0..3 {
+        let mut c = Client::connect(admin);
+        c.w.s
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        c.send(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n");
+        let r = c.try_response(false).expect("healthz within a second");
+        assert_eq!(r.status, 200);
+    }
+    drop(stalled);
+}
 
 #[test]
 fn admin_healthz_and_unknown_paths() {
