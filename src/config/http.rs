@@ -43,6 +43,9 @@ pub struct HttpConfig {
     pub max_request_line: usize,
     pub max_header_size: usize,
     pub max_headers: usize,
+    /// The least average rate (bytes per second) a request or response body
+    /// must keep after its first `body_timeout` (at most 10 s); 0 = off.
+    pub body_min_rate: u64,
     /// What to do with request header names that contain `_`.
     pub underscores: Underscores,
     /// Routes, in config order; the listener's `upstream` is the last one (any host, "/").
@@ -159,6 +162,7 @@ pub(super) fn build(
         // The parser holds at most 256 fields, whatever the config says.
         Some(n) => range(&k("max_headers"), n, 1, 256)? as usize,
     };
+    let body_min_rate = opt_size("body_min_rate", l.body_min_rate.take(), 1024)? as u64;
     let underscores = match l.underscores_in_headers.take().as_deref() {
         None | Some("drop") => Underscores::Drop,
         Some("refuse") => Underscores::Refuse,
@@ -222,6 +226,7 @@ pub(super) fn build(
         max_request_line,
         max_header_size: max_header_size.max(max_request_line),
         max_headers,
+        body_min_rate,
         underscores,
         routes,
     })

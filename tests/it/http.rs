@@ -1658,3 +1658,38 @@ fn interim_and_switching_heads_are_rewritten_like_final_ones() {
     c.send(b"\x81\x02hi");
     assert_eq!(c.w.read_n(4).unwrap(), b"\x81\x02hi");
 }
+
+/// Issue 10: a request body that trickles in (a byte every 50 ms passes
+/// every per-read `body_timeout`) is cut off by `body_min_rate` once its
+/// grace (`body_timeout`, at most 10 s) is over: 408, instead of holding a
+/// backend slot, a pipe and buffers for as long as the client likes.
+#[test]
+fn a_trickling_request_body_gets_408() {
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(
+        Cfg::http_proxy(&[b.addr]).listener_with("body_timeout = \"1s\"\nbody_min_rate = \"1k\""),
+    );
+    let mut c = Client::connect(lb.addr("web"));
+    c.send(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n");
+    let started = std::time::Instant::now();
+    let mut w = c.w.s.try_clone().unwrap();
+    let trickle = thread::spawn(move || {
+        use std::io::Write;
+        for _ in 0..200 {
+            if w.write_all(b"x").is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    });
+    c.w.s
+        .set_read_timeout(Some(Duration::from_secs(8)))
+        .unwrap();
+    let r = c
+        .try_response(false)
+        .expect("an answer before the trickle ends");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert_error(&r, 408, "request timeout");
+    drop(c);
+    let _ = trickle.join();
+}

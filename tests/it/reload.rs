@@ -761,40 +761,41 @@ fn a_reload_that_fails_half_way_leaves_the_previous_state() {
 #[test]
 fn a_reload_keeps_rate_limit_buckets_and_per_ip_counts() {
     let a = HttpBackend::named("a");
+    // "web" has the rate-limited route, "conn" the per-IP limit (separate
+    // listeners, so the connections of one part never count for the other).
     let cfg = |n: u64| {
         http_cfg(a.addr)
-            .listener_with(&format!(
-                "max_connections_per_ip = 2\nconnect_timeout = \"{}ms\"",
-                1000 + n
-            ))
+            .listener_with(&format!("connect_timeout = \"{}ms\"", 1000 + n))
             .route("path_prefix = \"/limited/\"\nupstream = \"app\"\nrate_limit = { rate = 0.001, burst = 2, key = \"route\" }")
+            .http("conn", "app")
+            .listener_with("listen = \"127.0.0.2:0\"\nmax_connections_per_ip = 2")
     };
     let p = Ringlb::start(cfg(0));
-    let addr = p.addr("web");
+    let (web, conn) = (p.addr("web"), p.addr("conn"));
     let get = |c: &mut Client, path: &str| {
         c.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
         c.response().status
     };
     // The bucket: a burst of two, then 429.
     for want in [200, 200, 429] {
-        assert_eq!(get(&mut Client::connect(addr), "/limited/x"), want);
+        assert_eq!(get(&mut Client::connect(web), "/limited/x"), want);
     }
     // Two connections held from 127.0.0.1: a third is refused.
-    let mut held: Vec<Client> = (0..2).map(|_| Client::connect(addr)).collect();
+    let mut held: Vec<Client> = (0..2).map(|_| Client::connect(conn)).collect();
     for c in &mut held {
         assert_eq!(get(c, "/free"), 200);
     }
-    assert_eq!(get(&mut Client::connect(addr), "/free"), 429);
+    assert_eq!(get(&mut Client::connect(conn), "/free"), 429);
 
     reload(&p, cfg(1), "configuration reloaded", 1);
     assert_eq!(p.count("backends updated in place"), 0, "a full reload");
     assert_eq!(
-        get(&mut Client::connect(addr), "/free"),
+        get(&mut Client::connect(conn), "/free"),
         429,
         "the two held connections still count for 127.0.0.1"
     );
     assert_eq!(
-        get(&mut Client::connect(addr), "/limited/x"),
+        get(&mut Client::connect(web), "/limited/x"),
         429,
         "the route's bucket is still empty"
     );

@@ -39,6 +39,8 @@ pub enum Kind {
     RateLimited { retry_after: u64 },
     /// The body is over `max_body_size` (413).
     BodyTooLarge,
+    /// The request body came slower than `body_min_rate` (408).
+    BodyTooSlow,
     /// The chunked body's framing is malformed (400).
     BadBody(&'static str),
     /// The client closed or failed mid-request; nobody to answer.
@@ -132,6 +134,7 @@ impl ProxyError {
             | NoRoute
             | RateLimited { .. }
             | BodyTooLarge
+            | BodyTooSlow
             | BadBody(_)
             | ClientGone(_) => Side::Client,
             NoBackend | QueueFull | QueueTimeout => Side::Proxy,
@@ -153,6 +156,7 @@ impl ProxyError {
             BadHead(_) | BadBody(_) => 400,
             NoRoute => 404,
             MethodNotAllowed => 405,
+            BodyTooSlow => 408,
             NotImplemented => 501,
             HeadTimeout => 408,
             BodyTooLarge => 413,
@@ -208,6 +212,7 @@ impl ProxyError {
             NoRoute => "no_route",
             RateLimited { .. } => "rate_limited",
             BodyTooLarge => "body_too_large",
+            BodyTooSlow => "body_too_slow",
             BadBody(_) => "bad_body",
             ClientGone(_) => "client_gone",
             NoBackend => "no_backend",
@@ -240,6 +245,7 @@ impl std::fmt::Display for ProxyError {
             NoRoute => f.write_str("no route for the host and path"),
             RateLimited { retry_after } => write!(f, "rate limited (retry after {retry_after}s)"),
             BodyTooLarge => f.write_str("request body over max_body_size"),
+            BodyTooSlow => f.write_str("request body slower than body_min_rate"),
             BadBody(w) => write!(f, "request body refused: {w}"),
             ClientGone(e) => write!(f, "the client went away: {e}"),
             NoBackend => f.write_str("no backend available"),

@@ -258,6 +258,7 @@ impl Conn<'_> {
             l.http.body_timeout,
             &self.response_head,
             &l.pools,
+            &l.body_pace(),
         )
         .await;
         self.bytes_out = self.response_head.len() as u64 + moved.as_ref().map_or(0, |m| *m);

@@ -213,6 +213,7 @@ pub(super) async fn forward<'r>(
                 write_timeout,
                 &[],
                 &l.pools,
+                &l.body_pace(),
             )
             .await;
             match moved {
@@ -226,6 +227,7 @@ pub(super) async fn forward<'r>(
                         BodyError::TooLarge => Kind::BodyTooLarge,
                         BodyError::Chunk(why) => Kind::BadBody(why),
                         BodyError::Dest(e) => Kind::BackendStoppedReading(e),
+                        BodyError::TooSlow => Kind::BodyTooSlow,
                     };
                     return Err(ProxyError::from(kind).at(addr));
                 }

@@ -122,6 +122,16 @@ impl HttpProxy {
         })
     }
 
+    /// The minimum-rate check for one body, starting now.
+    fn body_pace(&self) -> h1::body::Pace {
+        h1::body::Pace::new(
+            self.http.body_min_rate,
+            self.http
+                .body_timeout
+                .min(std::time::Duration::from_secs(10)),
+        )
+    }
+
     pub fn new_request_id(&self, out: &mut String) {
         let mut ids = self.ids.borrow_mut();
         let (a, b) = (ids.next_u64(), ids.next_u64());

@@ -3,7 +3,11 @@
 //! read is forwarded before the next, a bulk Content-Length body moves
 //! kernel-side through a pooled pipe, and every wait has a deadline.
 
-use std::{io, os::fd::AsRawFd, time::Duration};
+use std::{
+    io,
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
 
 use super::{chunked::Chunked, codec::Framing};
 use crate::{
@@ -27,6 +31,45 @@ pub enum BodyError {
     Chunk(&'static str),
     /// A chunked request body passed max_body_size.
     TooLarge,
+    /// Fewer bytes moved than the minimum rate allows (a trickle).
+    TooSlow,
+}
+
+/// The minimum average rate a body must keep once its grace period is
+/// over: one byte now and then within `body_timeout` must not hold a
+/// backend slot, a pipe and buffers for ever.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    started: Instant,
+    /// Bytes per second; 0 = no minimum.
+    min_rate: u64,
+    grace: Duration,
+}
+
+impl Pace {
+    pub fn new(min_rate: u64, grace: Duration) -> Pace {
+        Pace {
+            started: Instant::now(),
+            min_rate,
+            grace,
+        }
+    }
+
+    /// `moved` body bytes so far: still fast enough?
+    fn check(&self, moved: u64) -> Result<(), BodyError> {
+        if self.min_rate == 0 {
+            return Ok(());
+        }
+        let over = self.started.elapsed().saturating_sub(self.grace);
+        if over.is_zero() {
+            return Ok(());
+        }
+        let due = (self.min_rate as f64 * over.as_secs_f64()) as u64;
+        if moved < due {
+            return Err(BodyError::TooSlow);
+        }
+        Ok(())
+    }
 }
 
 /// Write `a` then `b` (one vectored send), each wait for room at most `limit`.
@@ -50,6 +93,7 @@ pub async fn forward_body(
     timeout: Duration,
     head: &[u8],
     pools: &Pools,
+    pace: &Pace,
 ) -> Result<u64, BodyError> {
     let mut head = head;
     let mut moved = 0u64;
@@ -75,13 +119,14 @@ pub async fn forward_body(
                                     .map_err(BodyError::Dest)?;
                                 head = &[];
                             }
-                            splice_exact(src, dst, left, lease, timeout).await?;
+                            splice_exact(src, dst, left, lease, timeout, pace, moved).await?;
                             moved += left;
                             left = 0;
                             continue;
                         }
                     }
                     fill(src, sbuf, timeout).await?;
+                    pace.check(moved)?;
                 }
                 let take = (sbuf.len() as u64).min(left) as usize;
                 timed_write(dst, head, &sbuf.data()[..take], timeout)
@@ -103,6 +148,7 @@ pub async fn forward_body(
             while !scan.is_done() {
                 if sbuf.is_empty() {
                     fill(src, sbuf, timeout).await?;
+                    pace.check(moved)?;
                 }
                 // Scan what is buffered; forward it in as few writes as possible.
                 let data = sbuf.data();
@@ -152,6 +198,7 @@ pub async fn forward_body(
                     Ok(_) => {}
                     Err(e) => return Err(BodyError::Source(e)),
                 }
+                pace.check(moved)?;
                 timed_write(dst, sbuf.data(), &[], timeout)
                     .await
                     .map_err(BodyError::Dest)?;
@@ -175,7 +222,10 @@ async fn splice_exact(
     mut left: u64,
     mut lease: PipeLease<'_>,
     timeout: Duration,
+    pace: &Pace,
+    moved_before: u64,
 ) -> Result<(), BodyError> {
+    let total = left;
     let Some(pipe) = lease.pipe() else {
         return Err(BodyError::Source(io::ErrorKind::Other.into()));
     };
@@ -207,6 +257,10 @@ async fn splice_exact(
         left -= n as u64;
         if let Err(e) = relay::pipe_to(pr, dst, n, Some(timeout)).await {
             result = Err(BodyError::Dest(e));
+            break;
+        }
+        if let Err(e) = pace.check(moved_before + (total - left)) {
+            result = Err(e);
             break;
         }
     }
