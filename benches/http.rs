@@ -88,6 +88,8 @@ fn rewrite(c: &mut Criterion) {
                 client_ip: "127.0.0.1",
                 request_id: "0123456789abcdef0123456789abcdef",
                 upgrade: None,
+                trusted: false,
+                port: 80,
                 ops: &ops,
             };
             request_head(&mut out, black_box(REQUEST), &req, &cx);

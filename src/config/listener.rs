@@ -82,6 +82,9 @@ pub struct ListenerConfig {
     /// IPv6 clients count (per-IP limit, `client_ip` rate-limit keys) by
     /// this prefix of their address: one host usually holds a whole /64.
     pub ipv6_prefix: u8,
+    /// Peers whose forwarding fields (`Forwarded`, `X-Forwarded-Host`,
+    /// `-Port`, `-Proto`) are passed on; everyone else's are replaced.
+    pub trusted_proxies: Vec<super::values::Cidr>,
 }
 
 /// One `[[listener]]` as written: one flat table, so the http keys are here too.
@@ -114,6 +117,8 @@ pub(super) struct RawListener {
     pub body_min_rate: Option<RawSize>,
     pub max_connections_per_ip: Option<i64>,
     pub ipv6_prefix: Option<i64>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     #[serde(default)]
     pub route: Vec<RawRoute>,
 }
@@ -250,6 +255,11 @@ pub(super) fn build(
             }
             Some(n) => range(&k("max_connections_per_ip"), n, 0, 10_000_000)? as u32,
         },
+        trusted_proxies: l
+            .trusted_proxies
+            .iter()
+            .map(|t| super::values::parse_cidr(t).map_err(|m| ConfigError::new(k("trusted_proxies"), m)))
+            .collect::<Result<_, _>>()?,
         ipv6_prefix: match l.ipv6_prefix {
             None => 64,
             Some(n) => range(&k("ipv6_prefix"), n, 1, 128)? as u8,

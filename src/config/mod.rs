@@ -36,7 +36,7 @@ pub use listener::{
 pub use observe::{AccessLogConfig, LogFormat};
 pub use runtime::{IoUringMode, RuntimeConfig};
 pub use upstream::{EjectConfig, HashKey, HealthConfig, HealthKind, ServerConfig, UpstreamConfig};
-pub use values::{parse_duration, parse_size};
+pub use values::{parse_cidr, parse_duration, parse_size, Cidr};
 
 /// The whole validated configuration.
 #[derive(Debug, Clone)]

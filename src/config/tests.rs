@@ -469,3 +469,26 @@ fn durations_have_an_upper_bound() {
     ))
     .is_ok());
 }
+
+#[test]
+fn trusted_proxies_are_address_blocks() {
+    use crate::config::parse_cidr;
+    let c = parse_cidr("10.0.0.0/8").unwrap();
+    assert!(c.contains("10.200.1.1".parse().unwrap()));
+    assert!(c.contains("::ffff:10.1.1.1".parse().unwrap()));
+    assert!(!c.contains("11.0.0.1".parse().unwrap()));
+    let one = parse_cidr("2001:db8::1").unwrap();
+    assert!(one.contains("2001:db8::1".parse().unwrap()));
+    assert!(!one.contains("2001:db8::2".parse().unwrap()));
+    assert!(parse_cidr("0.0.0.0/0")
+        .unwrap()
+        .contains("8.8.8.8".parse().unwrap()));
+    for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x"] {
+        assert!(parse_cidr(bad).is_err(), "{bad}");
+    }
+    let e = err(&MIN.replace(
+        "name = \"redis\"",
+        "name = \"redis\"\ntrusted_proxies = [\"10.0.0.0/99\"]",
+    ));
+    assert!(e.starts_with("listener[0].trusted_proxies"), "{e}");
+}

@@ -56,6 +56,59 @@ pub(super) fn is_token(s: &str) -> bool {
 }
 
 /// A duration that must not be zero; `default_secs` when not written.
+/// An address block, `10.0.0.0/8` or `2001:db8::/32` (a bare address is
+/// its own /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in the block (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let bits = |a: IpAddr| match a {
+            IpAddr::V4(v) => (u128::from(u32::from(v)) << 96, 32u32),
+            IpAddr::V6(v) => (u128::from(v), 128u32),
+        };
+        let ((net, w1), (x, w2)) = (bits(self.addr), bits(ip));
+        if w1 != w2 {
+            return false;
+        }
+        let p = u32::from(self.prefix);
+        p == 0 || (net ^ x) >> (128 - p) == 0
+    }
+}
+
+/// Parse a [`Cidr`].
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    let (a, p) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let addr: std::net::IpAddr = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an address or address/prefix (e.g. 10.0.0.0/8)"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match p {
+        None => max,
+        Some(p) => match p.trim().parse::<u8>() {
+            Ok(n) if n <= max => n,
+            _ => return Err(format!("{s:?}: the prefix must be 0..={max}")),
+        },
+    };
+    Ok(Cidr { addr, prefix })
+}
+
 /// The longest duration any key accepts: every deadline is `now + d`, and
 /// a duration near `u64::MAX` seconds would overflow the clock (a panic at
 /// the first request instead of an error from `ringlb check`).

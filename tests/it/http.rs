@@ -1693,3 +1693,43 @@ fn a_trickling_request_body_gets_408() {
     drop(c);
     let _ = trickle.join();
 }
+
+/// Issue 10: `Forwarded` and `X-Forwarded-Host/-Port/-Proto` from clients
+/// go on only from `trusted_proxies`; for everyone else ringlb writes its
+/// own (the Host the client asked for, the port it connected to, http).
+#[test]
+fn forwarding_fields_pass_only_from_trusted_proxies() {
+    let b = HttpBackend::start();
+    let lb = Ringlb::start(
+        Cfg::http_proxy(&[b.addr]).listener_with("trusted_proxies = [\"127.0.0.2/32\"]"),
+    );
+    let addr = lb.addr("web");
+    let req = b"GET /f HTTP/1.1\r\nHost: shop.example\r\nForwarded: for=6.6.6.6\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: https\r\n\r\n";
+    for (n, (src, trusted)) in [("127.0.0.1", false), ("127.0.0.2", true)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut c = Client {
+            w: Wire::new(connect_from(src.parse().unwrap(), addr).unwrap()),
+        };
+        c.send(req);
+        assert_eq!(c.response().status, 200);
+        let got = b.wait_requests(n + 1).pop().unwrap();
+        let h = &got.head;
+        if trusted {
+            assert_eq!(h.all("forwarded"), ["for=6.6.6.6"], "{}", h.text());
+            assert_eq!(h.all("x-forwarded-host"), ["evil.example"], "{}", h.text());
+            assert_eq!(h.all("x-forwarded-proto"), ["https"], "{}", h.text());
+        } else {
+            assert!(h.all("forwarded").is_empty(), "{}", h.text());
+            assert_eq!(h.all("x-forwarded-host"), ["shop.example"], "{}", h.text());
+            assert_eq!(h.all("x-forwarded-proto"), ["http"], "{}", h.text());
+        }
+        assert_eq!(
+            h.all("x-forwarded-port"),
+            [addr.port().to_string()],
+            "{}",
+            h.text()
+        );
+    }
+}

@@ -69,6 +69,11 @@ pub(super) struct Conn<'a> {
     pub bytes_out: u64,
     /// Request fields kept for the access log (only filled when it is on).
     pub lf: LogFields,
+    /// The connection comes from a `trusted_proxies` address: its
+    /// forwarding fields are passed on.
+    pub trusted: bool,
+    /// The port the client connected to.
+    pub local_port: u16,
 }
 
 /// Serve one accepted client connection to the end.
@@ -89,6 +94,14 @@ pub(super) async fn serve(
     let Some(early) = early::read(&client, &l.cfg, peer).await else {
         return;
     };
+    // Trust is a property of the hop we talk to, not of the address a
+    // PROXY header claims.
+    let trusted = l.cfg.trusted_proxies.iter().any(|c| c.contains(peer.ip()));
+    let local_port = early
+        .origin
+        .map(|(_, dst)| dst.port())
+        .or_else(|| client.local_addr().ok().map(|a| a.port()))
+        .unwrap_or(l.cfg.listen.port());
     let peer = early.origin.map_or(peer, |(src, _)| src);
     let head_max = l.http.max_header_size + 1;
     let mut conn = Conn {
@@ -110,6 +123,8 @@ pub(super) async fn serve(
         route_idx: l.routes.len(),
         bytes_out: 0,
         lf: LogFields::default(),
+        trusted,
+        local_port,
     };
     conn.from_client.extend(&early.bytes);
     conn.run().await;

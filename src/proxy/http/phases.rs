@@ -216,6 +216,8 @@ pub(super) fn rewrite(c: &mut Conn<'_>, route: &Route) -> Plan {
             client_ip: &c.ip,
             request_id: &c.id,
             upgrade,
+            trusted: c.trusted,
+            port: c.local_port,
             ops: &route.cfg.request_headers,
         },
     );

@@ -15,6 +15,10 @@ pub struct RequestCtx<'a> {
     pub request_id: &'a str,
     /// `Some(protocol)` when the request is upgraded.
     pub upgrade: Option<&'a [u8]>,
+    /// The peer is a trusted proxy: its forwarding fields go on.
+    pub trusted: bool,
+    /// The port the client connected to (X-Forwarded-Port).
+    pub port: u16,
     pub ops: &'a HeaderOps,
 }
 
@@ -81,10 +85,13 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &Request, cx: &RequestCt
     // Earlier hops' X-Forwarded-For values, in order (no allocation unless present).
     let mut xff: Vec<&[u8]> = Vec::new();
     let mut host_written = false;
+    // Forwarding fields a trusted proxy sent (then ours are not added).
+    let (mut kept_host, mut kept_port, mut kept_proto) = (false, false, false);
     for (i, (n, v)) in req.headers.iter().enumerate() {
         let kind = req.kinds[i];
         match kind {
             Kind::Plain | Kind::XForwardedFor | Kind::Expect | Kind::Host => {}
+            Kind::Forwarding if cx.trusted => {}
             _ => continue,
         }
         let name = n.get(buf);
@@ -105,6 +112,15 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &Request, cx: &RequestCt
                 continue;
             }
             Kind::Expect if req.expect_continue => continue,
+            Kind::Forwarding => {
+                if name.eq_ignore_ascii_case(b"x-forwarded-host") {
+                    kept_host = true;
+                } else if name.eq_ignore_ascii_case(b"x-forwarded-port") {
+                    kept_port = true;
+                } else if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
+                    kept_proto = true;
+                }
+            }
             Kind::Host => {
                 if req.absolute || host_written {
                     continue;
@@ -139,7 +155,21 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &Request, cx: &RequestCt
     out.extend_from_slice(cx.client_ip.as_bytes());
     out.extend_from_slice(b"\r\nX-Real-IP: ");
     out.extend_from_slice(cx.client_ip.as_bytes());
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
+    out.extend_from_slice(b"\r\n");
+    if !kept_proto {
+        out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+    }
+    if !kept_host {
+        if let Some(h) = req.host {
+            field(out, b"X-Forwarded-Host", h.get(buf));
+        }
+    }
+    if !kept_port {
+        out.extend_from_slice(b"X-Forwarded-Port: ");
+        decimal(out, u64::from(cx.port));
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"X-Request-Id: ");
     out.extend_from_slice(cx.request_id.as_bytes());
     out.extend_from_slice(b"\r\n");
     if let Some(proto) = cx.upgrade {
@@ -246,6 +276,10 @@ mod tests {
     };
 
     fn rewrite(raw: &[u8], ops: &HeaderOps) -> String {
+        rewrite_from(raw, ops, false)
+    }
+
+    fn rewrite_from(raw: &[u8], ops: &HeaderOps, trusted: bool) -> String {
         let mut req = Request::default();
         assert!(parse_request(raw, &LIMITS, &mut req).unwrap());
         let mut out = Vec::new();
@@ -255,6 +289,8 @@ mod tests {
             client_ip: "10.0.0.9",
             request_id: "rid",
             upgrade: None,
+            trusted,
+            port: 80,
             ops,
         };
         request_head(&mut out, raw, &req, &cx);
@@ -269,8 +305,32 @@ mod tests {
         );
         assert_eq!(
             got,
-            "GET /a?b HTTP/1.1\r\nHost: h\r\nAccept: */*\r\nUser-Agent: t\r\nX-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\nX-Real-IP: 10.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Request-Id: rid\r\n\r\n"
+            "GET /a?b HTTP/1.1\r\nHost: h\r\nAccept: */*\r\nUser-Agent: t\r\nX-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\nX-Real-IP: 10.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nX-Forwarded-Port: 80\r\nX-Request-Id: rid\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn forwarding_fields_pass_only_from_trusted_proxies() {
+        let raw = b"GET / HTTP/1.1\r\nHost: h\r\nForwarded: for=6.6.6.6\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Port: 1\r\nX-Forwarded-Proto: https\r\n\r\n";
+        let untrusted = rewrite_from(raw, &HeaderOps::default(), false);
+        for gone in ["Forwarded: for", "evil", "X-Forwarded-Port: 1\r", "https"] {
+            assert!(!untrusted.contains(gone), "{gone}: {untrusted}");
+        }
+        assert!(
+            untrusted.contains("X-Forwarded-Host: h\r\nX-Forwarded-Port: 80\r\n"),
+            "{untrusted}"
+        );
+        let trusted = rewrite_from(raw, &HeaderOps::default(), true);
+        for kept in [
+            "Forwarded: for=6.6.6.6",
+            "X-Forwarded-Host: evil",
+            "X-Forwarded-Port: 1\r",
+            "X-Forwarded-Proto: https",
+        ] {
+            assert!(trusted.contains(kept), "{kept}: {trusted}");
+        }
+        assert_eq!(trusted.matches("X-Forwarded-Host").count(), 1, "{trusted}");
+        assert_eq!(trusted.matches("X-Forwarded-Proto").count(), 1, "{trusted}");
     }
 
     #[test]
@@ -285,7 +345,7 @@ mod tests {
         );
         assert_eq!(
             got,
-            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nX-Forwarded-For: 10.0.0.9\r\nX-Real-IP: 10.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Request-Id: rid\r\nX-Env: prod\r\n\r\n"
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nX-Forwarded-For: 10.0.0.9\r\nX-Real-IP: 10.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nX-Forwarded-Port: 80\r\nX-Request-Id: rid\r\nX-Env: prod\r\n\r\n"
         );
     }
 
