@@ -51,6 +51,8 @@ enum Cmd {
 const DEFAULT_CONFIG: &str = "/etc/ringlb/ringlb.toml";
 
 fn main() -> ExitCode {
+    // Before anything else: fds handed over by a previous ringlb or systemd.
+    let inherited = ringlb::server::Inherited::adopt();
     ringlb::server::remember_exe();
     let cli = Cli::parse();
     let path = cli.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
@@ -75,7 +77,7 @@ fn main() -> ExitCode {
             .map_err(ringlb::Error::from)
             .and_then(|cfg| {
                 init_logging(&cfg.log_level);
-                ringlb::server::run_with(cfg, Some(path.clone()))
+                ringlb::server::run_with(cfg, Some(path.clone()), inherited)
             }),
         Cmd::Demo { listen } => ringlb::demo::run(listen),
         Cmd::Reload { pid } => signal_running(&path, pid, libc::SIGHUP, "reload"),

@@ -30,7 +30,8 @@ pub use upgrade::remember_exe;
 
 use crate::{config::Config, listen::limiter::Limiter, sys, Error};
 use generation::{reload, start_generation, stop_all, LimiterKey, Reloaded, Sockets};
-use upgrade::{remove_pid_file, take_upgrade_fd, upgrade, write_pid_file};
+pub use upgrade::Inherited;
+use upgrade::{remove_pid_file, upgrade, write_pid_file};
 
 /// Start everything and block until a stop signal and the drain are done.
 /// Without a config path, SIGHUP cannot reload.
@@ -38,7 +39,7 @@ use upgrade::{remove_pid_file, take_upgrade_fd, upgrade, write_pid_file};
 /// # Errors
 /// Bind failures, io_uring required but missing, threads that cannot start.
 pub fn run(cfg: Config) -> Result<(), Error> {
-    run_with(cfg, None)
+    run_with(cfg, None, Inherited::adopt())
 }
 
 /// Process-wide pieces that outlive a generation.
@@ -61,7 +62,7 @@ struct Control {
 ///
 /// # Errors
 /// As [`run`].
-pub fn run_with(cfg: Config, path: Option<PathBuf>) -> Result<(), Error> {
+pub fn run_with(cfg: Config, path: Option<PathBuf>, inherited: Inherited) -> Result<(), Error> {
     // First, before any thread exists: every thread inherits the mask, so
     // control signals only ever reach the sigwait loop below (a thread that
     // did not block them would take the default action: exit, no drain).
@@ -99,8 +100,10 @@ pub fn run_with(cfg: Config, path: Option<PathBuf>) -> Result<(), Error> {
     // Sockets handed over by a previous ringlb (upgrade) or systemd (socket
     // activation): they become this process's listening sockets, so the
     // port never closes and queued connections are not reset.
-    let inherited = sys::inherited_listeners();
-    let upgrade_fd = take_upgrade_fd();
+    let Inherited {
+        listeners: inherited,
+        upgrade: upgrade_fd,
+    } = inherited;
     if !inherited.is_empty() {
         let n = inherited.len();
         for (addr, sock) in inherited {

@@ -30,14 +30,31 @@ pub(super) fn remove_pid_file(cfg: &Config) {
     }
 }
 
+/// What a previous ringlb (binary upgrade) or systemd (socket activation)
+/// handed this process: listening sockets and the upgrade's readiness pipe.
+/// Adopted first thing in `main`, before any thread or file exists, and
+/// the variables that named them are cleared (children never see them).
+pub struct Inherited {
+    pub(super) listeners: Vec<(std::net::SocketAddr, std::net::TcpListener)>,
+    pub(super) upgrade: Option<std::fs::File>,
+}
+
+impl Inherited {
+    /// Take ownership of the inherited fds (each checked for its type:
+    /// listening TCP sockets, a pipe) and clear their variables.
+    pub fn adopt() -> Inherited {
+        Inherited {
+            listeners: sys::inherited_listeners(),
+            upgrade: take_upgrade_fd(),
+        }
+    }
+}
+
 /// The write end of the pipe a parent ringlb waits on during an upgrade.
-pub(super) fn take_upgrade_fd() -> Option<std::fs::File> {
-    let fd = std::env::var("RINGLB_UPGRADE_FD")
-        .ok()?
-        .parse::<i32>()
-        .ok()?;
+fn take_upgrade_fd() -> Option<std::fs::File> {
+    let var = std::env::var("RINGLB_UPGRADE_FD").ok();
     std::env::remove_var("RINGLB_UPGRADE_FD");
-    sys::pipe_file(fd)
+    sys::pipe_file(var?.trim().parse::<i32>().ok()?)
 }
 
 /// How long an upgrade waits for the new process to say it serves.

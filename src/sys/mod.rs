@@ -348,6 +348,13 @@ pub fn pipe_file(fd: RawFd) -> Option<std::fs::File> {
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         return None;
     }
+    // It must be a pipe (a FIFO): a stale variable could name any fd.
+    // SAFETY: `st` is a plain struct fstat fills in; fstat only reads the fd.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+        return None;
+    }
     // SAFETY: the fd is open and was handed to this process to own.
     let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let _ = set_inheritable(fd, false);
@@ -441,4 +448,21 @@ pub fn splice_works() -> bool {
         return false;
     }
     matches!(splice(b.as_raw_fd(), pipe.write.as_raw_fd(), 1), Ok(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::IntoRawFd;
+
+    #[test]
+    fn only_a_pipe_is_adopted_as_the_upgrade_pipe() {
+        let (_r, w) = super::pipe_pair().unwrap();
+        assert!(super::pipe_file(w.into_raw_fd()).is_some(), "a pipe");
+        let file = std::fs::File::open("/dev/null").unwrap();
+        // Not adopted (and so not closed): it stays ours to drop.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        assert!(super::pipe_file(fd).is_none(), "/dev/null is no pipe");
+        assert!(super::pipe_file(2).is_none(), "stdio is never adopted");
+        drop(file);
+    }
 }
