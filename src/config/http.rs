@@ -46,6 +46,9 @@ pub struct HttpConfig {
     /// The least average rate (bytes per second) a request or response body
     /// must keep after its first `body_timeout` (at most 10 s); 0 = off.
     pub body_min_rate: u64,
+    /// Refuse `%2F`, `%5C`, `\` and `;` in request paths (backends read
+    /// them differently); `path_strict = false` passes them on.
+    pub path_strict: bool,
     /// What to do with request header names that contain `_`.
     pub underscores: Underscores,
     /// Routes, in config order; the listener's `upstream` is the last one (any host, "/").
@@ -227,6 +230,7 @@ pub(super) fn build(
         max_header_size: max_header_size.max(max_request_line),
         max_headers,
         body_min_rate,
+        path_strict: l.path_strict.take().unwrap_or(true),
         underscores,
         routes,
     })

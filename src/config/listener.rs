@@ -115,6 +115,7 @@ pub(super) struct RawListener {
     pub max_body_size: Option<RawSize>,
     pub underscores_in_headers: Option<String>,
     pub body_min_rate: Option<RawSize>,
+    pub path_strict: Option<bool>,
     pub max_connections_per_ip: Option<i64>,
     pub ipv6_prefix: Option<i64>,
     #[serde(default)]
@@ -167,6 +168,7 @@ pub(super) fn build(
             ("max_headers", l.max_headers.is_some()),
             ("underscores_in_headers", l.underscores_in_headers.is_some()),
             ("body_min_rate", l.body_min_rate.is_some()),
+            ("path_strict", l.path_strict.is_some()),
             ("max_body_size", l.max_body_size.is_some()),
             ("route", !l.route.is_empty()),
         ];

@@ -1733,3 +1733,37 @@ fn forwarding_fields_pass_only_from_trusted_proxies() {
         );
     }
 }
+
+/// Issue 10: the path is normalized before routing and forwarded in that
+/// form (unreserved percent-escapes decoded, `//` merged); what backends
+/// read differently (`%2F`, `%5C`, `\`, `;`) is refused unless
+/// `path_strict = false`; a strip_prefix never leaves a dot segment.
+#[test]
+fn paths_are_normalized_before_routing() {
+    let api = HttpBackend::named("api");
+    let other = HttpBackend::named("other");
+    let lb = Ringlb::start(
+        Cfg::http_proxy(&[other.addr])
+            .route("path_prefix = \"/api/\"\nupstream = \"api\"")
+            .route("path_prefix = \"/strip\"\nstrip_prefix = true\nupstream = \"api\"")
+            .upstream("api", &[api.addr]),
+    );
+    let addr = lb.addr("web");
+    for (target, who, seen) in [
+        ("/ap%69/x", "api", "/api/x"),
+        ("//api//x", "api", "/api/x"),
+        ("/api/%7Euser?q=%69", "api", "/api/~user?q=%69"),
+        ("/other", "other", "/other"),
+    ] {
+        let r = get(addr, "t", target);
+        assert_eq!(r.status, 200, "{target}: {}", r.text());
+        assert_eq!(r.text(), format!("{who} {seen}"), "{target}");
+    }
+    for target in ["/api%2Fx", "/api/a%5Cb", "/api/a;jsessionid=1", "/strip.."] {
+        let r = get(addr, "t", target);
+        assert_error(&r, 400, "bad request");
+    }
+    let lax = Ringlb::start(Cfg::http_proxy(&[other.addr]).listener_with("path_strict = false"));
+    let r = get(lax.addr("web"), "t", "/a%2Fb;c");
+    assert_eq!(r.text(), "other /a%2Fb;c");
+}

@@ -60,6 +60,9 @@ pub(super) struct Conn<'a> {
     pub resp: Response,
     /// The request's host, lower case, without port (routing key).
     pub host: String,
+    /// The normalized path and query, when normalizing changed it.
+    pub path: Vec<u8>,
+    pub path_normalized: bool,
     pub id: String,
     pub ticket: &'a ConnTicket,
     pub served: u64,
@@ -117,6 +120,8 @@ pub(super) async fn serve(
         req: Request::default(),
         resp: Response::default(),
         host: String::new(),
+        path: Vec::new(),
+        path_normalized: false,
         id: String::new(),
         ticket,
         served: 0,
@@ -193,7 +198,7 @@ impl Conn<'_> {
         let route_idx = phases::route(self)?;
         let route = &l.routes[route_idx];
         phases::limits(self, route_idx)?;
-        let mut plan = phases::rewrite(self, route);
+        let mut plan = phases::rewrite(self, route)?;
         let up = &*route.up;
         let (upstream, inflight) = forward::forward(self, up, &mut plan).await?;
         let backend = inflight.backend().addr;

@@ -8,6 +8,7 @@ use super::{
     exchange::Conn,
     h1::{
         codec::{self, Framing},
+        fields, path,
         rewrite::{self, RequestCtx},
     },
     Route,
@@ -100,7 +101,11 @@ pub(super) fn route(c: &mut Conn<'_>) -> Result<usize, ProxyError> {
         Some(h) => codec::host_key(h.get(data), &mut c.host),
         None => c.host.clear(),
     }
-    let path = c.req.path.get(data);
+    let raw = c.req.path.get(data);
+    // The normalized form is what routes, limits, rules and the backend see.
+    c.path_normalized = path::normalize(raw, &mut c.path, c.l.http.path_strict)
+        .map_err(|why| ProxyError::from(Kind::BadHead(why)))?;
+    let path: &[u8] = if c.path_normalized { &c.path } else { raw };
     let lookup: &[u8] = if path.is_empty() || path == b"*" {
         b"/"
     } else {
@@ -163,10 +168,17 @@ pub(super) fn limits(c: &mut Conn<'_>, route_idx: usize) -> Result<(), ProxyErro
 /// Build the head for the backend (upgrade allowed or not, path after
 /// strip_prefix, header rules), take a small body along, and note what
 /// the forward step needs. Consumes the head from the client buffer.
-pub(super) fn rewrite(c: &mut Conn<'_>, route: &Route) -> Plan {
+///
+/// # Errors
+/// A strip_prefix that would leave a dot segment (`/api..` -> `/..`).
+pub(super) fn rewrite(c: &mut Conn<'_>, route: &Route) -> Result<Plan, ProxyError> {
     let data = c.from_client.data();
     let req = &c.req;
-    let path = req.path.get(data);
+    let path: &[u8] = if c.path_normalized {
+        &c.path
+    } else {
+        req.path.get(data)
+    };
 
     // Upgrade only to protocols the route allows (never h2c: config refuses it).
     let upgrade = match req.upgrade {
@@ -192,6 +204,9 @@ pub(super) fn rewrite(c: &mut Conn<'_>, route: &Route) -> Plan {
     } else {
         (path, false)
     };
+    if lead_slash && fields::has_dot_segment(fwd_path) {
+        return Err(Kind::BadHead("strip_prefix would leave a dot segment").into());
+    }
 
     let up = &route.up;
     let key = if up.cfg.balance == Algorithm::ConsistentHash {
@@ -249,5 +264,5 @@ pub(super) fn rewrite(c: &mut Conn<'_>, route: &Route) -> Plan {
         }
     }
     plan.replayable = idempotent && plan.body_sent;
-    plan
+    Ok(plan)
 }

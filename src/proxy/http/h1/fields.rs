@@ -133,7 +133,7 @@ pub fn host_key(v: &[u8], out: &mut String) {
 
 /// True when a segment of the path (before any query) is `.` or `..`,
 /// written plainly or percent-encoded.
-pub(super) fn has_dot_segment(path: &[u8]) -> bool {
+pub fn has_dot_segment(path: &[u8]) -> bool {
     let path = path.split(|&b| b == b'?').next().unwrap_or(path);
     path.split(|&b| b == b'/').any(|seg| {
         let mut dots = 0;

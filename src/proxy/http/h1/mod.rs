@@ -6,6 +6,7 @@ pub mod chunked;
 pub mod client;
 pub mod codec;
 pub mod fields;
+pub mod path;
 pub mod respond;
 pub mod rewrite;
 pub mod server;
