@@ -83,14 +83,26 @@ pub fn parse(buf: &[u8], accept: ProxyAccept) -> Result<Option<Parsed>, HeaderEr
     // line cut inside a field can look malformed rather than incomplete.
     let v1_prefix = b"PROXY ";
     let n = buf.len().min(v1_prefix.len());
-    if buf[..n] == v1_prefix[..n] && !buf.contains(&b'\n') {
-        return if buf.len() >= V1_MAX {
-            Err(HeaderError::Invalid)
-        } else {
-            Ok(None)
-        };
+    let mut head = buf;
+    if buf[..n] == v1_prefix[..n] {
+        // The line ends at its first CR or LF, and that must be CRLF: a bare
+        // LF (or a CR alone) would be accepted or refused depending on how
+        // the bytes were split into reads (found by fuzzing).
+        match buf.iter().position(|&b| b == b'\r' || b == b'\n') {
+            None => {
+                return if buf.len() >= V1_MAX {
+                    Err(HeaderError::Invalid)
+                } else {
+                    Ok(None)
+                };
+            }
+            Some(p) if buf[p] == b'\n' => return Err(HeaderError::Invalid),
+            Some(p) if p + 1 == buf.len() => return Ok(None), // the LF is still to come
+            Some(p) if buf[p + 1] != b'\n' => return Err(HeaderError::Invalid),
+            Some(p) => head = &buf[..p + 2],
+        }
     }
-    let res = HeaderResult::parse(buf);
+    let res = HeaderResult::parse(head);
     if res.is_incomplete() {
         return if buf.len() >= MAX_HEADER {
             Err(HeaderError::TooLong)
@@ -220,5 +232,33 @@ mod tests {
         assert!(String::from_utf8(h)
             .unwrap()
             .starts_with("PROXY TCP6 ::ffff:1.2.3.4 ::1"));
+    }
+
+    /// Found by fuzzing: a v1 line must end in CRLF, whatever the reads.
+    #[test]
+    fn a_v1_line_ends_in_crlf_however_it_is_split() {
+        let good = b"PROXY TCP4 192.0.2.7 10.0.0.1 5555 80\r\nGET / HTTP/1.1\r\n";
+        let line = b"PROXY TCP4 192.0.2.7 10.0.0.1 5555 80\r\n".len();
+        for cut in 1..=good.len() {
+            match parse(&good[..cut], ProxyAccept::Any) {
+                Ok(None) => assert!(cut < line, "cut {cut}"),
+                Ok(Some(p)) => {
+                    assert!(cut >= line, "cut {cut}");
+                    assert_eq!(p.len, line);
+                }
+                Err(e) => panic!("cut {cut}: {e:?}"),
+            }
+        }
+        for bad in [
+            &b"PROXY TCP4 192.0.2.7 10.0.0.1 5555 80 \n"[..],
+            b"PROXY TCP4 192.0.2.7 10.0.0.1 5555 80 \nGET /\r\n",
+            b"PROXY TCP4 192.0.2.7 10.0.0.1 5555 80\rX\r\n",
+        ] {
+            assert!(
+                parse(bad, ProxyAccept::Any).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }
