@@ -1767,3 +1767,50 @@ fn paths_are_normalized_before_routing() {
     let r = get(lax.addr("web"), "t", "/a%2Fb;c");
     assert_eq!(r.text(), "other /a%2Fb;c");
 }
+
+/// Issue 10: a backend that answers while the client is still uploading
+/// (a 413 after reading the head) has its answer relayed at once; the rest
+/// of the body is not forwarded and the connection closes after. Before,
+/// the upload ran into body_timeout and the client got 502.
+#[test]
+fn an_early_answer_is_relayed_while_the_body_is_still_coming() {
+    use std::io::{Read, Write};
+    let b = crate::common::backends::scripted(|mut s| {
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = s.write_all(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!",
+        );
+        // Reads no body; keeps the connection a while.
+        thread::sleep(Duration::from_secs(3));
+    });
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
+    let mut c = Client::connect(lb.addr("web"));
+    c.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 50000000\r\n\r\n");
+    let mut w = c.w.s.try_clone().unwrap();
+    let uploader = thread::spawn(move || {
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..32 {
+            if w.write_all(&chunk).is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    });
+    c.w.s
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let r = c
+        .try_response(false)
+        .expect("the early answer, not a wait for body_timeout");
+    assert_eq!(r.status, 413, "{}", r.head.text());
+    assert_eq!(r.text(), "big!");
+    assert!(r.connection("close"), "{}", r.head.text());
+    let _ = uploader.join();
+}

@@ -292,6 +292,13 @@ impl Conn<'_> {
                 {
                     up.put_idle(&inflight, upstream);
                 }
+                if plan.early_answer {
+                    // The client may still be sending the body we stopped
+                    // forwarding: close without a reset that could destroy
+                    // the answer on its way.
+                    server::linger(&self.client, &mut self.from_client).await;
+                    return Ok(Next::Close);
+                }
                 Ok(if close { Next::Close } else { Next::KeepAlive })
             }
             Err(e) => {

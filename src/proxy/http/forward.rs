@@ -4,7 +4,9 @@
 //! connection where that is safe. Health outcomes are reported here, from
 //! the error's own verdict.
 
+use futures_util::future::{select, Either};
 use std::{
+    io,
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
@@ -31,6 +33,45 @@ fn failure_status_reason(status: u16) -> &'static str {
         503 => "503 response",
         504 => "504 response",
         _ => "failure-status response",
+    }
+}
+
+/// While the request body goes out: wait for the backend to say something,
+/// and report true once a final (non-1xx) response head is complete in
+/// `from_backend`, false if the backend closed or failed first. Never
+/// returns otherwise (interim responses and partial heads just stay
+/// buffered for the response step).
+async fn early_answer(
+    backend: &Stream,
+    from_backend: &mut crate::io::rbuf::RBuf,
+    resp: &mut crate::proxy::http::h1::codec::Response,
+    is_head: bool,
+) -> bool {
+    loop {
+        match from_backend
+            .fill(backend, Duration::from_secs(86_400))
+            .await
+        {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+        // Skip over interim heads to see whether a final one is there.
+        let mut at = 0;
+        loop {
+            let data = &from_backend.data()[at..];
+            match crate::proxy::http::h1::codec::parse_response(
+                data,
+                crate::proxy::http::h1::client::MAX_RESPONSE_HEAD,
+                is_head,
+                resp,
+            ) {
+                Ok(true) if resp.status < 200 && resp.status != 101 => at += resp.head_len,
+                Ok(true) => return true,
+                // Malformed: the response step will say so.
+                Err(_) => return true,
+                Ok(false) => break,
+            }
+        }
     }
 }
 
@@ -164,6 +205,8 @@ pub(super) async fn forward<'r>(
             },
         };
         let inflight = up.open(picked);
+        // This attempt's response starts here (a retry leaves nothing behind).
+        c.from_backend.clear();
         backend.count_request();
         if plan.expect_continue && !plan.body_sent && !continue_sent {
             continue_sent = true;
@@ -203,7 +246,8 @@ pub(super) async fn forward<'r>(
             } else {
                 u64::MAX
             };
-            let moved = forward_body(
+            let pace = l.body_pace();
+            let pump = std::pin::pin!(forward_body(
                 &c.client,
                 &mut c.from_client,
                 &stream,
@@ -213,10 +257,31 @@ pub(super) async fn forward<'r>(
                 write_timeout,
                 &[],
                 &l.pools,
-                &l.body_pace(),
-            )
-            .await;
+                &pace,
+            ));
+            // Meanwhile the backend may answer before it read the whole body
+            // (a 413, a 401): that answer goes to the client at once, the
+            // rest of the body is not sent, and the connection closes after.
+            let answer = std::pin::pin!(early_answer(
+                &stream,
+                &mut c.from_backend,
+                &mut c.resp,
+                plan.is_head
+            ));
+            let moved = match select(pump, answer).await {
+                Either::Left((moved, _)) => moved,
+                Either::Right((true, _)) => {
+                    plan.early_answer = true;
+                    plan.client_close = true;
+                    Ok(0)
+                }
+                // The backend closed (or failed) while the body was going out.
+                Either::Right((false, _)) => {
+                    Err(BodyError::Dest(io::ErrorKind::UnexpectedEof.into()))
+                }
+            };
             match moved {
+                Ok(_) if plan.early_answer => {}
                 Ok(n) => {
                     lm.bytes_in.add(n);
                     plan.body_sent = true;
@@ -233,8 +298,8 @@ pub(super) async fn forward<'r>(
                 }
             }
         }
-        // Read the response head.
-        c.from_backend.clear();
+        // Read the response head (bytes of it may be buffered already: they
+        // came while the body went out).
         let sent_at = Instant::now();
         let interim = Interim {
             client: &c.client,

@@ -44,6 +44,9 @@ pub(super) struct Plan {
     pub upgrading: bool,
     /// The route's max_body_size (0 = unlimited).
     pub max_body: u64,
+    /// The backend answered before it had the whole body: the rest was not
+    /// sent, and the client connection closes after the answer.
+    pub early_answer: bool,
 }
 
 /// Count the head; reset per-request state; keep the log fields.
@@ -249,6 +252,7 @@ pub(super) fn rewrite(c: &mut Conn<'_>, route: &Route) -> Result<Plan, ProxyErro
         replayable: false,
         upgrading: upgrade.is_some(),
         max_body: route.cfg.max_body_size,
+        early_answer: false,
     };
     let idempotent = req.idempotent;
     c.from_client.consume(c.req.head_len);
