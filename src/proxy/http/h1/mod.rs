@@ -9,5 +9,6 @@ pub mod fields;
 pub mod path;
 pub mod respond;
 pub mod rewrite;
+pub mod scan;
 pub mod server;
 pub mod tunnel;
