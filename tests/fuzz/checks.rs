@@ -389,12 +389,24 @@ fn check_parsed(data: &[u8], r: &Result<Option<Parsed>, HeaderError>) {
 }
 
 // Known finding 1 (issue 10's fuzzing; regression tests in
-// tests/it/fuzz_smoke.rs, ignored until src/ is fixed): a v1 line that ends
-// in " \n" without CR is accepted when the buffer holds no CR (ppp 2.3 cuts
-// the line at the first CR, or takes the whole buffer when there is none),
-// so the same bytes are accepted or refused depending on how they were split
-// into reads. The fuzz target and the smoke test's mutations tolerate that
-// shape, so the search goes on past it; the strict check refuses it.
+// tests/it/fuzz_smoke.rs, ignored until src/ is fixed): the v1 reader waits
+// for an LF before it calls ppp, but ppp 2.3 cuts a v1 line at the first CR
+// (plus two bytes), or takes the whole buffer when there is no CR. So a
+// buffer with an LF and no complete "CR + one byte" yet is judged early: a
+// line ending in " \n" without CR is accepted, and an UNKNOWN line with an
+// LF before its CRLF is refused, while the same bytes with more after them
+// in the same read give the other answer. The fuzz target and the smoke
+// test's mutations skip the read-in-pieces comparison for such a prefix, so
+// the search goes on past it; the strict check (the ignored test) does not,
+// and also refuses a v1 header that does not end in CRLF.
+fn judged_early(buf: &[u8]) -> bool {
+    let n = buf.len().min(6);
+    let cut_at = buf.iter().position(|&b| b == b'\r').map(|cr| cr + 2);
+    buf[..n] == b"PROXY "[..n]
+        && buf.contains(&b'\n')
+        && !matches!(cut_at, Some(end) if end <= buf.len())
+}
+
 fn v1_without_crlf(buf: &[u8], r: &Result<Option<Parsed>, HeaderError>) -> bool {
     matches!(r, Ok(Some(p)) if buf.starts_with(b"PROXY") && !buf[..p.len].ends_with(b"\r\n"))
 }
@@ -442,9 +454,16 @@ fn proxy_protocol_checks(data: &[u8], strict: bool) {
         Ok(Some(p)) => Some(p.len),
         _ => None,
     };
-    for cut in cuts(data, header_len) {
+    // Every cut of a short input (parsing is cheap, and the result then does
+    // not hang on a hashed cut point, so minimizing works).
+    let cuts = if data.len() <= 256 {
+        (0..data.len()).collect()
+    } else {
+        cuts(data, header_len)
+    };
+    for cut in cuts {
         let got = proxy_protocol::parse(&data[..cut], ProxyAccept::Any);
-        if !strict && (v1_without_crlf(&data[..cut], &got) || v1_without_crlf(data, &any)) {
+        if !strict && judged_early(&data[..cut]) {
             continue;
         }
         if let Ok(Some(p)) = got {
