@@ -6,6 +6,7 @@ mod common;
 
 mod backend_sets;
 mod c100k;
+mod fuzz_smoke;
 mod http;
 mod lifecycle;
 mod ops_access_log;
