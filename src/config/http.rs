@@ -9,7 +9,6 @@ use std::{
 use serde::Deserialize;
 
 use super::{
-    listener::RawListener,
     upstream::{upstream_ref, UpstreamIndex},
     values::{is_token, nonzero_dur, one_of, range, size, RawSize},
     ConfigError,
@@ -132,11 +131,55 @@ pub(super) struct RawRateLimit {
     pub key: Option<String>,
 }
 
-/// The http keys of listener `l` (`k` names its keys); `default_upstream`
+/// The http keys of a `[[listener]]`, taken out of its (flat) raw table by
+/// `listener.rs`: serde's `flatten` does not combine with
+/// `deny_unknown_fields`, so the listener table stays one struct.
+#[derive(Debug, Default)]
+pub(super) struct RawHttp {
+    pub header_timeout: Option<String>,
+    pub keepalive_timeout: Option<String>,
+    pub response_timeout: Option<String>,
+    pub body_timeout: Option<String>,
+    pub max_request_line: Option<RawSize>,
+    pub max_header_size: Option<RawSize>,
+    pub max_headers: Option<i64>,
+    pub max_body_size: Option<RawSize>,
+    pub underscores_in_headers: Option<String>,
+    pub body_min_rate: Option<RawSize>,
+    pub path_strict: Option<bool>,
+    pub route: Vec<RawRoute>,
+}
+
+impl RawHttp {
+    /// The first http key that is set (a tcp listener may set none).
+    pub fn first_set(&self) -> Option<&'static str> {
+        [
+            ("header_timeout", self.header_timeout.is_some()),
+            ("keepalive_timeout", self.keepalive_timeout.is_some()),
+            ("response_timeout", self.response_timeout.is_some()),
+            ("body_timeout", self.body_timeout.is_some()),
+            ("max_request_line", self.max_request_line.is_some()),
+            ("max_header_size", self.max_header_size.is_some()),
+            ("max_headers", self.max_headers.is_some()),
+            (
+                "underscores_in_headers",
+                self.underscores_in_headers.is_some(),
+            ),
+            ("body_min_rate", self.body_min_rate.is_some()),
+            ("path_strict", self.path_strict.is_some()),
+            ("max_body_size", self.max_body_size.is_some()),
+            ("route", !self.route.is_empty()),
+        ]
+        .into_iter()
+        .find_map(|(f, set)| set.then_some(f))
+    }
+}
+
+/// The http keys of a listener (`k` names its keys); `default_upstream`
 /// becomes the catch-all route.
 pub(super) fn build(
     k: &dyn Fn(&str) -> String,
-    l: &mut RawListener,
+    l: &mut RawHttp,
     default_upstream: Option<usize>,
     index: &UpstreamIndex,
 ) -> Result<HttpConfig, ConfigError> {

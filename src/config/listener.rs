@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 use serde::Deserialize;
 
 use super::{
-    http::{self, HttpConfig, RawRoute},
+    http::{self, HttpConfig, RawHttp, RawRoute},
     upstream::{upstream_ref, UpstreamIndex},
     values::{nonzero_dur, one_of, range, RawSize},
     ConfigError,
@@ -157,22 +157,22 @@ pub(super) fn build(
         }
         (None, Mode::Http) => None,
     };
+    let mut raw_http = RawHttp {
+        header_timeout: l.header_timeout.take(),
+        keepalive_timeout: l.keepalive_timeout.take(),
+        response_timeout: l.response_timeout.take(),
+        body_timeout: l.body_timeout.take(),
+        max_request_line: l.max_request_line.take(),
+        max_header_size: l.max_header_size.take(),
+        max_headers: l.max_headers.take(),
+        max_body_size: l.max_body_size.take(),
+        underscores_in_headers: l.underscores_in_headers.take(),
+        body_min_rate: l.body_min_rate.take(),
+        path_strict: l.path_strict.take(),
+        route: std::mem::take(&mut l.route),
+    };
     if mode == Mode::Tcp {
-        let http_only = [
-            ("header_timeout", l.header_timeout.is_some()),
-            ("keepalive_timeout", l.keepalive_timeout.is_some()),
-            ("response_timeout", l.response_timeout.is_some()),
-            ("body_timeout", l.body_timeout.is_some()),
-            ("max_request_line", l.max_request_line.is_some()),
-            ("max_header_size", l.max_header_size.is_some()),
-            ("max_headers", l.max_headers.is_some()),
-            ("underscores_in_headers", l.underscores_in_headers.is_some()),
-            ("body_min_rate", l.body_min_rate.is_some()),
-            ("path_strict", l.path_strict.is_some()),
-            ("max_body_size", l.max_body_size.is_some()),
-            ("route", !l.route.is_empty()),
-        ];
-        if let Some((f, _)) = http_only.iter().find(|(_, set)| *set) {
+        if let Some(f) = raw_http.first_set() {
             return Err(ConfigError::new(
                 k(f),
                 "only applies to mode = \"http\" listeners",
@@ -213,7 +213,7 @@ pub(super) fn build(
     }
     let http = match mode {
         Mode::Tcp => None,
-        Mode::Http => Some(http::build(&k, &mut l, upstream, index)?),
+        Mode::Http => Some(http::build(&k, &mut raw_http, upstream, index)?),
     };
     let transfer = match l.transfer.as_deref() {
         None | Some("auto") => Transfer::Auto,

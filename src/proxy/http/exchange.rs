@@ -2,12 +2,10 @@
 //! the request phases, the forward step and the response in a fixed order,
 //! and the one place a [`ProxyError`] becomes an answer.
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, time::Instant};
 
 use super::{
+    conn::{Conn, LogFields},
     errors::ProxyError,
     forward,
     h1::{
@@ -19,7 +17,6 @@ use super::{
         server::{self, HeadRead, HeadWait},
         tunnel::{self, TunnelOpts},
     },
-    log::LogFields,
     phases, HttpProxy,
 };
 use crate::{
@@ -38,45 +35,6 @@ const BUF_MAX: usize = 64 * 1024;
 pub(super) enum Next {
     KeepAlive,
     Close,
-}
-
-/// One client connection.
-pub(super) struct Conn<'a> {
-    pub l: &'a HttpProxy,
-    pub client: Stream,
-    pub peer: SocketAddr,
-    pub ip: String,
-    /// The client address's octets (rate-limit key), computed once.
-    pub ip_key: ([u8; 16], usize),
-    /// Bytes from the client not yet handled (pipelined requests stay here).
-    pub from_client: RBuf,
-    /// Bytes from the current backend not yet handled.
-    pub from_backend: RBuf,
-    /// The request head for the backend (plus a small body).
-    pub request_head: Vec<u8>,
-    /// The response head for the client.
-    pub response_head: Vec<u8>,
-    pub req: Request,
-    pub resp: Response,
-    /// The request's host, lower case, without port (routing key).
-    pub host: String,
-    /// The normalized path and query, when normalizing changed it.
-    pub path: Vec<u8>,
-    pub path_normalized: bool,
-    pub id: String,
-    pub ticket: &'a ConnTicket,
-    pub served: u64,
-    /// The current request's route (`routes.len()` = none), for metrics.
-    pub route_idx: usize,
-    /// Bytes sent to the client for the current request.
-    pub bytes_out: u64,
-    /// Request fields kept for the access log (only filled when it is on).
-    pub lf: LogFields,
-    /// The connection comes from a `trusted_proxies` address: its
-    /// forwarding fields are passed on.
-    pub trusted: bool,
-    /// The port the client connected to.
-    pub local_port: u16,
 }
 
 /// Serve one accepted client connection to the end.
@@ -344,10 +302,5 @@ impl Conn<'_> {
         } else {
             Next::KeepAlive
         }
-    }
-
-    /// The write deadline for anything sent to the client or the backend.
-    pub(super) fn write_timeout(&self) -> Duration {
-        self.l.http.body_timeout
     }
 }

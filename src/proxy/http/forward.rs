@@ -12,8 +12,8 @@ use std::{
 };
 
 use super::{
+    conn::Conn,
     errors::{Kind, ProxyError},
-    exchange::Conn,
     h1::{
         body::{forward_body, timed_write, BodyError},
         client::{read_response_head, Interim},

@@ -3,18 +3,8 @@
 
 use std::{net::SocketAddr, time::Instant};
 
-use super::exchange::Conn;
+use super::conn::Conn;
 use crate::metrics::access;
-
-/// Request fields kept for the access log (only filled when it is on).
-#[derive(Default)]
-pub(super) struct LogFields {
-    pub method: String,
-    pub path: String,
-    pub user_agent: String,
-    pub referer: String,
-    pub minor: u8,
-}
 
 impl Conn<'_> {
     /// Account for one answered request.

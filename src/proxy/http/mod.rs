@@ -21,6 +21,7 @@
 //! that holds no buffer) and every read and write has a deadline, so a
 //! timeout only ever drops a readiness wait, never bytes.
 
+mod conn;
 pub mod errors;
 mod exchange;
 mod forward;

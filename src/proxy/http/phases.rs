@@ -4,8 +4,8 @@
 //! Version independent: HTTP/2 streams will run the same phases.
 
 use super::{
+    conn::Conn,
     errors::{Kind, ProxyError},
-    exchange::Conn,
     h1::{
         codec::{self, Framing},
         fields, path,

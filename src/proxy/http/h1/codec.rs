@@ -10,56 +10,20 @@
 //! A parsed head is a set of [`Span`]s into the caller's buffer, so nothing
 //! is copied; the vectors are reused from one request to the next.
 
-use std::{mem::MaybeUninit, ops::Range};
+use std::mem::MaybeUninit;
 
 use crate::config::Underscores;
 
 use super::fields::{
     has_dot_segment, parse_content_length, scan_connection, te_codings, te_ends_chunked, valid_host,
 };
-pub use super::fields::{host_key, is_tchar, list_has, trim, valid_request_id};
+pub use super::fields::{
+    host_key, is_tchar, list_has, trim, valid_request_id, ConnInfo, HttpError, Span,
+};
 pub use super::scan::HeadScan;
 
 /// Most headers a head may carry, whatever the config says.
 pub const MAX_HEADERS_HARD: usize = 256;
-
-/// A byte range of the buffer the head was parsed from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Span {
-    pub start: u32,
-    pub end: u32,
-}
-
-impl Span {
-    /// The span of `part` inside `buf`; empty when `part` is not a slice of
-    /// `buf` (httparse returns a static `""` for a missing or non-ASCII
-    /// reason phrase, which points elsewhere).
-    pub(super) fn of(buf: &[u8], part: &[u8]) -> Span {
-        let base = buf.as_ptr() as usize;
-        let at = part.as_ptr() as usize;
-        match at.checked_sub(base) {
-            Some(start) if start + part.len() <= buf.len() && !part.is_empty() => Span {
-                start: start as u32,
-                end: (start + part.len()) as u32,
-            },
-            _ => Span::default(),
-        }
-    }
-
-    #[inline]
-    pub fn get<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
-        &buf[self.range()]
-    }
-
-    #[inline]
-    pub fn range(&self) -> Range<usize> {
-        self.start as usize..self.end as usize
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.start == self.end
-    }
-}
 
 /// How the body of a message is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,21 +39,6 @@ pub enum Framing {
     UntilClose,
 }
 
-/// Why a head was refused; [`super::respond`] maps it to a status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HttpError {
-    /// 400, with the reason for the log.
-    Bad(&'static str),
-    /// 414: the request line is longer than allowed.
-    UriTooLong,
-    /// 431: header section too large or too many fields.
-    HeadersTooLarge,
-    /// 405: a method a reverse proxy does not serve (CONNECT).
-    MethodNotAllowed,
-    /// 501: a transfer coding other than `chunked` (as nginx).
-    NotImplemented,
-}
-
 /// Limits applied while reading a request head.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -98,19 +47,6 @@ pub struct Limits {
     pub max_headers: usize,
     /// Header names with `_`: dropped, refused or kept.
     pub underscores: crate::config::Underscores,
-}
-
-/// Connection-level facts gathered from a head.
-#[derive(Debug, Default, Clone)]
-pub struct ConnInfo {
-    /// `Connection: close`.
-    pub close: bool,
-    /// `Connection: keep-alive`.
-    pub keep_alive: bool,
-    /// `Connection: upgrade`.
-    pub upgrade: bool,
-    /// Other tokens of `Connection`: header names to drop (hop-by-hop).
-    pub nominated: Vec<Span>,
 }
 
 /// What kind of header a name is, for the proxy's rewriting.

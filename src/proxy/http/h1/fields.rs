@@ -1,8 +1,75 @@
 //! Field-value grammar shared by the request and response parsers:
 //! Content-Length and Transfer-Encoding values, Connection tokens, Host,
-//! request ids, and the small token helpers (RFC 9110 / 9112).
+//! request ids, and the small token helpers (RFC 9110 / 9112); and the
+//! types both parsers hand out: spans, connection facts, head errors.
 
-use super::codec::{ConnInfo, HttpError, Span};
+use std::ops::Range;
+
+/// A byte range of the buffer the head was parsed from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Span {
+    pub start: u32,
+    pub end: u32,
+}
+
+impl Span {
+    /// The span of `part` inside `buf`; empty when `part` is not a slice of
+    /// `buf` (httparse returns a static `""` for a missing or non-ASCII
+    /// reason phrase, which points elsewhere).
+    pub(super) fn of(buf: &[u8], part: &[u8]) -> Span {
+        let base = buf.as_ptr() as usize;
+        let at = part.as_ptr() as usize;
+        match at.checked_sub(base) {
+            Some(start) if start + part.len() <= buf.len() && !part.is_empty() => Span {
+                start: start as u32,
+                end: (start + part.len()) as u32,
+            },
+            _ => Span::default(),
+        }
+    }
+
+    #[inline]
+    pub fn get<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[self.range()]
+    }
+
+    #[inline]
+    pub fn range(&self) -> Range<usize> {
+        self.start as usize..self.end as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
+/// Why a head was refused; [`super::respond`] maps it to a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpError {
+    /// 400, with the reason for the log.
+    Bad(&'static str),
+    /// 414: the request line is longer than allowed.
+    UriTooLong,
+    /// 431: header section too large or too many fields.
+    HeadersTooLarge,
+    /// 405: a method a reverse proxy does not serve (CONNECT).
+    MethodNotAllowed,
+    /// 501: a transfer coding other than `chunked` (as nginx).
+    NotImplemented,
+}
+
+/// Connection-level facts gathered from a head.
+#[derive(Debug, Default, Clone)]
+pub struct ConnInfo {
+    /// `Connection: close`.
+    pub close: bool,
+    /// `Connection: keep-alive`.
+    pub keep_alive: bool,
+    /// `Connection: upgrade`.
+    pub upgrade: bool,
+    /// Other tokens of `Connection`: header names to drop (hop-by-hop).
+    pub nominated: Vec<Span>,
+}
 
 /// 1*DIGIT, or a list of identical 1*DIGIT values ("5, 5"), RFC 9110 8.6.
 pub(super) fn parse_content_length(v: &[u8]) -> Option<u64> {
