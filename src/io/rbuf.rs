@@ -103,15 +103,24 @@ impl RBuf {
     /// `TimedOut` after `limit`; `OutOfMemory` when the buffer is full;
     /// others as recv(2).
     pub async fn fill(&mut self, s: &Stream, limit: Duration) -> io::Result<usize> {
+        match monoio::time::timeout(limit, self.fill_unbounded(s)).await {
+            Ok(r) => r,
+            Err(_) => Err(io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    /// [`RBuf::fill`] without a deadline, for a wait that something else
+    /// bounds (it registers no timer).
+    ///
+    /// # Errors
+    /// `OutOfMemory` when the buffer is full; others as recv(2).
+    pub async fn fill_unbounded(&mut self, s: &Stream) -> io::Result<usize> {
         let spare = self.spare();
         if spare.is_empty() {
             return Err(io::ErrorKind::OutOfMemory.into());
         }
         let room = spare.len();
-        let n = match monoio::time::timeout(limit, read_some(s, spare)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
-        };
+        let n = read_some(s, spare).await?;
         self.end += n;
         // A read that filled all the room means more is queued: a bigger
         // buffer moves the rest in fewer syscalls.

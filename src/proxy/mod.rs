@@ -34,6 +34,14 @@ pub struct WorkerParts<'a> {
     pub access: &'a Option<AccessLog>,
 }
 
+/// A listener as one worker serves it: its config and the port its
+/// sockets are bound to.
+pub struct Bound<'a> {
+    pub li: usize,
+    pub cfg: &'a ListenerConfig,
+    pub port: u16,
+}
+
 /// What serves a listener's connections on one worker.
 #[derive(Clone)]
 pub enum Handler {
@@ -47,7 +55,8 @@ impl Handler {
     /// # Errors
     /// A listener the validated config should not allow (no upstream, a
     /// repeated route); the listener is then left out, with this message.
-    pub fn build(li: usize, cfg: &ListenerConfig, w: &WorkerParts<'_>) -> Result<Handler, String> {
+    pub fn build(b: Bound<'_>, w: &WorkerParts<'_>) -> Result<Handler, String> {
+        let Bound { li, cfg, port } = b;
         Ok(match cfg.mode {
             Mode::Tcp => {
                 let up = cfg
@@ -73,6 +82,7 @@ impl Handler {
                     metrics: Arc::clone(w.metrics),
                     li,
                     access: w.access.clone(),
+                    port,
                 },
             )?)),
         })

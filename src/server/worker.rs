@@ -17,7 +17,7 @@ use crate::{
         ticket::ConnTicket,
     },
     metrics::{access::AccessLog, WorkerMetrics},
-    proxy::{Handler, WorkerParts},
+    proxy::{Bound, Handler, WorkerParts},
     upstream::Replica,
 };
 
@@ -108,7 +108,19 @@ pub async fn run(spec: WorkerSpec, ready: impl FnOnce(Result<(), String>)) {
             };
             &copying
         };
-        let handler = match Handler::build(li, lcfg, &parts) {
+        // The port every socket of this listener is bound to.
+        let port = socks
+            .first()
+            .and_then(|s| s.local_addr().ok())
+            .map_or(lcfg.listen.port(), |a| a.port());
+        let handler = match Handler::build(
+            Bound {
+                li,
+                cfg: lcfg,
+                port,
+            },
+            &parts,
+        ) {
             Ok(h) => h,
             Err(e) => return ready(Err(format!("listener {:?}: {e}", lcfg.name))),
         };

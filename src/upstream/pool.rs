@@ -81,13 +81,4 @@ impl IdlePool {
             q.clear();
         }
     }
-
-    /// Idle connections held, all backends.
-    pub fn len(&self) -> usize {
-        self.stacks.iter().map(VecDeque::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

@@ -228,11 +228,6 @@ impl Replica {
         self.view.borrow_mut().pool.clear();
     }
 
-    /// Idle pooled connections held by this replica.
-    pub fn pooled(&self) -> usize {
-        self.view.borrow().pool.len()
-    }
-
     /// This replica's live count for backend `id` (tests, diagnostics).
     pub fn live(&self, id: BackendId) -> u32 {
         let v = self.view.borrow();

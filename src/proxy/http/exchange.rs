@@ -58,11 +58,7 @@ pub(super) async fn serve(
     // Trust is a property of the hop we talk to, not of the address a
     // PROXY header claims.
     let trusted = l.cfg.trusted_proxies.iter().any(|c| c.contains(peer.ip()));
-    let local_port = early
-        .origin
-        .map(|(_, dst)| dst.port())
-        .or_else(|| client.local_addr().ok().map(|a| a.port()))
-        .unwrap_or(l.cfg.listen.port());
+    let local_port = early.origin.map(|(_, dst)| dst.port()).unwrap_or(l.port);
     let peer = early.origin.map_or(peer, |(src, _)| src);
     let head_max = l.http.max_header_size + 1;
     let mut conn = Conn {
@@ -273,10 +269,10 @@ impl Conn<'_> {
         let l = self.l;
         match e.backend {
             Some(b) if e.is_warning() => {
-                tracing::warn!(listener = %l.cfg.name, peer = %self.peer, request_id = %self.id, backend = %b, reason = e.reason(), "{e}")
+                tracing::warn!(listener = %l.cfg.name, peer = %self.peer, request_id = %self.id, backend = %b, side = ?e.side(), reason = e.reason(), "{e}")
             }
             _ => {
-                tracing::debug!(listener = %l.cfg.name, peer = %self.peer, request_id = %self.id, backend = ?e.backend, reason = e.reason(), "{e}")
+                tracing::debug!(listener = %l.cfg.name, peer = %self.peer, request_id = %self.id, backend = ?e.backend, side = ?e.side(), reason = e.reason(), "{e}")
             }
         }
         let Some(status) = e.status() else {

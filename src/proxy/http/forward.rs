@@ -48,10 +48,8 @@ async fn early_answer(
     is_head: bool,
 ) -> bool {
     loop {
-        match from_backend
-            .fill(backend, Duration::from_secs(86_400))
-            .await
-        {
+        // No timer: the body pump it races has its own deadlines.
+        match from_backend.fill_unbounded(backend).await {
             Ok(0) | Err(_) => return false,
             Ok(_) => {}
         }

@@ -63,6 +63,9 @@ pub struct HttpProxy {
     /// This listener's index in the config (and in the metrics).
     li: usize,
     access: Option<AccessLog>,
+    /// The port the listener is bound to (X-Forwarded-Port), known at
+    /// start: no getsockname per connection.
+    port: u16,
 }
 
 /// What an http listener is built from, besides its config.
@@ -76,6 +79,8 @@ pub struct HttpParts {
     pub metrics: Arc<WorkerMetrics>,
     pub li: usize,
     pub access: Option<AccessLog>,
+    /// The bound port (the configured one may be 0).
+    pub port: u16,
 }
 
 impl HttpProxy {
@@ -120,6 +125,7 @@ impl HttpProxy {
             metrics: p.metrics,
             li: p.li,
             access: p.access,
+            port: p.port,
         })
     }
 
