@@ -134,6 +134,10 @@ impl Conn<'_> {
                 *v = Vec::with_capacity(1024);
             }
         }
+        // A long normalized path is not kept by an idle connection either.
+        if self.path.capacity() > BUF_INITIAL {
+            self.path = Vec::new();
+        }
     }
 
     /// One request/response exchange; the head is parsed in `self.req`.
