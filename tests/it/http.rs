@@ -1774,8 +1774,47 @@ fn paths_are_normalized_before_routing() {
 /// the upload ran into body_timeout and the client got 502.
 #[test]
 fn an_early_answer_is_relayed_while_the_body_is_still_coming() {
+    let r = early_answer_case(
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!",
+        false,
+    );
+    assert_eq!(r.status, 413, "{}", r.head.text());
+    assert_eq!(r.text(), "big!");
+    assert!(r.connection("close"), "{}", r.head.text());
+}
+
+/// The same when the backend closes at once after its answer, with the
+/// upload unread (its kernel resets the connection): the answer still
+/// reaches the client rather than a 502.
+#[test]
+fn an_early_answer_survives_the_backend_closing_on_the_upload() {
+    let r = early_answer_case(
+        b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 4\r\nConnection: close\r\n\r\nwho?",
+        true,
+    );
+    assert_eq!(r.status, 401, "{}", r.head.text());
+    assert_eq!(r.text(), "who?");
+    assert!(r.connection("close"), "{}", r.head.text());
+}
+
+/// A 2xx answer while the body is still coming is relayed as it streams;
+/// the backend reading no more of the body does not hold the client: once
+/// the answer is complete the connection closes (it cannot carry another
+/// request with the body cut short).
+#[test]
+fn an_early_success_ends_the_upload_after_the_answer() {
+    let r = early_answer_case(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false);
+    assert_eq!(r.status, 200, "{}", r.head.text());
+    assert_eq!(r.text(), "ok");
+}
+
+/// A backend that sends `answer` after the head of a 50 MB upload and
+/// reads none of the body (then closes at once, or waits 3 s); the client
+/// uploads 2 MB slowly. Returns the response, read within 5 s; checks the
+/// connection then closes.
+fn early_answer_case(answer: &'static [u8], close_at_once: bool) -> Resp {
     use std::io::{Read, Write};
-    let b = crate::common::backends::scripted(|mut s| {
+    let b = crate::common::backends::scripted(move |mut s| {
         let mut buf = [0u8; 4096];
         let mut got = Vec::new();
         while !got.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -1784,11 +1823,11 @@ fn an_early_answer_is_relayed_while_the_body_is_still_coming() {
                 Ok(n) => got.extend_from_slice(&buf[..n]),
             }
         }
-        let _ = s.write_all(
-            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!",
-        );
-        // Reads no body; keeps the connection a while.
-        thread::sleep(Duration::from_secs(3));
+        let _ = s.write_all(answer);
+        if !close_at_once {
+            // Reads no body; keeps the connection a while.
+            thread::sleep(Duration::from_secs(3));
+        }
     });
     let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
     let mut c = Client::connect(lb.addr("web"));
@@ -1809,8 +1848,122 @@ fn an_early_answer_is_relayed_while_the_body_is_still_coming() {
     let r = c
         .try_response(false)
         .expect("the early answer, not a wait for body_timeout");
-    assert_eq!(r.status, 413, "{}", r.head.text());
-    assert_eq!(r.text(), "big!");
-    assert!(r.connection("close"), "{}", r.head.text());
+    // Then the end of the connection, not a wait for the upload.
+    let mut rest = Vec::new();
+    let end = c.w.s.read_to_end(&mut rest);
+    assert!(
+        end.is_ok()
+            || end
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the connection stays open after an early answer: {end:?}"
+    );
     let _ = uploader.join();
+    r
+}
+
+/// Issue 10: a backend that streams its answer while it still reads the
+/// body (full duplex: each body piece echoed as a chunk at once) works end
+/// to end: the client sends piece N only after it saw piece N-1 come back.
+/// Before, the body stopped at the answer's head and the second piece never
+/// reached the backend. Both messages end cleanly, so the client connection
+/// and the pooled backend connection serve the next request.
+#[test]
+fn a_backend_may_stream_its_answer_while_it_reads_the_body() {
+    use std::io::{Read, Write};
+    const PIECES: usize = 5;
+    const PIECE: usize = 1000;
+    let b = crate::common::backends::scripted(|mut s| {
+        let mut buf = vec![0u8; 8192];
+        let mut got: Vec<u8> = Vec::new();
+        loop {
+            let end = loop {
+                if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            got.drain(..end);
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if len == 0 {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                continue;
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+            let mut left = len;
+            while left > 0 {
+                if got.is_empty() {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let take = got.len().min(left);
+                let mut chunk = format!("{take:x}\r\n").into_bytes();
+                chunk.extend_from_slice(&got[..take]);
+                chunk.extend_from_slice(b"\r\n");
+                got.drain(..take);
+                left -= take;
+                if s.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+            let _ = s.write_all(b"0\r\n\r\n");
+        }
+    });
+    let lb = Ringlb::start(Cfg::http_proxy(&[b.addr]));
+    let mut s = std::net::TcpStream::connect(lb.addr("web")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+        PIECES * PIECE
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut seen: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 8192];
+    for i in 0..PIECES {
+        let letter = b'a' + i as u8;
+        s.write_all(&vec![letter; PIECE]).unwrap();
+        // The echo of this piece must come back before the next is sent.
+        while seen.iter().filter(|&&c| c == letter).count() < PIECE {
+            match s.read(&mut buf) {
+                Ok(0) => panic!("closed before piece {i} came back"),
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(e) => panic!(
+                    "piece {i} did not come back while the body was still open: {e}; got {:?}",
+                    String::from_utf8_lossy(&seen[..seen.len().min(200)])
+                ),
+            }
+        }
+    }
+    while !seen.ends_with(b"\r\n0\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => panic!("no end chunk: {:?}", String::from_utf8_lossy(&seen)),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&seen).to_string();
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    assert!(!text.to_ascii_lowercase().contains("connection: close"));
+    // The same connection serves the next request.
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let mut w = Wire::new(s);
+    let h = Head::parse(w.read_head().unwrap().expect("a second response"));
+    assert!(h.start.starts_with("HTTP/1.1 200"), "{}", h.text());
+    assert_eq!(w.read_n(2).unwrap(), b"ok");
+    // One backend connection served both: it went back to the pool.
+    assert_eq!(b.conns(), 1);
 }

@@ -14,6 +14,13 @@ use crate::{
     listen::ticket::ConnTicket,
 };
 
+/// What happens to the client connection after an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Next {
+    KeepAlive,
+    Close,
+}
+
 /// One client connection.
 pub(super) struct Conn<'a> {
     pub l: &'a HttpProxy,

@@ -5,17 +5,15 @@
 use std::{net::SocketAddr, time::Instant};
 
 use super::{
-    conn::{Conn, LogFields},
+    conn::{Conn, LogFields, Next},
     errors::ProxyError,
     forward,
     h1::{
-        body::{forward_body, timed_write},
+        body::timed_write,
         client::MAX_RESPONSE_HEAD,
-        codec::{Framing, Request, Response},
+        codec::{Request, Response},
         respond,
-        rewrite::{self, ResponseCtx},
         server::{self, HeadRead, HeadWait},
-        tunnel::{self, TunnelOpts},
     },
     phases, HttpProxy,
 };
@@ -29,13 +27,6 @@ use crate::{
 /// [`BUF_MAX`] (or the head limit) only when a head or a burst needs it.
 const BUF_INITIAL: usize = 4096;
 const BUF_MAX: usize = 64 * 1024;
-
-/// What happens to the client connection after an exchange.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Next {
-    KeepAlive,
-    Close,
-}
 
 /// Serve one accepted client connection to the end.
 pub(super) async fn serve(
@@ -159,111 +150,7 @@ impl Conn<'_> {
         let mut plan = phases::rewrite(self, route)?;
         let up = &*route.up;
         let (upstream, inflight) = forward::forward(self, up, &mut plan).await?;
-        let backend = inflight.backend().addr;
-
-        // 101: become a tunnel (only when we asked for an upgrade).
-        if self.resp.status == 101 {
-            if !plan.upgrading {
-                return Err(ProxyError::from(super::errors::Kind::UnexpectedSwitch).at(backend));
-            }
-            // The 101 head through the same rewriting as any head (hop-by-hop
-            // fields out, the route's rules in), Upgrade and Connection:
-            // upgrade kept for this hop.
-            rewrite::response_head(
-                &mut self.response_head,
-                self.from_backend.data(),
-                &self.resp,
-                &ResponseCtx::interim(&route.cfg.response_headers, true),
-            );
-            self.from_backend.consume(self.resp.head_len);
-            self.bytes_out = (self.response_head.len() + self.from_backend.len()) as u64;
-            self.log(101, Some(backend), started);
-            let opts = TunnelOpts {
-                pools: &l.pools,
-                transfer: l.cfg.transfer,
-                idle_timeout: l.cfg.idle_timeout,
-                write_timeout: l.http.body_timeout,
-            };
-            let Some((counts, end)) = tunnel::run(
-                &self.client,
-                &upstream,
-                &self.response_head,
-                &self.from_backend,
-                &self.from_client,
-                &opts,
-            )
-            .await
-            else {
-                return Ok(Next::Close);
-            };
-            let lm = &l.metrics.listeners[l.li];
-            lm.bytes_in.add(counts.up.get());
-            lm.bytes_out.add(counts.down.get());
-            tracing::debug!(listener = %l.cfg.name, request_id = %self.id, ?end, up = counts.up.get(), down = counts.down.get(), "tunnel closed");
-            return Ok(Next::Close);
-        }
-
-        // The final response.
-        let resp = &self.resp;
-        let dechunk = plan.client_minor == 0 && resp.framing == Framing::Chunked;
-        let close = plan.client_close
-            || resp.framing == Framing::UntilClose
-            || dechunk
-            || self.ticket.drain().is_stopping();
-        let status = resp.status;
-        rewrite::response_head(
-            &mut self.response_head,
-            self.from_backend.data(),
-            resp,
-            &ResponseCtx {
-                close,
-                keep_alive_1_0: plan.client_minor == 0 && !close,
-                dechunk,
-                switching: false,
-                ops: &route.cfg.response_headers,
-            },
-        );
-        let resp_framing = resp.framing;
-        let backend_keeps = resp.minor == 1 && !resp.conn.close;
-        self.from_backend.consume(resp.head_len);
-        let moved = forward_body(
-            &upstream,
-            &mut self.from_backend,
-            &self.client,
-            resp_framing,
-            dechunk,
-            u64::MAX,
-            l.http.body_timeout,
-            &self.response_head,
-            &l.pools,
-            &l.body_pace(),
-        )
-        .await;
-        self.bytes_out = self.response_head.len() as u64 + moved.as_ref().map_or(0, |m| *m);
-        self.log(status, Some(backend), started);
-        match moved {
-            Ok(_) => {
-                if backend_keeps
-                    && resp_framing != Framing::UntilClose
-                    && plan.body_sent
-                    && self.from_backend.is_empty()
-                {
-                    up.put_idle(&inflight, upstream);
-                }
-                if plan.early_answer {
-                    // The client may still be sending the body we stopped
-                    // forwarding: close without a reset that could destroy
-                    // the answer on its way.
-                    server::linger(&self.client, &mut self.from_client).await;
-                    return Ok(Next::Close);
-                }
-                Ok(if close { Next::Close } else { Next::KeepAlive })
-            }
-            Err(e) => {
-                tracing::debug!(listener = %l.cfg.name, request_id = %self.id, %backend, "response body cut short: {e:?}");
-                Ok(Next::Close)
-            }
-        }
+        super::response::respond(self, route_idx, up, upstream, inflight, &mut plan, started).await
     }
 
     /// The one place a failed request is answered: ringlb's own JSON error

@@ -1,12 +1,11 @@
 //! The forward step: pick a backend (or wait in the upstream's bounded
-//! queue), reuse a pooled connection or connect, send the head and the
-//! body, read the response head; retry on the next backend or on a fresh
-//! connection where that is safe. Health outcomes are reported here, from
+//! queue), reuse a pooled connection or connect, send the head (with a
+//! small body), read the response head; retry on the next backend or on a
+//! fresh connection where that is safe. A body that did not fit the head's
+//! write goes out in the response step, beside the response. Health outcomes are reported here, from
 //! the error's own verdict.
 
-use futures_util::future::{select, Either};
 use std::{
-    io,
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
@@ -15,13 +14,14 @@ use super::{
     conn::Conn,
     errors::{Kind, ProxyError},
     h1::{
-        body::{forward_body, timed_write, BodyError},
+        body::timed_write,
         client::{read_response_head, Interim},
     },
     phases::Plan,
+    HttpProxy,
 };
 use crate::{
-    backends::{BackendId, NoPick, Upstream},
+    backends::{Backend, BackendId, NoPick, Upstream},
     io::stream::Stream,
     upstream::{connect::timed_connect, InFlight, Replica},
 };
@@ -33,43 +33,6 @@ fn failure_status_reason(status: u16) -> &'static str {
         503 => "503 response",
         504 => "504 response",
         _ => "failure-status response",
-    }
-}
-
-/// While the request body goes out: wait for the backend to say something,
-/// and report true once a final (non-1xx) response head is complete in
-/// `from_backend`, false if the backend closed or failed first. Never
-/// returns otherwise (interim responses and partial heads just stay
-/// buffered for the response step).
-async fn early_answer(
-    backend: &Stream,
-    from_backend: &mut crate::io::rbuf::RBuf,
-    resp: &mut crate::proxy::http::h1::codec::Response,
-    is_head: bool,
-) -> bool {
-    loop {
-        // No timer: the body pump it races has its own deadlines.
-        match from_backend.fill_unbounded(backend).await {
-            Ok(0) | Err(_) => return false,
-            Ok(_) => {}
-        }
-        // Skip over interim heads to see whether a final one is there.
-        let mut at = 0;
-        loop {
-            let data = &from_backend.data()[at..];
-            match crate::proxy::http::h1::codec::parse_response(
-                data,
-                crate::proxy::http::h1::client::MAX_RESPONSE_HEAD,
-                is_head,
-                resp,
-            ) {
-                Ok(true) if resp.status < 200 && resp.status != 101 => at += resp.head_len,
-                Ok(true) => return true,
-                // Malformed: the response step will say so.
-                Err(_) => return true,
-                Ok(false) => break,
-            }
-        }
     }
 }
 
@@ -239,62 +202,8 @@ pub(super) async fn forward<'r>(
             return Err(ProxyError::from(Kind::SendFailed(e)).at(addr));
         }
         if !plan.body_sent {
-            let limit = if plan.max_body > 0 {
-                plan.max_body
-            } else {
-                u64::MAX
-            };
-            let pace = l.body_pace();
-            let pump = std::pin::pin!(forward_body(
-                &c.client,
-                &mut c.from_client,
-                &stream,
-                plan.framing,
-                false,
-                limit,
-                write_timeout,
-                &[],
-                &l.pools,
-                &pace,
-            ));
-            // Meanwhile the backend may answer before it read the whole body
-            // (a 413, a 401): that answer goes to the client at once, the
-            // rest of the body is not sent, and the connection closes after.
-            let answer = std::pin::pin!(early_answer(
-                &stream,
-                &mut c.from_backend,
-                &mut c.resp,
-                plan.is_head
-            ));
-            let moved = match select(pump, answer).await {
-                Either::Left((moved, _)) => moved,
-                Either::Right((true, _)) => {
-                    plan.early_answer = true;
-                    plan.client_close = true;
-                    Ok(0)
-                }
-                // The backend closed (or failed) while the body was going out.
-                Either::Right((false, _)) => {
-                    Err(BodyError::Dest(io::ErrorKind::UnexpectedEof.into()))
-                }
-            };
-            match moved {
-                Ok(_) if plan.early_answer => {}
-                Ok(n) => {
-                    lm.bytes_in.add(n);
-                    plan.body_sent = true;
-                }
-                Err(e) => {
-                    let kind = match e {
-                        BodyError::Source(e) => Kind::ClientGone(e),
-                        BodyError::TooLarge => Kind::BodyTooLarge,
-                        BodyError::Chunk(why) => Kind::BadBody(why),
-                        BodyError::Dest(e) => Kind::BackendStoppedReading(e),
-                        BodyError::TooSlow => Kind::BodyTooSlow,
-                    };
-                    return Err(ProxyError::from(kind).at(addr));
-                }
-            }
+            // The body goes out in the response step, beside the response.
+            return Ok((stream, inflight));
         }
         // Read the response head (bytes of it may be buffered already: they
         // came while the body went out).
@@ -314,27 +223,18 @@ pub(super) async fn forward<'r>(
             &interim,
         )
         .await;
-        match read {
-            Ok(()) => {
-                l.metrics.upstreams[up.ui]
-                    .response
-                    .record(sent_at.elapsed());
-                let status = c.resp.status;
-                if up.upstream.is_failure_status(status) {
-                    up.upstream
-                        .report_failure(&backend, failure_status_reason(status));
-                } else {
-                    up.upstream.report_success(&backend);
-                }
-                return Ok((stream, inflight));
-            }
-            Err(kind) => {
-                let err = ProxyError::from(kind)
-                    .retryable(reused && plan.replayable)
-                    .at(addr);
-                if let Some(why) = err.health() {
-                    up.upstream.report_failure(&backend, why);
-                }
+        let status = c.resp.status;
+        match judge(
+            l,
+            up,
+            &backend,
+            read,
+            status,
+            sent_at,
+            reused && plan.replayable,
+        ) {
+            Ok(()) => return Ok((stream, inflight)),
+            Err(err) => {
                 if let Kind::NoResponse(e) = &err.kind {
                     if err.retryable && c.from_backend.is_empty() {
                         tracing::debug!(listener = %l.cfg.name, request_id = %c.id, "pooled connection was closed by the backend ({e}); retrying on a new one");
@@ -345,6 +245,43 @@ pub(super) async fn forward<'r>(
                 }
                 return Err(err);
             }
+        }
+    }
+}
+
+/// A response head read, judged: its time into the upstream's histogram,
+/// its status (or its failure) into the backend's health.
+///
+/// # Errors
+/// The read's failure, as the error to answer with.
+pub(super) fn judge(
+    l: &HttpProxy,
+    up: &Replica,
+    backend: &Backend,
+    read: Result<(), Kind>,
+    status: u16,
+    sent_at: Instant,
+    retryable: bool,
+) -> Result<(), ProxyError> {
+    match read {
+        Ok(()) => {
+            l.metrics.upstreams[up.ui]
+                .response
+                .record(sent_at.elapsed());
+            if up.upstream.is_failure_status(status) {
+                up.upstream
+                    .report_failure(backend, failure_status_reason(status));
+            } else {
+                up.upstream.report_success(backend);
+            }
+            Ok(())
+        }
+        Err(kind) => {
+            let err = ProxyError::from(kind).retryable(retryable).at(backend.addr);
+            if let Some(why) = err.health() {
+                up.upstream.report_failure(backend, why);
+            }
+            Err(err)
         }
     }
 }

@@ -7,10 +7,12 @@
 //! 2. request phases ([`phases`]): request id, route ([`router`]), limits
 //!    (rate limit, body size), upgrade, rewrite ([`h1::rewrite`]);
 //! 3. forward ([`forward`]): pick or queue, reuse a pooled connection or
-//!    connect, send head and body ([`h1::body`]), read the response head
-//!    ([`h1::client`]), retrying as allowed;
-//! 4. response: stream the response body back, or on `101` become a
-//!    tunnel ([`h1::tunnel`]); return the backend connection to the pool;
+//!    connect, send the head (with a small body) and read the response
+//!    head ([`h1::client`]), retrying as allowed;
+//! 4. response ([`response`]): a longer request body goes out beside the
+//!    response (early answers, full duplex; [`h1::body`]), the response
+//!    body streams back, or on `101` the exchange becomes a tunnel
+//!    ([`h1::tunnel`]); the backend connection returns to the pool;
 //! 5. log ([`log`]): metrics and the access-log line.
 //!
 //! Any step may fail with one [`errors::ProxyError`]; it is answered,
@@ -28,6 +30,7 @@ mod forward;
 pub mod h1;
 mod log;
 mod phases;
+mod response;
 pub mod router;
 
 use std::{cell::RefCell, net::SocketAddr, rc::Rc, sync::Arc};
