@@ -153,11 +153,8 @@ X-Custom: b\r\n\
     ] {
         assert!(!h.has(hop), "{hop} forwarded:\n{text}");
     }
-    assert_eq!(
-        h.all("x-forwarded-for"),
-        ["203.0.113.7, 127.0.0.1"],
-        "{text}"
-    );
+    // Not from a trusted proxy: the client's own list does not go on.
+    assert_eq!(h.all("x-forwarded-for"), ["127.0.0.1"], "{text}");
     assert_eq!(h.all("x-real-ip"), ["127.0.0.1"], "{text}");
     assert_eq!(h.all("x-forwarded-proto"), ["http"], "{text}");
     let ids = h.all("x-request-id");
@@ -1697,6 +1694,9 @@ fn a_trickling_request_body_gets_408() {
 /// Issue 10: `Forwarded` and `X-Forwarded-Host/-Port/-Proto` from clients
 /// go on only from `trusted_proxies`; for everyone else ringlb writes its
 /// own (the Host the client asked for, the port it connected to, http).
+/// A trusted proxy's `X-Forwarded-For` hops are kept and the peer appended;
+/// anyone else's are dropped, so the first address a backend reads cannot
+/// be chosen by the client.
 #[test]
 fn forwarding_fields_pass_only_from_trusted_proxies() {
     let b = HttpBackend::start();
@@ -1704,7 +1704,7 @@ fn forwarding_fields_pass_only_from_trusted_proxies() {
         Cfg::http_proxy(&[b.addr]).listener_with("trusted_proxies = [\"127.0.0.2/32\"]"),
     );
     let addr = lb.addr("web");
-    let req = b"GET /f HTTP/1.1\r\nHost: shop.example\r\nForwarded: for=6.6.6.6\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: https\r\n\r\n";
+    let req = b"GET /f HTTP/1.1\r\nHost: shop.example\r\nForwarded: for=6.6.6.6\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: https\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n";
     for (n, (src, trusted)) in [("127.0.0.1", false), ("127.0.0.2", true)]
         .into_iter()
         .enumerate()
@@ -1720,10 +1720,13 @@ fn forwarding_fields_pass_only_from_trusted_proxies() {
             assert_eq!(h.all("forwarded"), ["for=6.6.6.6"], "{}", h.text());
             assert_eq!(h.all("x-forwarded-host"), ["evil.example"], "{}", h.text());
             assert_eq!(h.all("x-forwarded-proto"), ["https"], "{}", h.text());
+            let chain = format!("6.6.6.6, {src}");
+            assert_eq!(h.all("x-forwarded-for"), [chain.as_str()], "{}", h.text());
         } else {
             assert!(h.all("forwarded").is_empty(), "{}", h.text());
             assert_eq!(h.all("x-forwarded-host"), ["shop.example"], "{}", h.text());
             assert_eq!(h.all("x-forwarded-proto"), ["http"], "{}", h.text());
+            assert_eq!(h.all("x-forwarded-for"), [src], "{}", h.text());
         }
         assert_eq!(
             h.all("x-forwarded-port"),

@@ -82,7 +82,8 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &Request, cx: &RequestCt
     out.extend_from_slice(cx.path);
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let noms = &req.conn.nominated;
-    // Earlier hops' X-Forwarded-For values, in order (no allocation unless present).
+    // Earlier hops' X-Forwarded-For values from a trusted proxy, in order
+    // (no allocation unless present).
     let mut xff: Vec<&[u8]> = Vec::new();
     let mut host_written = false;
     // Forwarding fields a trusted proxy sent (then ours are not added).
@@ -104,9 +105,11 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &Request, cx: &RequestCt
         }
         let value = v.get(buf);
         match kind {
+            // Earlier hops count only when a trusted proxy reports them:
+            // anyone else could write any address first in the list.
             Kind::XForwardedFor => {
                 let value = super::codec::trim(value);
-                if !value.is_empty() {
+                if cx.trusted && !value.is_empty() {
                     xff.push(value);
                 }
                 continue;
@@ -305,15 +308,25 @@ mod tests {
         );
         assert_eq!(
             got,
-            "GET /a?b HTTP/1.1\r\nHost: h\r\nAccept: */*\r\nUser-Agent: t\r\nX-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\nX-Real-IP: 10.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nX-Forwarded-Port: 80\r\nX-Request-Id: rid\r\n\r\n"
+            "GET /a?b HTTP/1.1\r\nHost: h\r\nAccept: */*\r\nUser-Agent: t\r\nX-Forwarded-For: 10.0.0.9\r\nX-Real-IP: 10.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nX-Forwarded-Port: 80\r\nX-Request-Id: rid\r\n\r\n"
         );
     }
 
     #[test]
     fn forwarding_fields_pass_only_from_trusted_proxies() {
-        let raw = b"GET / HTTP/1.1\r\nHost: h\r\nForwarded: for=6.6.6.6\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Port: 1\r\nX-Forwarded-Proto: https\r\n\r\n";
+        let raw = b"GET / HTTP/1.1\r\nHost: h\r\nForwarded: for=6.6.6.6\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Port: 1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\n\r\n";
         let untrusted = rewrite_from(raw, &HeaderOps::default(), false);
-        for gone in ["Forwarded: for", "evil", "X-Forwarded-Port: 1\r", "https"] {
+        assert!(
+            untrusted.contains("\r\nX-Forwarded-For: 10.0.0.9\r\n"),
+            "{untrusted}"
+        );
+        for gone in [
+            "Forwarded: for",
+            "evil",
+            "X-Forwarded-Port: 1\r",
+            "https",
+            "1.1.1.1",
+        ] {
             assert!(!untrusted.contains(gone), "{gone}: {untrusted}");
         }
         assert!(
@@ -326,6 +339,7 @@ mod tests {
             "X-Forwarded-Host: evil",
             "X-Forwarded-Port: 1\r",
             "X-Forwarded-Proto: https",
+            "X-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\n",
         ] {
             assert!(trusted.contains(kept), "{kept}: {trusted}");
         }
