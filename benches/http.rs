@@ -90,6 +90,7 @@ fn rewrite(c: &mut Criterion) {
                 upgrade: None,
                 trusted: false,
                 port: 80,
+                https: false,
                 ops: &ops,
             };
             request_head(&mut out, black_box(REQUEST), &req, &cx);

@@ -14,7 +14,7 @@
 //! |---|---|---|
 //! | `main` | the CLI | everything |
 //! | `demo` | `ringlb demo`: echo backends + a tcp listener | config, error, server, sys |
-//! | `server` | signal loop, generations, reload, upgrade, fd budget, threads | admin, proxy, listen, upstream, metrics, backends, limits, io, config, balancer, error, sys |
+//! | `server` | signal loop, generations, reload, upgrade, fd budget, threads | admin, proxy, listen, upstream, metrics, backends, limits, tls, io, config, balancer, error, sys |
 //! | `admin` | the admin HTTP listener (/metrics /status /healthz /readyz) | metrics, sys |
 //! | `proxy` | the protocol handlers: tcp relay, HTTP/1.1 exchange | listen, upstream, backends, balancer, io, limits, metrics, config, sys |
 //! | `listen` | sockets, accept loop, limiter, drain, connection ticket | io, limits, metrics, config, sys |
@@ -22,7 +22,8 @@
 //! | `metrics` | per-worker shards, Prometheus text, /status, access log | backends, config, sys |
 //! | `backends` | versioned backend sets, health and circuit state, pick, checks | balancer, io, config, sys |
 //! | `limits` | token buckets and per-IP counters | balancer, config |
-//! | `io` | streams, relay, pools, read buffer, connect | config, sys |
+//! | `tls` | rustls configurations: certificates by SNI, versions, ALPN, client auth | config |
+//! | `io` | streams (plain and TLS), relay, pools, read buffer, connect | config, sys |
 //! | `config` | TOML -> typed config | balancer |
 //! | `error` | startup errors and exit codes | config |
 //! | `balancer` | pure pick algorithms | (nothing) |
@@ -45,6 +46,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod sys;
+pub mod tls;
 pub mod upstream;
 
 pub use config::Config;

@@ -61,7 +61,15 @@ fn main() -> ExitCode {
         init_logging("info");
     }
     let result = match command {
-        Cmd::Check => match ringlb::Config::load(&path) {
+        Cmd::Check => match ringlb::Config::load(&path).and_then(|cfg| {
+            // Certificates and keys are built too, as the server would.
+            ringlb::tls::listener_configs(&cfg)
+                .map(|_| cfg)
+                .map_err(|err| ringlb::config::LoadError {
+                    file: path.display().to_string(),
+                    err,
+                })
+        }) {
             Ok(cfg) => {
                 println!(
                     "{}: ok ({} listener(s), {} upstream(s))",

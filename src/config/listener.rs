@@ -85,6 +85,8 @@ pub struct ListenerConfig {
     /// Peers whose forwarding fields (`Forwarded`, `X-Forwarded-Host`,
     /// `-Port`, `-Proto`) are passed on; everyone else's are replaced.
     pub trusted_proxies: Vec<super::values::Cidr>,
+    /// TLS termination: clients speak TLS to this listener.
+    pub tls: Option<super::tls::TlsConfig>,
 }
 
 /// One `[[listener]]` as written: one flat table, so the http keys are here too.
@@ -120,6 +122,7 @@ pub(super) struct RawListener {
     pub ipv6_prefix: Option<i64>,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    pub tls: Option<super::tls::RawTls>,
     #[serde(default)]
     pub route: Vec<RawRoute>,
 }
@@ -215,6 +218,10 @@ pub(super) fn build(
         Mode::Tcp => None,
         Mode::Http => Some(http::build(&k, &mut raw_http, upstream, index)?),
     };
+    let tls = match l.tls.take() {
+        Some(t) => Some(super::tls::build(&k, t)?),
+        None => None,
+    };
     let transfer = match l.transfer.as_deref() {
         None | Some("auto") => Transfer::Auto,
         Some("splice") => Transfer::Splice,
@@ -266,5 +273,6 @@ pub(super) fn build(
             None => 64,
             Some(n) => range(&k("ipv6_prefix"), n, 1, 128)? as u8,
         },
+        tls,
     })
 }

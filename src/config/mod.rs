@@ -7,7 +7,8 @@
 //!
 //! Each TOML table has one file holding its mirror, its typed structs and
 //! the conversion: `runtime.rs`, `listener.rs` (with `http.rs` for the http
-//! keys and routes), `upstream.rs` and `observe.rs` (`[admin]`, `[log]`,
+//! keys and routes), `tls.rs` (a listener's `tls` table, its files read), `upstream.rs` and
+//! `observe.rs` (`[admin]`, `[log]`,
 //! `[access_log]`); `values.rs` parses the scalars they share. This file
 //! ties the tables together and checks what spans them.
 
@@ -15,6 +16,7 @@ mod http;
 mod listener;
 mod observe;
 mod runtime;
+mod tls;
 mod upstream;
 mod values;
 
@@ -35,6 +37,7 @@ pub use listener::{
 };
 pub use observe::{AccessLogConfig, LogFormat};
 pub use runtime::{IoUringMode, RuntimeConfig};
+pub use tls::{CertPair, ClientAuth, TlsConfig, TlsVersion};
 pub use upstream::{EjectConfig, HashKey, HealthConfig, HealthKind, ServerConfig, UpstreamConfig};
 pub use values::{parse_cidr, parse_duration, parse_size, Cidr};
 

@@ -7,9 +7,12 @@
 //! - [`pools`]: per-worker pipes and copy buffers, leased while bytes move.
 //! - [`rbuf`]: a read buffer with a consumed front (heads, pipelining).
 //! - [`stream`]: the byte stream all of the above work on.
+//! - [`tls`]: the TLS variant of it (rustls driven by readiness), and the
+//!   handshake.
 
 pub mod connect;
 pub mod pools;
 pub mod rbuf;
 pub mod relay;
 pub mod stream;
+pub mod tls;

@@ -263,9 +263,16 @@ async fn copy_burst(
 pub async fn write_all(dst: &Stream, mut data: &[u8]) -> io::Result<()> {
     // Not write_all_until: this runs inside every tcp connection's task, and
     // its pair of slices and optional timer add 128 bytes to that state
-    // (`connection_task_state_is_small`).
-    while !data.is_empty() {
-        match dst.try_write(data, &[]) {
+    // (`connection_task_state_is_small`). One await point, for the same
+    // reason: the flush of a TLS stream's last records shares it.
+    loop {
+        let step = if data.is_empty() {
+            dst.try_flush().map(|()| 0)
+        } else {
+            dst.try_write(data, &[])
+        };
+        match step {
+            Ok(0) if data.is_empty() => return Ok(()),
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => data = &data[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
@@ -273,7 +280,6 @@ pub async fn write_all(dst: &Stream, mut data: &[u8]) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
-    Ok(())
 }
 
 /// Write `a` then `b` (one vectored send when both are there), waiting for
@@ -299,6 +305,14 @@ pub async fn write_all_until(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(dst, limit).await?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
+        }
+    }
+    // TLS: the last records may still be in rustls.
+    while let Err(e) = dst.try_flush() {
+        match e.kind() {
+            io::ErrorKind::WouldBlock => writable(dst, limit).await?,
+            io::ErrorKind::Interrupted => {}
+            _ => return Err(e),
         }
     }
     Ok(())

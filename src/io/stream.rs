@@ -1,9 +1,9 @@
 //! The byte stream every handler works on: the relay, the read buffer, the
 //! body pump, the tunnel and the keep-alive pool take a [`Stream`].
 //!
-//! Today the only variant is a plain, nonblocking TCP socket; a TLS variant
-//! (rustls's sans-IO connection driven by the same readiness waits) is the
-//! next. Everything here is readiness plus a nonblocking call, so a timeout
+//! Two variants: a plain, nonblocking TCP socket, and TLS over one
+//! ([`super::tls`]: rustls's sans-IO connection driven by the same
+//! readiness waits). Everything here is readiness plus a nonblocking call, so a timeout
 //! only ever drops a readiness wait, never bytes. Splice is the fast path
 //! between two plain streams only ([`Stream::as_plain`]); anything else
 //! copies through [`Stream::try_read`] / [`Stream::try_write`].
@@ -19,12 +19,16 @@ use std::{
 
 use monoio::net::TcpStream;
 
+use super::tls::TlsStream;
 use crate::sys;
 
 /// A connected byte stream.
 #[derive(Debug)]
 pub enum Stream {
     Plain(TcpStream),
+    /// Boxed: most streams are plain, and a tcp connection's task state
+    /// holds two of them.
+    Tls(Box<TlsStream>),
 }
 
 impl Stream {
@@ -42,6 +46,7 @@ impl Stream {
     pub fn as_plain(&self) -> Option<&TcpStream> {
         match self {
             Stream::Plain(s) => Some(s),
+            Stream::Tls(_) => None,
         }
     }
 
@@ -50,6 +55,7 @@ impl Stream {
     pub fn fd(&self) -> RawFd {
         match self {
             Stream::Plain(s) => s.as_raw_fd(),
+            Stream::Tls(t) => t.fd(),
         }
     }
 
@@ -61,6 +67,12 @@ impl Stream {
     pub async fn readable(&self) -> io::Result<()> {
         match self {
             Stream::Plain(s) => s.readable(false).await,
+            Stream::Tls(t) => {
+                if t.has_buffered() {
+                    return Ok(());
+                }
+                t.sock().readable(false).await
+            }
         }
     }
 
@@ -72,6 +84,7 @@ impl Stream {
     pub async fn writable(&self) -> io::Result<()> {
         match self {
             Stream::Plain(s) => s.writable(false).await,
+            Stream::Tls(t) => t.sock().writable(false).await,
         }
     }
 
@@ -84,6 +97,7 @@ impl Stream {
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => sys::recv(s.as_raw_fd(), buf),
+            Stream::Tls(t) => t.try_read(buf),
         }
     }
 
@@ -110,6 +124,20 @@ impl Stream {
                     })
                 }
             }
+            Stream::Tls(t) => t.try_write(a, b),
+        }
+    }
+
+    /// Send what a TLS stream still holds from earlier writes (nothing to
+    /// do on a plain socket); `WouldBlock` while there is no room.
+    ///
+    /// # Errors
+    /// `WouldBlock`, or as send(2).
+    #[inline]
+    pub fn try_flush(&self) -> io::Result<()> {
+        match self {
+            Stream::Plain(_) => Ok(()),
+            Stream::Tls(t) => t.try_flush(),
         }
     }
 
@@ -120,6 +148,7 @@ impl Stream {
     pub fn shutdown_write(&self) -> io::Result<()> {
         match self {
             Stream::Plain(s) => sys::shutdown_write(s.as_raw_fd()),
+            Stream::Tls(t) => t.shutdown_write(),
         }
     }
 
@@ -130,6 +159,7 @@ impl Stream {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         match self {
             Stream::Plain(s) => s.local_addr(),
+            Stream::Tls(t) => t.sock().local_addr(),
         }
     }
 
@@ -137,5 +167,22 @@ impl Stream {
     /// reset by the peer, nothing unexpected waiting).
     pub fn idle_usable(&self) -> bool {
         sys::idle_socket_usable(self.fd())
+    }
+
+    /// This plain stream carrying `conn`, a TLS connection whose
+    /// handshake ran on it (a TLS stream stays as it is).
+    pub fn into_tls(self, conn: Box<rustls::Connection>) -> Stream {
+        match self {
+            Stream::Plain(s) => Stream::Tls(Box::new(TlsStream::new(s, *conn))),
+            tls => tls,
+        }
+    }
+
+    /// The TLS connection, when this stream is one.
+    pub fn as_tls(&self) -> Option<&TlsStream> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Tls(t) => Some(t),
+        }
     }
 }

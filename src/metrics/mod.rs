@@ -113,6 +113,45 @@ pub struct ListenerMetrics {
     pub request_duration: Hist,
     /// One per route, then one for requests that matched none.
     pub routes: Vec<RouteMetrics>,
+    /// TLS listeners: handshakes.
+    pub tls: TlsMetrics,
+}
+
+/// The cipher suites the ring provider offers (TLS 1.3, then 1.2): the
+/// label of a completed handshake.
+pub const TLS_SUITES: [&str; 9] = [
+    "TLS13_AES_128_GCM_SHA256",
+    "TLS13_AES_256_GCM_SHA384",
+    "TLS13_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+];
+
+/// Why a handshake failed (the label of a failed one).
+pub const TLS_FAILURES: [&str; 6] = [
+    "io",
+    "protocol",
+    "bad_certificate",
+    "no_certificate",
+    "timeout",
+    "not_tls",
+];
+
+/// One listener's TLS handshakes on one worker.
+#[derive(Debug, Default)]
+pub struct TlsMetrics {
+    /// Completed, by suite ([`TLS_SUITES`]; the suite fixes the version).
+    pub ok: [Counter; 9],
+    /// Completed with a resumed session.
+    pub resumed: Counter,
+    /// Failed, by reason ([`TLS_FAILURES`]).
+    pub failed: [Counter; 6],
+    /// Handshake time (first byte read to handshake done).
+    pub duration: Hist,
 }
 
 #[derive(Debug, Default)]

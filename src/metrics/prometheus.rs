@@ -251,6 +251,71 @@ impl Registry {
                 &h,
             );
         }
+        let tls: Vec<(usize, &crate::config::ListenerConfig)> = cfg
+            .listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.tls.is_some())
+            .collect();
+        if !tls.is_empty() {
+            family(
+                &mut o,
+                "ringlb_tls_handshakes_total",
+                "counter",
+                "TLS handshakes with clients: completed by version and cipher, failed by reason.",
+            );
+            for &(li, l) in &tls {
+                let name = esc(&l.name);
+                for (si, suite) in super::TLS_SUITES.iter().enumerate() {
+                    let v = self.sum(|w| w.listeners[li].tls.ok[si].get());
+                    let version = if suite.starts_with("TLS13") {
+                        "1.3"
+                    } else {
+                        "1.2"
+                    };
+                    let _ = writeln!(
+                        o,
+                        "ringlb_tls_handshakes_total{{listener=\"{name}\",result=\"ok\",version=\"{version}\",cipher=\"{suite}\"}} {v}"
+                    );
+                }
+                for (fi, why) in super::TLS_FAILURES.iter().enumerate() {
+                    let v = self.sum(|w| w.listeners[li].tls.failed[fi].get());
+                    let _ = writeln!(
+                        o,
+                        "ringlb_tls_handshakes_total{{listener=\"{name}\",result=\"{why}\"}} {v}"
+                    );
+                }
+            }
+            family(
+                &mut o,
+                "ringlb_tls_resumed_total",
+                "counter",
+                "TLS handshakes that resumed an earlier session.",
+            );
+            for &(li, l) in &tls {
+                let v = self.sum(|w| w.listeners[li].tls.resumed.get());
+                let _ = writeln!(
+                    o,
+                    "ringlb_tls_resumed_total{{listener=\"{}\"}} {v}",
+                    esc(&l.name)
+                );
+            }
+            family(
+                &mut o,
+                "ringlb_tls_handshake_duration_seconds",
+                "histogram",
+                "TLS handshake time with clients.",
+            );
+            for &(li, l) in &tls {
+                let h = self.merge(|w| &w.listeners[li].tls.duration);
+                histogram(
+                    &mut o,
+                    "ringlb_tls_handshake_duration_seconds",
+                    &format!("listener=\"{}\"", esc(&l.name)),
+                    &h,
+                );
+            }
+        }
         family(
             &mut o,
             "ringlb_upstream_connect_duration_seconds",

@@ -4,6 +4,7 @@
 //! protocol is a new variant and a new room beside these.
 
 pub mod early;
+pub mod handshake;
 pub mod http;
 pub mod proxy_protocol;
 pub mod tcp;
@@ -40,6 +41,8 @@ pub struct Bound<'a> {
     pub li: usize,
     pub cfg: &'a ListenerConfig,
     pub port: u16,
+    /// The listener terminates TLS with this configuration.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// What serves a listener's connections on one worker.
@@ -56,7 +59,7 @@ impl Handler {
     /// A listener the validated config should not allow (no upstream, a
     /// repeated route); the listener is then left out, with this message.
     pub fn build(b: Bound<'_>, w: &WorkerParts<'_>) -> Result<Handler, String> {
-        let Bound { li, cfg, port } = b;
+        let Bound { li, cfg, port, tls } = b;
         Ok(match cfg.mode {
             Mode::Tcp => {
                 let up = cfg
@@ -70,6 +73,7 @@ impl Handler {
                     metrics: Arc::clone(w.metrics),
                     li,
                     access: w.access.clone(),
+                    tls,
                 }))
             }
             Mode::Http => Handler::Http(Rc::new(HttpProxy::new(
@@ -83,6 +87,7 @@ impl Handler {
                     li,
                     access: w.access.clone(),
                     port,
+                    tls,
                 },
             )?)),
         })

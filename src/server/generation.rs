@@ -144,6 +144,15 @@ pub(super) fn start_generation(
     let budget = apply_fd_budget(&cfg, workers);
     let driver = choose_driver(cfg.runtime.io_uring)?;
     let splice_ok = sys::splice_works();
+    // TLS: certificates and keys built before anything else changes, so a
+    // bad file fails the start (or the reload) with nothing touched. One
+    // configuration per listener for every worker: sessions resume on any.
+    let tls = crate::tls::listener_configs(&cfg).map_err(|err| {
+        Error::Config(crate::config::LoadError {
+            file: "(config)".to_string(),
+            err,
+        })
+    })?;
     // Without splice(2) the workers make every listener copy (see
     // `WorkerSpec::splice_ok`); the config stays as validated.
     if !splice_ok && first {
@@ -275,6 +284,7 @@ pub(super) fn start_generation(
             start: start_rx,
             shutdown: stop_rx,
             splice_ok,
+            tls: tls.clone(),
         };
         let core = if cfg.runtime.pin_cores && !cores.is_empty() {
             Some(cores[index % cores.len()])

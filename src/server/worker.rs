@@ -41,6 +41,8 @@ pub struct WorkerSpec {
     pub shutdown: oneshot::Receiver<Stop>,
     /// splice(2) works here; when it does not, every listener copies.
     pub splice_ok: bool,
+    /// Per listener: its TLS server configuration (shared by all workers).
+    pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
 }
 
 /// A listening socket registered with this worker's runtime, and what its
@@ -118,6 +120,7 @@ pub async fn run(spec: WorkerSpec, ready: impl FnOnce(Result<(), String>)) {
                 li,
                 cfg: lcfg,
                 port,
+                tls: spec.tls.get(li).cloned().flatten(),
             },
             &parts,
         ) {

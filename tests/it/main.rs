@@ -18,3 +18,4 @@ mod redis;
 mod reload;
 mod resilience;
 mod tcp;
+mod tls;

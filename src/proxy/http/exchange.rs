@@ -20,7 +20,7 @@ use super::{
 use crate::{
     io::{rbuf::RBuf, stream::Stream},
     listen::ticket::ConnTicket,
-    proxy::early,
+    proxy::{early, handshake},
 };
 
 /// First size of a connection's read buffers; they grow up to
@@ -43,8 +43,24 @@ pub(super) async fn serve(
         }
     };
     // Behind a front balancer: the client's real address from its PROXY header.
-    let Some(early) = early::read(&client, &l.cfg, peer).await else {
+    let Some(mut early) = early::read(&client, &l.cfg, peer).await else {
         return;
+    };
+    let client = match (&l.tls, &l.cfg.tls) {
+        (Some(tls), Some(t)) => {
+            let site = handshake::Site {
+                listener: &l.cfg.name,
+                peer,
+                metrics: &l.metrics.listeners[l.li].tls,
+                timeout: t.handshake_timeout,
+                http: true,
+            };
+            match handshake::terminate(&client, &mut early.bytes, tls, site).await {
+                Some(conn) => client.into_tls(conn),
+                None => return,
+            }
+        }
+        _ => client,
     };
     // Trust is a property of the hop we talk to, not of the address a
     // PROXY header claims.

@@ -69,6 +69,8 @@ pub struct HttpProxy {
     /// The port the listener is bound to (X-Forwarded-Port), known at
     /// start: no getsockname per connection.
     port: u16,
+    /// TLS termination: clients speak HTTPS here.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// What an http listener is built from, besides its config.
@@ -84,6 +86,8 @@ pub struct HttpParts {
     pub access: Option<AccessLog>,
     /// The bound port (the configured one may be 0).
     pub port: u16,
+    /// TLS termination: clients speak HTTPS here.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl HttpProxy {
@@ -129,6 +133,7 @@ impl HttpProxy {
             li: p.li,
             access: p.access,
             port: p.port,
+            tls: p.tls,
         })
     }
 

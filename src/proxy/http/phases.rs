@@ -236,6 +236,7 @@ pub(super) fn rewrite(c: &mut Conn<'_>, route: &Route) -> Result<Plan, ProxyErro
             upgrade,
             trusted: c.trusted,
             port: c.local_port,
+            https: c.l.tls.is_some(),
             ops: &route.cfg.request_headers,
         },
     );

@@ -19,6 +19,8 @@ pub struct RequestCtx<'a> {
     pub trusted: bool,
     /// The port the client connected to (X-Forwarded-Port).
     pub port: u16,
+    /// The client connection is TLS (X-Forwarded-Proto: https).
+    pub https: bool,
     pub ops: &'a HeaderOps,
 }
 
@@ -160,7 +162,11 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &Request, cx: &RequestCt
     out.extend_from_slice(cx.client_ip.as_bytes());
     out.extend_from_slice(b"\r\n");
     if !kept_proto {
-        out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+        out.extend_from_slice(if cx.https {
+            b"X-Forwarded-Proto: https\r\n"
+        } else {
+            b"X-Forwarded-Proto: http\r\n"
+        });
     }
     if !kept_host {
         if let Some(h) = req.host {
@@ -294,6 +300,7 @@ mod tests {
             upgrade: None,
             trusted,
             port: 80,
+            https: false,
             ops,
         };
         request_head(&mut out, raw, &req, &cx);

@@ -1,0 +1,294 @@
+//! A TLS stream: rustls's sans-IO connection driven by the same readiness
+//! waits and nonblocking calls as a plain socket, so the relay, the read
+//! buffer, the body pump, the tunnel and the pool work on it unchanged.
+//!
+//! Reads: plaintext rustls already holds comes first; else one nonblocking
+//! recv of records, processed, then plaintext (`WouldBlock` when a record
+//! is still partial). Writes: what rustls still holds goes to the socket
+//! first (`WouldBlock` while it cannot), then the new plaintext is taken
+//! and pushed out as far as the socket allows; the rest leaves with the
+//! next write or with [`TlsStream::try_flush`], which every write helper
+//! calls before it reports a message written.
+//!
+//! The connection sits in a `RefCell`: one task uses the stream, and the
+//! two directions of a relay never hold the borrow across an await.
+
+use std::{
+    cell::RefCell,
+    io::{self, Read, Write},
+    os::fd::{AsRawFd, RawFd},
+    time::{Duration, Instant},
+};
+
+use monoio::net::TcpStream;
+use rustls::Connection;
+
+use crate::sys;
+
+/// The socket as rustls's `Read`/`Write`: nonblocking recv/send.
+struct Fd(RawFd);
+
+impl Read for Fd {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        sys::recv(self.0, buf)
+    }
+}
+
+impl Write for Fd {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        sys::send(self.0, buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        sys::with_sock(self.0, |s| {
+            s.send_vectored_with_flags(bufs, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        })
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A TLS connection over a nonblocking TCP socket.
+pub struct TlsStream {
+    sock: TcpStream,
+    conn: RefCell<Connection>,
+}
+
+impl std::fmt::Debug for TlsStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("fd", &self.sock.as_raw_fd())
+            .finish()
+    }
+}
+
+/// Write what rustls holds for the socket until it holds nothing.
+fn flush_conn(conn: &mut Connection, fd: RawFd) -> io::Result<()> {
+    while conn.wants_write() {
+        conn.write_tls(&mut Fd(fd))?;
+    }
+    Ok(())
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl TlsStream {
+    /// `conn` (its handshake done) over `sock`.
+    pub fn new(sock: TcpStream, conn: Connection) -> TlsStream {
+        TlsStream {
+            sock,
+            conn: RefCell::new(conn),
+        }
+    }
+
+    pub fn sock(&self) -> &TcpStream {
+        &self.sock
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    /// Read the connection's state (negotiated version, ALPN, names).
+    pub fn with_conn<R>(&self, f: impl FnOnce(&Connection) -> R) -> R {
+        f(&self.conn.borrow())
+    }
+
+    /// Plaintext (or the peer's close) is waiting in rustls: a read now
+    /// makes progress without the socket.
+    pub fn has_buffered(&self) -> bool {
+        match self.conn.borrow_mut().process_new_packets() {
+            Ok(st) => st.plaintext_bytes_to_read() > 0 || st.peer_has_closed(),
+            // The read reports it.
+            Err(_) => true,
+        }
+    }
+
+    /// As [`Stream::try_read`](super::stream::Stream::try_read).
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let fd = self.fd();
+        let mut conn = self.conn.borrow_mut();
+        loop {
+            match conn.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // Closed without close_notify: an end all the same (HTTP
+                // framing catches a truncated message).
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            conn.read_tls(&mut Fd(fd))?;
+            if let Err(e) = conn.process_new_packets() {
+                // The alert rustls queued, best effort.
+                let _ = flush_conn(&mut conn, fd);
+                return Err(tls_error(e));
+            }
+            // Post-handshake messages (tickets, key updates) answered now.
+            if conn.wants_write() {
+                match flush_conn(&mut conn, fd) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// As [`Stream::try_write`](super::stream::Stream::try_write).
+    pub fn try_write(&self, a: &[u8], b: &[u8]) -> io::Result<usize> {
+        let fd = self.fd();
+        let mut conn = self.conn.borrow_mut();
+        // Records already made go first: no new plaintext is taken while
+        // the socket is full.
+        flush_conn(&mut conn, fd)?;
+        let mut n = conn.writer().write(a)?;
+        if n == a.len() && !b.is_empty() {
+            n += conn.writer().write(b)?;
+        }
+        match flush_conn(&mut conn, fd) {
+            Ok(()) => Ok(n),
+            // Taken: it leaves with the next write or flush.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Send what rustls still holds; `WouldBlock` while the socket is full.
+    pub fn try_flush(&self) -> io::Result<()> {
+        let fd = self.fd();
+        flush_conn(&mut self.conn.borrow_mut(), fd)
+    }
+
+    /// close_notify, then FIN (best effort: the peer may be gone).
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        let fd = self.fd();
+        {
+            let mut conn = self.conn.borrow_mut();
+            conn.send_close_notify();
+            let _ = flush_conn(&mut conn, fd);
+        }
+        sys::shutdown_write(fd)
+    }
+}
+
+/// Why a handshake did not complete.
+#[derive(Debug)]
+pub enum HandshakeError {
+    /// The peer closed, reset or went quiet past the deadline.
+    Io(io::Error),
+    /// The TLS exchange failed (bad record, no shared version or cipher,
+    /// unknown name, certificate refused...).
+    Tls(rustls::Error),
+    TimedOut,
+    /// The first byte is not a TLS handshake record (plain HTTP on a TLS
+    /// port, a scanner).
+    NotTls,
+}
+
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandshakeError::Io(e) => write!(f, "TLS handshake: {e}"),
+            HandshakeError::Tls(e) => write!(f, "TLS handshake: {e}"),
+            HandshakeError::TimedOut => f.write_str("TLS handshake timed out"),
+            HandshakeError::NotTls => {
+                f.write_str("not a TLS client (first byte is no handshake record)")
+            }
+        }
+    }
+}
+
+impl HandshakeError {
+    /// A short stable reason for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HandshakeError::Io(_) => "io",
+            HandshakeError::Tls(rustls::Error::InvalidCertificate(_)) => "bad_certificate",
+            HandshakeError::Tls(rustls::Error::NoCertificatesPresented) => "no_certificate",
+            HandshakeError::Tls(_) => "protocol",
+            HandshakeError::TimedOut => "timeout",
+            HandshakeError::NotTls => "not_tls",
+        }
+    }
+}
+
+/// Wait for `sock` to be readable (`read`) or writable by `deadline`.
+///
+/// # Errors
+/// `TimedOut`, or the readiness wait failed.
+pub async fn wait(sock: &TcpStream, read: bool, deadline: Instant) -> Result<(), HandshakeError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left == Duration::ZERO {
+        return Err(HandshakeError::TimedOut);
+    }
+    let ready = if read {
+        monoio::time::timeout(left, sock.readable(false)).await
+    } else {
+        monoio::time::timeout(left, sock.writable(false)).await
+    };
+    match ready {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(HandshakeError::Io(e)),
+        Err(_) => Err(HandshakeError::TimedOut),
+    }
+}
+
+/// Run `conn`'s handshake on `sock` by `deadline`; `pre` holds bytes of the
+/// peer's already read from the socket (they are fed first).
+///
+/// # Errors
+/// The peer failed, the TLS exchange failed (its alert is sent), or the
+/// deadline passed.
+pub async fn handshake(
+    sock: &TcpStream,
+    mut conn: Connection,
+    mut pre: &[u8],
+    deadline: Instant,
+) -> Result<Connection, HandshakeError> {
+    let fd = sock.as_raw_fd();
+    let fail = |conn: &mut Connection, e: rustls::Error| {
+        let _ = flush_conn(conn, fd);
+        HandshakeError::Tls(e)
+    };
+    while !pre.is_empty() {
+        match conn.read_tls(&mut pre) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(HandshakeError::Io(e)),
+        }
+        if let Err(e) = conn.process_new_packets() {
+            return Err(fail(&mut conn, e));
+        }
+    }
+    loop {
+        while conn.wants_write() {
+            match conn.write_tls(&mut Fd(fd)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait(sock, false, deadline).await?
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(HandshakeError::Io(e)),
+            }
+        }
+        if !conn.is_handshaking() {
+            break;
+        }
+        match conn.read_tls(&mut Fd(fd)) {
+            Ok(0) => return Err(HandshakeError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => {
+                if let Err(e) = conn.process_new_packets() {
+                    return Err(fail(&mut conn, e));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait(sock, true, deadline).await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(HandshakeError::Io(e)),
+        }
+    }
+    Ok(conn)
+}

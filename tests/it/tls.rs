@@ -1,0 +1,463 @@
+//! TLS termination (issue 11): certificates by SNI, ALPN, a plain client
+//! on a TLS port, the handshake deadline, a trickled ClientHello, session
+//! resumption across workers, bulk both ways, tcp listeners, `check`.
+//! Clients: openssl s_client, curl, and rustls where bytes must be placed
+//! by hand.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    sync::Arc,
+    thread,
+    time::Duration,
+};
+
+use crate::common::{
+    admin::scrape,
+    http::{Reply, Req},
+    tls::{curl, s_client, subject_cn, Pair, Pki},
+    *,
+};
+
+/// A listener key `tls = { certs = [...] <extra> }`.
+fn tls_key(certs: &[&Pair], extra: &str) -> String {
+    let list: Vec<String> = certs.iter().map(|p| p.toml()).collect();
+    let sep = if extra.is_empty() { "" } else { ", " };
+    format!("tls = {{ certs = [{}]{sep}{extra} }}", list.join(", "))
+}
+
+/// A rustls client configuration trusting `pki`'s CA (ring provider).
+fn rustls_client(pki: &Pki, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&pki.ca_file).unwrap();
+    use rustls_pki_types::pem::PemObject;
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// A finished rustls session over a fresh socket to `addr` as `name`.
+fn rustls_connect(
+    cfg: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    name: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let conn = rustls::ClientConnection::new(Arc::clone(cfg), name.to_string().try_into().unwrap())
+        .unwrap();
+    let sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).expect("handshake");
+    }
+    s
+}
+
+/// Read one HTTP/1.1 response with a Content-Length body from `r`.
+fn read_response(r: &mut impl Read) -> (String, Vec<u8>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16384];
+    let head_end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = r.read(&mut buf).expect("response head");
+        assert!(n > 0, "closed before a response head");
+        got.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = got[head_end..].to_vec();
+    while body.len() < len {
+        let n = r.read(&mut buf).expect("response body");
+        assert!(n > 0, "closed mid-body");
+        body.extend_from_slice(&buf[..n]);
+    }
+    (head, body)
+}
+
+#[test]
+fn certificates_are_chosen_by_name_exact_then_wildcard_then_the_first() {
+    let pki = Pki::new("tls-names");
+    let a = pki.leaf("a", "a-cert", &["a.test", "*.wild.test"]);
+    let b = pki.leaf("b", "b-cert", &["b.test"]);
+    let exact = pki.leaf("exact", "exact-cert", &["x.wild.test"]);
+    let be = HttpBackend::start();
+    let lb =
+        Ringlb::start(Cfg::http_proxy(&[be.addr]).listener_with(&tls_key(&[&a, &b, &exact], "")));
+    let addr = lb.addr("web");
+    let ca = pki.ca_file.display().to_string();
+    for (sni, want) in [
+        (Some("a.test"), "a-cert"),
+        (Some("b.test"), "b-cert"),
+        (Some("B.Test"), "b-cert"),
+        (Some("y.wild.test"), "a-cert"),
+        (Some("x.wild.test"), "exact-cert"),
+        (Some("deep.y.wild.test"), "a-cert"),
+        (Some("unknown.test"), "a-cert"),
+        (None, "a-cert"),
+    ] {
+        let out = s_client(addr, sni, &["-CAfile", &ca]);
+        assert_eq!(subject_cn(&out).as_deref(), Some(want), "{sni:?}:\n{out}");
+        assert!(
+            out.contains("Verify return code: 0 (ok)"),
+            "{sni:?}:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn https_requests_reach_the_backend_as_https_and_bulk_moves_intact() {
+    let pki = Pki::new("tls-http");
+    let a = pki.leaf("a", "a", &["a.test"]);
+    let big = pseudo_random(20 << 20, 7);
+    let big2 = big.clone();
+    let be = HttpBackend::with(move |r: &Req| match r.target.as_str() {
+        "/big" => Reply::new(r, 200, &[], &big2),
+        _ => Reply::ok(r, &format!("got {}", r.body.len())),
+    });
+    let lb = Ringlb::start(Cfg::http_proxy(&[be.addr]).listener_with(&tls_key(&[&a], "")));
+    let addr = lb.addr("web");
+    let (code, body, err) = curl(addr, "a.test", "/hello", &pki.ca_file, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(body, b"got 0");
+    let req = be.wait_requests(1).pop().unwrap();
+    assert_eq!(
+        req.header("x-forwarded-proto"),
+        Some("https"),
+        "{}",
+        req.head.text()
+    );
+
+    let (code, body, err) = curl(addr, "a.test", "/big", &pki.ca_file, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        body == big,
+        "20 MB download changed on the way ({} bytes)",
+        body.len()
+    );
+
+    let upload = pki.dir.path("upload.bin");
+    std::fs::write(&upload, pseudo_random(8 << 20, 9)).unwrap();
+    let data = format!("@{}", upload.display());
+    let (code, body, err) = curl(
+        addr,
+        "a.test",
+        "/up",
+        &pki.ca_file,
+        &["--data-binary", &data],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(String::from_utf8_lossy(&body), format!("got {}", 8 << 20));
+}
+
+#[test]
+fn alpn_picks_http11_and_refuses_a_client_that_only_speaks_h2() {
+    let pki = Pki::new("tls-alpn");
+    let a = pki.leaf("a", "a", &["a.test"]);
+    let be = HttpBackend::start();
+    let lb = Ringlb::start(Cfg::http_proxy(&[be.addr]).listener_with(&tls_key(&[&a], "")));
+    let addr = lb.addr("web");
+    let out = s_client(addr, Some("a.test"), &["-alpn", "h2,http/1.1"]);
+    assert!(out.contains("ALPN protocol: http/1.1"), "{out}");
+    let out = s_client(addr, Some("a.test"), &["-alpn", "h2"]);
+    assert!(
+        out.contains("no application protocol") || out.contains("alert number 120"),
+        "{out}"
+    );
+    // Versions: a 1.3-only listener refuses a TLS 1.2 client.
+    let lb13 = Ringlb::start(
+        Cfg::http_proxy(&[be.addr]).listener_with(&tls_key(&[&a], "versions = [\"1.3\"]")),
+    );
+    let out = s_client(lb13.addr("web"), Some("a.test"), &["-tls1_2"]);
+    assert!(out.contains("alert protocol version"), "{out}");
+    let out = s_client(lb13.addr("web"), Some("a.test"), &["-tls1_3"]);
+    assert!(out.contains("TLSv1.3"), "{out}");
+}
+
+#[test]
+fn a_plain_client_on_a_tls_port_is_told_and_a_silent_one_times_out() {
+    let pki = Pki::new("tls-plain");
+    let a = pki.leaf("a", "a", &["a.test"]);
+    let be = HttpBackend::start();
+    let lb = Ringlb::start(
+        Cfg::http_proxy(&[be.addr])
+            .admin()
+            .listener_with(&tls_key(&[&a], "handshake_timeout = \"1s\"")),
+    );
+    let addr = lb.addr("web");
+    let mut s = connect(addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut got = String::new();
+    let _ = s.read_to_string(&mut got);
+    assert!(got.starts_with("HTTP/1.1 400"), "{got:?}");
+    assert!(
+        got.contains("plain HTTP request was sent to a TLS port"),
+        "{got:?}"
+    );
+
+    // A hello's first bytes, then nothing: closed at the deadline.
+    let mut s = connect(addr);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&[0x16, 0x03, 0x01, 0x02]).unwrap();
+    let mut buf = [0u8; 64];
+    let end = s.read(&mut buf);
+    assert!(
+        end.is_ok()
+            || end
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "not closed by the handshake timeout: {end:?}"
+    );
+    let m = scrape(&lb);
+    let failed = |why: &str| {
+        m.sum(
+            "ringlb_tls_handshakes_total",
+            &[("listener", "web"), ("result", why)],
+        )
+    };
+    assert_eq!(failed("not_tls"), 1.0);
+    assert_eq!(failed("timeout"), 1.0);
+    assert_eq!(be.wait_requests(0).len(), 0, "no backend touched");
+}
+
+#[test]
+fn a_hello_trickled_one_byte_per_segment_completes() {
+    let pki = Pki::new("tls-trickle");
+    let a = pki.leaf("a", "a", &["a.test"]);
+    let be = HttpBackend::start();
+    let lb = Ringlb::start(Cfg::http_proxy(&[be.addr]).listener_with(&tls_key(&[&a], "")));
+    let cfg = rustls_client(&pki, &["http/1.1"]);
+    let mut conn =
+        rustls::ClientConnection::new(Arc::clone(&cfg), "a.test".try_into().unwrap()).unwrap();
+    let mut hello = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut hello).unwrap();
+    }
+    assert!(hello.len() > 100);
+    let mut sock = connect(lb.addr("web"));
+    sock.set_nodelay(true).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for b in &hello {
+        sock.write_all(std::slice::from_ref(b)).unwrap();
+        thread::sleep(Duration::from_millis(2));
+    }
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    while s.conn.is_handshaking() {
+        s.conn
+            .complete_io(&mut s.sock)
+            .expect("handshake after a trickled hello");
+    }
+    s.write_all(b"GET /t HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, b"ok");
+}
+
+/// Tickets are made with one key for every worker: eight connections (on
+/// two workers, spread by SO_REUSEPORT) all resume the first session.
+#[test]
+fn sessions_resume_on_any_worker() {
+    let pki = Pki::new("tls-resume");
+    let a = pki.leaf("a", "a", &["a.test"]);
+    let be = HttpBackend::start();
+    let lb = Ringlb::start(
+        Cfg::http_proxy(&[be.addr])
+            .runtime("workers = 2")
+            .admin()
+            .listener_with(&tls_key(&[&a], "")),
+    );
+    let addr = lb.addr("web");
+    let cfg = rustls_client(&pki, &["http/1.1"]);
+    let mut first = rustls_connect(&cfg, addr, "a.test");
+    first
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    let (head, _) = read_response(&mut first);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop(first);
+    for i in 0..8 {
+        let mut s = rustls_connect(&cfg, addr, "a.test");
+        assert_eq!(
+            s.conn.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed),
+            "connection {i} did not resume"
+        );
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .unwrap();
+        let (head, _) = read_response(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    let m = scrape(&lb);
+    assert!(m.sum("ringlb_tls_resumed_total", &[("listener", "web")]) >= 8.0);
+}
+
+#[test]
+fn a_tcp_listener_terminates_tls_in_front_of_a_plain_service() {
+    let pki = Pki::new("tls-tcp");
+    let a = pki.leaf("a", "a", &["db.test"]);
+    let echo = EchoBackend::start();
+    let lb =
+        Ringlb::start(Cfg::tcp_proxy(&[echo.addr]).listener_with(&tls_key(&[&a], "alpn = []")));
+    let cfg = rustls_client(&pki, &[]);
+    let mut s = rustls_connect(&cfg, lb.addr("l"), "db.test");
+    let data = pseudo_random(4 << 20, 3);
+    let mut w = s.sock.try_clone().unwrap();
+    // Write and read at once (the echo does not buffer all of it).
+    let mut back = Vec::with_capacity(data.len());
+    let mut buf = vec![0u8; 65536];
+    let mut sent = 0;
+    while back.len() < data.len() {
+        if sent < data.len() {
+            let end = (sent + 65536).min(data.len());
+            s.conn.writer().write_all(&data[sent..end]).unwrap();
+            while s.conn.wants_write() {
+                s.conn.write_tls(&mut w).unwrap();
+            }
+            sent = end;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => panic!("closed after {} bytes", back.len()),
+            Ok(n) => back.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("after {} bytes: {e}", back.len()),
+        }
+    }
+    assert!(back == data, "4 MB echo changed through TLS termination");
+}
+
+#[test]
+fn check_names_the_certificate_file_that_is_wrong() {
+    let pki = Pki::new("tls-check");
+    let a = pki.leaf("a", "a", &["a.test"]);
+    let b = pki.leaf("b", "b", &["b.test"]);
+    let missing = Pair {
+        cert: a.cert.clone(),
+        key: pki.dir.path("nope.key"),
+    };
+    let (code, _, err) =
+        check_config(Cfg::http_proxy(&[refused_addr()]).listener_with(&tls_key(&[&missing], "")));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("nope.key"), "{err}");
+    let crossed = Pair {
+        cert: a.cert.clone(),
+        key: b.key.clone(),
+    };
+    let (code, _, err) =
+        check_config(Cfg::http_proxy(&[refused_addr()]).listener_with(&tls_key(&[&crossed], "")));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("a.pem") && err.contains("b.key"), "{err}");
+    let not_pem = Pair {
+        cert: pki.ca_file.clone(),
+        key: pki.ca_file.clone(),
+    };
+    let (code, _, err) =
+        check_config(Cfg::http_proxy(&[refused_addr()]).listener_with(&tls_key(&[&not_pem], "")));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("ca.pem") && err.contains("private key"),
+        "{err}"
+    );
+}
+
+#[test]
+fn client_certificates_are_required_or_optional_as_configured() {
+    let pki = Pki::new("tls-mtls");
+    let a = pki.leaf("a", "a", &["a.test"]);
+    let client = pki.leaf("client", "client-one", &["client.test"]);
+    let other = Pki::with_ca_name("tls-mtls-other", "another CA");
+    let stranger = other.leaf("stranger", "stranger", &["s.test"]);
+    let be = HttpBackend::start();
+    let ca = pki.ca_file.display().to_string();
+    let key = |auth: &str| {
+        tls_key(
+            &[&a],
+            &format!("client_ca = \"{ca}\", client_auth = \"{auth}\""),
+        )
+    };
+    let required = Ringlb::start(Cfg::http_proxy(&[be.addr]).listener_with(&key("required")));
+    let optional = Ringlb::start(Cfg::http_proxy(&[be.addr]).listener_with(&key("optional")));
+    let with = |p: &Pair| {
+        vec![
+            "--cert".to_string(),
+            p.cert.display().to_string(),
+            "--key".to_string(),
+            p.key.display().to_string(),
+        ]
+    };
+    let run = |lb: &Ringlb, extra: &[String]| {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        curl(lb.addr("web"), "a.test", "/", &pki.ca_file, &extra)
+    };
+    // Required: no certificate, or one from another CA, is refused.
+    let (code, body, err) = run(&required, &with(&client));
+    assert_eq!((code, body.as_slice()), (0, &b"ok"[..]), "{err}");
+    let (code, _, err) = run(&required, &[]);
+    assert_ne!(code, 0, "served without a client certificate: {err}");
+    let (code, _, err) = run(&required, &with(&stranger));
+    assert_ne!(code, 0, "served a certificate from another CA: {err}");
+    // Optional: none is fine, a bad one is not.
+    let (code, body, err) = run(&optional, &[]);
+    assert_eq!((code, body.as_slice()), (0, &b"ok"[..]), "{err}");
+    let (code, _, err) = run(&optional, &with(&stranger));
+    assert_ne!(code, 0, "optional still verifies what is sent: {err}");
+}
+
+/// A reload with a new certificate in the same files: new handshakes get
+/// it, a connection opened before keeps working.
+#[test]
+fn a_reload_swaps_the_certificate_and_keeps_open_connections() {
+    let pki = Pki::new("tls-reload");
+    let a = pki.leaf("a", "before", &["a.test"]);
+    let be = HttpBackend::start();
+    let cfg = Cfg::http_proxy(&[be.addr]).listener_with(&tls_key(&[&a], ""));
+    let lb = Ringlb::start(&cfg);
+    let addr = lb.addr("web");
+    let out = s_client(addr, Some("a.test"), &[]);
+    assert_eq!(subject_cn(&out).as_deref(), Some("before"), "{out}");
+    let client = rustls_client(&pki, &["http/1.1"]);
+    let mut open = rustls_connect(&client, addr, "a.test");
+    // The same file names, a new certificate.
+    pki.leaf("a", "after", &["a.test"]);
+    lb.rewrite(&cfg);
+    lb.signal("HUP");
+    assert!(lb.wait_log("configuration reloaded"), "{}", lb.log_text());
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            subject_cn(&s_client(addr, Some("a.test"), &[])).as_deref() == Some("after")
+        }),
+        "new handshakes still get the old certificate"
+    );
+    open.write_all(b"GET /still HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut open);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, b"ok");
+    // A broken key file on reload changes nothing and says which file.
+    std::fs::write(&a.key, "not a key").unwrap();
+    lb.rewrite(&cfg);
+    lb.signal("HUP");
+    assert!(
+        wait_until(Duration::from_secs(5), || lb.log_text().contains("a.key")),
+        "{}",
+        lb.log_text()
+    );
+    let out = s_client(addr, Some("a.test"), &[]);
+    assert_eq!(subject_cn(&out).as_deref(), Some("after"), "{out}");
+}
