@@ -20,6 +20,31 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 pub enum Mode {
     Tcp,
     Http,
+    /// An SNI router: reads the ClientHello without terminating and passes
+    /// the TLS bytes through, or hands the connection to a listener that
+    /// terminates it.
+    Tls,
+}
+
+/// Where an SNI route sends a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SniTarget {
+    /// Passthrough: the TLS bytes go to this upstream untouched.
+    Upstream(usize),
+    /// Termination: the connection is handed to this listener (its index,
+    /// resolved once every listener is read), which ends the TLS.
+    Listener(usize),
+}
+
+/// One `[[listener.sni]]`.
+#[derive(Debug, Clone)]
+pub struct SniRoute {
+    /// Lower case: exact names, `*.parent` wildcards, or `*` (the default,
+    /// which also takes clients that send no name).
+    pub names: Vec<String>,
+    pub target: SniTarget,
+    /// The listener name of a `Listener` target, as written.
+    pub target_name: Option<String>,
 }
 
 /// PROXY protocol header sent to backends.
@@ -87,6 +112,10 @@ pub struct ListenerConfig {
     pub trusted_proxies: Vec<super::values::Cidr>,
     /// TLS termination: clients speak TLS to this listener.
     pub tls: Option<super::tls::TlsConfig>,
+    /// `mode = "tls"`: the SNI routes, in config order.
+    pub sni: Vec<SniRoute>,
+    /// `mode = "tls"`: deadline for the whole ClientHello.
+    pub hello_timeout: Duration,
 }
 
 /// One `[[listener]]` as written: one flat table, so the http keys are here too.
@@ -123,8 +152,98 @@ pub(super) struct RawListener {
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
     pub tls: Option<super::tls::RawTls>,
+    pub hello_timeout: Option<String>,
+    #[serde(default)]
+    pub sni: Vec<RawSni>,
     #[serde(default)]
     pub route: Vec<RawRoute>,
+}
+
+/// One `[[listener.sni]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSni {
+    #[serde(default)]
+    pub names: Vec<String>,
+    pub upstream: Option<String>,
+    pub listener: Option<String>,
+}
+
+/// A name as an SNI route may list it.
+fn sni_name(key: &str, n: &str) -> Result<String, ConfigError> {
+    let lower = n.trim_end_matches('.').to_ascii_lowercase();
+    let host = lower.strip_prefix("*.").unwrap_or(&lower);
+    let ok = lower == "*"
+        || (!host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            }));
+    if !ok {
+        return Err(ConfigError::new(
+            key,
+            format!("{n:?} is not a host name, a \"*.parent\" wildcard or \"*\""),
+        ));
+    }
+    Ok(lower)
+}
+
+/// `listener[i].sni`: names checked (each claimed once), targets resolved
+/// (listener targets by name later, in `Config::build`).
+fn sni_routes(
+    k: &dyn Fn(&str) -> String,
+    raw: Vec<RawSni>,
+    index: &UpstreamIndex,
+) -> Result<Vec<SniRoute>, ConfigError> {
+    if raw.is_empty() {
+        return Err(ConfigError::new(
+            k("sni"),
+            "a tls listener needs [[listener.sni]] routes (names = [...] with upstream = \"...\" to pass through, or listener = \"...\" to terminate)",
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (j, r) in raw.into_iter().enumerate() {
+        let rk = k(&format!("sni[{j}]"));
+        if r.names.is_empty() {
+            return Err(ConfigError::new(
+                format!("{rk}.names"),
+                "missing: the names this route takes (\"*\" for everything else)",
+            ));
+        }
+        let mut names = Vec::with_capacity(r.names.len());
+        for n in &r.names {
+            let n = sni_name(&format!("{rk}.names"), n)?;
+            if !seen.insert(n.clone()) {
+                return Err(ConfigError::new(
+                    format!("{rk}.names"),
+                    format!("{n:?} is claimed by an earlier sni route"),
+                ));
+            }
+            names.push(n);
+        }
+        let (target, target_name) = match (&r.upstream, &r.listener) {
+            (Some(u), None) => (
+                SniTarget::Upstream(upstream_ref(&format!("{rk}.upstream"), u, index)?),
+                None,
+            ),
+            (None, Some(l)) => (SniTarget::Listener(usize::MAX), Some(l.clone())),
+            _ => {
+                return Err(ConfigError::new(
+                    rk,
+                    "give exactly one of upstream (pass the TLS through) or listener (hand it to a listener that terminates it)",
+                ))
+            }
+        };
+        out.push(SniRoute {
+            names,
+            target,
+            target_name,
+        });
+    }
+    Ok(out)
 }
 
 /// `listener[i]`, its upstream names resolved through `index`.
@@ -138,7 +257,8 @@ pub(super) fn build(
     let mode = match l.mode.as_deref() {
         None | Some("tcp") => Mode::Tcp,
         Some("http") => Mode::Http,
-        Some(o) => return Err(one_of(&k("mode"), o, &["tcp", "http"])),
+        Some("tls") => Mode::Tls,
+        Some(o) => return Err(one_of(&k("mode"), o, &["tcp", "http", "tls"])),
     };
     let listen_text = l
         .listen
@@ -151,6 +271,13 @@ pub(super) fn build(
         )
     })?;
     let upstream = match (&l.upstream, mode) {
+        (Some(_), Mode::Tls) => {
+            return Err(ConfigError::new(
+                k("upstream"),
+                "a tls listener routes by [[listener.sni]]; for everything else add one with names = [\"*\"]",
+            ))
+        }
+        (None, Mode::Tls) => None,
         (Some(name), _) => Some(upstream_ref(&k("upstream"), name, index)?),
         (None, Mode::Tcp) => {
             return Err(ConfigError::new(
@@ -174,7 +301,7 @@ pub(super) fn build(
         path_strict: l.path_strict.take(),
         route: std::mem::take(&mut l.route),
     };
-    if mode == Mode::Tcp {
+    if mode != Mode::Http {
         if let Some(f) = raw_http.first_set() {
             return Err(ConfigError::new(
                 k(f),
@@ -215,13 +342,36 @@ pub(super) fn build(
         ));
     }
     let http = match mode {
-        Mode::Tcp => None,
+        Mode::Tcp | Mode::Tls => None,
         Mode::Http => Some(http::build(&k, &mut raw_http, upstream, index)?),
     };
-    let tls = match l.tls.take() {
-        Some(t) => Some(super::tls::build(&k, t)?),
-        None => None,
+    let tls = match (l.tls.take(), mode) {
+        (Some(_), Mode::Tls) => {
+            return Err(ConfigError::new(
+                k("tls"),
+                "a tls listener does not terminate itself: route names to a listener with tls = {...} (listener = \"...\" in [[listener.sni]])",
+            ))
+        }
+        (Some(t), _) => Some(super::tls::build(&k, t)?),
+        (None, _) => None,
     };
+    let sni = match mode {
+        Mode::Tls => sni_routes(&k, std::mem::take(&mut l.sni), index)?,
+        _ if !l.sni.is_empty() => {
+            return Err(ConfigError::new(
+                k("sni"),
+                "only applies to mode = \"tls\" listeners",
+            ))
+        }
+        _ => Vec::new(),
+    };
+    if mode != Mode::Tls && l.hello_timeout.is_some() {
+        return Err(ConfigError::new(
+            k("hello_timeout"),
+            "only applies to mode = \"tls\" listeners",
+        ));
+    }
+    let hello_timeout = nonzero_dur(&k("hello_timeout"), l.hello_timeout.take(), 5)?;
     let transfer = match l.transfer.as_deref() {
         None | Some("auto") => Transfer::Auto,
         Some("splice") => Transfer::Splice,
@@ -274,5 +424,7 @@ pub(super) fn build(
             Some(n) => range(&k("ipv6_prefix"), n, 1, 128)? as u8,
         },
         tls,
+        sni,
+        hello_timeout,
     })
 }

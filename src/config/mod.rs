@@ -33,7 +33,8 @@ use serde::Deserialize;
 
 pub use http::{HeaderOps, HttpConfig, RateKey, RateLimitConfig, RouteConfig, Underscores};
 pub use listener::{
-    ListenerConfig, Mode, ProxyAccept, ProxySend, Transfer, DEFAULT_MAX_CONNECTIONS,
+    ListenerConfig, Mode, ProxyAccept, ProxySend, SniRoute, SniTarget, Transfer,
+    DEFAULT_MAX_CONNECTIONS,
 };
 pub use observe::{AccessLogConfig, LogFormat};
 pub use runtime::{IoUringMode, RuntimeConfig};
@@ -150,6 +151,52 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
+/// SNI routes of tls listeners: a passthrough upstream hashes by client
+/// ip or sni; a listener target exists, terminates TLS and is no router.
+fn resolve_sni_targets(
+    listeners: &mut [ListenerConfig],
+    upstreams: &[UpstreamConfig],
+) -> Result<(), ConfigError> {
+    let names: Vec<(String, Mode, bool)> = listeners
+        .iter()
+        .map(|l| (l.name.clone(), l.mode, l.tls.is_some()))
+        .collect();
+    for (i, l) in listeners.iter_mut().enumerate() {
+        for (j, r) in l.sni.iter_mut().enumerate() {
+            let key = format!("listener[{i}].sni[{j}]");
+            match (&mut r.target, &r.target_name) {
+                (SniTarget::Upstream(u), _) => {
+                    let up = &upstreams[*u];
+                    if !matches!(up.hash_key, HashKey::ClientIp | HashKey::Sni) {
+                        return Err(ConfigError::new(
+                            format!("upstream.{}.hash_key", up.name),
+                            format!("tls listener {:?} passes connections to this upstream; they can hash by client_ip or sni", l.name),
+                        ));
+                    }
+                }
+                (SniTarget::Listener(li), Some(name)) => {
+                    let Some(t) = names.iter().position(|(n, _, _)| n == name) else {
+                        return Err(ConfigError::new(
+                            format!("{key}.listener"),
+                            format!("no listener named {name:?}"),
+                        ));
+                    };
+                    let (_, mode, tls) = &names[t];
+                    if *mode == Mode::Tls || !*tls {
+                        return Err(ConfigError::new(
+                            format!("{key}.listener"),
+                            format!("listener {name:?} must be an http or tcp listener with tls = {{...}}: it ends the TLS of what it is handed"),
+                        ));
+                    }
+                    *li = t;
+                }
+                (SniTarget::Listener(_), None) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Convert every table, then check what spans them: at least one listener,
 /// unique listener names and addresses, tcp listeners' upstreams hashing by
 /// client ip.
@@ -193,6 +240,7 @@ fn build(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         listeners.push(l);
     }
+    resolve_sni_targets(&mut listeners, &upstreams)?;
     let admin = observe::admin(raw.admin)?;
     if let Some(a) = admin {
         // Same port on the same (or a wildcard) address: the admin socket

@@ -23,6 +23,8 @@ pub enum HashKey {
     Uri,
     /// The value of this header, lower-case name (http listeners).
     Header(String),
+    /// The TLS server name a client asked for (tls listeners' passthrough).
+    Sni,
 }
 
 /// One `[upstream.NAME]`.
@@ -187,6 +189,7 @@ pub(super) fn build(
         let hash_key = match u.hash_key.as_deref() {
             None | Some("client_ip") => HashKey::ClientIp,
             Some("uri") => HashKey::Uri,
+            Some("sni") => HashKey::Sni,
             Some(h) if h.starts_with("header:") => {
                 let name = &h["header:".len()..];
                 if !is_token(name) {
@@ -201,7 +204,7 @@ pub(super) fn build(
                 return Err(one_of(
                     &format!("{key}.hash_key"),
                     o,
-                    &["client_ip", "uri", "header:NAME"],
+                    &["client_ip", "uri", "header:NAME", "sni"],
                 ))
             }
         };

@@ -141,6 +141,18 @@ pub const TLS_FAILURES: [&str; 6] = [
     "not_tls",
 ];
 
+/// What became of a ClientHello an SNI router read.
+pub const TLS_HELLOS: [&str; 8] = [
+    "passed",
+    "handed",
+    "not_tls",
+    "bad_hello",
+    "too_large",
+    "timeout",
+    "io",
+    "no_route",
+];
+
 /// One listener's TLS handshakes on one worker.
 #[derive(Debug, Default)]
 pub struct TlsMetrics {
@@ -152,6 +164,8 @@ pub struct TlsMetrics {
     pub failed: [Counter; 6],
     /// Handshake time (first byte read to handshake done).
     pub duration: Hist,
+    /// SNI routers: hellos, by outcome ([`TLS_HELLOS`]).
+    pub hellos: [Counter; 8],
 }
 
 #[derive(Debug, Default)]

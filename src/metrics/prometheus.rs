@@ -251,6 +251,30 @@ impl Registry {
                 &h,
             );
         }
+        let routers: Vec<(usize, &crate::config::ListenerConfig)> = cfg
+            .listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.mode == Mode::Tls)
+            .collect();
+        if !routers.is_empty() {
+            family(
+                &mut o,
+                "ringlb_tls_hellos_total",
+                "counter",
+                "SNI routers: ClientHellos read, by outcome (passed through, handed to a terminating listener, or why not).",
+            );
+            for &(li, l) in &routers {
+                for (i, what) in super::TLS_HELLOS.iter().enumerate() {
+                    let v = self.sum(|w| w.listeners[li].tls.hellos[i].get());
+                    let _ = writeln!(
+                        o,
+                        "ringlb_tls_hellos_total{{listener=\"{}\",result=\"{what}\"}} {v}",
+                        esc(&l.name)
+                    );
+                }
+            }
+        }
         let tls: Vec<(usize, &crate::config::ListenerConfig)> = cfg
             .listeners
             .iter()

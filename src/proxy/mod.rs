@@ -7,6 +7,7 @@ pub mod early;
 pub mod handshake;
 pub mod http;
 pub mod proxy_protocol;
+pub mod sni;
 pub mod tcp;
 
 use std::{net::SocketAddr, os::fd::AsRawFd, rc::Rc, sync::Arc};
@@ -50,6 +51,7 @@ pub struct Bound<'a> {
 pub enum Handler {
     Tcp(Rc<TcpProxy>),
     Http(Rc<HttpProxy>),
+    Tls(Rc<sni::SniRouter>),
 }
 
 impl Handler {
@@ -61,6 +63,7 @@ impl Handler {
     pub fn build(b: Bound<'_>, w: &WorkerParts<'_>) -> Result<Handler, String> {
         let Bound { li, cfg, port, tls } = b;
         Ok(match cfg.mode {
+            Mode::Tls => return Err("a tls listener is built by build_router".into()),
             Mode::Tcp => {
                 let up = cfg
                     .upstream
@@ -93,14 +96,46 @@ impl Handler {
         })
     }
 
+    /// The SNI router of listener `b`, over the handlers already built for
+    /// the other listeners (`handlers`, by listener index).
+    ///
+    /// # Errors
+    /// A route whose target listener was not built.
+    pub fn build_router(
+        b: Bound<'_>,
+        w: &WorkerParts<'_>,
+        handlers: &[Option<Handler>],
+    ) -> Result<Handler, String> {
+        let targets = sni::targets(b.cfg, b.li, w, handlers)?;
+        Ok(Handler::Tls(Rc::new(sni::SniRouter::new(
+            b.cfg,
+            b.li,
+            targets,
+            Arc::clone(w.metrics),
+        ))))
+    }
+
     /// Serve an admitted connection on its own task.
     pub fn serve(&self, stream: std::net::TcpStream, peer: SocketAddr, ticket: Box<ConnTicket>) {
         match self {
             Handler::Tcp(l) => {
-                monoio::spawn(tcp::handle(Rc::clone(l), stream, peer, ticket));
+                // Registered here, so the task is the relay's own future
+                // (one level less of task state per connection).
+                if let Some(client) = tcp::register(&l.cfg.name, stream, peer) {
+                    monoio::spawn(tcp::serve(
+                        Rc::clone(l),
+                        client,
+                        peer,
+                        ticket,
+                        tcp::ReadEarly,
+                    ));
+                }
             }
             Handler::Http(l) => {
                 monoio::spawn(http::handle(Rc::clone(l), stream, peer, ticket));
+            }
+            Handler::Tls(r) => {
+                monoio::spawn(sni::handle(Rc::clone(r), stream, peer, ticket));
             }
         }
     }

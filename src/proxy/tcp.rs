@@ -53,26 +53,83 @@ impl TcpProxy {
     }
 }
 
-/// Serve one accepted client connection to the end.
-pub async fn handle(
+/// Where a connection's PROXY header and first bytes come from: read from
+/// the socket (a connection this listener accepted), or already read (a
+/// connection an SNI router hands over). A type, not a branch: each kind
+/// gets its own future, and the accepted kind's stays as small as before.
+#[allow(async_fn_in_trait)]
+pub trait Prelude {
+    /// The PROXY addresses and first bytes (taken: a second call gets none).
+    async fn early(
+        &mut self,
+        l: &TcpProxy,
+        client: &Stream,
+        peer: SocketAddr,
+    ) -> Option<early::Early>;
+
+    /// The hash key the bytes read gave (an SNI router's server name; 0:
+    /// none). Asked for after [`Prelude::early`], when the key is needed,
+    /// so nothing of it is held across the waits in between.
+    fn key(&self) -> u64 {
+        0
+    }
+}
+
+/// Read the PROXY header (when expected) from the socket.
+pub struct ReadEarly;
+
+impl Prelude for ReadEarly {
+    async fn early(
+        &mut self,
+        l: &TcpProxy,
+        client: &Stream,
+        peer: SocketAddr,
+    ) -> Option<early::Early> {
+        early::read(client, &l.cfg, peer).await
+    }
+}
+
+/// Already read by whoever accepted the connection (an SNI router: with
+/// the hash of the server name the hello asked for).
+pub struct Given(pub early::Early, pub u64);
+
+impl Prelude for Given {
+    async fn early(&mut self, _: &TcpProxy, _: &Stream, _: SocketAddr) -> Option<early::Early> {
+        Some(std::mem::take(&mut self.0))
+    }
+
+    fn key(&self) -> u64 {
+        self.1
+    }
+}
+
+/// Register an accepted client socket with this worker's runtime.
+///
+/// # Errors
+/// The runtime cannot register it (logged here).
+pub fn register(listener: &str, client: std::net::TcpStream, peer: SocketAddr) -> Option<Stream> {
+    match Stream::from_std(client) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(%listener, %peer, "cannot register client socket: {e}");
+            None
+        }
+    }
+}
+
+/// Serve a registered client connection to the end.
+pub async fn serve(
     l: Rc<TcpProxy>,
-    client: std::net::TcpStream,
+    client: Stream,
     peer: SocketAddr,
     _ticket: Box<ConnTicket>,
+    mut prelude: impl Prelude,
 ) {
-    let client = match Stream::from_std(client) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(listener = %l.cfg.name, %peer, "cannot register client socket: {e}");
-            return;
-        }
-    };
-
     // The client's real address: from the PROXY header when a front balancer sends one.
     let Some(early::Early {
         origin,
         bytes: mut early,
-    }) = early::read(&client, &l.cfg, peer).await
+    }) = prelude.early(&l, &client, peer).await
     else {
         return;
     };
@@ -89,6 +146,7 @@ pub async fn handle(
     let up = &l.upstream;
     let key = match (up.cfg.balance, &up.cfg.hash_key) {
         (Algorithm::ConsistentHash, HashKey::ClientIp) => hash_ip(src.ip()),
+        (Algorithm::ConsistentHash, HashKey::Sni) if prelude.key() != 0 => prelude.key(),
         _ => 0,
     };
 
@@ -250,7 +308,8 @@ mod tests {
                 crate::metrics::WorkerMetrics::new(&cfg),
                 0,
             );
-            let fut = super::handle(l, client, "127.0.0.1:9".parse().unwrap(), ticket);
+            let client = super::register("l", client, "127.0.0.1:9".parse().unwrap()).unwrap();
+            let fut = super::serve(l, client, "127.0.0.1:9".parse().unwrap(), ticket, super::ReadEarly);
             let size = std::mem::size_of_val(&fut);
             eprintln!("connection task state: {size} bytes");
             // 2,304 bytes in debug and release builds before the re-homing

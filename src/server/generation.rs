@@ -206,6 +206,7 @@ pub(super) fn start_generation(
             match l.mode {
                 crate::config::Mode::Tcp => "tcp",
                 crate::config::Mode::Http => "http",
+                crate::config::Mode::Tls => "tls",
             },
             socks.len(),
             cap

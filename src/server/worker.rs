@@ -8,7 +8,7 @@ use futures_channel::oneshot;
 use futures_util::future::{select, Either};
 
 use crate::{
-    config::{Config, ListenerConfig, Transfer},
+    config::{Config, ListenerConfig, Mode, Transfer},
     io::pools::Pools,
     listen::{
         accept::{self, Accepted},
@@ -87,46 +87,75 @@ pub async fn run(spec: WorkerSpec, ready: impl FnOnce(Result<(), String>)) {
         metrics: &spec.metrics,
         access: &spec.access,
     };
-    let mut registered = Vec::new();
-    for (li, ((lcfg, socks), limiter)) in spec
+    // Without splice(2) the handlers get a clone that says `transfer =
+    // copy` (they keep a clone of their ListenerConfig anyway), so the
+    // config stays as validated and the relays never try splice.
+    let lcfgs: Vec<ListenerConfig> = spec
         .cfg
         .listeners
         .iter()
-        .zip(spec.sockets)
+        .map(|l| {
+            if spec.splice_ok {
+                l.clone()
+            } else {
+                ListenerConfig {
+                    transfer: Transfer::Copy,
+                    ..l.clone()
+                }
+            }
+        })
+        .collect();
+    // The port every socket of a listener is bound to.
+    let ports: Vec<u16> = lcfgs
+        .iter()
+        .zip(&spec.sockets)
+        .map(|(l, socks)| {
+            socks
+                .first()
+                .and_then(|s| s.local_addr().ok())
+                .map_or(l.listen.port(), |a| a.port())
+        })
+        .collect();
+    let bound = |li: usize| Bound {
+        li,
+        cfg: &lcfgs[li],
+        port: ports[li],
+        tls: spec.tls.get(li).cloned().flatten(),
+    };
+    // Handlers: the protocol handlers first, then the SNI routers, which
+    // hand connections to them.
+    let mut handlers: Vec<Option<Handler>> = vec![None; lcfgs.len()];
+    for (li, l) in lcfgs.iter().enumerate() {
+        if l.mode == Mode::Tls {
+            continue;
+        }
+        match Handler::build(bound(li), &parts) {
+            Ok(h) => handlers[li] = Some(h),
+            Err(e) => return ready(Err(format!("listener {:?}: {e}", l.name))),
+        }
+    }
+    for (li, l) in lcfgs.iter().enumerate() {
+        if l.mode != Mode::Tls {
+            continue;
+        }
+        match Handler::build_router(bound(li), &parts, &handlers) {
+            Ok(h) => handlers[li] = Some(h),
+            Err(e) => return ready(Err(format!("listener {:?}: {e}", l.name))),
+        }
+    }
+    let mut registered = Vec::new();
+    for (li, ((socks, limiter), handler)) in spec
+        .sockets
+        .into_iter()
         .zip(spec.limiters.iter())
+        .zip(handlers)
         .enumerate()
     {
+        let lcfg = &lcfgs[li];
+        let Some(handler) = handler else {
+            return ready(Err(format!("listener {:?}: no handler", lcfg.name)));
+        };
         let ip_limit = spec.limits.ip.get(li).cloned().flatten();
-        // Without splice(2) the handlers get a clone that says `transfer =
-        // copy` (they keep a clone of their ListenerConfig anyway), so the
-        // config stays as validated and the relays never try splice.
-        let copying;
-        let lcfg = if spec.splice_ok {
-            lcfg
-        } else {
-            copying = ListenerConfig {
-                transfer: Transfer::Copy,
-                ..lcfg.clone()
-            };
-            &copying
-        };
-        // The port every socket of this listener is bound to.
-        let port = socks
-            .first()
-            .and_then(|s| s.local_addr().ok())
-            .map_or(lcfg.listen.port(), |a| a.port());
-        let handler = match Handler::build(
-            Bound {
-                li,
-                cfg: lcfg,
-                port,
-                tls: spec.tls.get(li).cloned().flatten(),
-            },
-            &parts,
-        ) {
-            Ok(h) => h,
-            Err(e) => return ready(Err(format!("listener {:?}: {e}", lcfg.name))),
-        };
         for sock in socks {
             match monoio::net::TcpListener::from_std(sock) {
                 Ok(socket) => registered.push(Registered {

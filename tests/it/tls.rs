@@ -15,7 +15,7 @@ use std::{
 use crate::common::{
     admin::scrape,
     http::{Reply, Req},
-    tls::{curl, s_client, subject_cn, Pair, Pki},
+    tls::{curl, s_client, subject_cn, Pair, Pki, SServer, TlsEcho},
     *,
 };
 
@@ -333,10 +333,14 @@ fn a_tcp_listener_terminates_tls_in_front_of_a_plain_service() {
             }
             sent = end;
         }
-        match s.read(&mut buf) {
-            Ok(0) => panic!("closed after {} bytes", back.len()),
-            Ok(n) => back.extend_from_slice(&buf[..n]),
-            Err(e) => panic!("after {} bytes: {e}", back.len()),
+        // All of this chunk back before the next goes (no deadlock on full
+        // buffers both ways).
+        while back.len() < sent {
+            match s.read(&mut buf) {
+                Ok(0) => panic!("closed after {} bytes", back.len()),
+                Ok(n) => back.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("after {} bytes: {e}", back.len()),
+            }
         }
     }
     assert!(back == data, "4 MB echo changed through TLS termination");
@@ -460,4 +464,229 @@ fn a_reload_swaps_the_certificate_and_keeps_open_connections() {
     );
     let out = s_client(addr, Some("a.test"), &[]);
     assert_eq!(subject_cn(&out).as_deref(), Some("after"), "{out}");
+}
+
+/// A tls router on one port: `db.test` passes through to one TLS server,
+/// `*.pass.test` to another, `app.test` is handed to an http listener that
+/// terminates it, `*` passes through to the first.
+fn router_cfg(pki: &Pki, db: SocketAddr, other: SocketAddr, app: SocketAddr) -> Cfg {
+    let app_cert = pki.leaf("app", "ringlb-app", &["app.test"]);
+    Cfg::new(2)
+        .admin()
+        .http("web", "app")
+        .listener_with(&tls_key(&[&app_cert], ""))
+        .listener("edge", "tls", "")
+        .listener_with(
+            "listen = \"127.0.0.3:0\"\nhello_timeout = \"1s\"\nsni = [{ names = [\"db.test\"], upstream = \"db\" }, { names = [\"*.pass.test\"], upstream = \"other\" }, { names = [\"app.test\"], listener = \"web\" }, { names = [\"*\"], upstream = \"db\" }]",
+        )
+        .upstream("app", &[app])
+        .upstream("db", &[db])
+        .upstream("other", &[other])
+}
+
+#[test]
+fn one_tls_port_passes_some_names_through_and_terminates_others() {
+    let pki = Pki::new("tls-router");
+    let db_cert = pki.leaf("db", "backend-db", &["db.test"]);
+    let other_cert = pki.leaf("other", "backend-other", &["x.pass.test"]);
+    let db = SServer::start(&db_cert, &[]);
+    let other = SServer::start(&other_cert, &[]);
+    let app = HttpBackend::start();
+    let lb = Ringlb::start(router_cfg(&pki, db.addr, other.addr, app.addr));
+    let edge = lb.addr("edge");
+    // Passthrough: the client sees the backend's own certificate.
+    for (sni, want) in [
+        (Some("db.test"), "backend-db"),
+        (Some("x.pass.test"), "backend-other"),
+        (Some("unknown.test"), "backend-db"),
+        (None, "backend-db"),
+    ] {
+        let out = s_client(edge, sni, &[]);
+        assert_eq!(subject_cn(&out).as_deref(), Some(want), "{sni:?}:\n{out}");
+    }
+    // Termination: ringlb's certificate, and the http listener's routes.
+    let out = s_client(edge, Some("app.test"), &[]);
+    assert_eq!(subject_cn(&out).as_deref(), Some("ringlb-app"), "{out}");
+    let (code, body, err) = curl(edge, "app.test", "/via-router", &pki.ca_file, &[]);
+    assert_eq!((code, body.as_slice()), (0, &b"ok"[..]), "{err}");
+    let req = app.wait_requests(1).pop().unwrap();
+    assert_eq!(req.header("x-forwarded-proto"), Some("https"));
+    // A TLS 1.2 client with a cipher rustls never speaks still passes
+    // through: the router only reads the hello.
+    let old = SServer::start(&db_cert, &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA"]);
+    let lb2 = Ringlb::start(router_cfg(&pki, old.addr, other.addr, app.addr));
+    let out = s_client(
+        lb2.addr("edge"),
+        Some("db.test"),
+        &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA"],
+    );
+    assert!(out.contains("Cipher is ECDHE-ECDSA-AES128-SHA"), "{out}");
+    let m = crate::common::admin::scrape(&lb);
+    let hellos = |r: &str| {
+        m.sum(
+            "ringlb_tls_hellos_total",
+            &[("listener", "edge"), ("result", r)],
+        )
+    };
+    assert_eq!(hellos("passed"), 4.0);
+    assert_eq!(hellos("handed"), 2.0);
+}
+
+/// Passthrough moves the bytes untouched both ways (a rustls echo server
+/// behind, 4 MB: rustls in a debug test build is slow), with the hello split across TLS records and sent a byte
+/// per segment.
+#[test]
+fn passthrough_is_byte_exact_and_joins_a_fragmented_hello() {
+    let pki = Pki::new("tls-pass");
+    let db_cert = pki.leaf("db", "backend-db", &["db.test"]);
+    let echo = TlsEcho::start(&db_cert);
+    let app = HttpBackend::start();
+    let lb = Ringlb::start(router_cfg(&pki, echo.addr, echo.addr, app.addr));
+    let cfg = rustls_client(&pki, &[]);
+    let mut conn =
+        rustls::ClientConnection::new(Arc::clone(&cfg), "db.test".try_into().unwrap()).unwrap();
+    let mut record = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut record).unwrap();
+    }
+    // One record -> two records, split inside the handshake message.
+    let payload = &record[5..];
+    let half = payload.len() / 2;
+    let mut split = Vec::new();
+    for part in [&payload[..half], &payload[half..]] {
+        split.extend_from_slice(&[0x16, record[1], record[2]]);
+        split.extend_from_slice(&(part.len() as u16).to_be_bytes());
+        split.extend_from_slice(part);
+    }
+    let mut sock = connect(lb.addr("edge"));
+    sock.set_nodelay(true).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for b in &split {
+        sock.write_all(std::slice::from_ref(b)).unwrap();
+        thread::sleep(Duration::from_millis(1));
+    }
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    while s.conn.is_handshaking() {
+        s.conn
+            .complete_io(&mut s.sock)
+            .expect("handshake through the router");
+    }
+    let data = pseudo_random(4 << 20, 11);
+    let mut w = s.sock.try_clone().unwrap();
+    let mut back = Vec::with_capacity(data.len());
+    let mut buf = vec![0u8; 65536];
+    let mut sent = 0;
+    while back.len() < data.len() {
+        if sent < data.len() {
+            let end = (sent + 65536).min(data.len());
+            s.conn.writer().write_all(&data[sent..end]).unwrap();
+            while s.conn.wants_write() {
+                s.conn.write_tls(&mut w).unwrap();
+            }
+            sent = end;
+        }
+        // All of this chunk back before the next goes (no deadlock on full
+        // buffers both ways).
+        while back.len() < sent {
+            match s.read(&mut buf) {
+                Ok(0) => panic!("closed after {} bytes", back.len()),
+                Ok(n) => back.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("after {} bytes: {e}", back.len()),
+            }
+        }
+    }
+    use sha2::Digest;
+    assert_eq!(
+        sha2::Sha256::digest(&back),
+        sha2::Sha256::digest(&data),
+        "4 MB changed on the way"
+    );
+}
+
+#[test]
+fn a_router_closes_what_is_not_a_hello_without_touching_a_backend() {
+    let pki = Pki::new("tls-router-bad");
+    let db_cert = pki.leaf("db", "backend-db", &["db.test"]);
+    let echo = TlsEcho::start(&db_cert);
+    let backend_conns = EchoBackend::start();
+    let app = HttpBackend::start();
+    let lb = Ringlb::start(router_cfg(
+        &pki,
+        backend_conns.addr,
+        backend_conns.addr,
+        app.addr,
+    ));
+    let edge = lb.addr("edge");
+    let closed = |s: &mut TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        let end = s.read(&mut buf);
+        assert!(
+            matches!(end, Ok(0))
+                || end
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "not closed: {end:?}"
+        );
+    };
+    // Plain text.
+    let mut s = connect(edge);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: db.test\r\n\r\n")
+        .unwrap();
+    closed(&mut s);
+    // A handshake record that is no ClientHello.
+    let mut s = connect(edge);
+    s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x04, 0x02, 0x00, 0x00, 0x00])
+        .unwrap();
+    closed(&mut s);
+    // Half a hello, then silence: the hello deadline.
+    let mut s = connect(edge);
+    s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
+    closed(&mut s);
+    // A record longer than any hello allowed.
+    let mut s = connect(edge);
+    let mut huge = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0x3f, 0xfc];
+    huge.extend(std::iter::repeat_n(0u8, 20_000));
+    let _ = s.write_all(&huge);
+    closed(&mut s);
+    assert_eq!(backend_conns.recs().len(), 0, "a backend was reached");
+    let m = crate::common::admin::scrape(&lb);
+    let hellos = |r: &str| {
+        m.sum(
+            "ringlb_tls_hellos_total",
+            &[("listener", "edge"), ("result", r)],
+        )
+    };
+    assert_eq!(hellos("not_tls"), 1.0, "{}", m.dump("ringlb_tls_hellos"));
+    assert_eq!(hellos("timeout"), 1.0, "{}", m.dump("ringlb_tls_hellos"));
+    assert_eq!(
+        hellos("bad_hello") + hellos("too_large"),
+        2.0,
+        "{}",
+        m.dump("ringlb_tls_hellos")
+    );
+    drop(echo);
+}
+
+#[test]
+fn check_refuses_sni_routes_that_cannot_work() {
+    let up = refused_addr();
+    let base = || {
+        Cfg::new(1)
+            .listener("edge", "tls", "")
+            .upstream("db", &[up])
+    };
+    for (sni, needle) in [
+        ("sni = []", "needs [[listener.sni]]"),
+        ("sni = [{ names = [\"a.test\"] }]", "exactly one of upstream"),
+        ("sni = [{ names = [\"a.test\"], upstream = \"db\" }, { names = [\"A.test\"], upstream = \"db\" }]", "claimed by an earlier"),
+        ("sni = [{ names = [\"bad name\"], upstream = \"db\" }]", "not a host name"),
+        ("sni = [{ names = [\"a.test\"], listener = \"nope\" }]", "no listener named"),
+        ("sni = [{ names = [\"a.test\"], listener = \"edge\" }]", "must be an http or tcp listener with tls"),
+    ] {
+        let (code, _, err) = check_config(base().listener_with(sni));
+        assert_eq!(code, 2, "{sni}: {err}");
+        assert!(err.contains(needle), "{sni}: {err}");
+    }
 }

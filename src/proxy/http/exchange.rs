@@ -28,22 +28,21 @@ use crate::{
 const BUF_INITIAL: usize = 4096;
 const BUF_MAX: usize = 64 * 1024;
 
-/// Serve one accepted client connection to the end.
+/// Serve one client connection to the end. `pre`: its PROXY header and
+/// first bytes, when an SNI router read them already.
 pub(super) async fn serve(
     l: &HttpProxy,
-    client: std::net::TcpStream,
+    client: Stream,
     peer: SocketAddr,
     ticket: &ConnTicket,
+    pre: Option<early::Early>,
 ) {
-    let client = match Stream::from_std(client) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(listener = %l.cfg.name, %peer, "cannot register client socket: {e}");
-            return;
-        }
-    };
     // Behind a front balancer: the client's real address from its PROXY header.
-    let Some(mut early) = early::read(&client, &l.cfg, peer).await else {
+    let pre = match pre {
+        Some(p) => Some(p),
+        None => early::read(&client, &l.cfg, peer).await,
+    };
+    let Some(mut early) = pre else {
         return;
     };
     let client = match (&l.tls, &l.cfg.tls) {

@@ -40,6 +40,7 @@ use crate::{
     balancer::rng::WyRand,
     config::{HttpConfig, ListenerConfig, RouteConfig},
     io::pools::Pools,
+    io::stream::Stream,
     limits::RateLimiter,
     listen::ticket::ConnTicket,
     metrics::{access::AccessLog, WorkerMetrics},
@@ -173,5 +174,24 @@ pub async fn handle(
     peer: SocketAddr,
     ticket: Box<ConnTicket>,
 ) {
-    exchange::serve(&l, client, peer, &ticket).await;
+    let client = match Stream::from_std(client) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(listener = %l.cfg.name, %peer, "cannot register client socket: {e}");
+            return;
+        }
+    };
+    exchange::serve(&l, client, peer, &ticket, None).await;
+}
+
+/// Serve a connection an SNI router read the start of (`early`: its PROXY
+/// addresses and the ClientHello, replayed into the handshake).
+pub async fn handed(
+    l: Rc<HttpProxy>,
+    client: Stream,
+    peer: SocketAddr,
+    ticket: Box<ConnTicket>,
+    early: crate::proxy::early::Early,
+) {
+    exchange::serve(&l, client, peer, &ticket, Some(early)).await;
 }

@@ -219,6 +219,8 @@ pub(super) fn rewrite(c: &mut Conn<'_>, route: &Route) -> Result<Plan, ProxyErro
             HashKey::Header(name) => req
                 .header(data, name.as_bytes())
                 .map_or_else(|| hash_ip(c.peer.ip()), hash_key),
+            // The name asked for: over TLS the SNI routed on it.
+            HashKey::Sni => hash_key(c.host.as_bytes()),
         }
     } else {
         0

@@ -133,3 +133,121 @@ pub fn curl(
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
 }
+
+/// A TLS echo server (rustls, a thread per connection) with `pair`'s
+/// certificate: what a passthrough route's backend sees is a real TLS
+/// server's view.
+pub struct TlsEcho {
+    pub addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TlsEcho {
+    pub fn start(pair: &Pair) -> TlsEcho {
+        use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pair.cert)
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(&pair.key).unwrap();
+        let cfg = std::sync::Arc::new(
+            rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+        );
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        l.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let st = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !st.load(std::sync::atomic::Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        let cfg = std::sync::Arc::clone(&cfg);
+                        std::thread::spawn(move || {
+                            use std::io::{Read, Write};
+                            let _ = s.set_nonblocking(false);
+                            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(20)));
+                            let conn = rustls::ServerConnection::new(cfg).unwrap();
+                            let mut t = rustls::StreamOwned::new(conn, s);
+                            let mut buf = vec![0u8; 65536];
+                            loop {
+                                match t.read(&mut buf) {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => {
+                                        if t.write_all(&buf[..n]).is_err() {
+                                            return;
+                                        }
+                                    }
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                }
+            }
+        });
+        TlsEcho { addr, stop }
+    }
+}
+
+impl Drop for TlsEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// An `openssl s_server -www` on a free loopback port with `pair`'s
+/// certificate and `extra` arguments; killed (by PID) on drop.
+pub struct SServer {
+    pub addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl SServer {
+    pub fn start(pair: &Pair, extra: &[&str]) -> SServer {
+        for _ in 0..20 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = Command::new("openssl")
+                .args(["s_server", "-quiet", "-www", "-accept"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("-cert")
+                .arg(&pair.cert)
+                .arg("-key")
+                .arg(&pair.key)
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("openssl s_server");
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let up = super::wait_until(std::time::Duration::from_secs(3), || {
+                std::net::TcpStream::connect(addr).is_ok()
+            });
+            if up {
+                return SServer { addr, child };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("openssl s_server did not start");
+    }
+}
+
+impl Drop for SServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
