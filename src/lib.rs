@@ -18,7 +18,7 @@
 //! | `admin` | the admin HTTP listener (/metrics /status /healthz /readyz) | metrics, sys |
 //! | `proxy` | the protocol handlers: tcp relay, HTTP/1.1 exchange | listen, upstream, backends, balancer, io, limits, metrics, config, sys |
 //! | `listen` | sockets, accept loop, limiter, drain, connection ticket | io, limits, metrics, config, sys |
-//! | `upstream` | per-worker replica (balancer, pool, in-flight), timed connects | backends, balancer, io, metrics, config, sys |
+//! | `upstream` | per-worker replica (balancer, pool, in-flight), timed connects | backends, balancer, tls, io, metrics, config, sys |
 //! | `metrics` | per-worker shards, Prometheus text, /status, access log | backends, config, sys |
 //! | `backends` | versioned backend sets, health and circuit state, pick, checks | balancer, io, config, sys |
 //! | `limits` | token buckets and per-IP counters | balancer, config |

@@ -64,6 +64,7 @@ fn main() -> ExitCode {
         Cmd::Check => match ringlb::Config::load(&path).and_then(|cfg| {
             // Certificates and keys are built too, as the server would.
             ringlb::tls::listener_configs(&cfg)
+                .and_then(|_| ringlb::tls::upstream_configs(&cfg))
                 .map(|_| cfg)
                 .map_err(|err| ringlb::config::LoadError {
                     file: path.display().to_string(),

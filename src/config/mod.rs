@@ -38,7 +38,7 @@ pub use listener::{
 };
 pub use observe::{AccessLogConfig, LogFormat};
 pub use runtime::{IoUringMode, RuntimeConfig};
-pub use tls::{CertPair, ClientAuth, TlsConfig, TlsVersion};
+pub use tls::{CertPair, ClientAuth, TlsConfig, TlsVersion, UpstreamTls};
 pub use upstream::{EjectConfig, HashKey, HealthConfig, HealthKind, ServerConfig, UpstreamConfig};
 pub use values::{parse_cidr, parse_duration, parse_size, Cidr};
 

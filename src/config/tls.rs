@@ -114,7 +114,7 @@ fn certs_from(
     Ok((certs, bytes))
 }
 
-fn pair(key: &str, c: &RawCert) -> Result<CertPair, ConfigError> {
+pub(super) fn pair(key: &str, c: &RawCert) -> Result<CertPair, ConfigError> {
     let (chain, cert_bytes) = certs_from(key, &c.cert, "certificate")?;
     let key_bytes = read(key, &c.key, "key")?;
     let private = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| {
@@ -135,6 +135,98 @@ fn pair(key: &str, c: &RawCert) -> Result<CertPair, ConfigError> {
         chain,
         key: private,
         fingerprint: h.finalize(),
+    })
+}
+
+/// An upstream's TLS to its backends (re-encryption).
+#[derive(Clone)]
+pub struct UpstreamTls {
+    /// SNI and the name the certificate must carry; `None`: each
+    /// backend's IP address.
+    pub server_name: Option<String>,
+    /// Verify the backend's certificate against `ca` (on by default).
+    pub verify: bool,
+    pub ca: Vec<CertificateDer<'static>>,
+    pub ca_file: Option<PathBuf>,
+    /// CRC-32 of the CA file (a changed file is a changed config).
+    pub ca_fingerprint: u32,
+    /// A client certificate for backends that ask for one.
+    pub client_cert: Option<Arc<CertPair>>,
+    pub alpn: Vec<String>,
+}
+
+impl fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("server_name", &self.server_name)
+            .field("verify", &self.verify)
+            .field("ca_file", &self.ca_file)
+            .field(
+                "ca_fingerprint",
+                &format_args!("{:08x}", self.ca_fingerprint),
+            )
+            .field("client_cert", &self.client_cert)
+            .field("alpn", &self.alpn)
+            .finish()
+    }
+}
+
+/// `tls = { ... }` of an upstream as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstreamTls {
+    pub server_name: Option<String>,
+    pub verify: Option<bool>,
+    pub ca: Option<String>,
+    pub client_cert: Option<RawCert>,
+    pub alpn: Option<Vec<String>>,
+}
+
+/// `upstream.NAME.tls`, its files read and parsed.
+pub(super) fn build_upstream(key: &str, raw: RawUpstreamTls) -> Result<UpstreamTls, ConfigError> {
+    let verify = raw.verify.unwrap_or(true);
+    let (ca, ca_fingerprint) = match (&raw.ca, verify) {
+        (Some(p), _) => {
+            let (certs, bytes) = certs_from(&format!("{key}.ca"), p, "CA")?;
+            (certs, crc32fast::hash(&bytes))
+        }
+        (None, true) => {
+            return Err(ConfigError::new(
+                format!("{key}.ca"),
+                "verify is on: give the CA file backend certificates chain to (or verify = false, which trusts any certificate)",
+            ))
+        }
+        (None, false) => (Vec::new(), 0),
+    };
+    if let Some(n) = &raw.server_name {
+        if rustls_pki_types::ServerName::try_from(n.as_str()).is_err() {
+            return Err(ConfigError::new(
+                format!("{key}.server_name"),
+                format!("{n:?} is not a DNS name or IP address"),
+            ));
+        }
+    }
+    let client_cert = match &raw.client_cert {
+        Some(c) => Some(Arc::new(pair(&format!("{key}.client_cert"), c)?)),
+        None => None,
+    };
+    let alpn = raw.alpn.unwrap_or_default();
+    for p in &alpn {
+        if p.is_empty() || p.len() > 255 {
+            return Err(ConfigError::new(
+                format!("{key}.alpn"),
+                format!("{p:?}: a protocol name is 1 to 255 bytes"),
+            ));
+        }
+    }
+    Ok(UpstreamTls {
+        server_name: raw.server_name,
+        verify,
+        ca,
+        ca_file: raw.ca.map(PathBuf::from),
+        ca_fingerprint,
+        client_cert,
+        alpn,
     })
 }
 

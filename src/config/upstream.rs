@@ -50,6 +50,8 @@ pub struct UpstreamConfig {
     /// http: requests that may wait for a backend below its max_connections.
     pub queue: u32,
     pub queue_timeout: Duration,
+    /// TLS to the backends (re-encryption).
+    pub tls: Option<super::tls::UpstreamTls>,
 }
 
 /// Active health checks of an upstream.
@@ -117,6 +119,7 @@ pub(super) struct RawUpstream {
     pub slow_start: Option<String>,
     pub queue: Option<i64>,
     pub queue_timeout: Option<String>,
+    pub tls: Option<super::tls::RawUpstreamTls>,
     #[serde(default)]
     pub servers: Vec<RawServer>,
 }
@@ -263,6 +266,10 @@ pub(super) fn build(
             slow_start,
             queue,
             queue_timeout,
+            tls: match u.tls {
+                Some(t) => Some(super::tls::build_upstream(&format!("{key}.tls"), t)?),
+                None => None,
+            },
         });
     }
     Ok((out, index))

@@ -15,6 +15,10 @@ pub enum ConnectError {
     Timeout(SocketAddr, Duration),
     #[error("connect to {0}: {1}")]
     Io(SocketAddr, io::Error),
+    /// The TLS handshake with the backend failed (certificate refused,
+    /// no shared version, reset...).
+    #[error("TLS to {0}: {1}")]
+    Tls(SocketAddr, String),
 }
 
 impl ConnectError {
@@ -22,7 +26,7 @@ impl ConnectError {
     /// backend: never a reason to eject it or mark it down.
     pub fn is_local(&self) -> bool {
         match self {
-            ConnectError::Timeout(..) => false,
+            ConnectError::Timeout(..) | ConnectError::Tls(..) => false,
             ConnectError::Io(_, e) => matches!(
                 e.raw_os_error(),
                 Some(

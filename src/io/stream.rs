@@ -166,7 +166,15 @@ impl Stream {
     /// Whether an idle pooled connection still looks usable (not closed or
     /// reset by the peer, nothing unexpected waiting).
     pub fn idle_usable(&self) -> bool {
-        sys::idle_socket_usable(self.fd())
+        match self {
+            Stream::Plain(_) => sys::idle_socket_usable(self.fd()),
+            // Records that came while idle (a late session ticket) are
+            // taken in; a close_notify or stray data is not usable.
+            Stream::Tls(t) => {
+                let mut probe = [0u8; 1];
+                matches!(t.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
     }
 
     /// This plain stream carrying `conn`, a TLS connection whose

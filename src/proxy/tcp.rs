@@ -224,7 +224,15 @@ async fn connect_any(l: &TcpProxy, key: u64, src: SocketAddr) -> Option<(Stream,
         };
         let b = std::sync::Arc::clone(picked.backend());
         tried.push(b.id);
-        match timed_connect(b.addr, l.cfg.connect_timeout, &l.metrics, up.ui).await {
+        match timed_connect(
+            b.addr,
+            l.cfg.connect_timeout,
+            &l.metrics,
+            up.ui,
+            up.tls.as_deref(),
+        )
+        .await
+        {
             Ok(s) => {
                 b.count_request();
                 up.upstream.report_success(&b);

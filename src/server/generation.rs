@@ -147,12 +147,14 @@ pub(super) fn start_generation(
     // TLS: certificates and keys built before anything else changes, so a
     // bad file fails the start (or the reload) with nothing touched. One
     // configuration per listener for every worker: sessions resume on any.
-    let tls = crate::tls::listener_configs(&cfg).map_err(|err| {
+    let as_config_error = |err| {
         Error::Config(crate::config::LoadError {
             file: "(config)".to_string(),
             err,
         })
-    })?;
+    };
+    let tls = crate::tls::listener_configs(&cfg).map_err(as_config_error)?;
+    let upstream_tls = crate::tls::upstream_configs(&cfg).map_err(as_config_error)?;
     // Without splice(2) the workers make every listener copy (see
     // `WorkerSpec::splice_ok`); the config stays as validated.
     if !splice_ok && first {
@@ -286,6 +288,7 @@ pub(super) fn start_generation(
             shutdown: stop_rx,
             splice_ok,
             tls: tls.clone(),
+            upstream_tls: upstream_tls.clone(),
         };
         let core = if cfg.runtime.pin_cores && !cores.is_empty() {
             Some(cores[index % cores.len()])

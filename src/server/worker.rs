@@ -43,6 +43,8 @@ pub struct WorkerSpec {
     pub splice_ok: bool,
     /// Per listener: its TLS server configuration (shared by all workers).
     pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// Per upstream: its TLS to backends (shared by all workers).
+    pub upstream_tls: Vec<Option<Arc<crate::tls::Client>>>,
 }
 
 /// A listening socket registered with this worker's runtime, and what its
@@ -77,7 +79,12 @@ pub async fn run(spec: WorkerSpec, ready: impl FnOnce(Result<(), String>)) {
         .iter()
         .zip(spec.upstreams.all.iter())
         .enumerate()
-        .map(|(ui, (u, st))| Rc::new(Replica::new(u, Arc::clone(st), spec.index, ui)))
+        .map(|(ui, (u, st))| {
+            Rc::new(
+                Replica::new(u, Arc::clone(st), spec.index, ui)
+                    .with_tls(spec.upstream_tls.get(ui).cloned().flatten()),
+            )
+        })
         .collect();
     let parts = WorkerParts {
         worker: spec.index,

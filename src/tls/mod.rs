@@ -176,3 +176,142 @@ pub fn listener_configs(cfg: &Config) -> Result<Vec<Option<Arc<ServerConfig>>>, 
         })
         .collect()
 }
+
+/// An upstream's TLS to its backends: the rustls client configuration
+/// (shared by every worker: resumption works from any core) and the name
+/// to ask for and verify.
+#[derive(Debug)]
+pub struct Client {
+    pub config: Arc<rustls::ClientConfig>,
+    /// `None`: each backend's IP address.
+    pub server_name: Option<rustls_pki_types::ServerName<'static>>,
+}
+
+impl Client {
+    /// The name to connect to `addr` as.
+    pub fn name_for(&self, addr: std::net::SocketAddr) -> rustls_pki_types::ServerName<'static> {
+        match &self.server_name {
+            Some(n) => n.clone(),
+            None => rustls_pki_types::ServerName::IpAddress(addr.ip().into()),
+        }
+    }
+}
+
+/// `verify = false`: any certificate is taken (signatures are still
+/// checked, so the handshake itself stays sound).
+#[derive(Debug)]
+struct TrustAnything(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for TrustAnything {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// An upstream's client configuration.
+///
+/// # Errors
+/// A CA that is no usable trust anchor, a client key that does not match
+/// its certificate (files named).
+pub fn client_config(t: &crate::config::UpstreamTls) -> Result<Client, String> {
+    let p = provider();
+    let b = rustls::ClientConfig::builder_with_provider(Arc::clone(&p))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("versions: {e}"))?;
+    let b = if t.verify {
+        let mut roots = RootCertStore::empty();
+        let file = t
+            .ca_file
+            .as_ref()
+            .map(|f| f.display().to_string())
+            .unwrap_or_default();
+        for c in &t.ca {
+            roots
+                .add(c.clone())
+                .map_err(|e| format!("CA file {file:?}: {e}"))?;
+        }
+        b.with_root_certificates(roots)
+    } else {
+        b.dangerous()
+            .with_custom_certificate_verifier(Arc::new(TrustAnything(Arc::clone(&p))))
+    };
+    let mut cfg = match &t.client_cert {
+        Some(c) => b
+            .with_client_auth_cert(c.chain.clone(), c.key.clone_key())
+            .map_err(|e| {
+                format!(
+                    "client certificate {:?} with key {:?}: {e}",
+                    c.cert_file.display(),
+                    c.key_file.display()
+                )
+            })?,
+        None => b.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = t.alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+    let server_name = match &t.server_name {
+        Some(n) => Some(
+            rustls_pki_types::ServerName::try_from(n.clone())
+                .map_err(|e| format!("server_name {n:?}: {e}"))?,
+        ),
+        None => None,
+    };
+    Ok(Client {
+        config: Arc::new(cfg),
+        server_name,
+    })
+}
+
+/// The client configurations of every upstream with `tls`, by index.
+///
+/// # Errors
+/// The first that cannot be built, as a config error on its `tls` key.
+pub fn upstream_configs(cfg: &Config) -> Result<Vec<Option<Arc<Client>>>, ConfigError> {
+    cfg.upstreams
+        .iter()
+        .map(|u| match &u.tls {
+            Some(t) => client_config(t)
+                .map(|c| Some(Arc::new(c)))
+                .map_err(|e| ConfigError::new(format!("upstream.{}.tls", u.name), e)),
+            None => Ok(None),
+        })
+        .collect()
+}

@@ -28,6 +28,8 @@ pub struct Replica {
     pub ui: usize,
     worker: usize,
     view: RefCell<View>,
+    /// TLS to the backends (the upstream's `tls`), shared by all workers.
+    pub tls: Option<Arc<crate::tls::Client>>,
 }
 
 struct View {
@@ -115,7 +117,14 @@ impl Replica {
             upstream,
             ui,
             worker,
+            tls: None,
         }
+    }
+
+    /// This replica, connecting to its backends over TLS with `tls`.
+    pub fn with_tls(mut self, tls: Option<Arc<crate::tls::Client>>) -> Replica {
+        self.tls = tls;
+        self
     }
 
     /// Rebuild the view when the set has a new version.

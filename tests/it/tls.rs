@@ -14,7 +14,7 @@ use std::{
 
 use crate::common::{
     admin::scrape,
-    http::{Reply, Req},
+    http::{Client, Reply, Req},
     tls::{curl, s_client, subject_cn, Pair, Pki, SServer, TlsEcho},
     *,
 };
@@ -689,4 +689,94 @@ fn check_refuses_sni_routes_that_cannot_work() {
         assert_eq!(code, 2, "{sni}: {err}");
         assert!(err.contains(needle), "{sni}: {err}");
     }
+}
+
+/// ringlb #2: an https listener for `names` (certificate from `pki`) in
+/// front of `backend`, with metrics: a real TLS server with keep-alive.
+fn tls_backend(pki: &Pki, names: &[&str], backend: SocketAddr) -> Ringlb {
+    let cert = pki.leaf(&format!("srv-{}", names[0]), names[0], names);
+    Ringlb::start(
+        Cfg::http_proxy(&[backend])
+            .admin()
+            .listener_with(&tls_key(&[&cert], "")),
+    )
+}
+
+#[test]
+fn reencryption_verifies_the_backend_and_pools_its_connections() {
+    let pki = Pki::new("tls-up");
+    let app = HttpBackend::start();
+    let server = tls_backend(&pki, &["api.test"], app.addr);
+    let backend = server.addr("web");
+    let ca = pki.ca_file.display().to_string();
+    let front = |tls: &str| {
+        Ringlb::start(Cfg::http_proxy(&[backend]).upstream_with(&format!("tls = {{ {tls} }}")))
+    };
+    // Verified, by name, and reused: five requests, one handshake.
+    let lb = front(&format!("server_name = \"api.test\", ca = \"{ca}\""));
+    let mut c = Client::connect(lb.addr("web"));
+    for i in 0..5 {
+        c.send(format!("GET /r{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        let r = c.response();
+        assert_eq!(r.status, 200, "{}", r.head.text());
+        assert_eq!(r.text(), "ok");
+    }
+    let reqs = app.wait_requests(5);
+    assert_eq!(
+        reqs[4].header("x-forwarded-proto"),
+        Some("https"),
+        "ringlb #2 saw TLS"
+    );
+    let m = scrape(&server);
+    let handshakes = m.sum(
+        "ringlb_tls_handshakes_total",
+        &[("listener", "web"), ("result", "ok")],
+    );
+    assert_eq!(
+        handshakes, 1.0,
+        "the TLS connection to the backend was not reused"
+    );
+
+    // A wrong CA, a wrong name: 502, the reason in the log.
+    let other = Pki::with_ca_name("tls-up-other", "another CA");
+    let wrong_ca = other.ca_file.display().to_string();
+    for (tls, why) in [
+        (
+            format!("server_name = \"api.test\", ca = \"{wrong_ca}\""),
+            "UnknownIssuer",
+        ),
+        (
+            format!("server_name = \"other.test\", ca = \"{ca}\""),
+            "not valid for name",
+        ),
+    ] {
+        let lb = front(&tls);
+        let mut c = Client::connect(lb.addr("web"));
+        c.send(b"GET /bad HTTP/1.1\r\nHost: x\r\n\r\n");
+        let r = c.response();
+        assert_eq!(r.status, 502, "{tls}: {}", r.head.text());
+        assert!(lb.wait_log(why), "{tls}: {}", lb.log_text());
+    }
+    // verify = false takes any certificate.
+    let lb = front("server_name = \"other.test\", verify = false");
+    let mut c = Client::connect(lb.addr("web"));
+    c.send(b"GET /any HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(c.response().status, 200);
+}
+
+#[test]
+fn a_tcp_listener_reencrypts_to_a_tls_backend() {
+    let pki = Pki::new("tls-up-tcp");
+    let echo = TlsEcho::start(&pki.leaf("echo", "echo", &["echo.test"]));
+    let ca = pki.ca_file.display().to_string();
+    let lb = Ringlb::start(Cfg::tcp_proxy(&[echo.addr]).upstream_with(&format!(
+        "tls = {{ server_name = \"echo.test\", ca = \"{ca}\" }}"
+    )));
+    let mut s = connect(lb.addr("l"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let data = pseudo_random(256 << 10, 5);
+    s.write_all(&data).unwrap();
+    let mut back = vec![0u8; data.len()];
+    s.read_exact(&mut back).unwrap();
+    assert!(back == data, "256 KiB echo changed through re-encryption");
 }

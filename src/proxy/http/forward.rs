@@ -148,7 +148,15 @@ pub(super) async fn forward<'r>(
         let reused = pooled.is_some();
         let stream = match pooled {
             Some(s) => s,
-            None => match timed_connect(addr, l.cfg.connect_timeout, &l.metrics, up.ui).await {
+            None => match timed_connect(
+                addr,
+                l.cfg.connect_timeout,
+                &l.metrics,
+                up.ui,
+                up.tls.as_deref(),
+            )
+            .await
+            {
                 Ok(s) => s,
                 Err(e) => {
                     lm.retries.inc();
