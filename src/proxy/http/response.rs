@@ -113,7 +113,7 @@ pub(super) async fn respond(
     let backend = Arc::clone(inflight.backend());
     let addr = backend.addr;
     let timeout = c.write_timeout();
-    let stopping = c.ticket.drain().is_stopping();
+    let drain = c.ticket.drain();
     let http11 = c.req.minor == 1;
     // The forward step read the head already when the whole request went
     // out with it (a retry may follow a failed head read there).
@@ -225,8 +225,12 @@ pub(super) async fn respond(
                 plan.client_close = true;
             }
             let dechunk = plan.client_minor == 0 && resp.framing == Framing::Chunked;
-            let close =
-                plan.client_close || resp.framing == Framing::UntilClose || dechunk || stopping;
+            let close = plan.client_close
+                || resp.framing == Framing::UntilClose
+                || dechunk
+                // Asked now, as the head goes out: a drain may have
+                // begun while the backend was answering.
+                || drain.is_stopping();
             rewrite::response_head(
                 response_head,
                 from_backend.data(),
