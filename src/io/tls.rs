@@ -175,6 +175,32 @@ impl TlsStream {
     }
 }
 
+/// What a finished handshake agreed, for logs.
+#[derive(Debug, Clone, Default)]
+pub struct TlsInfo {
+    /// The server name the client asked for (server side).
+    pub sni: Option<Box<str>>,
+    /// "1.2" or "1.3".
+    pub version: &'static str,
+}
+
+impl TlsStream {
+    /// The server name and version of this connection.
+    pub fn info(&self) -> TlsInfo {
+        let c = self.conn.borrow();
+        let sni = match &*c {
+            Connection::Server(s) => s.server_name().map(Box::from),
+            Connection::Client(_) => None,
+        };
+        let version = match c.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
+            _ => "",
+        };
+        TlsInfo { sni, version }
+    }
+}
+
 /// Why a handshake did not complete.
 #[derive(Debug)]
 pub enum HandshakeError {

@@ -160,6 +160,10 @@ pub struct HttpEntry<'a> {
     pub request_id: &'a str,
     pub backend: Option<SocketAddr>,
     pub duration: Duration,
+    /// TLS listeners: the server name the client asked for.
+    pub sni: Option<&'a str>,
+    /// TLS listeners: the version agreed ("1.2", "1.3").
+    pub tls: Option<&'a str>,
 }
 
 /// One TCP connection, as logged.
@@ -171,6 +175,11 @@ pub struct TcpEntry<'a> {
     pub bytes_out: u64,
     pub duration: Duration,
     pub end: &'a str,
+    /// The server name the client asked for (TLS termination or an SNI
+    /// router's passthrough).
+    pub sni: Option<&'a str>,
+    /// TLS termination: the version agreed.
+    pub tls: Option<&'a str>,
 }
 
 /// Longest path, User-Agent or Referer kept in a log line: bounds the
@@ -202,7 +211,7 @@ pub fn http_line(f: LogFormat, e: &HttpEntry<'_>) -> String {
         LogFormat::Json => {
             let _ = writeln!(
                 o,
-                "{{\"time\":\"{}\",\"listener\":{},\"client\":\"{}\",\"method\":{},\"path\":{},\"status\":{},\"bytes_sent\":{},\"request_id\":{},\"backend\":{},\"duration_ms\":{:.3},\"user_agent\":{}}}",
+                "{{\"time\":\"{}\",\"listener\":{},\"client\":\"{}\",\"method\":{},\"path\":{},\"status\":{},\"bytes_sent\":{},\"request_id\":{},\"backend\":{},\"duration_ms\":{:.3},\"user_agent\":{},\"sni\":{},\"tls\":{}}}",
                 iso8601(now),
                 json_str(e.listener),
                 e.client,
@@ -214,12 +223,14 @@ pub fn http_line(f: LogFormat, e: &HttpEntry<'_>) -> String {
                 e.backend.map_or_else(|| "null".to_string(), |b| format!("\"{b}\"")),
                 e.duration.as_secs_f64() * 1000.0,
                 json_str(e.user_agent),
+                opt_json(e.sni),
+                opt_json(e.tls),
             );
         }
         LogFormat::Combined => {
             let _ = writeln!(
                 o,
-                "{} - - [{}] \"{} {} HTTP/1.{}\" {} {} \"{}\" \"{}\" {} {} {:.3}",
+                "{} - - [{}] \"{} {} HTTP/1.{}\" {} {} \"{}\" \"{}\" {} {} {:.3} {} {}",
                 e.client.ip(),
                 clf_time(now),
                 clean(e.method),
@@ -232,10 +243,17 @@ pub fn http_line(f: LogFormat, e: &HttpEntry<'_>) -> String {
                 dash(e.request_id),
                 e.backend.map_or_else(|| "-".to_string(), |b| b.to_string()),
                 e.duration.as_secs_f64(),
+                dash(&clean(e.sni.unwrap_or(""))),
+                dash(e.tls.unwrap_or("")),
             );
         }
     }
     o
+}
+
+/// A JSON string, or null.
+fn opt_json(v: Option<&str>) -> String {
+    v.map_or_else(|| "null".to_string(), json_str)
 }
 
 pub fn tcp_line(f: LogFormat, e: &TcpEntry<'_>) -> String {
@@ -245,7 +263,7 @@ pub fn tcp_line(f: LogFormat, e: &TcpEntry<'_>) -> String {
         LogFormat::Json => {
             let _ = writeln!(
                 o,
-                "{{\"time\":\"{}\",\"listener\":{},\"client\":\"{}\",\"backend\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{:.3},\"end\":\"{}\"}}",
+                "{{\"time\":\"{}\",\"listener\":{},\"client\":\"{}\",\"backend\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{:.3},\"end\":\"{}\",\"sni\":{},\"tls\":{}}}",
                 iso8601(now),
                 json_str(e.listener),
                 e.client,
@@ -254,18 +272,22 @@ pub fn tcp_line(f: LogFormat, e: &TcpEntry<'_>) -> String {
                 e.bytes_out,
                 e.duration.as_secs_f64() * 1000.0,
                 e.end,
+                opt_json(e.sni),
+                opt_json(e.tls),
             );
         }
         LogFormat::Combined => {
             let _ = writeln!(
                 o,
-                "{} - - [{}] \"TCP {}\" - {} \"-\" \"-\" - {} {:.3}",
+                "{} - - [{}] \"TCP {}\" - {} \"-\" \"-\" - {} {:.3} {} {}",
                 e.client.ip(),
                 clf_time(now),
                 clean(e.listener),
                 e.bytes_out,
                 e.backend.map_or_else(|| "-".to_string(), |b| b.to_string()),
                 e.duration.as_secs_f64(),
+                dash(&clean(e.sni.unwrap_or(""))),
+                dash(e.tls.unwrap_or("")),
             );
         }
     }
@@ -406,15 +428,25 @@ mod tests {
             request_id: "abc",
             backend: None,
             duration: Duration::from_millis(1500),
+            sni: None,
+            tls: None,
         };
         let c = http_line(LogFormat::Combined, &e);
         assert!(c.starts_with("10.0.0.1 - - ["), "{c}");
         assert!(
-            c.ends_with("] \"GET /a_b HTTP/1.1\" 200 12 \"-\" \"curl/8\" abc - 1.500\n"),
+            c.ends_with("] \"GET /a_b HTTP/1.1\" 200 12 \"-\" \"curl/8\" abc - 1.500 - -\n"),
             "{c}"
         );
         let j = http_line(LogFormat::Json, &e);
         assert!(j.contains("\"path\":\"/a\\\"b\""), "{j}");
         assert!(j.contains("\"backend\":null"), "{j}");
+        assert!(j.contains("\"sni\":null,\"tls\":null"), "{j}");
+        let tls = HttpEntry {
+            sni: Some("a.test"),
+            tls: Some("1.3"),
+            ..e
+        };
+        assert!(http_line(LogFormat::Combined, &tls).ends_with(" 1.500 a.test 1.3\n"));
+        assert!(http_line(LogFormat::Json, &tls).contains("\"sni\":\"a.test\",\"tls\":\"1.3\""));
     }
 }

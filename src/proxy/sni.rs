@@ -226,7 +226,14 @@ pub async fn handle(
     match &r.targets[i] {
         Target::Pass(t) => {
             r.count("passed");
-            tcp::serve(Rc::clone(t), client, peer, ticket, tcp::Given(early, key)).await;
+            tcp::serve(
+                Rc::clone(t),
+                client,
+                peer,
+                ticket,
+                tcp::Given(early, key, name.clone().map(String::into_boxed_str)),
+            )
+            .await;
         }
         Target::Hand(Handler::Http(h)) => {
             r.count("handed");
@@ -234,7 +241,14 @@ pub async fn handle(
         }
         Target::Hand(Handler::Tcp(t)) => {
             r.count("handed");
-            tcp::serve(Rc::clone(t), client, peer, ticket, tcp::Given(early, key)).await;
+            tcp::serve(
+                Rc::clone(t),
+                client,
+                peer,
+                ticket,
+                tcp::Given(early, key, name.clone().map(String::into_boxed_str)),
+            )
+            .await;
         }
         // Refused by the config: a router never targets a router.
         Target::Hand(Handler::Tls(_)) => r.count("no_route"),

@@ -73,6 +73,11 @@ pub trait Prelude {
     fn key(&self) -> u64 {
         0
     }
+
+    /// The server name an SNI router read (for the access log).
+    fn sni(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Read the PROXY header (when expected) from the socket.
@@ -91,7 +96,7 @@ impl Prelude for ReadEarly {
 
 /// Already read by whoever accepted the connection (an SNI router: with
 /// the hash of the server name the hello asked for).
-pub struct Given(pub early::Early, pub u64);
+pub struct Given(pub early::Early, pub u64, pub Option<Box<str>>);
 
 impl Prelude for Given {
     async fn early(&mut self, _: &TcpProxy, _: &Stream, _: SocketAddr) -> Option<early::Early> {
@@ -100,6 +105,10 @@ impl Prelude for Given {
 
     fn key(&self) -> u64 {
         self.1
+    }
+
+    fn sni(&self) -> Option<&str> {
+        self.2.as_deref()
     }
 }
 
@@ -152,7 +161,15 @@ pub async fn serve(
 
     let started = std::time::Instant::now();
     let Some((backend, inflight)) = connect_any(&l, key, src).await else {
-        log_tcp(&l, src, None, 0, 0, started, "no_backend");
+        log_tcp(
+            &l,
+            (&client, &prelude),
+            src,
+            None,
+            (0, 0),
+            started,
+            "no_backend",
+        );
         return;
     };
     let addr = inflight.backend().addr;
@@ -192,7 +209,15 @@ pub async fn serve(
         RelayEnd::Idle => "idle",
         RelayEnd::Error(_) => "error",
     };
-    log_tcp(&l, src, Some(addr), up, down, started, how);
+    log_tcp(
+        &l,
+        (&client, &prelude),
+        src,
+        Some(addr),
+        (up, down),
+        started,
+        how,
+    );
     match end {
         RelayEnd::Closed => {
             tracing::debug!(listener = %l.cfg.name, %src, backend = %addr, up, down, "closed")
@@ -255,14 +280,20 @@ async fn connect_any(l: &TcpProxy, key: u64, src: SocketAddr) -> Option<(Stream,
 /// One access-log line per TCP connection.
 fn log_tcp(
     l: &TcpProxy,
+    (stream, prelude): (&Stream, &impl Prelude),
     client: SocketAddr,
     backend: Option<SocketAddr>,
-    bytes_in: u64,
-    bytes_out: u64,
+    (bytes_in, bytes_out): (u64, u64),
     started: std::time::Instant,
     end: &str,
 ) {
     if let Some(a) = &l.access {
+        // Asked for only now: nothing of it is held while bytes move.
+        let info = stream.as_tls().map(|t| t.info());
+        let sni = info
+            .as_ref()
+            .and_then(|i| i.sni.as_deref())
+            .or_else(|| prelude.sni());
         a.send(access::tcp_line(
             a.format,
             &access::TcpEntry {
@@ -273,6 +304,8 @@ fn log_tcp(
                 bytes_out,
                 duration: started.elapsed(),
                 end,
+                sni,
+                tls: info.as_ref().map(|i| i.version),
             },
         ));
     }

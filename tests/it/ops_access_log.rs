@@ -620,7 +620,9 @@ fn access_log_combined_is_the_default_format() {
             .collect();
         assert_eq!(hits.len(), 1, "lines for {id}:\n{}", lines.join("\n"));
         let f = &hits[0];
-        assert_eq!(f.len(), 12, "fields of {f:?}");
+        assert_eq!(f.len(), 14, "fields of {f:?}");
+        // Not TLS: no server name, no version.
+        assert_eq!((f[12].as_str(), f[13].as_str()), ("-", "-"), "{f:?}");
         assert_eq!(f[0], "127.0.0.1", "{f:?}");
         assert_eq!((f[1].as_str(), f[2].as_str()), ("-", "-"), "{f:?}");
         assert_recent(clf_time_ms(&f[3]), &f[3]);
@@ -649,7 +651,8 @@ fn access_log_combined_is_the_default_format() {
         .collect();
     assert_eq!(tcp.len(), 1, "{}", lines.join("\n"));
     let f = &tcp[0];
-    assert_eq!(f.len(), 12, "fields of {f:?}");
+    assert_eq!(f.len(), 14, "fields of {f:?}");
+    assert_eq!((f[12].as_str(), f[13].as_str()), ("-", "-"), "{f:?}");
     assert_eq!(f[0], tcp_client.ip().to_string());
     assert_recent(clf_time_ms(&f[3]), &f[3]);
     assert_eq!(f[4], "TCP raw");

@@ -471,8 +471,10 @@ fn a_reload_swaps_the_certificate_and_keeps_open_connections() {
 /// terminates it, `*` passes through to the first.
 fn router_cfg(pki: &Pki, db: SocketAddr, other: SocketAddr, app: SocketAddr) -> Cfg {
     let app_cert = pki.leaf("app", "ringlb-app", &["app.test"]);
+    let log = pki.dir.path("access.log");
     Cfg::new(2)
         .admin()
+        .table(&format!("[access_log]\npath = \"{}\"\nformat = \"json\"", log.display()))
         .http("web", "app")
         .listener_with(&tls_key(&[&app_cert], ""))
         .listener("edge", "tls", "")
@@ -530,6 +532,33 @@ fn one_tls_port_passes_some_names_through_and_terminates_others() {
     };
     assert_eq!(hellos("passed"), 4.0);
     assert_eq!(hellos("handed"), 2.0);
+    // The access log names the server asked for, and the version where
+    // ringlb ended the TLS.
+    let log = pki.dir.path("access.log");
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(5), || text().contains("/via-router")
+            && text().contains("\"sni\":\"x.pass.test\"")),
+        "{}",
+        text()
+    );
+    let t = text();
+    let line = |needle: &str| {
+        t.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or("")
+            .to_string()
+    };
+    let http = line("/via-router");
+    assert!(
+        http.contains("\"sni\":\"app.test\",\"tls\":\"1.3\""),
+        "{http}"
+    );
+    let pass = line("\"sni\":\"x.pass.test\"");
+    assert!(
+        pass.contains("\"listener\":\"edge\"") && pass.contains("\"tls\":null"),
+        "{pass}"
+    );
 }
 
 /// Passthrough moves the bytes untouched both ways (a rustls echo server

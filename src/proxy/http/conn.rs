@@ -58,6 +58,8 @@ pub(super) struct Conn<'a> {
     pub trusted: bool,
     /// The port the client connected to.
     pub local_port: u16,
+    /// TLS listeners: what the handshake agreed (for the access log).
+    pub tls: Option<crate::io::tls::TlsInfo>,
 }
 
 impl Conn<'_> {

@@ -90,7 +90,11 @@ pub(super) async fn serve(
         lf: LogFields::default(),
         trusted,
         local_port,
+        tls: None,
     };
+    if l.access.is_some() {
+        conn.tls = conn.client.as_tls().map(|t| t.info());
+    }
     conn.from_client.extend(&early.bytes);
     conn.run().await;
 }

@@ -33,6 +33,8 @@ impl Conn<'_> {
                     request_id: &self.id,
                     backend,
                     duration: took,
+                    sni: self.tls.as_ref().and_then(|t| t.sni.as_deref()),
+                    tls: self.tls.as_ref().map(|t| t.version),
                 },
             ));
         }
