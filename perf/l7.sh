@@ -4,6 +4,9 @@
 #   HAProxy (mode http, http-reuse always)
 # against the same backend (one nginx, 1 worker, on two ports: `/` "hello\n", `/64k` 64 KiB),
 # with wrk -t1 -c64 / -c256 --latency on the small and the 64 KiB response.
+# TLS=1: every proxy terminates TLS (one ECDSA P-256 certificate, TLS 1.2 and 1.3, session cache
+# and tickets on), wrk speaks HTTPS, and two handshake workloads run per target: new handshakes
+# (`openssl s_time -new`) and resumed ones (`openssl s_time -reuse`). No direct target then.
 # Method: /work/shared/perf-method.md (see perf/README.md). Every process started here is
 # tracked by PID and stopped by the EXIT trap. Shared parts: perf/lib.sh.
 set -euo pipefail
@@ -13,7 +16,9 @@ REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
 SUMMARIZE="$SCRIPT_DIR/summarize.py"
 
 # ----------------------------------------------------------------------------- knobs
-TARGETS=${TARGETS:-"direct ringlb nginx haproxy"}
+TLS=${TLS:-0}
+if [[ $TLS == 1 ]]; then TARGETS=${TARGETS:-"ringlb nginx haproxy"}; else TARGETS=${TARGETS:-"direct ringlb nginx haproxy"}; fi
+HANDSHAKES=${HANDSHAKES:-1}         # TLS=1: also the s_time new/reuse handshake workloads
 WRK_CONNS=${WRK_CONNS:-"64 256"}
 SIZES=${SIZES:-"small 64k"}         # small: GET / ("hello\n"); 64k: GET /64k (65536 bytes)
 KEEPALIVE=${KEEPALIVE:-64}          # idle upstream keep-alive connections (ringlb keepalive, nginx upstream keepalive)
@@ -29,6 +34,9 @@ for s in "${S_LIST[@]}"; do case $s in small|64k) ;; *) die "unknown size '$s' (
 for c in "${C_LIST[@]}"; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "WRK_CONNS: '$c' is not a connection count"; done
 [[ ${#T_LIST[@]} -gt 0 && ${#S_LIST[@]} -gt 0 && ${#C_LIST[@]} -gt 0 ]] || die "empty TARGETS, SIZES or WRK_CONNS"
 [[ $KEEPALIVE =~ ^[1-9][0-9]*$ ]] || die "KEEPALIVE must be >= 1"
+[[ $TLS == 0 || $TLS == 1 ]] || die "TLS must be 0 or 1"
+if [[ $TLS == 1 ]] && has_t direct; then die "TLS=1: no direct target (the backend speaks plain HTTP)"; fi
+SCHEME=http; [[ $TLS == 1 ]] && SCHEME=https
 
 # ports: the backend's two, then one per proxy (direct = the backend's first port)
 B1=$((18180 + PORT_OFFSET)); B2=$((18181 + PORT_OFFSET))
@@ -42,6 +50,7 @@ command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v ss >/dev/null 2>&1 || need+=(iproute2)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 apt_install "${need[@]}"
@@ -49,17 +58,25 @@ command -v python3 >/dev/null 2>&1 || die "python3 is required"
 if has_t ringlb; then ensure_ringlb; fi
 
 # ----------------------------------------------------------------------------- run dir
-init_out_dir "-l7$([[ $PIN == 1 ]] || echo -unpinned)"
+init_out_dir "-l7$([[ $TLS == 1 ]] && echo -tls)$([[ $PIN == 1 ]] || echo -unpinned)"
 echo l7 >"$OUT_DIR/kind"   # summarize.py: L7 layout
 ports=("$B1" "$B2")
 for t in "${T_LIST[@]}"; do [[ $t == direct ]] || ports+=("$(port_of "$t")"); done
 check_ports_free "${ports[@]}"
+# TLS=1: one certificate for every proxy (HAProxy wants certificate and key in one file)
+CERT="$OUT_DIR/conf/tls.pem"; KEY="$OUT_DIR/conf/tls.key"; CERT_KEY="$OUT_DIR/conf/tls-both.pem"
+if [[ $TLS == 1 ]]; then
+    mkdir -p "$OUT_DIR/conf"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$KEY" -out "$CERT" \
+        -days 2 -subj /CN=perf.test -addext subjectAltName=DNS:perf.test 2>/dev/null || die "openssl req failed"
+    cat "$CERT" "$KEY" >"$CERT_KEY"
+fi
 
 # ----------------------------------------------------------------------------- backend
 backend_pids() { pids_with_children "$BE_NGINX_PID"; }   # nginx master + worker
 fetch_ok() { # port size: 200 and the right body through that port
     local r want
-    r=$(timeout 5 curl -s -o /dev/null -w '%{http_code} %{size_download}' "http://127.0.0.1:$1$(path_of "$2")" 2>/dev/null) || true
+    r=$(timeout 5 curl -sk -o /dev/null -w '%{http_code} %{size_download}' "$SCHEME://127.0.0.1:$1$(path_of "$2")" 2>/dev/null) || true
     [[ $2 == small ]] && want="200 6" || want="200 $BODY_64K"
     [[ $r == "$want" ]] || { log "GET $(path_of "$2") on port $1: got '$r', want '$want' (status bytes)"; return 1; }
 }
@@ -99,6 +116,7 @@ connect_timeout = "1s"
 header_timeout = "60s"
 keepalive_timeout = "10m"
 response_timeout = "10m"
+$([[ $TLS == 1 ]] && echo "tls = { certs = [{ cert = \"$CERT\", key = \"$KEY\" }] }")
 ${RINGLB_EXTRA:+$RINGLB_EXTRA
 }
 [upstream.app]
@@ -128,7 +146,8 @@ $(nginx_temp_paths "$pre")
         keepalive_requests 100000000;
     }
     server {
-        listen 127.0.0.1:$(port_of nginx);
+        listen 127.0.0.1:$(port_of nginx)$([[ $TLS == 1 ]] && echo " ssl");
+$([[ $TLS == 1 ]] && printf '        ssl_certificate %s;\n        ssl_certificate_key %s;\n        ssl_protocols TLSv1.2 TLSv1.3;\n        ssl_session_cache shared:SSL:10m;\n        ssl_session_tickets on;\n' "$CERT" "$KEY")
         location / {
             proxy_pass http://app;
             proxy_http_version 1.1;
@@ -161,7 +180,7 @@ defaults
     timeout http-keep-alive 10m
     timeout http-request 60s
 frontend fe_http
-    bind 127.0.0.1:$(port_of haproxy)
+    bind 127.0.0.1:$(port_of haproxy)$([[ $TLS == 1 ]] && echo " ssl crt $CERT_KEY")
     maxconn $MAXCONN
     default_backend be_http
 backend be_http
@@ -185,10 +204,14 @@ start_proxy() { # target -> PROXY_PID; returns 1 on failure
         log "$t: not listening on $(port_of "$t") within 15s (logs/)"; return 1
     fi
     for s in "${S_LIST[@]}"; do fetch_ok "$(port_of "$t")" "$s" || { log "$t: GET $(path_of "$s") through the proxy failed"; return 1; }; done
+    if [[ $TLS == 1 ]]; then
+        timeout 5 openssl s_client -connect "127.0.0.1:$(port_of "$t")" -servername perf.test </dev/null 2>&1 \
+            | grep -E "^(New|Protocol|    Cipher)" >"$OUT_DIR/logs/tls-$t.txt" || true
+    fi
 }
 
 # ----------------------------------------------------------------------------- workloads
-url_of() { echo "http://127.0.0.1:$(port_of "$1")$(path_of "$2")"; }
+url_of() { echo "$SCHEME://127.0.0.1:$(port_of "$1")$(path_of "$2")"; }
 warm_up() { # target (unrecorded)
     local s
     for s in "${S_LIST[@]}"; do wrk_warm "$(url_of "$1" "$s")" "${C_LIST[0]}" "$WARMUP"; done
@@ -201,6 +224,29 @@ run_workloads() { # target: wrk_<size>_c<conns>
             wrk_measure "$1" "wrk_${s}_c$c" "$(url_of "$1" "$s")" "$c"
         done
     done
+    if [[ $TLS == 1 && $HANDSHAKES == 1 ]]; then
+        sleep "$PAUSE"; stime_measure "$1" tls_new -new
+        sleep "$PAUSE"; stime_measure "$1" tls_resumed -reuse
+    fi
+}
+
+# one recorded `openssl s_time` run: handshakes (no request) for DURATION seconds;
+# emitted as rps = handshakes per second, and proxy CPU per 100k handshakes
+stime_measure() { # target workload -new|-reuse
+    local t=$1 wl=$2 out="$OUT_DIR/out/r${ROUND}-$1-$2.txt" rc=0 n secs
+    m_begin http
+    timeout $((DURATION + 30)) "${CL[@]}" openssl s_time -connect "127.0.0.1:$(port_of "$t")" "$3" \
+        -time "$DURATION" </dev/null >"$out" 2>&1 || rc=$?
+    m_snap
+    # "N connections in S real seconds"
+    read -r n secs < <(awk '/connections in .* real seconds/ { print $1, $4; exit }' "$out")
+    if ((rc)) || [[ -z $n || $n == 0 ]]; then
+        log "  $t $wl FAILED (rc=$rc, $out)"; note "$t" failed "$wl" 1; return 0
+    fi
+    m_emit "$wl" "$n" req
+    emit "$wl" requests "$n"
+    emit "$wl" rps "$(awk -v n="$n" -v s="$secs" 'BEGIN { printf "%.1f", n / s }')"
+    log "  $t $wl: $n handshakes in ${secs}s ($(awk -v n="$n" -v s="$secs" 'BEGIN { printf "%.0f", n / s }')/s)"
 }
 
 # ----------------------------------------------------------------------------- setup record
@@ -232,6 +278,10 @@ write_setup() {
         echo "- Each round starts every target in turn (order rotated per round), warms it up unrecorded (wrk ${WARMUP}s per response size), runs the measurements, and stops it (SIGTERM by PID)."
         echo "- CPU: utime+stime from /proc/PID/stat of the proxy (nginx master + worker; HAProxy and ringlb: one process, all threads) and of the backend nginx (master + worker) before and after each measurement; machine CPU from /proc/stat (busy = all but idle and iowait); client CPU from the shell's children times."
         echo "- Clients: wrk -t1 -c{$WRK_CONNS} -d${DURATION}s --latency on {$SIZES} (/ and /64k)."
+        if [[ $TLS == 1 ]]; then
+            echo "- TLS=1: every proxy terminates TLS with the same ECDSA P-256 certificate (conf/tls.pem), TLS 1.2 and 1.3 offered, each proxy's default cipher order (the negotiated suite per target is in logs/tls-<target>.txt); session cache and tickets on (nginx \`ssl_session_cache shared:SSL:10m\`, \`ssl_session_tickets on\`; HAProxy and ringlb by default). wrk speaks HTTPS to the proxy (keep-alive, so handshakes are few); the backend stays plain HTTP."
+            [[ $HANDSHAKES == 1 ]] && echo "- Handshakes: \`openssl s_time -connect ... -new -time ${DURATION}\` (tls_new: a full handshake per connection, no request) and \`-reuse\` (tls_resumed: one full handshake, then resumed sessions), one client process; rps = handshakes per second, proxy CPU per 100k handshakes."
+        fi
     } >"$OUT_DIR/SETUP.md"
     echo "L7, PIN=$PIN ($(pin_summary)); $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v 2>&1 | head -1 | awk '{print $3}')$(ringlb_meta); host $(hostname), kernel $(uname -r). See SETUP.md." >"$OUT_DIR/meta.txt"
 }

@@ -20,7 +20,7 @@
 //! | `listen` | sockets, accept loop, limiter, drain, connection ticket | io, limits, metrics, config, sys |
 //! | `upstream` | per-worker replica (balancer, pool, in-flight), timed connects | backends, balancer, tls, io, metrics, config, sys |
 //! | `metrics` | per-worker shards, Prometheus text, /status, access log | backends, config, sys |
-//! | `backends` | versioned backend sets, health and circuit state, pick, checks | balancer, io, config, sys |
+//! | `backends` | versioned backend sets, health and circuit state, pick, checks | balancer, tls, io, config, sys |
 //! | `limits` | token buckets and per-IP counters | balancer, config |
 //! | `tls` | rustls configurations: certificates by SNI, versions, ALPN, client auth | config |
 //! | `io` | streams (plain and TLS), relay, pools, read buffer, connect | config, sys |

@@ -26,12 +26,21 @@ pub fn spawn(
     cfg: &Config,
     upstreams: Arc<Upstreams>,
     stop: Arc<AtomicBool>,
+    tls: &[Option<Arc<crate::tls::Client>>],
 ) -> std::io::Result<()> {
-    let plans: Vec<(Arc<Upstream>, HealthConfig)> = cfg
+    // An upstream with tls is checked over TLS: the handshake (and its
+    // verification) is part of every check.
+    type Plan = (Arc<Upstream>, HealthConfig, Option<Arc<crate::tls::Client>>);
+    let plans: Vec<Plan> = cfg
         .upstreams
         .iter()
         .zip(upstreams.all.iter())
-        .filter_map(|(u, s)| u.health.clone().map(|h| (Arc::clone(s), h)))
+        .enumerate()
+        .filter_map(|(ui, (u, s))| {
+            u.health
+                .clone()
+                .map(|h| (Arc::clone(s), h, tls.get(ui).cloned().flatten()))
+        })
         .collect();
     thread::Builder::new()
         .name("ringlb-health".into())
@@ -52,7 +61,7 @@ pub fn spawn(
                 let mut seen: Vec<(u64, HashSet<BackendId>)> =
                     plans.iter().map(|_| (0, HashSet::new())).collect();
                 while !stop.load(Ordering::Relaxed) {
-                    for ((up, h), (version, running)) in plans.iter().zip(seen.iter_mut()) {
+                    for ((up, h, tls), (version, running)) in plans.iter().zip(seen.iter_mut()) {
                         if up.version() == *version {
                             continue;
                         }
@@ -64,7 +73,7 @@ pub fn spawn(
                                 monoio::spawn(check_loop(
                                     Arc::clone(up),
                                     Arc::clone(&m.backend),
-                                    h.clone(),
+                                    (h.clone(), tls.clone()),
                                     Arc::clone(&stop),
                                 ));
                             }
@@ -81,14 +90,19 @@ pub fn spawn(
         .map(|_| ())
 }
 
-async fn check_loop(up: Arc<Upstream>, b: Arc<Backend>, h: HealthConfig, stop: Arc<AtomicBool>) {
+async fn check_loop(
+    up: Arc<Upstream>,
+    b: Arc<Backend>,
+    (h, tls): (HealthConfig, Option<Arc<crate::tls::Client>>),
+    stop: Arc<AtomicBool>,
+) {
     let addr = b.addr;
     let (mut ok_run, mut fail_run) = (0u32, 0u32);
     // Until the first verdict a backend counts as up, as nginx and HAProxy
     // do; after a reload it keeps the verdict it had.
     let mut down = b.is_down();
     while !stop.load(Ordering::Relaxed) && !b.is_retired() {
-        let result = match monoio::time::timeout(h.timeout, probe(addr, &h)).await {
+        let result = match monoio::time::timeout(h.timeout, probe(addr, &h, tls.as_deref())).await {
             Ok(r) => r,
             Err(_) => Err(Probe::Failed(format!("no answer within {:?}", h.timeout))),
         };
@@ -134,8 +148,13 @@ enum Probe {
 }
 
 /// One check: Ok when the backend passes.
-async fn probe(addr: std::net::SocketAddr, h: &HealthConfig) -> Result<(), Probe> {
-    let stream = crate::io::connect::connect(addr, h.timeout)
+async fn probe(
+    addr: std::net::SocketAddr,
+    h: &HealthConfig,
+    tls: Option<&crate::tls::Client>,
+) -> Result<(), Probe> {
+    let started = std::time::Instant::now();
+    let mut stream = crate::io::connect::connect(addr, h.timeout)
         .await
         .map_err(|e| {
             if e.is_local() {
@@ -144,6 +163,24 @@ async fn probe(addr: std::net::SocketAddr, h: &HealthConfig) -> Result<(), Probe
                 Probe::Failed(e.to_string())
             }
         })?;
+    if let Some(c) = tls {
+        let Some(sock) = stream.as_plain() else {
+            return Err(Probe::Failed("not a plain socket".into()));
+        };
+        let conn = rustls::ClientConnection::new(Arc::clone(&c.config), c.name_for(addr))
+            .map_err(|e| Probe::Failed(format!("TLS: {e}")))?;
+        let done = crate::io::tls::handshake(
+            sock,
+            rustls::Connection::Client(conn),
+            &[],
+            started + h.timeout,
+        )
+        .await;
+        match done {
+            Ok(conn) => stream = stream.into_tls(Box::new(conn)),
+            Err(e) => return Err(Probe::Failed(e.to_string())),
+        }
+    }
     http_check(&stream, addr, h).await.map_err(Probe::Failed)
 }
 

@@ -329,9 +329,12 @@ pub(super) fn start_generation(
     // The health checker starts only now: one started for a generation that
     // then failed would go on writing verdicts into the shared backend
     // state with the refused settings.
-    if let Err(e) =
-        crate::backends::spawn_checker(&cfg, Arc::clone(&shared), Arc::clone(&health_stop))
-    {
+    if let Err(e) = crate::backends::spawn_checker(
+        &cfg,
+        Arc::clone(&shared),
+        Arc::clone(&health_stop),
+        &upstream_tls,
+    ) {
         return Err(Error::Startup(format!(
             "cannot start the health-check thread: {e}"
         )));

@@ -809,3 +809,39 @@ fn a_tcp_listener_reencrypts_to_a_tls_backend() {
     s.read_exact(&mut back).unwrap();
     assert!(back == data, "256 KiB echo changed through re-encryption");
 }
+
+/// Health checks of a TLS upstream run over TLS: an http check through
+/// the handshake passes; with a CA that does not sign the backend's
+/// certificate the check fails and the backend goes DOWN.
+#[test]
+fn health_checks_speak_tls_to_tls_backends() {
+    let pki = Pki::new("tls-health");
+    let app = HttpBackend::start();
+    let server = tls_backend(&pki, &["api.test"], app.addr);
+    let backend = server.addr("web");
+    let ca = pki.ca_file.display().to_string();
+    let other = Pki::with_ca_name("tls-health-other", "another CA");
+    let wrong = other.ca_file.display().to_string();
+    let health = "health = { kind = \"http\", path = \"/health\", interval = \"100ms\", timeout = \"1s\", rise = 1, fall = 1 }";
+    let with_ca = |ca: &str| {
+        Cfg::http_proxy(&[backend]).upstream_with(&format!(
+            "tls = {{ server_name = \"api.test\", ca = \"{ca}\" }}\n{health}"
+        ))
+    };
+    let good = Ringlb::start(with_ca(&ca));
+    assert!(
+        wait_until(Duration::from_secs(5), || app
+            .wait_requests(0)
+            .iter()
+            .any(|r| r.target == "/health")),
+        "no health check reached the backend through TLS"
+    );
+    assert_eq!(good.count("is DOWN"), 0, "{}", good.log_text());
+    let bad = Ringlb::start(with_ca(&wrong));
+    assert!(bad.wait_log("is DOWN"), "{}", bad.log_text());
+    assert!(
+        bad.log_text().contains("UnknownIssuer"),
+        "{}",
+        bad.log_text()
+    );
+}
