@@ -92,7 +92,7 @@ start_backend() {
     open_file_cache max=16 inactive=1h;
     open_file_cache_valid 1h;" \
 "        location = /64k { root $www; default_type application/octet-stream; }"
-    for s in "${S_LIST[@]}"; do fetch_ok "$B1" "$s" && fetch_ok "$B2" "$s" || die "backend nginx does not serve $(path_of "$s") (logs/backend-nginx.*)"; done
+    for s in "${S_LIST[@]}"; do SCHEME=http fetch_ok "$B1" "$s" && SCHEME=http fetch_ok "$B2" "$s" || die "backend nginx does not serve $(path_of "$s") (logs/backend-nginx.*)"; done
 }
 
 # ----------------------------------------------------------------------------- proxy configs
