@@ -91,6 +91,7 @@ fn rewrite(c: &mut Criterion) {
                 trusted: false,
                 port: 80,
                 https: false,
+                tls_lines: b"",
                 ops: &ops,
             };
             request_head(&mut out, black_box(REQUEST), &req, &cx);

@@ -68,6 +68,9 @@ pub struct TlsConfig {
     /// CA certificates that client certificates must chain to.
     pub client_ca: Vec<CertificateDer<'static>>,
     pub client_ca_file: Option<PathBuf>,
+    /// http: tell the backend what the handshake agreed (X-TLS-*,
+    /// X-Client-Verify, X-Client-Cert-Subject).
+    pub headers: bool,
 }
 
 /// `tls = { ... }` as written.
@@ -81,6 +84,7 @@ pub(super) struct RawTls {
     pub handshake_timeout: Option<String>,
     pub client_auth: Option<String>,
     pub client_ca: Option<String>,
+    pub headers: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -301,5 +305,6 @@ pub(super) fn build(k: &dyn Fn(&str) -> String, raw: RawTls) -> Result<TlsConfig
         client_auth,
         client_ca,
         client_ca_file: raw.client_ca.map(PathBuf::from),
+        headers: raw.headers.unwrap_or(false),
     })
 }

@@ -201,6 +201,57 @@ impl TlsStream {
     }
 }
 
+impl TlsStream {
+    /// Request header lines for the backend: version, cipher, the name
+    /// asked for, and whether (and as whom) the client's certificate
+    /// verified. Values are ASCII without control bytes.
+    pub fn header_lines(&self) -> Vec<u8> {
+        let info = self.info();
+        let c = self.conn.borrow();
+        let mut out = Vec::with_capacity(160);
+        let mut line = |name: &str, value: &str| {
+            let clean: String = value
+                .chars()
+                .map(|ch| {
+                    if ch.is_ascii() && !ch.is_ascii_control() {
+                        ch
+                    } else {
+                        '?'
+                    }
+                })
+                .collect();
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(clean.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        };
+        line("X-TLS-Version", info.version);
+        if let Some(s) = c.negotiated_cipher_suite().and_then(|s| s.suite().as_str()) {
+            line("X-TLS-Cipher", s);
+        }
+        if let Some(n) = &info.sni {
+            line("X-TLS-SNI", n);
+        }
+        match c.peer_certificates().and_then(|certs| certs.first()) {
+            Some(der) => {
+                line("X-Client-Verify", "SUCCESS");
+                if let Some(dn) = subject_of(der) {
+                    line("X-Client-Cert-Subject", &dn);
+                }
+            }
+            None => line("X-Client-Verify", "NONE"),
+        }
+        out
+    }
+}
+
+/// A certificate's subject as an RFC 4514 string (`CN=client,O=Example`).
+pub fn subject_of(der: &rustls_pki_types::CertificateDer<'_>) -> Option<String> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    Some(cert.subject().to_string())
+}
+
 /// Why a handshake did not complete.
 #[derive(Debug)]
 pub enum HandshakeError {

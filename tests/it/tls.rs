@@ -845,3 +845,71 @@ fn health_checks_speak_tls_to_tls_backends() {
         bad.log_text()
     );
 }
+
+/// `tls.headers`: the backend is told the version, cipher, name asked for
+/// and the verified client certificate's subject; the same fields sent by
+/// a client never reach it.
+#[test]
+fn tls_headers_tell_the_backend_what_the_handshake_agreed() {
+    let pki = Pki::new("tls-headers");
+    let a = pki.leaf("a", "a", &["a.test"]);
+    let client = pki.leaf("client", "client-one", &["client.test"]);
+    let be = HttpBackend::start();
+    let ca = pki.ca_file.display().to_string();
+    let lb = Ringlb::start(Cfg::http_proxy(&[be.addr]).listener_with(&tls_key(
+        &[&a],
+        &format!("client_ca = \"{ca}\", client_auth = \"optional\", headers = true"),
+    )));
+    let cert = client.cert.display().to_string();
+    let key = client.key.display().to_string();
+    let (code, _, err) = curl(
+        lb.addr("web"),
+        "a.test",
+        "/with-cert",
+        &pki.ca_file,
+        &[
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "-H",
+            "X-Client-Cert-Subject: CN=admin",
+            "--tlsv1.3",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = curl(
+        lb.addr("web"),
+        "a.test",
+        "/without",
+        &pki.ca_file,
+        &["-H", "X-Client-Verify: SUCCESS"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let reqs = be.wait_requests(2);
+    let with = reqs.iter().find(|r| r.target == "/with-cert").unwrap();
+    let h = &with.head;
+    assert_eq!(h.all("x-tls-version"), ["1.3"], "{}", h.text());
+    assert_eq!(h.all("x-tls-sni"), ["a.test"], "{}", h.text());
+    assert!(
+        h.get("x-tls-cipher")
+            .is_some_and(|c| c.starts_with("TLS13_")),
+        "{}",
+        h.text()
+    );
+    assert_eq!(h.all("x-client-verify"), ["SUCCESS"], "{}", h.text());
+    assert_eq!(
+        h.all("x-client-cert-subject"),
+        ["CN=client-one"],
+        "{}",
+        h.text()
+    );
+    let without = reqs.iter().find(|r| r.target == "/without").unwrap();
+    assert_eq!(
+        without.head.all("x-client-verify"),
+        ["NONE"],
+        "{}",
+        without.head.text()
+    );
+    assert!(without.head.all("x-client-cert-subject").is_empty());
+}

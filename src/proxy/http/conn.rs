@@ -60,6 +60,8 @@ pub(super) struct Conn<'a> {
     pub local_port: u16,
     /// TLS listeners: what the handshake agreed (for the access log).
     pub tls: Option<crate::io::tls::TlsInfo>,
+    /// `tls.headers`: the request lines saying so, made once.
+    pub tls_lines: Vec<u8>,
 }
 
 impl Conn<'_> {

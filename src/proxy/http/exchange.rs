@@ -91,9 +91,15 @@ pub(super) async fn serve(
         trusted,
         local_port,
         tls: None,
+        tls_lines: Vec::new(),
     };
     if l.access.is_some() {
         conn.tls = conn.client.as_tls().map(|t| t.info());
+    }
+    if l.cfg.tls.as_ref().is_some_and(|t| t.headers) {
+        if let Some(t) = conn.client.as_tls() {
+            conn.tls_lines = t.header_lines();
+        }
     }
     conn.from_client.extend(&early.bytes);
     conn.run().await;

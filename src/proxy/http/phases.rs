@@ -239,6 +239,7 @@ pub(super) fn rewrite(c: &mut Conn<'_>, route: &Route) -> Result<Plan, ProxyErro
             trusted: c.trusted,
             port: c.local_port,
             https: c.l.tls.is_some(),
+            tls_lines: &c.tls_lines,
             ops: &route.cfg.request_headers,
         },
     );

@@ -79,6 +79,12 @@ pub fn classify(name: &[u8]) -> Kind {
         7 if name.eq_ignore_ascii_case(b"upgrade") => Kind::Upgrade,
         7 if name.eq_ignore_ascii_case(b"trailer") => Kind::Hop,
         9 if name.eq_ignore_ascii_case(b"x-real-ip") => Kind::Regenerated,
+        // ringlb's TLS facts (a listener's tls.headers): never a client's.
+        9 if name.eq_ignore_ascii_case(b"x-tls-sni") => Kind::Regenerated,
+        12 if name.eq_ignore_ascii_case(b"x-tls-cipher") => Kind::Regenerated,
+        13 if name.eq_ignore_ascii_case(b"x-tls-version") => Kind::Regenerated,
+        15 if name.eq_ignore_ascii_case(b"x-client-verify") => Kind::Regenerated,
+        21 if name.eq_ignore_ascii_case(b"x-client-cert-subject") => Kind::Regenerated,
         9 if name.eq_ignore_ascii_case(b"forwarded") => Kind::Forwarding,
         16 if name.eq_ignore_ascii_case(b"x-forwarded-host")
             || name.eq_ignore_ascii_case(b"x-forwarded-port") =>

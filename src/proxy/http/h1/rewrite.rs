@@ -21,6 +21,9 @@ pub struct RequestCtx<'a> {
     pub port: u16,
     /// The client connection is TLS (X-Forwarded-Proto: https).
     pub https: bool,
+    /// The listener's `tls.headers`: these lines go in as they are
+    /// (`X-TLS-Version: 1.3\r\n...`, made once per connection).
+    pub tls_lines: &'a [u8],
     pub ops: &'a HeaderOps,
 }
 
@@ -181,6 +184,7 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &Request, cx: &RequestCt
     out.extend_from_slice(b"X-Request-Id: ");
     out.extend_from_slice(cx.request_id.as_bytes());
     out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(cx.tls_lines);
     if let Some(proto) = cx.upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
         out.extend_from_slice(proto);
@@ -301,6 +305,7 @@ mod tests {
             trusted,
             port: 80,
             https: false,
+            tls_lines: b"",
             ops,
         };
         request_head(&mut out, raw, &req, &cx);
