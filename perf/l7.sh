@@ -19,6 +19,7 @@ SUMMARIZE="$SCRIPT_DIR/summarize.py"
 TLS=${TLS:-0}
 if [[ $TLS == 1 ]]; then TARGETS=${TARGETS:-"ringlb nginx haproxy"}; else TARGETS=${TARGETS:-"direct ringlb nginx haproxy"}; fi
 HANDSHAKES=${HANDSHAKES:-1}         # TLS=1: also the s_time new/reuse handshake workloads
+BULK_MB=${BULK_MB:-0}               # > 0: also one curl download of a BULK_MB MiB file through each target (bulk_1stream)
 WRK_CONNS=${WRK_CONNS:-"64 256"}
 SIZES=${SIZES:-"small 64k"}         # small: GET / ("hello\n"); 64k: GET /64k (65536 bytes)
 KEEPALIVE=${KEEPALIVE:-64}          # idle upstream keep-alive connections (ringlb keepalive, nginx upstream keepalive)
@@ -85,13 +86,15 @@ start_backend() {
     # the worker (an unprivileged user when run as root) must read the file: TMP is 0700
     mkdir -p "$www"; chmod 755 "$TMP" "$www"
     head -c "$BODY_64K" /dev/zero | tr '\0' 'x' >"$www/64k"; chmod 644 "$www/64k"
+    if ((BULK_MB > 0)); then head -c "$((BULK_MB << 20))" /dev/urandom >"$www/bulk"; chmod 644 "$www/bulk"; fi
     start_be_nginx "$B1" "$B2" \
 "    # /64k: a static 65536-byte file, sent with sendfile, its descriptor cached
     sendfile on;
     tcp_nopush on;
     open_file_cache max=16 inactive=1h;
     open_file_cache_valid 1h;" \
-"        location = /64k { root $www; default_type application/octet-stream; }"
+"        location = /64k { root $www; default_type application/octet-stream; }
+        location = /bulk { root $www; default_type application/octet-stream; }"
     for s in "${S_LIST[@]}"; do SCHEME=http fetch_ok "$B1" "$s" && SCHEME=http fetch_ok "$B2" "$s" || die "backend nginx does not serve $(path_of "$s") (logs/backend-nginx.*)"; done
 }
 
@@ -224,10 +227,27 @@ run_workloads() { # target: wrk_<size>_c<conns>
             wrk_measure "$1" "wrk_${s}_c$c" "$(url_of "$1" "$s")" "$c"
         done
     done
+    if ((BULK_MB > 0)); then sleep "$PAUSE"; bulk_measure "$1"; fi
     if [[ $TLS == 1 && $HANDSHAKES == 1 ]]; then
         sleep "$PAUSE"; stime_measure "$1" tls_new -new
         sleep "$PAUSE"; stime_measure "$1" tls_resumed -reuse
     fi
+}
+
+# one recorded download of /bulk (BULK_MB MiB) through the target, one stream, by curl
+bulk_measure() { # target
+    local t=$1 wl=bulk_1stream out="$OUT_DIR/out/r${ROUND}-$1-bulk_1stream.txt" rc=0 bytes secs
+    m_begin http
+    timeout 120 "${CL[@]}" curl -sk -o /dev/null -w '%{size_download} %{time_total}\n' \
+        "$SCHEME://127.0.0.1:$(port_of "$t")/bulk" </dev/null >"$out" 2>&1 || rc=$?
+    m_snap
+    read -r bytes secs <"$out"
+    if ((rc)) || [[ $bytes != $((BULK_MB << 20)) ]]; then
+        log "  $t $wl FAILED (rc=$rc, $bytes bytes, $out)"; note "$t" failed "$wl" 1; return 0
+    fi
+    m_emit "$wl" "$bytes" bytes
+    emit "$wl" gbps "$(awk -v b="$bytes" -v s="$secs" 'BEGIN { printf "%.3f", b * 8 / s / 1e9 }')"
+    log "  $t $wl: $bytes bytes in ${secs}s ($(awk -v b="$bytes" -v s="$secs" 'BEGIN { printf "%.2f", b * 8 / s / 1e9 }') Gbit/s)"
 }
 
 # one recorded `openssl s_time` run: handshakes (no request) for DURATION seconds;
@@ -280,6 +300,7 @@ write_setup() {
         echo "- Clients: wrk -t1 -c{$WRK_CONNS} -d${DURATION}s --latency on {$SIZES} (/ and /64k)."
         if [[ $TLS == 1 ]]; then
             echo "- TLS=1: every proxy terminates TLS with the same ECDSA P-256 certificate (conf/tls.pem), TLS 1.2 and 1.3 offered, each proxy's default cipher order (the negotiated suite per target is in logs/tls-<target>.txt); session cache and tickets on (nginx \`ssl_session_cache shared:SSL:10m\`, \`ssl_session_tickets on\`; HAProxy and ringlb by default). wrk speaks HTTPS to the proxy (keep-alive, so handshakes are few); the backend stays plain HTTP."
+            ((BULK_MB > 0)) && echo "- Bulk: one \`curl -o /dev/null\` download of a ${BULK_MB} MiB random file (backend: sendfile) through the proxy, one stream; Gbit/s and proxy CPU-s per GB."
             [[ $HANDSHAKES == 1 ]] && echo "- Handshakes: \`openssl s_time -connect ... -new -time ${DURATION}\` (tls_new: a full handshake per connection, no request) and \`-reuse\` (tls_resumed: one full handshake, then resumed sessions), one client process; rps = handshakes per second, proxy CPU per 100k handshakes."
         fi
     } >"$OUT_DIR/SETUP.md"

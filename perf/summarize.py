@@ -334,6 +334,10 @@ def l7_comparison(data, wls, targets):
     for wl in wls:
         metrics = data[wl]
         get = lambda m: metrics.get(m, {})
+        value_row(wl, "Gbit/s", "gbps", get("gbps"))
+        ratio_row(wl, "Gbit/s ÷ ringlb", get("gbps"), "ringlb")
+        value_row(wl, "proxy CPU-s / GB", "proxy_cpu_s_per_GB", get("proxy_cpu_s_per_GB"))
+        ratio_row(wl, "proxy CPU-s / GB ÷ ringlb", get("proxy_cpu_s_per_GB"), "ringlb")
         value_row(wl, "req/s", "rps", get("rps"))
         ratio_row(wl, "req/s ÷ direct", get("rps"), "direct")
         ratio_row(wl, "req/s ÷ ringlb", get("rps"), "ringlb")
