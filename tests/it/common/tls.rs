@@ -173,6 +173,7 @@ impl TlsEcho {
                         std::thread::spawn(move || {
                             use std::io::{Read, Write};
                             let _ = s.set_nonblocking(false);
+                            let _ = s.set_nodelay(true);
                             let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(20)));
                             let conn = rustls::ServerConnection::new(cfg).unwrap();
                             let mut t = rustls::StreamOwned::new(conn, s);
