@@ -5,8 +5,9 @@
 # against the same backend (one nginx, 1 worker, on two ports: `/` "hello\n", `/64k` 64 KiB),
 # with wrk -t1 -c64 / -c256 --latency on the small and the 64 KiB response.
 # TLS=1: every proxy terminates TLS (one ECDSA P-256 certificate, TLS 1.2 and 1.3, session cache
-# and tickets on), wrk speaks HTTPS, and two handshake workloads run per target: new handshakes
-# (`openssl s_time -new`) and resumed ones (`openssl s_time -reuse`). No direct target then.
+# and tickets on), wrk speaks HTTPS, and two handshake workloads run per target: full handshakes
+# and resumed ones, each connection one GET / (perf/loadtool `tls`, rustls clients; or with
+# TLS_CLIENT=s_time, `openssl s_time -new` / `-reuse`). No direct target then.
 # Method: /work/shared/perf-method.md (see perf/README.md). Every process started here is
 # tracked by PID and stopped by the EXIT trap. Shared parts: perf/lib.sh.
 set -euo pipefail
@@ -18,7 +19,11 @@ SUMMARIZE="$SCRIPT_DIR/summarize.py"
 # ----------------------------------------------------------------------------- knobs
 TLS=${TLS:-0}
 if [[ $TLS == 1 ]]; then TARGETS=${TARGETS:-"ringlb nginx haproxy"}; else TARGETS=${TARGETS:-"direct ringlb nginx haproxy"}; fi
-HANDSHAKES=${HANDSHAKES:-1}         # TLS=1: also the s_time new/reuse handshake workloads
+HANDSHAKES=${HANDSHAKES:-1}         # TLS=1: also the full/resumed handshake workloads
+TLS_CLIENT=${TLS_CLIENT:-loadtool}  # loadtool (rustls, --concurrency HS_THREADS) or s_time
+HS_THREADS=${HS_THREADS:-2}
+LOADTOOL_DIR="$SCRIPT_DIR/loadtool"
+LOADTOOL=${LOADTOOL:-$LOADTOOL_DIR/target/release/loadtool}
 BULK_MB=${BULK_MB:-0}               # > 0: also one curl download of a BULK_MB MiB file through each target (bulk_1stream)
 WRK_CONNS=${WRK_CONNS:-"64 256"}
 SIZES=${SIZES:-"small 64k"}         # small: GET / ("hello\n"); 64k: GET /64k (65536 bytes)
@@ -57,6 +62,10 @@ command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 apt_install "${need[@]}"
 command -v python3 >/dev/null 2>&1 || die "python3 is required"
 if has_t ringlb; then ensure_ringlb; fi
+if [[ $TLS == 1 && $HANDSHAKES == 1 && $TLS_CLIENT == loadtool && $LOADTOOL == "$LOADTOOL_DIR/target/release/loadtool" ]]; then
+    log "building perf/loadtool (cargo build --release, its own target dir)"
+    (cd "$LOADTOOL_DIR" && cargo build --release -q) || die "cargo build of perf/loadtool failed"
+fi
 
 # ----------------------------------------------------------------------------- run dir
 init_out_dir "-l7$([[ $TLS == 1 ]] && echo -tls)$([[ $PIN == 1 ]] || echo -unpinned)"
@@ -229,8 +238,13 @@ run_workloads() { # target: wrk_<size>_c<conns>
     done
     if ((BULK_MB > 0)); then sleep "$PAUSE"; bulk_measure "$1"; fi
     if [[ $TLS == 1 && $HANDSHAKES == 1 ]]; then
-        sleep "$PAUSE"; stime_measure "$1" tls_new -new
-        sleep "$PAUSE"; stime_measure "$1" tls_resumed -reuse
+        if [[ $TLS_CLIENT == loadtool ]]; then
+            sleep "$PAUSE"; hs_measure "$1" tls_new false
+            sleep "$PAUSE"; hs_measure "$1" tls_resumed true
+        else
+            sleep "$PAUSE"; stime_measure "$1" tls_new -new
+            sleep "$PAUSE"; stime_measure "$1" tls_resumed -reuse
+        fi
     fi
 }
 
@@ -248,6 +262,27 @@ bulk_measure() { # target
     m_emit "$wl" "$bytes" bytes
     emit "$wl" gbps "$(awk -v b="$bytes" -v s="$secs" 'BEGIN { printf "%.3f", b * 8 / s / 1e9 }')"
     log "  $t $wl: $bytes bytes in ${secs}s ($(awk -v b="$bytes" -v s="$secs" 'BEGIN { printf "%.2f", b * 8 / s / 1e9 }') Gbit/s)"
+}
+
+# one recorded loadtool `tls` run: HS_THREADS blocking rustls clients for DURATION seconds, each
+# connection a handshake (full, or resumed from the shared session store) and one GET /;
+# rps = connections per second, proxy CPU per 100k connections, and the share that resumed
+hs_measure() { # target workload resume(true|false)
+    local t=$1 wl=$2 out="$OUT_DIR/out/r${ROUND}-$1-$2.txt" rc=0 n res secs
+    m_begin http
+    timeout $((DURATION + 30)) "${CL[@]}" "$LOADTOOL" tls --target "127.0.0.1:$(port_of "$t")" \
+        --duration "$DURATION" --concurrency "$HS_THREADS" --resume "$3" </dev/null >"$out" 2>&1 || rc=$?
+    m_snap
+    n=$(sed -n 's/.*handshakes=\([0-9]*\).*/\1/p' "$out"); res=$(sed -n 's/.*resumed=\([0-9]*\).*/\1/p' "$out")
+    secs=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' "$out")
+    if ((rc)) || [[ -z $n || $n == 0 ]]; then
+        log "  $t $wl FAILED (rc=$rc, $out)"; note "$t" failed "$wl" 1; return 0
+    fi
+    m_emit "$wl" "$n" req
+    emit "$wl" requests "$n"
+    emit "$wl" resumed_frac "$(awk -v n="$n" -v r="$res" 'BEGIN { printf "%.3f", r / n }')"
+    emit "$wl" rps "$(awk -v n="$n" -v s="$secs" 'BEGIN { printf "%.1f", n / s }')"
+    log "  $t $wl: $n connections in ${secs}s ($(awk -v n="$n" -v s="$secs" 'BEGIN { printf "%.0f", n / s }')/s), $res resumed"
 }
 
 # one recorded `openssl s_time` run: handshakes (no request) for DURATION seconds;
@@ -301,7 +336,11 @@ write_setup() {
         if [[ $TLS == 1 ]]; then
             echo "- TLS=1: every proxy terminates TLS with the same ECDSA P-256 certificate (conf/tls.pem), TLS 1.2 and 1.3 offered, each proxy's default cipher order (the negotiated suite per target is in logs/tls-<target>.txt); session cache and tickets on (nginx \`ssl_session_cache shared:SSL:10m\`, \`ssl_session_tickets on\`; HAProxy and ringlb by default). wrk speaks HTTPS to the proxy (keep-alive, so handshakes are few); the backend stays plain HTTP."
             ((BULK_MB > 0)) && echo "- Bulk: one \`curl -o /dev/null\` download of a ${BULK_MB} MiB random file (backend: sendfile) through the proxy, one stream; Gbit/s and proxy CPU-s per GB."
-            [[ $HANDSHAKES == 1 ]] && echo "- Handshakes: \`openssl s_time -connect ... -new -time ${DURATION}\` (tls_new: a full handshake per connection, no request) and \`-reuse\` (tls_resumed: one full handshake, then resumed sessions), one client process; rps = handshakes per second, proxy CPU per 100k handshakes."
+            if [[ $HANDSHAKES == 1 && $TLS_CLIENT == loadtool ]]; then
+                echo "- Handshakes: \`perf/loadtool tls --concurrency $HS_THREADS --duration ${DURATION}\` (blocking rustls clients; each connection: a handshake, one \`GET /\`, close). tls_new: a fresh client configuration per connection (a full handshake each); tls_resumed: one shared session store (after the first, sessions resume; resumed_frac says how many did). rps = connections per second, proxy CPU per 100k connections (handshake and one small request)."
+            elif [[ $HANDSHAKES == 1 ]]; then
+                echo "- Handshakes: \`openssl s_time -connect ... -new -time ${DURATION}\` (tls_new) and \`-reuse\` (tls_resumed), one client process; rps = handshakes per second, proxy CPU per 100k handshakes."
+            fi
         fi
     } >"$OUT_DIR/SETUP.md"
     echo "L7, PIN=$PIN ($(pin_summary)); $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v 2>&1 | head -1 | awk '{print $3}')$(ringlb_meta); host $(hostname), kernel $(uname -r). See SETUP.md." >"$OUT_DIR/meta.txt"

@@ -37,7 +37,9 @@ impl Ctl {
                     let _ = std::io::stdin().read_line(&mut s);
                 });
                 if tokio::time::timeout(*to, read).await.is_err() {
-                    eprintln!("loadtool: no line on stdin for checkpoint {label} within {to:?}: going on");
+                    eprintln!(
+                        "loadtool: no line on stdin for checkpoint {label} within {to:?}: going on"
+                    );
                 }
             }
             Ctl::File(path, to) => {
@@ -50,7 +52,10 @@ impl Ctl {
                         }
                     }
                     if start.elapsed() > *to {
-                        eprintln!("loadtool: no '{want}' in {} within {to:?}: going on", path.display());
+                        eprintln!(
+                            "loadtool: no '{want}' in {} within {to:?}: going on",
+                            path.display()
+                        );
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;

@@ -31,9 +31,12 @@ pub async fn run(a: &Args) -> Result<i32, String> {
     let stats = Arc::new(Stats::default());
     for addr in &addrs {
         let sock = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
-        sock.set_reuseaddr(true).map_err(|e| format!("SO_REUSEADDR: {e}"))?;
+        sock.set_reuseaddr(true)
+            .map_err(|e| format!("SO_REUSEADDR: {e}"))?;
         sock.bind(*addr).map_err(|e| format!("bind {addr}: {e}"))?;
-        let l = sock.listen(backlog).map_err(|e| format!("listen {addr}: {e}"))?;
+        let l = sock
+            .listen(backlog)
+            .map_err(|e| format!("listen {addr}: {e}"))?;
         tokio::spawn(accept_loop(l, *addr, stats.clone()));
     }
     let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
@@ -99,7 +102,9 @@ async fn conn(s: TcpStream, stats: Arc<Stats>) {
                 Ok(n) => match s.try_write(&b[..n]) {
                     Ok(w) if w == n => Step::Again,
                     Ok(w) => Step::Rest(b[w..n].to_vec()),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Step::Rest(b[..n].to_vec()),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        Step::Rest(b[..n].to_vec())
+                    }
                     Err(_) => Step::Done,
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Step::Again,

@@ -45,7 +45,10 @@ fn opts(a: &Args) -> Result<Opts, String> {
         Some(s) => s
             .split(',')
             .filter(|x| !x.is_empty())
-            .map(|x| x.parse().map_err(|_| format!("--checkpoints: bad count '{x}'")))
+            .map(|x| {
+                x.parse()
+                    .map_err(|_| format!("--checkpoints: bad count '{x}'"))
+            })
             .collect::<Result<_, _>>()?,
     };
     checkpoints.sort_unstable();
@@ -75,7 +78,16 @@ fn opts(a: &Args) -> Result<Opts, String> {
     })
 }
 
-async fn attempt(o: (std::net::SocketAddr, Option<Ipv4Addr>, Duration, Duration, usize), id: u64) -> Result<TcpStream, Fail> {
+async fn attempt(
+    o: (
+        std::net::SocketAddr,
+        Option<Ipv4Addr>,
+        Duration,
+        Duration,
+        usize,
+    ),
+    id: u64,
+) -> Result<TcpStream, Fail> {
     let (target, src, connect_to, echo_to, len) = o;
     let mut s = net::connect(target, src, connect_to).await?;
     net::echo_once(&mut s, &net::message(id, 0, len), echo_to).await?;
@@ -111,7 +123,10 @@ pub async fn run(a: &Args, nofile: u64) -> Result<i32, String> {
             let p0 = Instant::now();
             ctl.checkpoint(
                 &n.to_string(),
-                &format!("checkpoint label={n} open={n} secs={:.3}", start.elapsed().as_secs_f64()),
+                &format!(
+                    "checkpoint label={n} open={n} secs={:.3}",
+                    start.elapsed().as_secs_f64()
+                ),
             )
             .await;
             paused += p0.elapsed();
@@ -120,8 +135,17 @@ pub async fn run(a: &Args, nofile: u64) -> Result<i32, String> {
         if stop.is_none() && start.elapsed().saturating_sub(paused) > o.open_timeout {
             stop = Some("open_timeout".into());
         }
-        while stop.is_none() && ((held.len() + inflight.len()) as u64) < goal && inflight.len() < o.concurrency {
-            let p = (o.target, net::pick_source(&o.sources, next_id), o.connect_to, o.echo_to, o.msg_len);
+        while stop.is_none()
+            && ((held.len() + inflight.len()) as u64) < goal
+            && inflight.len() < o.concurrency
+        {
+            let p = (
+                o.target,
+                net::pick_source(&o.sources, next_id),
+                o.connect_to,
+                o.echo_to,
+                o.msg_len,
+            );
             inflight.spawn(attempt(p, next_id));
             next_id += 1;
         }
@@ -182,7 +206,11 @@ pub async fn run(a: &Args, nofile: u64) -> Result<i32, String> {
         held_bad.total(),
         held.len() as f64 / open_secs.max(1e-9)
     );
-    ctl.checkpoint("final", &format!("checkpoint label=final open={}", held.len())).await;
+    ctl.checkpoint(
+        "final",
+        &format!("checkpoint label=final open={}", held.len()),
+    )
+    .await;
     for s in &held {
         if o.rst {
             net::set_linger0(s);
@@ -197,7 +225,9 @@ pub async fn run(a: &Args, nofile: u64) -> Result<i32, String> {
 /// Send a new message on a random sample of the held connections, all others still held.
 async fn verify_sample(held: &mut Vec<TcpStream>, o: &Opts) -> (usize, usize, FailCounts) {
     let n = o.sample.min(held.len());
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     let mut rng = net::splitmix(seed ^ std::process::id() as u64);
     let mut set: JoinSet<(TcpStream, Result<(), Fail>)> = JoinSet::new();
     for k in 0..n {

@@ -10,6 +10,8 @@
 //! - `rate`: short-lived connections (connect, send 64 bytes, read the echo, close) for a duration.
 //! - `overload`: more clients than the proxy's max_connections; checks that the extra clients
 //!   wait (not dropped) and are served once others leave, and samples the proxy's fd count.
+//! - `tls`: TLS handshakes per second (full, or resumed with `--resume true`), threads of
+//!   blocking rustls clients, each connection one `GET /` (perf/l7.sh TLS=1).
 //!
 //! Output is one `key=value` line per event on stdout (machine-readable); progress and problems
 //! go to stderr. The tool raises its RLIMIT_NOFILE soft limit to the hard limit at start and
@@ -21,13 +23,14 @@ mod hold;
 mod net;
 mod overload;
 mod rate;
+mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
-const USAGE: &str = "usage: loadtool <echo|hold|rate|overload> [--key value]...
+const USAGE: &str = "usage: loadtool <echo|hold|rate|overload|tls> [--key value]...
   echo     --listen IP:PORT[,IP:PORT...] [--backlog 4096] [--deadline 3600]
   hold     --target IP:PORT --count N [--sources IP,IP...] [--checkpoints N1,N2,...]
            [--concurrency 128] [--connect-timeout-ms 3000] [--echo-timeout-ms 3000]
@@ -36,7 +39,8 @@ const USAGE: &str = "usage: loadtool <echo|hold|rate|overload> [--key value]...
   rate     --target IP:PORT --duration S [--concurrency 64] [--sources ...] [--msg-len 64]
            [--timeout-ms 2000] [--close rst|fin] [--deadline ...]
   overload --target IP:PORT --clients C --max-connections M [--watch-pid PID] [--fd-csv FILE]
-           [--sources ...] [--settle-ms 2000] [--ctl FILE|-] [--ctl-timeout 120] [--deadline 300]";
+           [--sources ...] [--settle-ms 2000] [--ctl FILE|-] [--ctl-timeout 120] [--deadline 300]
+  tls      --target IP:PORT [--duration 5] [--concurrency 4] [--resume true|false] [--timeout-ms 5000]";
 
 /// `--key value` options of one subcommand.
 pub struct Args {
@@ -49,7 +53,9 @@ impl Args {
         let mut map = HashMap::new();
         let mut it = argv.iter();
         while let Some(k) = it.next() {
-            let key = k.strip_prefix("--").ok_or_else(|| format!("expected --key, got '{k}'"))?;
+            let key = k
+                .strip_prefix("--")
+                .ok_or_else(|| format!("expected --key, got '{k}'"))?;
             if !known.contains(key) {
                 return Err(format!("unknown option --{key}"));
             }
@@ -88,15 +94,43 @@ fn main() -> ExitCode {
     let known: &[&str] = match cmd.as_str() {
         "echo" => &["listen", "backlog"],
         "hold" => &[
-            "target", "count", "sources", "checkpoints", "concurrency", "connect-timeout-ms",
-            "echo-timeout-ms", "max-failures", "sample", "msg-len", "open-timeout", "ctl",
-            "ctl-timeout", "close",
+            "target",
+            "count",
+            "sources",
+            "checkpoints",
+            "concurrency",
+            "connect-timeout-ms",
+            "echo-timeout-ms",
+            "max-failures",
+            "sample",
+            "msg-len",
+            "open-timeout",
+            "ctl",
+            "ctl-timeout",
+            "close",
         ],
-        "rate" => &["target", "duration", "concurrency", "sources", "msg-len", "timeout-ms", "close"],
+        "rate" => &[
+            "target",
+            "duration",
+            "concurrency",
+            "sources",
+            "msg-len",
+            "timeout-ms",
+            "close",
+        ],
         "overload" => &[
-            "target", "clients", "max-connections", "watch-pid", "fd-csv", "sources", "settle-ms",
-            "ctl", "ctl-timeout", "connect-timeout-ms",
+            "target",
+            "clients",
+            "max-connections",
+            "watch-pid",
+            "fd-csv",
+            "sources",
+            "settle-ms",
+            "ctl",
+            "ctl-timeout",
+            "connect-timeout-ms",
         ],
+        "tls" => &["target", "duration", "concurrency", "resume", "timeout-ms"],
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -129,7 +163,19 @@ fn main() -> ExitCode {
     let (soft, hard) = net::raise_nofile();
     eprintln!("loadtool {cmd}: RLIMIT_NOFILE soft {soft} hard {hard}");
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    if cmd == "tls" {
+        return match tls::run(&args) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("loadtool tls: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let r = rt.block_on(async {
         match cmd.as_str() {
             "echo" => echo::run(&args).await,

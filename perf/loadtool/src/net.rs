@@ -91,14 +91,20 @@ impl fmt::Display for FailCounts {
 /// Raise RLIMIT_NOFILE's soft limit to the hard limit; returns (soft, hard) after.
 #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on 64-bit Linux, not everywhere
 pub fn raise_nofile() -> (u64, u64) {
-    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: plain getrlimit/setrlimit on a local struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
             return (0, 0);
         }
         if rl.rlim_cur < rl.rlim_max {
-            let want = libc::rlimit { rlim_cur: rl.rlim_max, rlim_max: rl.rlim_max };
+            let want = libc::rlimit {
+                rlim_cur: rl.rlim_max,
+                rlim_max: rl.rlim_max,
+            };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
                 rl.rlim_cur = rl.rlim_max;
             }
@@ -110,7 +116,13 @@ pub fn raise_nofile() -> (u64, u64) {
 fn setsockopt<T>(fd: i32, level: libc::c_int, name: libc::c_int, val: &T) -> io::Result<()> {
     // SAFETY: val points to a live T of the size given.
     let r = unsafe {
-        libc::setsockopt(fd, level, name, (val as *const T).cast(), std::mem::size_of::<T>() as libc::socklen_t)
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (val as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
     };
     if r == 0 {
         Ok(())
@@ -121,7 +133,10 @@ fn setsockopt<T>(fd: i32, level: libc::c_int, name: libc::c_int, val: &T) -> io:
 
 /// SO_LINGER 0: the next close sends RST and leaves no TIME_WAIT on this side.
 pub fn set_linger0(s: &TcpStream) {
-    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     let _ = setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &l);
 }
 
@@ -144,9 +159,9 @@ fn classify_connect(e: &io::Error) -> Fail {
 pub fn classify_io(e: &io::Error) -> Fail {
     match e.kind() {
         io::ErrorKind::UnexpectedEof => Fail::Eof,
-        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe => {
-            Fail::Reset
-        }
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe => Fail::Reset,
         _ => match errno(e) {
             libc::EMFILE => Fail::Emfile,
             n => Fail::IoOther(n),
@@ -155,11 +170,21 @@ pub fn classify_io(e: &io::Error) -> Fail {
 }
 
 /// Connect to `target`, from `src` (port chosen at connect time) when given.
-pub async fn connect(target: SocketAddr, src: Option<Ipv4Addr>, to: Duration) -> Result<TcpStream, Fail> {
+pub async fn connect(
+    target: SocketAddr,
+    src: Option<Ipv4Addr>,
+    to: Duration,
+) -> Result<TcpStream, Fail> {
     let sock = TcpSocket::new_v4().map_err(|e| classify_connect(&e))?;
     if let Some(ip) = src {
-        let _ = setsockopt(sock.as_raw_fd(), libc::IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &1i32);
-        sock.bind(SocketAddr::V4(SocketAddrV4::new(ip, 0))).map_err(|e| classify_connect(&e))?;
+        let _ = setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            IP_BIND_ADDRESS_NO_PORT,
+            &1i32,
+        );
+        sock.bind(SocketAddr::V4(SocketAddrV4::new(ip, 0)))
+            .map_err(|e| classify_connect(&e))?;
     }
     match tokio::time::timeout(to, sock.connect(target)).await {
         Err(_) => Err(Fail::ConnectTimeout),
@@ -191,7 +216,14 @@ pub async fn echo_once(s: &mut TcpStream, msg: &[u8], to: Duration) -> Result<()
 pub fn peek_state(s: &TcpStream) -> Result<(), Fail> {
     let mut b = [0u8; 1];
     // SAFETY: recv into a 1-byte local buffer.
-    let n = unsafe { libc::recv(s.as_raw_fd(), b.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
     if n == 0 {
         return Err(Fail::Eof);
     }
@@ -226,11 +258,15 @@ pub fn splitmix(mut x: u64) -> u64 {
 }
 
 pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse().map_err(|_| format!("bad address '{s}' (want IP:PORT)"))
+    s.parse()
+        .map_err(|_| format!("bad address '{s}' (want IP:PORT)"))
 }
 
 pub fn parse_addrs(s: &str) -> Result<Vec<SocketAddr>, String> {
-    s.split(',').filter(|x| !x.is_empty()).map(parse_addr).collect()
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .map(parse_addr)
+        .collect()
 }
 
 /// `--sources 127.0.0.2,127.0.0.3`: empty or absent = let the kernel choose (127.0.0.1).
@@ -255,5 +291,7 @@ pub fn pick_source(sources: &[Ipv4Addr], i: u64) -> Option<Ipv4Addr> {
 
 /// Entries in /proc/PID/fd (None if the process is gone).
 pub fn count_fds(pid: u32) -> Option<u64> {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).ok().map(|d| d.count() as u64)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()
+        .map(|d| d.count() as u64)
 }

@@ -57,7 +57,13 @@ async fn client(
         }
     };
     // Waiting clients wait here, in the proxy's accept queue: no timeout but the deadline.
-    if let Err(f) = net::echo_once(&mut s, &net::message(id as u64, 1, 16), Duration::from_secs(86_400)).await {
+    if let Err(f) = net::echo_once(
+        &mut s,
+        &net::message(id as u64, 1, 16),
+        Duration::from_secs(86_400),
+    )
+    .await
+    {
         let _ = tx.send(Ev::Failed(id, f, "waiting"));
         return;
     }
@@ -78,7 +84,12 @@ async fn client(
         }
         Wake::Cmd(Ok(Cmd::Leave)) | Wake::Cmd(Err(_)) => drop(s), // FIN
         Wake::Cmd(Ok(Cmd::VerifyThenClose)) => {
-            let r = net::echo_once(&mut s, &net::message(id as u64, 2, 32), Duration::from_secs(5)).await;
+            let r = net::echo_once(
+                &mut s,
+                &net::message(id as u64, 2, 32),
+                Duration::from_secs(5),
+            )
+            .await;
             let _ = tx.send(Ev::Verified(r));
             net::set_linger0(&s);
         }
@@ -142,7 +153,12 @@ impl State {
 }
 
 /// Collect events into `st` until `done(st)` or `to`.
-async fn collect(rx: &mut mpsc::UnboundedReceiver<Ev>, st: &mut State, to: Duration, done: impl Fn(&State) -> bool) {
+async fn collect(
+    rx: &mut mpsc::UnboundedReceiver<Ev>,
+    st: &mut State,
+    to: Duration,
+    done: impl Fn(&State) -> bool,
+) {
     let end = tokio::time::Instant::now() + to;
     while !done(st) {
         match tokio::time::timeout_at(end, rx.recv()).await {
@@ -159,7 +175,10 @@ pub async fn run(a: &Args) -> Result<i32, String> {
     if maxc == 0 {
         return Err("--max-connections (the proxy's) is required".into());
     }
-    let pid: Option<u32> = a.str("watch-pid").map(|p| p.parse().map_err(|_| "--watch-pid: bad pid".to_string())).transpose()?;
+    let pid: Option<u32> = a
+        .str("watch-pid")
+        .map(|p| p.parse().map_err(|_| "--watch-pid: bad pid".to_string()))
+        .transpose()?;
     let sources = net::parse_sources(a.str("sources"))?;
     let settle = a.ms("settle-ms", 2000)?;
     let connect_to = a.ms("connect-timeout-ms", 5000)?;
@@ -178,7 +197,14 @@ pub async fn run(a: &Args) -> Result<i32, String> {
     for id in 0..clients {
         let (ctx, crx) = oneshot::channel();
         cmds.push(Some(ctx));
-        tokio::spawn(client(id, target, net::pick_source(&sources, id as u64), connect_to, tx.clone(), crx));
+        tokio::spawn(client(
+            id,
+            target,
+            net::pick_source(&sources, id as u64),
+            connect_to,
+            tx.clone(),
+            crx,
+        ));
     }
     drop(tx);
 
@@ -192,7 +218,10 @@ pub async fn run(a: &Args) -> Result<i32, String> {
     // settle: no more than M may be served while nobody leaves
     sampler.set(2);
     collect(&mut rx, &mut st, settle, |_| false).await;
-    let fill_ms = st.served.last().map_or(0, |(_, at)| at.duration_since(fill_start).as_millis());
+    let fill_ms = st
+        .served
+        .last()
+        .map_or(0, |(_, at)| at.duration_since(fill_start).as_millis());
     let served_full = st.served.len();
     let failed_full = st.failed.len();
     let waiting = clients - served_full - failed_full;
@@ -211,8 +240,14 @@ pub async fn run(a: &Args) -> Result<i32, String> {
             let _ = c.send(Cmd::Leave);
         }
     }
-    collect(&mut rx, &mut st, Duration::from_secs(20), |st| st.served.len() + st.failed.len() >= clients).await;
-    let after: Vec<u128> = st.served[served_full..].iter().map(|(_, at)| at.duration_since(t_rel).as_millis()).collect();
+    collect(&mut rx, &mut st, Duration::from_secs(20), |st| {
+        st.served.len() + st.failed.len() >= clients
+    })
+    .await;
+    let after: Vec<u128> = st.served[served_full..]
+        .iter()
+        .map(|(_, at)| at.duration_since(t_rel).as_millis())
+        .collect();
     let served_after = after.len();
     let max_wait_after_ms = after.iter().copied().max().unwrap_or(0);
 
@@ -226,11 +261,19 @@ pub async fn run(a: &Args) -> Result<i32, String> {
             }
         }
     }
-    collect(&mut rx, &mut st, Duration::from_secs(10), |st| st.verify_ok + st.verify_fail.total() as usize >= asked).await;
+    collect(&mut rx, &mut st, Duration::from_secs(10), |st| {
+        st.verify_ok + st.verify_fail.total() as usize >= asked
+    })
+    .await;
     sampler.set(5);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let samples = sampler.finish().await;
-    let State { failed, verify_ok, verify_fail, .. } = st;
+    let State {
+        failed,
+        verify_ok,
+        verify_fail,
+        ..
+    } = st;
 
     let mut max_by_phase: [Option<u64>; PHASES.len()] = [None; PHASES.len()];
     for (_, n, p) in &samples {
@@ -256,7 +299,11 @@ pub async fn run(a: &Args) -> Result<i32, String> {
             _ => dropped += 1,
         }
     }
-    let failed_where: Vec<String> = failed.iter().take(10).map(|(id, f, st)| format!("{id}:{f}@{st}")).collect();
+    let failed_where: Vec<String> = failed
+        .iter()
+        .take(10)
+        .map(|(id, f, st)| format!("{id}:{f}@{st}"))
+        .collect();
     let ok = served_full == expect_served
         && dropped == 0
         && connect_fail == 0

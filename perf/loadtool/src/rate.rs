@@ -82,7 +82,11 @@ async fn worker(
     rst: bool,
     end: Instant,
 ) -> Out {
-    let mut out = Out { ok: 0, fails: FailCounts::default(), lat_us: Vec::new() };
+    let mut out = Out {
+        ok: 0,
+        fails: FailCounts::default(),
+        lat_us: Vec::new(),
+    };
     let msg = net::message(w, 64, len);
     let mut i = w;
     while Instant::now() < end {
@@ -99,7 +103,8 @@ async fn worker(
                 match net::echo_once(&mut s, &msg, to).await {
                     Ok(()) => {
                         out.ok += 1;
-                        out.lat_us.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        out.lat_us
+                            .push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
                     }
                     Err(f) => out.fails.add(f),
                 }
