@@ -182,6 +182,9 @@ pub struct TlsInfo {
     pub sni: Option<Box<str>>,
     /// "1.2" or "1.3".
     pub version: &'static str,
+    /// The verified client certificate's subject (RFC 4514), when one was
+    /// presented.
+    pub client_subject: Option<Box<str>>,
 }
 
 impl TlsStream {
@@ -197,7 +200,19 @@ impl TlsStream {
             Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
             _ => "",
         };
-        TlsInfo { sni, version }
+        let client_subject = match &*c {
+            Connection::Server(_) => c
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(subject_of)
+                .map(String::into_boxed_str),
+            Connection::Client(_) => None,
+        };
+        TlsInfo {
+            sni,
+            version,
+            client_subject,
+        }
     }
 }
 

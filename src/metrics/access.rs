@@ -164,6 +164,8 @@ pub struct HttpEntry<'a> {
     pub sni: Option<&'a str>,
     /// TLS listeners: the version agreed ("1.2", "1.3").
     pub tls: Option<&'a str>,
+    /// TLS listeners: the verified client certificate's subject (json only).
+    pub client_cert: Option<&'a str>,
 }
 
 /// One TCP connection, as logged.
@@ -211,7 +213,7 @@ pub fn http_line(f: LogFormat, e: &HttpEntry<'_>) -> String {
         LogFormat::Json => {
             let _ = writeln!(
                 o,
-                "{{\"time\":\"{}\",\"listener\":{},\"client\":\"{}\",\"method\":{},\"path\":{},\"status\":{},\"bytes_sent\":{},\"request_id\":{},\"backend\":{},\"duration_ms\":{:.3},\"user_agent\":{},\"sni\":{},\"tls\":{}}}",
+                "{{\"time\":\"{}\",\"listener\":{},\"client\":\"{}\",\"method\":{},\"path\":{},\"status\":{},\"bytes_sent\":{},\"request_id\":{},\"backend\":{},\"duration_ms\":{:.3},\"user_agent\":{},\"sni\":{},\"tls\":{},\"client_cert\":{}}}",
                 iso8601(now),
                 json_str(e.listener),
                 e.client,
@@ -225,6 +227,7 @@ pub fn http_line(f: LogFormat, e: &HttpEntry<'_>) -> String {
                 json_str(e.user_agent),
                 opt_json(e.sni),
                 opt_json(e.tls),
+                opt_json(e.client_cert),
             );
         }
         LogFormat::Combined => {
@@ -430,6 +433,7 @@ mod tests {
             duration: Duration::from_millis(1500),
             sni: None,
             tls: None,
+            client_cert: None,
         };
         let c = http_line(LogFormat::Combined, &e);
         assert!(c.starts_with("10.0.0.1 - - ["), "{c}");

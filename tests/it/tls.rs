@@ -856,10 +856,18 @@ fn tls_headers_tell_the_backend_what_the_handshake_agreed() {
     let client = pki.leaf("client", "client-one", &["client.test"]);
     let be = HttpBackend::start();
     let ca = pki.ca_file.display().to_string();
-    let lb = Ringlb::start(Cfg::http_proxy(&[be.addr]).listener_with(&tls_key(
-        &[&a],
-        &format!("client_ca = \"{ca}\", client_auth = \"optional\", headers = true"),
-    )));
+    let log = pki.dir.path("access.log");
+    let lb = Ringlb::start(
+        Cfg::http_proxy(&[be.addr])
+            .table(&format!(
+                "[access_log]\npath = \"{}\"\nformat = \"json\"",
+                log.display()
+            ))
+            .listener_with(&tls_key(
+                &[&a],
+                &format!("client_ca = \"{ca}\", client_auth = \"optional\", headers = true"),
+            )),
+    );
     let cert = client.cert.display().to_string();
     let key = client.key.display().to_string();
     let (code, _, err) = curl(
@@ -912,4 +920,18 @@ fn tls_headers_tell_the_backend_what_the_handshake_agreed() {
         without.head.text()
     );
     assert!(without.head.all("x-client-cert-subject").is_empty());
+    // The access log has the verified subject too.
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(5), || text().lines().count() >= 2),
+        "{}",
+        text()
+    );
+    let t = text();
+    let line = |p: &str| t.lines().find(|l| l.contains(p)).unwrap_or("").to_string();
+    assert!(
+        line("/with-cert").contains("\"client_cert\":\"CN=client-one\""),
+        "{t}"
+    );
+    assert!(line("/without").contains("\"client_cert\":null"), "{t}");
 }

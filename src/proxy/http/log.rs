@@ -35,6 +35,7 @@ impl Conn<'_> {
                     duration: took,
                     sni: self.tls.as_ref().and_then(|t| t.sni.as_deref()),
                     tls: self.tls.as_ref().map(|t| t.version),
+                    client_cert: self.tls.as_ref().and_then(|t| t.client_subject.as_deref()),
                 },
             ));
         }
