@@ -167,6 +167,12 @@ fn resolve_sni_targets(
             match (&mut r.target, &r.target_name) {
                 (SniTarget::Upstream(u), _) => {
                     let up = &upstreams[*u];
+                    if up.tls.is_some() {
+                        return Err(ConfigError::new(
+                            format!("{key}.upstream"),
+                            format!("upstream {:?} has tls: passthrough sends the client's own TLS, which cannot go inside another TLS session", up.name),
+                        ));
+                    }
                     if !matches!(up.hash_key, HashKey::ClientIp | HashKey::Sni) {
                         return Err(ConfigError::new(
                             format!("upstream.{}.hash_key", up.name),

@@ -40,6 +40,9 @@ use super::{
 };
 use crate::{config::Transfer, sys};
 
+/// How long a TLS stream waits for room to send its close_notify.
+pub const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(5);
+
 /// How a relay ended.
 #[derive(Debug)]
 pub enum RelayEnd {
@@ -148,7 +151,7 @@ async fn pump(src: &Stream, dst: &Stream, ctx: &Ctx<'_>, count: &Cell<u64>) -> i
         }
         if eof {
             // The peer may already be gone (ENOTCONN); the other pump will see it.
-            let _ = dst.shutdown_write();
+            let _ = dst.close_write(CLOSE_NOTIFY_WAIT).await;
             return Ok(());
         }
     }

@@ -152,6 +152,19 @@ impl Stream {
         }
     }
 
+    /// End the write side: FIN on a plain socket; on TLS the close_notify
+    /// first, waiting up to `limit` for room to send it. The rare (TLS)
+    /// path is boxed so a plain connection's task does not carry it.
+    ///
+    /// # Errors
+    /// As shutdown(2).
+    pub async fn close_write(&self, limit: std::time::Duration) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => sys::shutdown_write(s.as_raw_fd()),
+            Stream::Tls(t) => Box::pin(t.close_write(limit)).await,
+        }
+    }
+
     /// The local address (the one the client connected to).
     ///
     /// # Errors

@@ -127,13 +127,12 @@ impl TlsStream {
                 let _ = flush_conn(&mut conn, fd);
                 return Err(tls_error(e));
             }
-            // Post-handshake messages (tickets, key updates) answered now.
+            // Post-handshake messages (tickets, key updates) answered now,
+            // best effort: a write failure is the writer's to report, and
+            // must not cost the plaintext just decrypted (a backend that
+            // answers 413 and resets still has its answer read).
             if conn.wants_write() {
-                match flush_conn(&mut conn, fd) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
+                let _ = flush_conn(&mut conn, fd);
             }
         }
     }
@@ -152,7 +151,14 @@ impl TlsStream {
         match flush_conn(&mut conn, fd) {
             Ok(()) => Ok(n),
             // Taken: it leaves with the next write or flush.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(n)
+            }
             Err(e) => Err(e),
         }
     }
@@ -163,7 +169,29 @@ impl TlsStream {
         flush_conn(&mut self.conn.borrow_mut(), fd)
     }
 
-    /// close_notify, then FIN (best effort: the peer may be gone).
+    /// close_notify, waiting up to `limit` for room to send it (and
+    /// anything still queued), then FIN. Best effort: the peer may be gone.
+    pub async fn close_write(&self, limit: Duration) -> io::Result<()> {
+        let fd = self.fd();
+        self.conn.borrow_mut().send_close_notify();
+        let deadline = Instant::now() + limit;
+        loop {
+            let flushed = flush_conn(&mut self.conn.borrow_mut(), fd);
+            match flushed {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if wait(&self.sock, false, deadline).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                _ => break,
+            }
+        }
+        sys::shutdown_write(fd)
+    }
+
+    /// close_notify, then FIN (best effort: the peer may be gone; an alert
+    /// that does not fit the socket now is not sent).
     pub fn shutdown_write(&self) -> io::Result<()> {
         let fd = self.fd();
         {
@@ -260,11 +288,60 @@ impl TlsStream {
     }
 }
 
-/// A certificate's subject as an RFC 4514 string (`CN=client,O=Example`).
+/// A certificate's subject as an RFC 4514 string (`CN=client,O=Example`):
+/// the last RDN first, `+` inside a multi-valued RDN, and every special or
+/// non-printable byte escaped (`\,`, `\+`, `\C3\A9`), so a name cannot
+/// pose as more parts than it has, and the string is plain ASCII.
 pub fn subject_of(der: &rustls_pki_types::CertificateDer<'_>) -> Option<String> {
     use x509_parser::prelude::FromDer;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
-    Some(cert.subject().to_string())
+    let registry = x509_parser::objects::oid_registry();
+    let mut rdns: Vec<String> = Vec::new();
+    for rdn in cert.subject().iter_rdn() {
+        let mut parts: Vec<String> = Vec::new();
+        for atv in rdn.iter() {
+            let oid = atv.attr_type();
+            let name = x509_parser::objects::oid2abbrev(oid, registry)
+                .map(str::to_string)
+                .unwrap_or_else(|_| oid.to_id_string());
+            let value = match atv.as_str() {
+                Ok(v) => escape_4514(v),
+                // Not a string type: the value's DER as #hex (RFC 4514 2.4).
+                Err(_) => {
+                    let mut h = String::from("#");
+                    for b in atv.attr_value().data {
+                        h.push_str(&format!("{b:02X}"));
+                    }
+                    h
+                }
+            };
+            parts.push(format!("{name}={value}"));
+        }
+        rdns.push(parts.join("+"));
+    }
+    rdns.reverse();
+    Some(rdns.join(","))
+}
+
+/// An attribute value escaped as RFC 4514 asks, non-printable and
+/// non-ASCII bytes as `\XX`.
+fn escape_4514(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let last = v.len().saturating_sub(1);
+    for (i, b) in v.bytes().enumerate() {
+        let special = matches!(b, b'"' | b'+' | b',' | b';' | b'<' | b'>' | b'\\')
+            || (i == 0 && (b == b'#' || b == b' '))
+            || (i == last && b == b' ');
+        if special {
+            out.push('\\');
+            out.push(b as char);
+        } else if b.is_ascii_graphic() || b == b' ' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Why a handshake did not complete.
@@ -383,4 +460,39 @@ pub async fn handshake(
         }
     }
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{escape_4514, subject_of};
+
+    #[test]
+    fn values_are_escaped_as_rfc_4514_asks() {
+        assert_eq!(escape_4514("plain name"), "plain name");
+        assert_eq!(escape_4514("alice, O=Admins"), "alice\\, O=Admins");
+        assert_eq!(
+            escape_4514("a+b;c<d>e\"f\\g"),
+            "a\\+b\\;c\\<d\\>e\\\"f\\\\g"
+        );
+        assert_eq!(escape_4514("#lead"), "\\#lead");
+        assert_eq!(escape_4514(" both "), "\\ both\\ ");
+        assert_eq!(escape_4514("é\n"), "\\C3\\A9\\0A");
+    }
+
+    #[test]
+    fn a_subject_reads_last_rdn_first_and_cannot_fake_parts() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Example");
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "alice, O=Admins");
+        let cert = p.self_signed(&key).unwrap();
+        let der = rustls_pki_types::CertificateDer::from(cert.der().to_vec());
+        assert_eq!(
+            subject_of(&der).as_deref(),
+            Some("CN=alice\\, O=Admins,O=Example")
+        );
+    }
 }

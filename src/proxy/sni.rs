@@ -154,7 +154,11 @@ async fn read_hello(
             match acceptor.accept() {
                 Ok(Some(accepted)) => {
                     let hello = accepted.client_hello();
-                    return Ok(hello.server_name().map(|n| n.to_ascii_lowercase()));
+                    // Lower case, a trailing dot dropped (as the
+                    // certificate resolver does).
+                    return Ok(hello
+                        .server_name()
+                        .map(|n| n.trim_end_matches('.').to_ascii_lowercase()));
                 }
                 Ok(None) => {}
                 Err(_) => return Err(Refused::BadHello),
@@ -163,8 +167,9 @@ async fn read_hello(
         if buf.len() >= MAX_HELLO {
             return Err(Refused::TooLarge);
         }
+        // Grown a read at a time: most hellos fit the first 4 KiB.
         let at = buf.len();
-        buf.resize(MAX_HELLO, 0);
+        buf.resize((at + 4096).min(MAX_HELLO), 0);
         let got = crate::sys::recv(client.fd(), &mut buf[at..]);
         match got {
             Ok(0) => {

@@ -189,6 +189,8 @@ pub async fn serve(
             return;
         }
     }
+    // Sent: not kept for the connection's life (a hello buffer is KiBs).
+    drop(early);
 
     let counts = Counts::default();
     let end = relay::relay(

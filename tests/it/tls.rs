@@ -500,6 +500,8 @@ fn one_tls_port_passes_some_names_through_and_terminates_others() {
     for (sni, want) in [
         (Some("db.test"), "backend-db"),
         (Some("x.pass.test"), "backend-other"),
+        // A trailing dot names the same host.
+        (Some("x.pass.test."), "backend-other"),
         (Some("unknown.test"), "backend-db"),
         (None, "backend-db"),
     ] {
@@ -530,7 +532,7 @@ fn one_tls_port_passes_some_names_through_and_terminates_others() {
             &[("listener", "edge"), ("result", r)],
         )
     };
-    assert_eq!(hellos("passed"), 4.0);
+    assert_eq!(hellos("passed"), 5.0);
     assert_eq!(hellos("handed"), 2.0);
     // The access log names the server asked for, and the version where
     // ringlb ended the TLS.
@@ -934,4 +936,71 @@ fn tls_headers_tell_the_backend_what_the_handshake_agreed() {
         "{t}"
     );
     assert!(line("/without").contains("\"client_cert\":null"), "{t}");
+}
+
+#[test]
+fn passthrough_to_an_upstream_with_tls_is_refused() {
+    let pki = Pki::new("tls-pass-tls");
+    let ca = pki.ca_file.display().to_string();
+    let cfg = Cfg::new(1)
+        .listener("edge", "tls", "")
+        .listener_with("sni = [{ names = [\"*\"], upstream = \"db\" }]")
+        .upstream("db", &[refused_addr()])
+        .upstream_with(&format!("tls = {{ ca = \"{ca}\" }}"));
+    let (code, _, err) = check_config(cfg);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("cannot go inside another TLS session"),
+        "{err}"
+    );
+}
+
+/// A TLS backend that answers 413 to an upload and closes with the body
+/// unread (a reset): the client still gets the 413 (the read side does not
+/// fail on a write error to the gone backend), not a 502.
+#[test]
+fn a_tls_backends_early_answer_survives_its_reset() {
+    let pki = Pki::new("tls-early");
+    let srv = pki.leaf("srv", "srv", &["api.test"]);
+    let backend = crate::common::tls::tls_answer_and_close(
+        &srv,
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!",
+    );
+    let ca = pki.ca_file.display().to_string();
+    let lb = Ringlb::start(Cfg::http_proxy(&[backend]).upstream_with(&format!(
+        "tls = {{ server_name = \"api.test\", ca = \"{ca}\" }}"
+    )));
+    let mut s = connect(lb.addr("web"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    let mut w = s.try_clone().unwrap();
+    let uploader = thread::spawn(move || {
+        let chunk = {
+            let mut c = format!("{:x}\r\n", 64 * 1024).into_bytes();
+            c.extend(std::iter::repeat_n(b'x', 64 * 1024));
+            c.extend_from_slice(b"\r\n");
+            c
+        };
+        for _ in 0..80 {
+            if w.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"big!") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got).to_string();
+    assert!(
+        text.starts_with("HTTP/1.1 413"),
+        "{text}\n{}",
+        lb.log_text()
+    );
+    let _ = uploader.join();
 }

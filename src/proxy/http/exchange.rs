@@ -2,7 +2,10 @@
 //! the request phases, the forward step and the response in a fixed order,
 //! and the one place a [`ProxyError`] becomes an answer.
 
-use std::{net::SocketAddr, time::Instant};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use super::{
     conn::{Conn, LogFields, Next},
@@ -102,7 +105,14 @@ pub(super) async fn serve(
         }
     }
     conn.from_client.extend(&early.bytes);
+    // The hello buffer of an SNI hand-over is not kept for the connection.
+    early.bytes = Vec::new();
     conn.run().await;
+    // TLS: end with a close_notify, so the client can tell the end from a
+    // truncation (a lingering close sent it already; a second is a no-op).
+    if conn.client.as_tls().is_some() {
+        let _ = conn.client.close_write(Duration::from_millis(500)).await;
+    }
 }
 
 impl Conn<'_> {

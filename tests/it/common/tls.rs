@@ -252,3 +252,51 @@ impl Drop for SServer {
         let _ = self.child.wait();
     }
 }
+
+/// A TLS server (rustls) that reads a request head, answers `answer` and
+/// closes at once with the body unread (its kernel resets the connection).
+pub fn tls_answer_and_close(pair: &Pair, answer: &'static [u8]) -> SocketAddr {
+    use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pair.cert)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&pair.key).unwrap();
+    let cfg = std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap(),
+    );
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(20) {
+            let Ok(s) = s else { return };
+            let cfg = std::sync::Arc::clone(&cfg);
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+                let conn = rustls::ServerConnection::new(cfg).unwrap();
+                let mut t = rustls::StreamOwned::new(conn, s);
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match t.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = t.write_all(answer);
+                let _ = t.flush();
+                // Let the body pile up unread, then close: a reset.
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            });
+        }
+    });
+    addr
+}

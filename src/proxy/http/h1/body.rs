@@ -205,7 +205,7 @@ pub async fn forward_body(
                 moved += sbuf.len() as u64;
                 sbuf.clear();
             }
-            let _ = dst.shutdown_write();
+            let _ = dst.close_write(relay::CLOSE_NOTIFY_WAIT).await;
         }
     }
     Ok(moved)

@@ -115,7 +115,7 @@ pub async fn read_head(
 /// client is still sending for a moment. Closing a socket with unread input
 /// sends a reset, which can destroy the answer on its way.
 pub async fn linger(client: &Stream, from_client: &mut RBuf) {
-    let _ = client.shutdown_write();
+    let _ = client.close_write(LINGER).await;
     let deadline = Instant::now() + LINGER;
     let mut drained = 0;
     while drained < LINGER_BYTES {
