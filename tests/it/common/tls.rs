@@ -134,6 +134,26 @@ pub fn curl(
     )
 }
 
+/// A rustls server configuration with `pair`'s certificate and key.
+pub fn server_config(pair: &Pair) -> std::sync::Arc<rustls::ServerConfig> {
+    use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pair.cert)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&pair.key).unwrap();
+    std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap(),
+    )
+}
+
 /// A TLS echo server (rustls, a thread per connection) with `pair`'s
 /// certificate: what a passthrough route's backend sees is a real TLS
 /// server's view.
@@ -144,22 +164,7 @@ pub struct TlsEcho {
 
 impl TlsEcho {
     pub fn start(pair: &Pair) -> TlsEcho {
-        use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pair.cert)
-            .unwrap()
-            .map(|c| c.unwrap())
-            .collect();
-        let key = PrivateKeyDer::from_pem_file(&pair.key).unwrap();
-        let cfg = std::sync::Arc::new(
-            rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap(),
-        );
+        let cfg = server_config(pair);
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         l.set_nonblocking(true).unwrap();
@@ -256,22 +261,7 @@ impl Drop for SServer {
 /// A TLS server (rustls) that reads a request head, answers `answer` and
 /// closes at once with the body unread (its kernel resets the connection).
 pub fn tls_answer_and_close(pair: &Pair, answer: &'static [u8]) -> SocketAddr {
-    use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pair.cert)
-        .unwrap()
-        .map(|c| c.unwrap())
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(&pair.key).unwrap();
-    let cfg = std::sync::Arc::new(
-        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap(),
-    );
+    let cfg = server_config(pair);
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
