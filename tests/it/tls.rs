@@ -211,6 +211,22 @@ fn a_plain_client_on_a_tls_port_is_told_and_a_silent_one_times_out() {
         got.contains("plain HTTP request was sent to a TLS port"),
         "{got:?}"
     );
+    // With a body still coming: the answer is not reset away.
+    let mut s = connect(addr);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut req = b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 200000\r\n\r\n".to_vec();
+    req.extend(std::iter::repeat_n(b'x', 200_000));
+    let _ = s.write_all(&req);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 400"), "{got:?}");
 
     // A hello's first bytes, then nothing: closed at the deadline.
     let mut s = connect(addr);
@@ -232,7 +248,7 @@ fn a_plain_client_on_a_tls_port_is_told_and_a_silent_one_times_out() {
             &[("listener", "web"), ("result", why)],
         )
     };
-    assert_eq!(failed("not_tls"), 1.0);
+    assert_eq!(failed("not_tls"), 2.0);
     assert_eq!(failed("timeout"), 1.0);
     assert_eq!(be.wait_requests(0).len(), 0, "no backend touched");
 }
