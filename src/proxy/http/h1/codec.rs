@@ -104,6 +104,22 @@ pub fn classify(name: &[u8]) -> Kind {
     }
 }
 
+/// `name` with `_` read as `-` is a field ringlb itself writes or vets
+/// (forwarding fields, X-Real-IP, the TLS facts).
+fn spoofs_ours(name: &[u8]) -> bool {
+    let mut dashed = [0u8; 32];
+    let Some(d) = dashed.get_mut(..name.len()) else {
+        return false;
+    };
+    for (o, &b) in d.iter_mut().zip(name) {
+        *o = if b == b'_' { b'-' } else { b };
+    }
+    matches!(
+        classify(d),
+        Kind::Regenerated | Kind::Forwarding | Kind::XForwardedFor
+    )
+}
+
 /// A parsed request head.
 #[derive(Debug, Default)]
 pub struct Request {
@@ -252,6 +268,10 @@ pub fn parse_request(buf: &[u8], limits: &Limits, req: &mut Request) -> Result<b
         let value = h.value;
         if name.contains(&b'_') {
             match limits.underscores {
+                // Allowed, but not as a name CGI, PHP or Rack would read as
+                // one of the fields ringlb writes (X_Forwarded_For,
+                // X_Client_Verify...): those could spoof what it sets.
+                Underscores::Allow if spoofs_ours(name) => continue,
                 Underscores::Allow => {}
                 // Not forwarded, and invisible to every rule that reads
                 // fields (rate-limit and hash keys, header rules).
