@@ -142,6 +142,17 @@ pub(super) fn pair(key: &str, c: &RawCert) -> Result<CertPair, ConfigError> {
     })
 }
 
+/// ALPN protocol names as written: each 1 to 255 bytes.
+fn alpn_list(key: &str, alpn: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    match alpn.iter().find(|p| p.is_empty() || p.len() > 255) {
+        Some(p) => Err(ConfigError::new(
+            key,
+            format!("{p:?}: a protocol name is 1 to 255 bytes"),
+        )),
+        None => Ok(alpn),
+    }
+}
+
 /// An upstream's TLS to its backends (re-encryption).
 #[derive(Clone)]
 pub struct UpstreamTls {
@@ -214,15 +225,7 @@ pub(super) fn build_upstream(key: &str, raw: RawUpstreamTls) -> Result<UpstreamT
         Some(c) => Some(Arc::new(pair(&format!("{key}.client_cert"), c)?)),
         None => None,
     };
-    let alpn = raw.alpn.unwrap_or_default();
-    for p in &alpn {
-        if p.is_empty() || p.len() > 255 {
-            return Err(ConfigError::new(
-                format!("{key}.alpn"),
-                format!("{p:?}: a protocol name is 1 to 255 bytes"),
-            ));
-        }
-    }
+    let alpn = alpn_list(&format!("{key}.alpn"), raw.alpn.unwrap_or_default())?;
     Ok(UpstreamTls {
         server_name: raw.server_name,
         verify,
@@ -265,15 +268,10 @@ pub(super) fn build(k: &dyn Fn(&str) -> String, raw: RawTls) -> Result<TlsConfig
             })
             .collect::<Result<Vec<_>, _>>()?,
     };
-    let alpn = raw.alpn.unwrap_or_else(|| vec!["http/1.1".to_string()]);
-    for p in &alpn {
-        if p.is_empty() || p.len() > 255 {
-            return Err(ConfigError::new(
-                k("tls.alpn"),
-                format!("{p:?}: a protocol name is 1 to 255 bytes"),
-            ));
-        }
-    }
+    let alpn = alpn_list(
+        &k("tls.alpn"),
+        raw.alpn.unwrap_or_else(|| vec!["http/1.1".to_string()]),
+    )?;
     let client_auth = match raw.client_auth.as_deref() {
         None if raw.client_ca.is_some() => ClientAuth::Required,
         None | Some("off") => ClientAuth::Off,

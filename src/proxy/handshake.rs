@@ -19,10 +19,6 @@ use crate::{
     metrics::{TlsMetrics, TLS_FAILURES, TLS_SUITES},
 };
 
-/// How long, and how many bytes, a plain client is read after its 400.
-const LINGER: Duration = Duration::from_millis(500);
-const LINGER_BYTES: usize = 256 * 1024;
-
 /// A TLS record's first byte when it carries a handshake message.
 const HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -120,22 +116,11 @@ async fn run(
     if early[0] != HANDSHAKE_RECORD {
         if http && early[0].is_ascii_uppercase() {
             let _ = crate::sys::send(fd, PLAIN_ON_TLS);
-            // A lingering close: what the client still sends is read and
-            // dropped for a moment, so closing on it does not reset the
-            // answer away.
-            let _ = client.shutdown_write();
-            let until = Instant::now() + LINGER;
-            let mut sink = [0u8; 4096];
-            let mut drained = 0;
-            while drained < LINGER_BYTES && Instant::now() < until {
-                let left = until.saturating_duration_since(Instant::now());
-                match monoio::time::timeout(left, crate::io::relay::read_some(client, &mut sink))
-                    .await
-                {
-                    Ok(Ok(n)) if n > 0 => drained += n,
-                    _ => break,
-                }
-            }
+            // The lingering close of every error answer: what the client
+            // still sends is read and dropped a moment, so closing on it
+            // does not reset the answer away.
+            let mut sink = crate::io::rbuf::RBuf::new(4096, 4096);
+            crate::proxy::http::h1::server::linger(client, &mut sink).await;
         }
         return Err(HandshakeError::NotTls);
     }

@@ -229,31 +229,19 @@ pub async fn handle(
         .as_deref()
         .map_or(0, |n| crate::balancer::hash_key(n.as_bytes()));
     match &r.targets[i] {
-        Target::Pass(t) => {
-            r.count("passed");
-            tcp::serve(
-                Rc::clone(t),
-                client,
-                peer,
-                ticket,
-                tcp::Given(early, key, name.clone().map(String::into_boxed_str)),
-            )
-            .await;
+        // Passthrough, or a tcp listener that terminates: the same relay.
+        target @ (Target::Pass(t) | Target::Hand(Handler::Tcp(t))) => {
+            r.count(if matches!(target, Target::Pass(_)) {
+                "passed"
+            } else {
+                "handed"
+            });
+            let given = tcp::Given(early, key, name.map(String::into_boxed_str));
+            tcp::serve(Rc::clone(t), client, peer, ticket, given).await;
         }
         Target::Hand(Handler::Http(h)) => {
             r.count("handed");
             http::handed(Rc::clone(h), client, peer, ticket, early).await;
-        }
-        Target::Hand(Handler::Tcp(t)) => {
-            r.count("handed");
-            tcp::serve(
-                Rc::clone(t),
-                client,
-                peer,
-                ticket,
-                tcp::Given(early, key, name.clone().map(String::into_boxed_str)),
-            )
-            .await;
         }
         // Refused by the config: a router never targets a router.
         Target::Hand(Handler::Tls(_)) => r.count("no_route"),

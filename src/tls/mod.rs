@@ -113,6 +113,24 @@ fn resolver(t: &TlsConfig, p: &CryptoProvider) -> Result<ByName, String> {
     })
 }
 
+/// A trust store of `certs`, read from `file` (named in errors as `what`).
+fn roots(
+    certs: &[rustls_pki_types::CertificateDer<'static>],
+    file: Option<&std::path::Path>,
+    what: &str,
+) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for c in certs {
+        roots.add(c.clone()).map_err(|e| {
+            format!(
+                "{what} file {:?}: {e}",
+                file.map(|f| f.display().to_string()).unwrap_or_default()
+            )
+        })?;
+    }
+    Ok(roots)
+}
+
 /// A listener's rustls server configuration.
 ///
 /// # Errors
@@ -124,25 +142,17 @@ pub fn server_config(t: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
     let verifier = match t.client_auth {
         ClientAuth::Off => WebPkiClientVerifier::no_client_auth(),
         auth => {
-            let mut roots = RootCertStore::empty();
-            let file = t
-                .client_ca_file
-                .as_ref()
-                .map(|f| f.display().to_string())
-                .unwrap_or_default();
-            for c in &t.client_ca {
-                roots
-                    .add(c.clone())
-                    .map_err(|e| format!("client CA file {file:?}: {e}"))?;
-            }
+            let roots = roots(&t.client_ca, t.client_ca_file.as_deref(), "client CA")?;
             let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&p));
             let b = if auth == ClientAuth::Optional {
                 b.allow_unauthenticated()
             } else {
                 b
             };
-            b.build()
-                .map_err(|e| format!("client CA file {file:?}: {e}"))?
+            b.build().map_err(|e| {
+                let file = t.client_ca_file.as_ref().map(|f| f.display().to_string());
+                format!("client CA file {:?}: {e}", file.unwrap_or_default())
+            })?
         }
     };
     let resolver = resolver(t, &p)?;
@@ -258,18 +268,7 @@ pub fn client_config(t: &crate::config::UpstreamTls) -> Result<Client, String> {
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("versions: {e}"))?;
     let b = if t.verify {
-        let mut roots = RootCertStore::empty();
-        let file = t
-            .ca_file
-            .as_ref()
-            .map(|f| f.display().to_string())
-            .unwrap_or_default();
-        for c in &t.ca {
-            roots
-                .add(c.clone())
-                .map_err(|e| format!("CA file {file:?}: {e}"))?;
-        }
-        b.with_root_certificates(roots)
+        b.with_root_certificates(roots(&t.ca, t.ca_file.as_deref(), "CA")?)
     } else {
         b.dangerous()
             .with_custom_certificate_verifier(Arc::new(TrustAnything(Arc::clone(&p))))

@@ -62,6 +62,35 @@ fn rustls_connect(
     s
 }
 
+/// Send `data` over `s` a 64 KiB chunk at a time, reading each chunk's
+/// echo back before the next goes (no deadlock on full buffers both ways);
+/// returns what came back.
+fn echo_through(
+    s: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut w = s.sock.try_clone().unwrap();
+    let mut back = Vec::with_capacity(data.len());
+    let mut buf = vec![0u8; 65536];
+    let mut sent = 0;
+    while back.len() < data.len() {
+        let end = (sent + 65536).min(data.len());
+        s.conn.writer().write_all(&data[sent..end]).unwrap();
+        while s.conn.wants_write() {
+            s.conn.write_tls(&mut w).unwrap();
+        }
+        sent = end;
+        while back.len() < sent {
+            match s.read(&mut buf) {
+                Ok(0) => panic!("closed after {} bytes", back.len()),
+                Ok(n) => back.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("after {} bytes: {e}", back.len()),
+            }
+        }
+    }
+    back
+}
+
 /// Read one HTTP/1.1 response with a Content-Length body from `r`.
 fn read_response(r: &mut impl Read) -> (String, Vec<u8>) {
     let mut got = Vec::new();
@@ -335,30 +364,7 @@ fn a_tcp_listener_terminates_tls_in_front_of_a_plain_service() {
     let cfg = rustls_client(&pki, &[]);
     let mut s = rustls_connect(&cfg, lb.addr("l"), "db.test");
     let data = pseudo_random(4 << 20, 3);
-    let mut w = s.sock.try_clone().unwrap();
-    // Write and read at once (the echo does not buffer all of it).
-    let mut back = Vec::with_capacity(data.len());
-    let mut buf = vec![0u8; 65536];
-    let mut sent = 0;
-    while back.len() < data.len() {
-        if sent < data.len() {
-            let end = (sent + 65536).min(data.len());
-            s.conn.writer().write_all(&data[sent..end]).unwrap();
-            while s.conn.wants_write() {
-                s.conn.write_tls(&mut w).unwrap();
-            }
-            sent = end;
-        }
-        // All of this chunk back before the next goes (no deadlock on full
-        // buffers both ways).
-        while back.len() < sent {
-            match s.read(&mut buf) {
-                Ok(0) => panic!("closed after {} bytes", back.len()),
-                Ok(n) => back.extend_from_slice(&buf[..n]),
-                Err(e) => panic!("after {} bytes: {e}", back.len()),
-            }
-        }
-    }
+    let back = echo_through(&mut s, &data);
     assert!(back == data, "4 MB echo changed through TLS termination");
 }
 
@@ -620,29 +626,7 @@ fn passthrough_is_byte_exact_and_joins_a_fragmented_hello() {
             .expect("handshake through the router");
     }
     let data = pseudo_random(50 << 20, 11);
-    let mut w = s.sock.try_clone().unwrap();
-    let mut back = Vec::with_capacity(data.len());
-    let mut buf = vec![0u8; 65536];
-    let mut sent = 0;
-    while back.len() < data.len() {
-        if sent < data.len() {
-            let end = (sent + 65536).min(data.len());
-            s.conn.writer().write_all(&data[sent..end]).unwrap();
-            while s.conn.wants_write() {
-                s.conn.write_tls(&mut w).unwrap();
-            }
-            sent = end;
-        }
-        // All of this chunk back before the next goes (no deadlock on full
-        // buffers both ways).
-        while back.len() < sent {
-            match s.read(&mut buf) {
-                Ok(0) => panic!("closed after {} bytes", back.len()),
-                Ok(n) => back.extend_from_slice(&buf[..n]),
-                Err(e) => panic!("after {} bytes: {e}", back.len()),
-            }
-        }
-    }
+    let back = echo_through(&mut s, &data);
     use sha2::Digest;
     assert_eq!(
         sha2::Sha256::digest(&back),

@@ -9,7 +9,7 @@
 //! cleanly.
 
 use futures_util::future::{select, Either};
-use std::{io, pin::pin, sync::Arc, time::Instant};
+use std::{io, pin::pin, time::Instant};
 
 use super::{
     conn::{Conn, Next},
@@ -110,7 +110,8 @@ pub(super) async fn respond(
 ) -> Result<Next, ProxyError> {
     let l = c.l;
     let route = &l.routes[route_idx];
-    let backend = Arc::clone(inflight.backend());
+    // Borrowed from the in-flight guard: no reference count per request.
+    let backend = &**inflight.backend();
     let addr = backend.addr;
     let timeout = c.write_timeout();
     let drain = c.ticket.drain();
@@ -196,7 +197,7 @@ pub(super) async fn respond(
             )
             .await;
             let status = resp.status;
-            if let Err(e) = judge(l, up, &backend, read, status, sent_at, false) {
+            if let Err(e) = judge(l, up, backend, read, status, sent_at, false) {
                 return Err(match stopped_reading {
                     Some(d) => ProxyError::from(Kind::BackendStoppedReading(d)).at(addr),
                     None => e,
