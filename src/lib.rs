@@ -1,4 +1,4 @@
-//! ringlb: a thread-per-core io_uring load balancer (tcp and HTTP/1.1).
+//! ringlb: a thread-per-core io_uring load balancer (tcp, HTTP/1.1 and HTTP/2).
 //!
 //! One connection flows down this table: `server` starts workers, a worker
 //! wires `listen` (accept, limiter, ticket) to a `proxy` handler, which
@@ -16,14 +16,14 @@
 //! | `demo` | `ringlb demo`: echo backends + a tcp listener | config, error, server, sys |
 //! | `server` | signal loop, generations, reload, upgrade, fd budget, threads | admin, proxy, listen, upstream, metrics, backends, limits, tls, io, config, balancer, error, sys |
 //! | `admin` | the admin HTTP listener (/metrics /status /healthz /readyz) | metrics, sys |
-//! | `proxy` | the protocol handlers: tcp relay, HTTP/1.1 exchange | listen, upstream, backends, balancer, io, limits, metrics, config, sys |
+//! | `proxy` | the protocol handlers: tcp relay, HTTP/1.1 exchange, HTTP/2 streams | listen, upstream, backends, balancer, io, limits, metrics, config, sys |
 //! | `listen` | sockets, accept loop, limiter, drain, connection ticket | io, limits, metrics, config, sys |
-//! | `upstream` | per-worker replica (balancer, pool, in-flight), timed connects | backends, balancer, tls, io, metrics, config, sys |
+//! | `upstream` | per-worker replica (balancer, pools: keep-alive and HTTP/2, in-flight), timed connects | backends, balancer, tls, io, metrics, config, sys |
 //! | `metrics` | per-worker shards, Prometheus text, /status, access log | backends, config, sys |
 //! | `backends` | versioned backend sets, health and circuit state, pick, checks | balancer, tls, io, config, sys |
 //! | `limits` | token buckets and per-IP counters | balancer, config |
 //! | `tls` | rustls configurations: certificates by SNI, versions, ALPN, client auth | config |
-//! | `io` | streams (plain and TLS), relay, pools, read buffer, connect | config, sys |
+//! | `io` | streams (plain and TLS), relay, pools, read buffer, connect, the tokio I/O bridge for h2 | config, sys |
 //! | `config` | TOML -> typed config | balancer |
 //! | `error` | startup errors and exit codes | config |
 //! | `balancer` | pure pick algorithms | (nothing) |

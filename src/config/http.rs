@@ -52,6 +52,8 @@ pub struct HttpConfig {
     pub underscores: Underscores,
     /// Routes, in config order; the listener's `upstream` is the last one (any host, "/").
     pub routes: Vec<RouteConfig>,
+    /// HTTP/2 limits (h2 over TLS, h2c with prior knowledge).
+    pub h2: super::h2::H2Config,
 }
 
 /// One `[[listener.route]]`.
@@ -147,6 +149,7 @@ pub(super) struct RawHttp {
     pub underscores_in_headers: Option<String>,
     pub body_min_rate: Option<RawSize>,
     pub path_strict: Option<bool>,
+    pub h2: Option<super::h2::RawH2>,
     pub route: Vec<RawRoute>,
 }
 
@@ -167,6 +170,7 @@ impl RawHttp {
             ),
             ("body_min_rate", self.body_min_rate.is_some()),
             ("path_strict", self.path_strict.is_some()),
+            ("h2", self.h2.is_some()),
             ("max_body_size", self.max_body_size.is_some()),
             ("route", !self.route.is_empty()),
         ]
@@ -276,6 +280,7 @@ pub(super) fn build(
         path_strict: l.path_strict.take().unwrap_or(true),
         underscores,
         routes,
+        h2: super::h2::build(&k("h2"), l.h2.take())?,
     })
 }
 

@@ -147,6 +147,7 @@ pub(super) struct RawListener {
     pub underscores_in_headers: Option<String>,
     pub body_min_rate: Option<RawSize>,
     pub path_strict: Option<bool>,
+    pub h2: Option<super::h2::RawH2>,
     pub max_connections_per_ip: Option<i64>,
     pub ipv6_prefix: Option<i64>,
     #[serde(default)]
@@ -299,6 +300,7 @@ pub(super) fn build(
         underscores_in_headers: l.underscores_in_headers.take(),
         body_min_rate: l.body_min_rate.take(),
         path_strict: l.path_strict.take(),
+        h2: l.h2.take(),
         route: std::mem::take(&mut l.route),
     };
     if mode != Mode::Http {

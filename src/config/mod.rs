@@ -12,6 +12,7 @@
 //! `[access_log]`); `values.rs` parses the scalars they share. This file
 //! ties the tables together and checks what spans them.
 
+mod h2;
 mod http;
 mod listener;
 mod observe;
@@ -31,6 +32,7 @@ use std::{
 
 use serde::Deserialize;
 
+pub use h2::{H2Config, Protocol};
 pub use http::{HeaderOps, HttpConfig, RateKey, RateLimitConfig, RouteConfig, Underscores};
 pub use listener::{
     ListenerConfig, Mode, ProxyAccept, ProxySend, SniRoute, SniTarget, Transfer,

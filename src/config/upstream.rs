@@ -52,6 +52,8 @@ pub struct UpstreamConfig {
     pub queue_timeout: Duration,
     /// TLS to the backends (re-encryption).
     pub tls: Option<super::tls::UpstreamTls>,
+    /// How http listeners talk to the servers: HTTP/1.1, h2 (over `tls`), h2c.
+    pub protocol: super::h2::Protocol,
 }
 
 /// Active health checks of an upstream.
@@ -120,6 +122,7 @@ pub(super) struct RawUpstream {
     pub queue: Option<i64>,
     pub queue_timeout: Option<String>,
     pub tls: Option<super::tls::RawUpstreamTls>,
+    pub protocol: Option<String>,
     #[serde(default)]
     pub servers: Vec<RawServer>,
 }
@@ -252,6 +255,36 @@ pub(super) fn build(
                 "every server is a backup; at least one must be a primary",
             ));
         }
+        let protocol = super::h2::protocol(&format!("{key}.protocol"), u.protocol.as_deref())?;
+        let mut tls = match u.tls {
+            Some(t) => Some(super::tls::build_upstream(&format!("{key}.tls"), t)?),
+            None => None,
+        };
+        match (protocol, &mut tls) {
+            (super::h2::Protocol::H2, None) => {
+                return Err(ConfigError::new(
+                    format!("{key}.protocol"),
+                    "\"h2\" is HTTP/2 over TLS: add a tls table (or write \"h2c\" for cleartext)",
+                ))
+            }
+            (super::h2::Protocol::H2, Some(t)) => {
+                if t.alpn.is_empty() {
+                    t.alpn = vec!["h2".into()];
+                } else if !t.alpn.iter().any(|p| p == "h2") {
+                    return Err(ConfigError::new(
+                        format!("{key}.tls.alpn"),
+                        "protocol = \"h2\" needs \"h2\" in the ALPN list",
+                    ));
+                }
+            }
+            (super::h2::Protocol::H2c, Some(_)) => {
+                return Err(ConfigError::new(
+                    format!("{key}.protocol"),
+                    "\"h2c\" is cleartext HTTP/2 but the upstream has a tls table (write \"h2\")",
+                ))
+            }
+            _ => {}
+        }
         index.insert(name.clone(), out.len());
         out.push(UpstreamConfig {
             name,
@@ -266,10 +299,8 @@ pub(super) fn build(
             slow_start,
             queue,
             queue_timeout,
-            tls: match u.tls {
-                Some(t) => Some(super::tls::build_upstream(&format!("{key}.tls"), t)?),
-                None => None,
-            },
+            tls,
+            protocol,
         });
     }
     Ok((out, index))

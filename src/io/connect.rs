@@ -19,6 +19,9 @@ pub enum ConnectError {
     /// no shared version, reset...).
     #[error("TLS to {0}: {1}")]
     Tls(SocketAddr, String),
+    /// HTTP/2 could not start (no ALPN agreement, the preface failed).
+    #[error("HTTP/2 to {0}: {1}")]
+    H2(SocketAddr, String),
 }
 
 impl ConnectError {
@@ -26,7 +29,7 @@ impl ConnectError {
     /// backend: never a reason to eject it or mark it down.
     pub fn is_local(&self) -> bool {
         match self {
-            ConnectError::Timeout(..) | ConnectError::Tls(..) => false,
+            ConnectError::Timeout(..) | ConnectError::Tls(..) | ConnectError::H2(..) => false,
             ConnectError::Io(_, e) => matches!(
                 e.raw_os_error(),
                 Some(

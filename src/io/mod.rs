@@ -6,11 +6,13 @@
 //!   the write helpers everything else uses.
 //! - [`pools`]: per-worker pipes and copy buffers, leased while bytes move.
 //! - [`rbuf`]: a read buffer with a consumed front (heads, pipelining).
+//! - [`h2io`]: a stream as tokio I/O for the `h2` crate.
 //! - [`stream`]: the byte stream all of the above work on.
 //! - [`tls`]: the TLS variant of it (rustls driven by readiness), and the
 //!   handshake.
 
 pub mod connect;
+pub mod h2io;
 pub mod pools;
 pub mod rbuf;
 pub mod relay;

@@ -217,6 +217,11 @@ pub struct TlsInfo {
 
 impl TlsStream {
     /// The server name and version of this connection.
+    /// The protocol ALPN agreed on is `proto` (`b"h2"`).
+    pub fn alpn_is(&self, proto: &[u8]) -> bool {
+        self.conn.borrow().alpn_protocol() == Some(proto)
+    }
+
     pub fn info(&self) -> TlsInfo {
         let c = self.conn.borrow();
         let sni = match &*c {

@@ -152,7 +152,8 @@ pub struct HttpEntry<'a> {
     pub client: SocketAddr,
     pub method: &'a str,
     pub path: &'a str,
-    pub minor: u8,
+    /// "HTTP/1.1", "HTTP/1.0", "HTTP/2.0".
+    pub protocol: &'a str,
     pub status: u16,
     pub bytes_sent: u64,
     pub referer: &'a str,
@@ -233,12 +234,12 @@ pub fn http_line(f: LogFormat, e: &HttpEntry<'_>) -> String {
         LogFormat::Combined => {
             let _ = writeln!(
                 o,
-                "{} - - [{}] \"{} {} HTTP/1.{}\" {} {} \"{}\" \"{}\" {} {} {:.3} {} {}",
+                "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" {} {} {:.3} {} {}",
                 e.client.ip(),
                 clf_time(now),
                 clean(e.method),
                 clean(e.path),
-                e.minor,
+                e.protocol,
                 e.status,
                 e.bytes_sent,
                 dash(&clean(e.referer)),
@@ -423,7 +424,7 @@ mod tests {
             client: "10.0.0.1:5555".parse().unwrap(),
             method: "GET",
             path: "/a\"b",
-            minor: 1,
+            protocol: "HTTP/1.1",
             status: 200,
             bytes_sent: 12,
             referer: "",

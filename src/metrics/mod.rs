@@ -115,6 +115,30 @@ pub struct ListenerMetrics {
     pub routes: Vec<RouteMetrics>,
     /// TLS listeners: handshakes.
     pub tls: TlsMetrics,
+    /// http listeners: HTTP/2 connections and streams.
+    pub h2: H2Metrics,
+}
+
+/// Why ringlb ended an HTTP/2 client connection with a GOAWAY (the label
+/// of `ringlb_h2_goaway_total`).
+pub const H2_GOAWAYS: [&str; 6] = [
+    "drain",
+    "idle",
+    "rapid_reset",
+    "ping_timeout",
+    "protocol_error",
+    "flood",
+];
+
+/// One listener's HTTP/2 clients on one worker.
+#[derive(Debug, Default)]
+pub struct H2Metrics {
+    pub connections: Counter,
+    pub streams: Counter,
+    /// Streams the client reset before their response began.
+    pub client_resets: Counter,
+    /// Connections ringlb ended, by reason ([`H2_GOAWAYS`]).
+    pub goaway: [Counter; 6],
 }
 
 /// The cipher suites the ring provider offers (TLS 1.3, then 1.2): the

@@ -275,6 +275,53 @@ impl Registry {
                 }
             }
         }
+        let http: Vec<(usize, &crate::config::ListenerConfig)> = cfg
+            .listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.http.is_some())
+            .collect();
+        if !http.is_empty() {
+            for (name, help, get) in [
+                (
+                    "ringlb_h2_connections_total",
+                    "HTTP/2 client connections (ALPN h2 or h2c prior knowledge).",
+                    (|m: &super::H2Metrics| m.connections.get()) as fn(&super::H2Metrics) -> u64,
+                ),
+                (
+                    "ringlb_h2_streams_total",
+                    "HTTP/2 streams (requests) from clients.",
+                    |m| m.streams.get(),
+                ),
+                (
+                    "ringlb_h2_client_resets_total",
+                    "HTTP/2 streams the client reset before their response began.",
+                    |m| m.client_resets.get(),
+                ),
+            ] {
+                family(&mut o, name, "counter", help);
+                for &(li, l) in &http {
+                    let v = self.sum(|w| get(&w.listeners[li].h2));
+                    let _ = writeln!(o, "{name}{{listener=\"{}\"}} {v}", esc(&l.name));
+                }
+            }
+            family(
+                &mut o,
+                "ringlb_h2_goaway_total",
+                "counter",
+                "HTTP/2 client connections ringlb ended with GOAWAY, by reason.",
+            );
+            for &(li, l) in &http {
+                for (i, why) in super::H2_GOAWAYS.iter().enumerate() {
+                    let v = self.sum(|w| w.listeners[li].h2.goaway[i].get());
+                    let _ = writeln!(
+                        o,
+                        "ringlb_h2_goaway_total{{listener=\"{}\",reason=\"{why}\"}} {v}",
+                        esc(&l.name)
+                    );
+                }
+            }
+        }
         let tls: Vec<(usize, &crate::config::ListenerConfig)> = cfg
             .listeners
             .iter()

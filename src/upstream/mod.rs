@@ -3,6 +3,7 @@
 //! and timed connects to its backends.
 
 pub mod connect;
+pub mod h2pool;
 pub mod pool;
 pub mod replica;
 

@@ -13,7 +13,10 @@
 
 use std::{cell::RefCell, sync::Arc};
 
-use super::pool::IdlePool;
+use super::{
+    h2pool::{ConnState, H2Pool, Lease},
+    pool::IdlePool,
+};
 use crate::{
     backends::{self, Backend, BackendId, BackendSet, NoPick, Slot, Upstream},
     balancer::{Balancer, ServerSpec},
@@ -30,6 +33,8 @@ pub struct Replica {
     view: RefCell<View>,
     /// TLS to the backends (the upstream's `tls`), shared by all workers.
     pub tls: Option<Arc<crate::tls::Client>>,
+    /// `protocol = "h2" | "h2c"`: multiplexed connections to the backends.
+    h2: RefCell<H2Pool>,
 }
 
 struct View {
@@ -118,6 +123,7 @@ impl Replica {
             ui,
             worker,
             tls: None,
+            h2: RefCell::new(H2Pool::default()),
         }
     }
 
@@ -224,17 +230,41 @@ impl Replica {
         }
     }
 
+    /// An HTTP/2 connection to the picked backend with room for a stream.
+    pub fn h2_take(
+        &self,
+        picked: &Picked,
+    ) -> Option<(h2::client::SendRequest<bytes::Bytes>, Lease)> {
+        self.h2.borrow_mut().take(picked.backend().id)
+    }
+
+    /// Keep a new HTTP/2 connection to the picked backend; the lease is
+    /// the first stream's.
+    pub fn h2_add(
+        &self,
+        picked: &Picked,
+        send: h2::client::SendRequest<bytes::Bytes>,
+        state: std::rc::Rc<ConnState>,
+    ) -> Lease {
+        self.h2.borrow_mut().add(picked.backend().id, send, state)
+    }
+
     /// Close pooled connections that timed out or that the backend closed
     /// (about once a second per worker), and follow a new set version.
     pub fn sweep(&self) {
         let mut v = self.view.borrow_mut();
         self.refresh(&mut v);
         v.pool.sweep(self.cfg.keepalive_timeout);
+        let set = &v.set;
+        self.h2
+            .borrow_mut()
+            .sweep(self.cfg.keepalive_timeout, |id| set.index_of(id).is_some());
     }
 
     /// Close every pooled connection (shutdown).
     pub fn clear(&self) {
         self.view.borrow_mut().pool.clear();
+        self.h2.borrow_mut().clear();
     }
 
     /// This replica's live count for backend `id` (tests, diagnostics).

@@ -502,7 +502,8 @@ fn reject_unsupported_version() {
             b"GET / http/1.1\r\nHost: a\r\n\r\n",
             b"GET / HTTP/1\r\nHost: a\r\n\r\n",
             b"GET /\r\nHost: a\r\n\r\n",
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            // Not the preface (that is h2c with prior knowledge, tests/it/h2.rs).
+            b"PRI * HTTP/2.0\r\nHost: a\r\n\r\n",
         ],
         false,
     );

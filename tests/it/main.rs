@@ -7,6 +7,7 @@ mod common;
 mod backend_sets;
 mod c100k;
 mod fuzz_smoke;
+mod h2;
 mod http;
 mod lifecycle;
 mod ops_access_log;

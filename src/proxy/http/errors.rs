@@ -67,6 +67,12 @@ pub enum Kind {
     BadResponse(&'static str),
     /// `101 Switching Protocols` to a request that asked for no upgrade (502).
     UnexpectedSwitch,
+    /// A gRPC call routed to an upstream that speaks HTTP/1.1 (502).
+    GrpcNeedsH2,
+    /// The backend reset the HTTP/2 stream, or its connection failed (502).
+    Reset(h2::Reason),
+    /// The call's `grpc-timeout` passed (504).
+    DeadlineExceeded,
 }
 
 /// A failed request: what went wrong, whether it may be sent again (on a
@@ -145,7 +151,10 @@ impl ProxyError {
             | NoResponse(_)
             | ResponseTimeout
             | BadResponse(_)
-            | UnexpectedSwitch => Side::Backend,
+            | UnexpectedSwitch
+            | Reset(_)
+            | DeadlineExceeded => Side::Backend,
+            GrpcNeedsH2 => Side::Proxy,
         }
     }
 
@@ -169,9 +178,11 @@ impl ProxyError {
             | BackendStoppedReading(_)
             | NoResponse(_)
             | BadResponse(_)
-            | UnexpectedSwitch => 502,
+            | UnexpectedSwitch
+            | GrpcNeedsH2
+            | Reset(_) => 502,
             NoBackend | QueueFull | QueueTimeout => 503,
-            ResponseTimeout => 504,
+            ResponseTimeout | DeadlineExceeded => 504,
             ClientGone(_) => return None,
         })
     }
@@ -195,6 +206,12 @@ impl ProxyError {
             ResponseTimeout => Some("response timeout"),
             BadResponse(why) => Some(why),
             NoResponse(_) if !self.retryable => Some("closed without a response"),
+            // REFUSED_STREAM: the backend did no work (a full or stopping
+            // server); NO_ERROR/CANCEL are not failures.
+            Reset(r) if *r == h2::Reason::REFUSED_STREAM => Some("refused the stream"),
+            Reset(r) if *r != h2::Reason::NO_ERROR && *r != h2::Reason::CANCEL => {
+                Some("reset the stream")
+            }
             _ => None,
         }
     }
@@ -226,6 +243,9 @@ impl ProxyError {
             ResponseTimeout => "response_timeout",
             BadResponse(_) => "bad_response",
             UnexpectedSwitch => "unexpected_switch",
+            GrpcNeedsH2 => "grpc_needs_h2",
+            Reset(_) => "backend_reset",
+            DeadlineExceeded => "deadline_exceeded",
         }
     }
 }
@@ -259,7 +279,60 @@ impl std::fmt::Display for ProxyError {
             ResponseTimeout => f.write_str("no response within response_timeout"),
             BadResponse(w) => write!(f, "invalid response: {w}"),
             UnexpectedSwitch => f.write_str("101 to a request that asked for no upgrade"),
+            GrpcNeedsH2 => f.write_str(
+                "a gRPC call to an upstream that speaks HTTP/1.1 (set protocol = \"h2c\" or \"h2\")",
+            ),
+            Reset(r) => write!(f, "the backend reset the stream ({r:?})"),
+            DeadlineExceeded => f.write_str("the call's grpc-timeout passed"),
         }
+    }
+}
+
+/// gRPC status codes ringlb answers with (grpc/grpc doc/statuscodes.md).
+pub mod grpc {
+    pub const CANCELLED: u8 = 1;
+    pub const INVALID_ARGUMENT: u8 = 3;
+    pub const DEADLINE_EXCEEDED: u8 = 4;
+    pub const RESOURCE_EXHAUSTED: u8 = 8;
+    pub const UNIMPLEMENTED: u8 = 12;
+    pub const INTERNAL: u8 = 13;
+    pub const UNAVAILABLE: u8 = 14;
+}
+
+impl ProxyError {
+    /// The gRPC status a call that failed this way gets (a Trailers-Only
+    /// response), and the message sent with it; `None`: nobody to answer.
+    pub fn grpc_status(&self) -> Option<(u8, &'static str)> {
+        use grpc::*;
+        use Kind::*;
+        Some(match &self.kind {
+            BadHead(_) | BadBody(_) | UriTooLong | HeadTooLarge | NotImplemented => {
+                (INTERNAL, "ringlb: malformed request")
+            }
+            MethodNotAllowed => (UNIMPLEMENTED, "ringlb: method not allowed"),
+            NoRoute => (UNIMPLEMENTED, "ringlb: no route"),
+            RateLimited { .. } => (RESOURCE_EXHAUSTED, "ringlb: rate limited"),
+            BodyTooLarge => (RESOURCE_EXHAUSTED, "ringlb: request too large"),
+            HeadTimeout | BodyTooSlow => (DEADLINE_EXCEEDED, "ringlb: request too slow"),
+            NoBackend | QueueFull | QueueTimeout => (UNAVAILABLE, "ringlb: no backend available"),
+            Connect(_) | BackendsFailed | SendFailed(_) | NoResponse(_) => {
+                (UNAVAILABLE, "ringlb: backend unavailable")
+            }
+            BackendStoppedReading(_) | BadResponse(_) | UnexpectedSwitch => {
+                (INTERNAL, "ringlb: invalid backend response")
+            }
+            GrpcNeedsH2 => (INTERNAL, "ringlb: the upstream does not speak HTTP/2"),
+            Reset(r) if *r == h2::Reason::REFUSED_STREAM => {
+                (UNAVAILABLE, "ringlb: the backend refused the stream")
+            }
+            Reset(r) if *r == h2::Reason::CANCEL => (CANCELLED, "ringlb: the backend cancelled"),
+            Reset(r) if *r == h2::Reason::ENHANCE_YOUR_CALM => {
+                (RESOURCE_EXHAUSTED, "ringlb: the backend is overloaded")
+            }
+            Reset(_) => (INTERNAL, "ringlb: the backend reset the stream"),
+            ResponseTimeout | DeadlineExceeded => (DEADLINE_EXCEEDED, "ringlb: deadline exceeded"),
+            ClientGone(_) => return None,
+        })
     }
 }
 

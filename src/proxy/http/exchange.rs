@@ -70,13 +70,59 @@ pub(super) async fn serve(
     let local_port = early.origin.map(|(_, dst)| dst.port()).unwrap_or(l.port);
     let peer = early.origin.map_or(peer, |(src, _)| src);
     let head_max = l.http.max_header_size + 1;
+    let mut from_client = RBuf::new(BUF_INITIAL, BUF_MAX.max(head_max));
+    from_client.extend(&early.bytes);
+    // The hello buffer of an SNI hand-over is not kept for the connection.
+    early.bytes = Vec::new();
+    let tls = if l.access.is_some() {
+        client.as_tls().map(|t| t.info())
+    } else {
+        None
+    };
+    let tls_lines = match client.as_tls() {
+        Some(t) if l.cfg.tls.as_ref().is_some_and(|t| t.headers) => t.header_lines(),
+        _ => Vec::new(),
+    };
+    // HTTP/2: agreed by ALPN, or (cleartext) the client's first bytes are
+    // the connection preface.
+    let h2 = match client.as_tls() {
+        Some(t) => t.alpn_is(b"h2"),
+        None => match sniff_preface(
+            &client,
+            &mut from_client,
+            &HeadWait {
+                idle: l.http.header_timeout,
+                header_timeout: l.http.header_timeout,
+                limits: &l.limits,
+                drain: ticket.drain(),
+            },
+        )
+        .await
+        {
+            Some(h2) => h2,
+            None => return,
+        },
+    };
+    if h2 {
+        let pre = bytes::Bytes::copy_from_slice(from_client.data());
+        let tls = tls.or_else(|| client.as_tls().map(|t| t.info()));
+        let handover = super::h2::Handover {
+            peer,
+            trusted,
+            local_port,
+            tls,
+            tls_lines,
+        };
+        super::h2::serve(l, client, pre, handover, ticket).await;
+        return;
+    }
     let mut conn = Conn {
         l,
         client,
         peer,
         ip: peer.ip().to_string(),
         ip_key: crate::limits::client_key(peer.ip(), l.cfg.ipv6_prefix),
-        from_client: RBuf::new(BUF_INITIAL, BUF_MAX.max(head_max)),
+        from_client,
         from_backend: RBuf::new(BUF_INITIAL, BUF_MAX.max(MAX_RESPONSE_HEAD)),
         request_head: Vec::with_capacity(1024),
         response_head: Vec::with_capacity(1024),
@@ -93,25 +139,45 @@ pub(super) async fn serve(
         lf: LogFields::default(),
         trusted,
         local_port,
-        tls: None,
-        tls_lines: Vec::new(),
+        tls,
+        tls_lines,
     };
-    if l.access.is_some() {
-        conn.tls = conn.client.as_tls().map(|t| t.info());
-    }
-    if l.cfg.tls.as_ref().is_some_and(|t| t.headers) {
-        if let Some(t) = conn.client.as_tls() {
-            conn.tls_lines = t.header_lines();
-        }
-    }
-    conn.from_client.extend(&early.bytes);
-    // The hello buffer of an SNI hand-over is not kept for the connection.
-    early.bytes = Vec::new();
     conn.run().await;
     // TLS: end with a close_notify, so the client can tell the end from a
     // truncation (a lingering close sent it already; a second is a no-op).
     if conn.client.as_tls().is_some() {
         let _ = conn.client.close_write(Duration::from_millis(500)).await;
+    }
+}
+
+/// Read until the client's first bytes are, or cannot be, the HTTP/2
+/// preface: `Some(true)` for h2c with prior knowledge, `Some(false)` for
+/// anything else (HTTP/1.1 parses what was read), `None`: the client left
+/// or sent nothing. The first wait is the HTTP/1.1 one (a drain keeps a new
+/// connection until its first request, as it does an idle one).
+async fn sniff_preface(client: &Stream, buf: &mut RBuf, w: &HeadWait<'_>) -> Option<bool> {
+    let preface = super::h2::PREFACE;
+    if buf.is_empty() && !server::wait_for_request(client, w).await {
+        return None;
+    }
+    let deadline = Instant::now() + w.header_timeout;
+    loop {
+        let data = buf.data();
+        let n = data.len().min(preface.len());
+        if data[..n] != preface[..n] {
+            return Some(false);
+        }
+        if n == preface.len() {
+            return Some(true);
+        }
+        match buf.fill_until(client, deadline).await {
+            Ok(0) => return None,
+            Ok(_) => {}
+            // Nothing read: the HTTP/1.1 path's idle close; a partial
+            // preface there answers 408 or 400.
+            Err(_) if buf.is_empty() => return None,
+            Err(_) => return Some(false),
+        }
     }
 }
 

@@ -23,11 +23,11 @@ use super::{
 use crate::{
     backends::{Backend, BackendId, NoPick, Upstream},
     io::stream::Stream,
-    upstream::{connect::timed_connect, InFlight, Replica},
+    upstream::{connect::timed_connect, InFlight, Picked, Replica},
 };
 
 /// The failure reason for a response status that counts as one.
-fn failure_status_reason(status: u16) -> &'static str {
+pub(super) fn failure_status_reason(status: u16) -> &'static str {
     match status {
         502 => "502 response",
         503 => "503 response",
@@ -42,18 +42,26 @@ const QUEUE_POLL_MAX: Duration = Duration::from_millis(20);
 
 /// A request's place in the upstream's queue (counted process-wide);
 /// leaving it, however the request ends, gives the place back.
-struct Queued<'a> {
+pub(super) struct Queued<'a> {
     up: &'a Upstream,
     until: Option<Instant>,
     wait: Duration,
 }
 
-impl Queued<'_> {
+impl<'a> Queued<'a> {
+    pub(super) fn new(up: &'a Upstream) -> Self {
+        Queued {
+            up,
+            until: None,
+            wait: Duration::ZERO,
+        }
+    }
+
     /// Wait a little for a backend slot.
     ///
     /// # Errors
     /// `QueueFull` (no place), `QueueTimeout` (waited `queue_timeout`).
-    async fn wait(&mut self, max: u32, timeout: Duration) -> Result<(), ProxyError> {
+    pub(super) async fn wait(&mut self, max: u32, timeout: Duration) -> Result<(), ProxyError> {
         let deadline = match self.until {
             Some(d) => d,
             None => {
@@ -77,7 +85,7 @@ impl Queued<'_> {
         Ok(())
     }
 
-    fn leave(&mut self) {
+    pub(super) fn leave(&mut self) {
         if self.until.take().is_some() {
             self.up.queued.fetch_sub(1, Ordering::Relaxed);
         }
@@ -140,38 +148,11 @@ pub(super) async fn forward<'r>(
         queue.leave();
         let backend = Arc::clone(picked.backend());
         let addr = backend.addr;
-        let pooled = if allow_pooled {
-            up.take_idle(&picked)
-        } else {
-            None
-        };
-        let reused = pooled.is_some();
-        let stream = match pooled {
-            Some(s) => s,
-            None => match timed_connect(
-                addr,
-                l.cfg.connect_timeout,
-                &l.metrics,
-                up.ui,
-                up.tls.as_deref(),
-            )
-            .await
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    lm.retries.inc();
-                    let err = ProxyError::from(Kind::Connect(e.to_string()));
-                    match err.health() {
-                        // Out of fds or ports here: not the backend's fault.
-                        Some(_) if e.is_local() => {}
-                        Some(why) => up.upstream.report_failure(&backend, why),
-                        None => {}
-                    }
-                    tracing::warn!(listener = %l.cfg.name, peer = %c.peer, request_id = %c.id, "{e}; trying next backend");
-                    tried.push(backend.id);
-                    continue;
-                }
-            },
+        let Some((stream, reused)) =
+            backend_stream(l, up, &picked, allow_pooled, c.peer, &c.id).await
+        else {
+            tried.push(backend.id);
+            continue;
         };
         let inflight = up.open(picked);
         // This attempt's response starts here (a retry leaves nothing behind).
@@ -217,7 +198,7 @@ pub(super) async fn forward<'r>(
         // came while the body went out).
         let sent_at = Instant::now();
         let interim = Interim {
-            client: &c.client,
+            client: Some(&c.client),
             http11: c.req.minor == 1,
             write_timeout,
             ops: response_ops,
@@ -255,6 +236,60 @@ pub(super) async fn forward<'r>(
             }
         }
     }
+}
+
+/// A connection to the picked backend: a pooled one when `allow_pooled`
+/// and one is usable (then `true`), else a new one. `None`: connecting
+/// failed, and that was counted and logged ([`connect_failed`]).
+pub(super) async fn backend_stream(
+    l: &HttpProxy,
+    up: &Replica,
+    picked: &Picked,
+    allow_pooled: bool,
+    peer: std::net::SocketAddr,
+    id: &str,
+) -> Option<(Stream, bool)> {
+    if allow_pooled {
+        if let Some(s) = up.take_idle(picked) {
+            return Some((s, true));
+        }
+    }
+    let backend = picked.backend();
+    match timed_connect(
+        backend.addr,
+        l.cfg.connect_timeout,
+        &l.metrics,
+        up.ui,
+        up.tls.as_deref(),
+    )
+    .await
+    {
+        Ok(s) => Some((s, false)),
+        Err(e) => {
+            connect_failed(l, up, backend, &e, peer, id);
+            None
+        }
+    }
+}
+
+/// A connect that failed: a retry counted, the backend's health told
+/// (unless the cause was ours: out of fds or ports), a warning logged.
+pub(super) fn connect_failed(
+    l: &HttpProxy,
+    up: &Replica,
+    backend: &Backend,
+    e: &crate::io::connect::ConnectError,
+    peer: std::net::SocketAddr,
+    id: &str,
+) {
+    l.metrics.listeners[l.li].retries.inc();
+    let err = ProxyError::from(Kind::Connect(e.to_string()));
+    match err.health() {
+        Some(_) if e.is_local() => {}
+        Some(why) => up.upstream.report_failure(backend, why),
+        None => {}
+    }
+    tracing::warn!(listener = %l.cfg.name, %peer, request_id = %id, "{e}; trying next backend");
 }
 
 /// A response head read, judged: its time into the upstream's histogram,

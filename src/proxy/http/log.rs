@@ -25,7 +25,11 @@ impl Conn<'_> {
                     client: self.peer,
                     method: &self.lf.method,
                     path: &self.lf.path,
-                    minor: self.lf.minor,
+                    protocol: if self.lf.minor == 0 {
+                        "HTTP/1.0"
+                    } else {
+                        "HTTP/1.1"
+                    },
                     status,
                     bytes_sent: self.bytes_out,
                     referer: &self.lf.referer,

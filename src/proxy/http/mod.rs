@@ -28,6 +28,7 @@ pub mod errors;
 mod exchange;
 mod forward;
 pub mod h1;
+mod h2;
 mod log;
 mod phases;
 mod response;

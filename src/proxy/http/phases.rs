@@ -11,7 +11,7 @@ use super::{
         fields, path,
         rewrite::{self, RequestCtx},
     },
-    Route,
+    HttpProxy, Route,
 };
 use crate::{
     balancer::{hash_ip, hash_key, Algorithm},
@@ -130,34 +130,25 @@ pub(super) fn route(c: &mut Conn<'_>) -> Result<usize, ProxyError> {
 pub(super) fn limits(c: &mut Conn<'_>, route_idx: usize) -> Result<(), ProxyError> {
     let l = c.l;
     let data = c.from_client.data();
-    if let Some(Some(rl)) = l.rate_limits.get(route_idx) {
-        let (ip, n) = c.ip_key;
-        let key: &[u8] = match &rl.cfg.key {
-            RateKey::Route => b"",
-            RateKey::ClientIp => &ip[..n],
-            RateKey::Header(name) => {
-                // Two of the key header: which one counts is anybody's guess
-                // (and a client could pick a victim's bucket): refused.
-                let mut values = c
-                    .req
-                    .headers
-                    .iter()
-                    .filter(|(hn, _)| hn.get(data).eq_ignore_ascii_case(name.as_bytes()));
-                match (values.next(), values.next()) {
-                    (_, Some(_)) => {
-                        return Err(Kind::BadHead("the rate-limit key header appears twice").into())
-                    }
-                    (Some((_, v)), None) => v.get(data),
-                    (None, _) => &ip[..n],
-                }
-            }
-        };
-        if let Err(RetryAfter(secs)) = rl.take(key) {
-            l.metrics.listeners[l.li].routes[route_idx]
-                .rate_limited
-                .inc();
-            return Err(refuse(c, Kind::RateLimited { retry_after: secs }));
+    let (ip, n) = c.ip_key;
+    let req = &c.req;
+    let took = take_token(l, route_idx, &ip[..n], |name| {
+        // Two of the key header: which one counts is anybody's guess (and
+        // a client could pick a victim's bucket): refused.
+        let mut values = req
+            .headers
+            .iter()
+            .filter(|(hn, _)| hn.get(data).eq_ignore_ascii_case(name.as_bytes()));
+        match (values.next(), values.next()) {
+            (_, Some(_)) => Err(Kind::BadHead("the rate-limit key header appears twice")),
+            (Some((_, v)), None) => Ok(Some(v.get(data))),
+            (None, _) => Ok(None),
         }
+    });
+    match took {
+        Ok(()) => {}
+        Err(k @ Kind::RateLimited { .. }) => return Err(refuse(c, k)),
+        Err(k) => return Err(k.into()),
     }
     let max_body = l.routes[route_idx].cfg.max_body_size;
     if let Framing::Length(n) = c.req.framing {
@@ -166,6 +157,58 @@ pub(super) fn limits(c: &mut Conn<'_>, route_idx: usize) -> Result<(), ProxyErro
         }
     }
     Ok(())
+}
+
+/// A token from the route's rate limit, if it has one. `header` looks up
+/// the key header's value (for `key = "header:NAME"`; `Ok(None)` when it is
+/// absent: the client address counts instead).
+///
+/// # Errors
+/// `RateLimited`, or the lookup's error (the key header appears twice).
+pub(super) fn take_token<'a>(
+    l: &HttpProxy,
+    route_idx: usize,
+    ip: &'a [u8],
+    header: impl FnOnce(&str) -> Result<Option<&'a [u8]>, Kind>,
+) -> Result<(), Kind> {
+    let Some(Some(rl)) = l.rate_limits.get(route_idx) else {
+        return Ok(());
+    };
+    let key: &[u8] = match &rl.cfg.key {
+        RateKey::Route => b"",
+        RateKey::ClientIp => ip,
+        RateKey::Header(name) => header(name)?.unwrap_or(ip),
+    };
+    if let Err(RetryAfter(secs)) = rl.take(key) {
+        l.metrics.listeners[l.li].routes[route_idx]
+            .rate_limited
+            .inc();
+        return Err(Kind::RateLimited { retry_after: secs });
+    }
+    Ok(())
+}
+
+/// The path for the backend after the route's strip_prefix, and whether a
+/// `/` goes in front of it (strip_prefix took the path's own).
+///
+/// # Errors
+/// A strip_prefix that would leave a dot segment (`/api..` -> `/..`).
+pub(super) fn forward_path<'p>(
+    route: &Route,
+    path: &'p [u8],
+) -> Result<(&'p [u8], bool), ProxyError> {
+    let (fwd_path, lead_slash): (&[u8], bool) = if path.is_empty() {
+        (b"/", false)
+    } else if route.cfg.strip_prefix && path.starts_with(route.cfg.path_prefix.as_bytes()) {
+        let rest = &path[route.cfg.path_prefix.len()..];
+        (rest, rest.first() != Some(&b'/'))
+    } else {
+        (path, false)
+    };
+    if lead_slash && fields::has_dot_segment(fwd_path) {
+        return Err(Kind::BadHead("strip_prefix would leave a dot segment").into());
+    }
+    Ok((fwd_path, lead_slash))
 }
 
 /// Build the head for the backend (upgrade allowed or not, path after
@@ -199,17 +242,7 @@ pub(super) fn rewrite(c: &mut Conn<'_>, route: &Route) -> Result<Plan, ProxyErro
     };
 
     // Path after strip_prefix (a `/` goes in front when it lost its own).
-    let (fwd_path, lead_slash): (&[u8], bool) = if path.is_empty() {
-        (b"/", false)
-    } else if route.cfg.strip_prefix && path.starts_with(route.cfg.path_prefix.as_bytes()) {
-        let rest = &path[route.cfg.path_prefix.len()..];
-        (rest, rest.first() != Some(&b'/'))
-    } else {
-        (path, false)
-    };
-    if lead_slash && fields::has_dot_segment(fwd_path) {
-        return Err(Kind::BadHead("strip_prefix would leave a dot segment").into());
-    }
+    let (fwd_path, lead_slash) = forward_path(route, path)?;
 
     let up = &route.up;
     let key = if up.cfg.balance == Algorithm::ConsistentHash {

@@ -182,7 +182,7 @@ pub(super) async fn respond(
             // now that the body is out.
             let sent_at = Instant::now();
             let interim = Interim {
-                client,
+                client: Some(client),
                 http11,
                 write_timeout: timeout,
                 ops: &route.cfg.response_headers,

@@ -415,6 +415,12 @@ impl Reply {
         self
     }
 
+    /// `n` filler bytes (a big body, from a small buffer).
+    pub fn fill(mut self, n: u64) -> Reply {
+        self.steps.push(Step::Fill(n));
+        self
+    }
+
     pub fn sleep(mut self, d: Duration) -> Reply {
         self.steps.push(Step::Sleep(d));
         self

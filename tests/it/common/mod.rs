@@ -10,6 +10,7 @@ pub mod http;
 pub mod json;
 pub mod notify;
 pub mod prom;
+pub mod py;
 pub mod tls;
 
 use std::{

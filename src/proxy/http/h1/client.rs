@@ -18,7 +18,8 @@ pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// Where interim responses go while a final one is awaited.
 pub struct Interim<'a> {
-    pub client: &'a Stream,
+    /// `None`: the client is not an HTTP/1.1 connection (an HTTP/2 stream).
+    pub client: Option<&'a Stream>,
     /// The client speaks HTTP/1.1 (1.0 clients get no interim responses).
     pub http11: bool,
     pub write_timeout: std::time::Duration,
@@ -52,7 +53,7 @@ pub async fn read_response_head(
                         return Ok(());
                     }
                     let n = resp.head_len;
-                    if s != 100 && interim.http11 {
+                    if let (true, Some(client)) = (s != 100 && interim.http11, interim.client) {
                         // Through the same rewriting as a final head.
                         let mut head = Vec::with_capacity(n + 64);
                         rewrite::response_head(
@@ -61,8 +62,7 @@ pub async fn read_response_head(
                             resp,
                             &ResponseCtx::interim(interim.ops, false),
                         );
-                        if let Err(e) =
-                            timed_write(interim.client, &head, &[], interim.write_timeout).await
+                        if let Err(e) = timed_write(client, &head, &[], interim.write_timeout).await
                         {
                             return Err(Kind::ClientGone(e));
                         }

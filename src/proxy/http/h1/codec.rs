@@ -106,7 +106,7 @@ pub fn classify(name: &[u8]) -> Kind {
 
 /// `name` with `_` read as `-` is a field ringlb itself writes or vets
 /// (forwarding fields, X-Real-IP, the TLS facts).
-fn spoofs_ours(name: &[u8]) -> bool {
+pub fn spoofs_ours(name: &[u8]) -> bool {
     let mut dashed = [0u8; 32];
     let Some(d) = dashed.get_mut(..name.len()) else {
         return false;

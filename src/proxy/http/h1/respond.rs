@@ -36,6 +36,12 @@ fn words(status: u16) -> (&'static str, &'static str) {
     }
 }
 
+/// The JSON body of an error answer (HTTP/2 sends it in a DATA frame).
+pub fn error_body(status: u16, request_id: &str) -> String {
+    let (_, word) = words(status);
+    format!("{{\"status\":{status},\"error\":\"{word}\",\"request_id\":\"{request_id}\"}}\n")
+}
+
 /// Append a complete error response to `out`. `close`: add `Connection: close`.
 /// `request_id` is `[A-Za-z0-9._:-]` only (checked or generated), so it
 /// needs no JSON escaping.

@@ -40,7 +40,7 @@ fn nominated(buf: &[u8], noms: &[Span], name: &[u8]) -> bool {
 }
 
 /// Removed or replaced by the route's header operations.
-fn overridden(ops: &HeaderOps, name: &[u8]) -> bool {
+pub fn overridden(ops: &HeaderOps, name: &[u8]) -> bool {
     ops.remove
         .iter()
         .any(|r| r.as_bytes().eq_ignore_ascii_case(name))

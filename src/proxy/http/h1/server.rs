@@ -50,7 +50,7 @@ const DRAIN_MARGIN: Duration = Duration::from_millis(100);
 /// timeout and the drain's deadline) and its next request is answered with
 /// `Connection: close`. Only a connection that stays idle is closed.
 /// Returns false when the connection should close.
-async fn wait_for_request(client: &Stream, w: &HeadWait<'_>) -> bool {
+pub async fn wait_for_request(client: &Stream, w: &HeadWait<'_>) -> bool {
     let idle_until = Instant::now() + w.idle;
     if !w.drain.is_stopping() {
         let readable = std::pin::pin!(client.readable());

@@ -1,0 +1,165 @@
+"""A gRPC server and client for ringlb's tests, on grpcio with raw-bytes
+methods (no generated stubs).
+
+  grpc_peer.py server --name NAME [--events FILE]   prints its port, serves until killed
+  grpc_peer.py client --target HOST:PORT SCENARIO [ARGS...]   prints one JSON line
+"""
+import argparse
+import json
+import sys
+import threading
+import time
+from concurrent import futures
+
+import grpc
+
+BIG = 16 * 1024 * 1024
+OPTS = [
+    ("grpc.max_receive_message_length", BIG),
+    ("grpc.max_send_message_length", BIG),
+]
+SVC = "/ringlb.test.T/"
+
+
+def pattern(n, seed=7):
+    return bytes((i * 31 + seed) % 251 for i in range(n))
+
+
+def server(args):
+    events = open(args.events, "a", buffering=1) if args.events else None
+    lock = threading.Lock()
+
+    def record(line):
+        if events:
+            with lock:
+                events.write(line + "\n")
+
+    name = args.name.encode()
+
+    def unary(req, ctx):
+        if req.startswith(b"fail:"):
+            ctx.abort(grpc.StatusCode.NOT_FOUND, "no such thing: " + req[5:].decode())
+        if req.startswith(b"unavailable"):
+            ctx.abort(grpc.StatusCode.UNAVAILABLE, "backend says unavailable")
+        md = dict(ctx.invocation_metadata())
+        ctx.set_trailing_metadata((("x-served-by", args.name),))
+        return name + b":" + req + b":" + md.get("x-forwarded-for", "").encode()
+
+    def echo(req, ctx):
+        return req
+
+    def server_stream(req, ctx):
+        n, size = (int(x) for x in req.decode().split(","))
+        for i in range(n):
+            yield pattern(size, i)
+
+    def client_stream(it, ctx):
+        count = total = 0
+        for m in it:
+            count += 1
+            total += len(m)
+        return f"{count},{total}".encode()
+
+    def bidi(it, ctx):
+        for m in it:
+            yield m
+
+    def slow(req, ctx):
+        ms = int(req.decode())
+        record("slow-start")
+        until = time.time() + ms / 1000
+        while time.time() < until:
+            if not ctx.is_active():
+                record("cancelled")
+                return b""
+            time.sleep(0.01)
+        record("slow-done")
+        return b"slow"
+
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Echo": grpc.unary_unary_rpc_method_handler(echo),
+        "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+        "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+        "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+        "Slow": grpc.unary_unary_rpc_method_handler(slow),
+    }
+    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=OPTS)
+    srv.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("ringlb.test.T", handlers),))
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    print(port, flush=True)
+    srv.wait_for_termination()
+
+
+def client(args):
+    ch = grpc.insecure_channel(args.target, options=OPTS)
+    a = args.args
+    out = {}
+    try:
+        if args.scenario == "unary":
+            r = ch.unary_unary(SVC + "Unary")(a[0].encode(), timeout=10)
+            out = {"code": "OK", "reply": r.decode()}
+        elif args.scenario == "trailers":
+            r, call = ch.unary_unary(SVC + "Unary").with_call(b"t", timeout=10)
+            out = {"code": "OK", "trailers": dict(call.trailing_metadata())}
+        elif args.scenario == "echo":
+            msg = pattern(int(a[0]))
+            r = ch.unary_unary(SVC + "Echo")(msg, timeout=30)
+            out = {"code": "OK", "same": r == msg, "len": len(r)}
+        elif args.scenario == "server_stream":
+            n, size = int(a[0]), int(a[1])
+            got = list(ch.unary_stream(SVC + "ServerStream")(f"{n},{size}".encode(), timeout=30))
+            out = {
+                "code": "OK",
+                "count": len(got),
+                "same": all(m == pattern(size, i) for i, m in enumerate(got)),
+            }
+        elif args.scenario == "client_stream":
+            n, size = int(a[0]), int(a[1])
+            r = ch.stream_unary(SVC + "ClientStream")(iter([pattern(size)] * n), timeout=30)
+            out = {"code": "OK", "reply": r.decode()}
+        elif args.scenario == "bidi":
+            n, size = int(a[0]), int(a[1])
+            msgs = [pattern(size, i) for i in range(n)]
+            got = list(ch.stream_stream(SVC + "Bidi")(iter(msgs), timeout=30))
+            out = {"code": "OK", "count": len(got), "same": got == msgs}
+        elif args.scenario == "deadline":
+            ch.unary_unary(SVC + "Slow")(a[1].encode(), timeout=int(a[0]) / 1000)
+            out = {"code": "OK"}
+        elif args.scenario == "cancel":
+            fut = ch.unary_unary(SVC + "Slow").future(a[0].encode(), timeout=30)
+            time.sleep(int(a[1]) / 1000)
+            fut.cancel()
+            out = {"code": "CANCELLED" if fut.cancelled() else "NOT_CANCELLED"}
+        elif args.scenario == "spread":
+            names = {}
+            call = ch.unary_unary(SVC + "Unary")
+            for i in range(int(a[0])):
+                who = call(b"x", timeout=10).split(b":")[0].decode()
+                names[who] = names.get(who, 0) + 1
+            out = {"code": "OK", "names": names}
+        else:
+            print(f"unknown scenario {args.scenario}", file=sys.stderr)
+            sys.exit(2)
+    except grpc.RpcError as e:
+        out = {"code": e.code().name, "details": e.details()}
+    print(json.dumps(out), flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("server")
+    s.add_argument("--name", required=True)
+    s.add_argument("--events")
+    c = sub.add_parser("client")
+    c.add_argument("--target", required=True)
+    c.add_argument("scenario")
+    c.add_argument("args", nargs="*")
+    args = p.parse_args()
+    server(args) if args.cmd == "server" else client(args)
+
+
+if __name__ == "__main__":
+    main()
