@@ -8,6 +8,9 @@
 # and tickets on), wrk speaks HTTPS, and two handshake workloads run per target: full handshakes
 # and resumed ones, each connection one GET / (perf/loadtool `tls`, rustls clients; or with
 # TLS_CLIENT=s_time, `openssl s_time -new` / `-reuse`). No direct target then.
+# H2=1: clients speak HTTP/2 to every proxy (h2c with prior knowledge, or h2 by ALPN with TLS=1:
+# ringlb's http listener as it is, nginx `listen ... http2`, HAProxy `bind ... proto h2` / `alpn h2`)
+# and h2load replaces wrk: H2_CONNS connections, H2_STREAMS streams each; backends stay HTTP/1.1.
 # Method: /work/shared/perf-method.md (see perf/README.md). Every process started here is
 # tracked by PID and stopped by the EXIT trap. Shared parts: perf/lib.sh.
 set -euo pipefail
@@ -18,7 +21,11 @@ SUMMARIZE="$SCRIPT_DIR/summarize.py"
 
 # ----------------------------------------------------------------------------- knobs
 TLS=${TLS:-0}
-if [[ $TLS == 1 ]]; then TARGETS=${TARGETS:-"ringlb nginx haproxy"}; else TARGETS=${TARGETS:-"direct ringlb nginx haproxy"}; fi
+if [[ $TLS == 1 || ${H2:-0} == 1 ]]; then TARGETS=${TARGETS:-"ringlb nginx haproxy"}; else TARGETS=${TARGETS:-"direct ringlb nginx haproxy"}; fi
+H2=${H2:-0}
+H2_CONNS=${H2_CONNS:-"4 32"}       # H2=1: h2load -c
+H2_STREAMS=${H2_STREAMS:-16}        # H2=1: h2load -m (streams per connection)
+if [[ $H2 == 1 ]]; then HANDSHAKES=${HANDSHAKES:-0}; fi
 HANDSHAKES=${HANDSHAKES:-1}         # TLS=1: also the full/resumed handshake workloads
 TLS_CLIENT=${TLS_CLIENT:-loadtool}  # loadtool (rustls, --concurrency HS_THREADS) or s_time
 HS_THREADS=${HS_THREADS:-2}
@@ -33,6 +40,9 @@ KEEPALIVE=${KEEPALIVE:-64}          # idle upstream keep-alive connections (ring
 source "$SCRIPT_DIR/lib.sh"
 list_knob WRK_CONNS C_LIST
 list_knob SIZES S_LIST
+list_knob H2_CONNS H2C_LIST
+[[ $H2 == 0 || $H2 == 1 ]] || die "H2 must be 0 or 1"
+if [[ $H2 == 1 ]] && has_t direct; then die "H2=1: no direct target (the backend speaks HTTP/1.1)"; fi
 
 declare -A TIDX=([direct]=0 [ringlb]=1 [nginx]=2 [haproxy]=3)
 for t in "${T_LIST[@]}"; do [[ -n ${TIDX[$t]+x} ]] || die "unknown target '$t' (direct ringlb nginx haproxy)"; done
@@ -53,6 +63,7 @@ BODY_64K=65536
 # ----------------------------------------------------------------------------- install
 need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v curl >/dev/null 2>&1 || need+=(curl)
@@ -68,7 +79,7 @@ if [[ $TLS == 1 && $HANDSHAKES == 1 && $TLS_CLIENT == loadtool && $LOADTOOL == "
 fi
 
 # ----------------------------------------------------------------------------- run dir
-init_out_dir "-l7$([[ $TLS == 1 ]] && echo -tls)$([[ $PIN == 1 ]] || echo -unpinned)"
+init_out_dir "-l7$([[ $H2 == 1 ]] && echo -h2)$([[ $TLS == 1 ]] && echo -tls)$([[ $PIN == 1 ]] || echo -unpinned)"
 echo l7 >"$OUT_DIR/kind"   # summarize.py: L7 layout
 ports=("$B1" "$B2")
 for t in "${T_LIST[@]}"; do [[ $t == direct ]] || ports+=("$(port_of "$t")"); done
@@ -86,7 +97,9 @@ fi
 backend_pids() { pids_with_children "$BE_NGINX_PID"; }   # nginx master + worker
 fetch_ok() { # port size: 200 and the right body through that port
     local r want
-    r=$(timeout 5 curl -sk -o /dev/null -w '%{http_code} %{size_download}' "$SCHEME://127.0.0.1:$1$(path_of "$2")" 2>/dev/null) || true
+    local v=()
+    [[ $H2 == 1 && $1 != "$B1" && $1 != "$B2" ]] && { [[ $SCHEME == https ]] && v=(--http2) || v=(--http2-prior-knowledge); }
+    r=$(timeout 5 curl -sk "${v[@]}" -o /dev/null -w '%{http_code} %{size_download}' "$SCHEME://127.0.0.1:$1$(path_of "$2")" 2>/dev/null) || true
     [[ $2 == small ]] && want="200 6" || want="200 $BODY_64K"
     [[ $r == "$want" ]] || { log "GET $(path_of "$2") on port $1: got '$r', want '$want' (status bytes)"; return 1; }
 }
@@ -128,7 +141,7 @@ connect_timeout = "1s"
 header_timeout = "60s"
 keepalive_timeout = "10m"
 response_timeout = "10m"
-$([[ $TLS == 1 ]] && echo "tls = { certs = [{ cert = \"$CERT\", key = \"$KEY\" }] }")
+$([[ $TLS == 1 ]] && echo "tls = { certs = [{ cert = \"$CERT\", key = \"$KEY\" }]$([[ $H2 == 1 ]] && echo ', alpn = ["h2", "http/1.1"]') }")
 ${RINGLB_EXTRA:+$RINGLB_EXTRA
 }
 [upstream.app]
@@ -158,7 +171,8 @@ $(nginx_temp_paths "$pre")
         keepalive_requests 100000000;
     }
     server {
-        listen 127.0.0.1:$(port_of nginx)$([[ $TLS == 1 ]] && echo " ssl");
+        listen 127.0.0.1:$(port_of nginx)$([[ $TLS == 1 ]] && echo " ssl")$([[ $H2 == 1 ]] && echo " http2");
+$([[ $H2 == 1 ]] && printf '        http2_max_concurrent_streams 128;\n        keepalive_requests 100000000;\n')
 $([[ $TLS == 1 ]] && printf '        ssl_certificate %s;\n        ssl_certificate_key %s;\n        ssl_protocols TLSv1.2 TLSv1.3;\n        ssl_session_cache shared:SSL:10m;\n        ssl_session_tickets on;\n' "$CERT" "$KEY")
         location / {
             proxy_pass http://app;
@@ -192,7 +206,7 @@ defaults
     timeout http-keep-alive 10m
     timeout http-request 60s
 frontend fe_http
-    bind 127.0.0.1:$(port_of haproxy)$([[ $TLS == 1 ]] && echo " ssl crt $CERT_KEY")
+    bind 127.0.0.1:$(port_of haproxy)$([[ $TLS == 1 ]] && echo " ssl crt $CERT_KEY")$([[ $H2 == 1 && $TLS == 1 ]] && echo " alpn h2,http/1.1")$([[ $H2 == 1 && $TLS == 0 ]] && echo " proto h2")
     maxconn $MAXCONN
     default_backend be_http
 backend be_http
@@ -226,10 +240,51 @@ start_proxy() { # target -> PROXY_PID; returns 1 on failure
 url_of() { echo "$SCHEME://127.0.0.1:$(port_of "$1")$(path_of "$2")"; }
 warm_up() { # target (unrecorded)
     local s
+    if [[ $H2 == 1 ]]; then
+        for s in "${S_LIST[@]}"; do
+            timeout $((WARMUP + 20)) "${CL[@]}" h2load -t1 -c"${H2C_LIST[0]}" -m"$H2_STREAMS" -D"$WARMUP" "$(url_of "$1" "$s")" </dev/null >/dev/null 2>&1 || true
+        done
+        return 0
+    fi
     for s in "${S_LIST[@]}"; do wrk_warm "$(url_of "$1" "$s")" "${C_LIST[0]}" "$WARMUP"; done
 }
-run_workloads() { # target: wrk_<size>_c<conns>
+# one recorded h2load run: -c conns, -m H2_STREAMS streams each, DURATION seconds; req/s,
+# p50/p99 from its per-request log, errors, proxy CPU per 100k requests
+h2_measure() { # target workload url conns
+    local t=$1 wl=$2 url=$3 c=$4 out="$OUT_DIR/out/r${ROUND}-$1-$2.txt" rc=0 reqs ok secs
+    local lat="$TMP/h2load-lat.log"
+    rm -f "$lat"
+    m_begin http
+    timeout $((DURATION + 30)) "${CL[@]}" h2load -t1 -c"$c" -m"$H2_STREAMS" -D"$DURATION" --log-file="$lat" "$url" \
+        </dev/null >"$out" 2>&1 || rc=$?
+    m_snap
+    # "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
+    read -r reqs ok < <(awk '/^requests:/ { print $6, $8 }' "$out")
+    secs=$(awk '/^finished in/ { sub("s,", "", $3); print $3 }' "$out")
+    if ((rc)) || [[ -z $ok || $ok == 0 ]]; then
+        log "  $t $wl FAILED (rc=$rc, $out)"; note "$t" failed "$wl" 1; return 0
+    fi
+    m_emit "$wl" "$ok" req
+    emit "$wl" requests "$ok"
+    emit "$wl" rps "$(awk -v n="$ok" -v s="$secs" 'BEGIN { printf "%.1f", n / s }')"
+    emit "$wl" non2xx "$(awk '/^status codes:/ { gsub(",", ""); print $5 + $7 + $9 }' "$out")"
+    emit "$wl" socket_errors "$((reqs - ok))"
+    # the log: start_time(us) status duration(us), one line per request
+    read -r p50 p99 < <(awk '{ print $3 }' "$lat" | sort -n | awk '{ v[NR] = $1 } END { if (NR) printf "%.3f %.3f\n", v[int(NR * 0.5) + 1] / 1000, v[int(NR * 0.99) + 1] / 1000 }')
+    emit "$wl" lat_p50_ms "$p50"; emit "$wl" lat_p99_ms "$p99"
+    log "  $t $wl: $(awk -v n="$ok" -v s="$secs" 'BEGIN { printf "%.0f", n / s }') req/s, p50 $p50 ms, p99 $p99 ms, failed $((reqs - ok))"
+}
+run_workloads() { # target: wrk_<size>_c<conns>, or with H2=1 h2_<size>_c<conns>m<streams>
     local s c
+    if [[ $H2 == 1 ]]; then
+        for s in "${S_LIST[@]}"; do
+            for c in "${H2C_LIST[@]}"; do
+                sleep "$PAUSE"
+                h2_measure "$1" "h2_${s}_c${c}m$H2_STREAMS" "$(url_of "$1" "$s")" "$c"
+            done
+        done
+        return 0
+    fi
     for s in "${S_LIST[@]}"; do
         for c in "${C_LIST[@]}"; do
             sleep "$PAUSE"
@@ -319,7 +374,7 @@ write_setup() {
         echo "## Command line"
         echo
         echo '```'
-        echo "ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP TARGETS=\"$TARGETS\" WRK_CONNS=\"$WRK_CONNS\" SIZES=\"$SIZES\" \\"
+        echo "ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP TARGETS=\"$TARGETS\" WRK_CONNS=\"$WRK_CONNS\" SIZES=\"$SIZES\" TLS=$TLS H2=$H2 H2_CONNS=\"$H2_CONNS\" H2_STREAMS=$H2_STREAMS \\"
         echo "  KEEPALIVE=$KEEPALIVE PIN=$PIN PORT_OFFSET=$PORT_OFFSET RINGLB=$RINGLB RINGLB_IO_URING=$RINGLB_IO_URING RINGLB_EXTRA='$RINGLB_EXTRA' \\"
         echo "  $0 $*"
         echo '```'
@@ -332,7 +387,12 @@ write_setup() {
         echo "  ringlb \`mode = \"http\"\`, upstream \`keepalive = $KEEPALIVE\`; nginx http \`proxy_pass\` to an upstream block with \`keepalive $KEEPALIVE\`, \`proxy_http_version 1.1\`, \`proxy_set_header Connection \"\"\` (default proxy buffers, \`proxy_max_temp_file_size 0\`, keepalive_requests 1e8 both sides); HAProxy \`mode http\`, \`http-reuse always\`. Configs in conf/."
         echo "- Each round starts every target in turn (order rotated per round), warms it up unrecorded (wrk ${WARMUP}s per response size), runs the measurements, and stops it (SIGTERM by PID)."
         echo "- CPU: utime+stime from /proc/PID/stat of the proxy (nginx master + worker; HAProxy and ringlb: one process, all threads) and of the backend nginx (master + worker) before and after each measurement; machine CPU from /proc/stat (busy = all but idle and iowait); client CPU from the shell's children times."
-        echo "- Clients: wrk -t1 -c{$WRK_CONNS} -d${DURATION}s --latency on {$SIZES} (/ and /64k)."
+        if [[ $H2 == 1 ]]; then
+            echo "- H2=1: clients speak HTTP/2 to the proxy ($([[ $TLS == 1 ]] && echo "h2 by ALPN" || echo "h2c with prior knowledge")): ringlb's http listener$([[ $TLS == 1 ]] && echo " with \`alpn = [\"h2\", \"http/1.1\"]\`"), nginx \`listen ... http2\` (\`http2_max_concurrent_streams 128\`), HAProxy \`bind ... $([[ $TLS == 1 ]] && echo "alpn h2,http/1.1" || echo "proto h2")\`; the backend stays HTTP/1.1 (each proxy's keep-alive pool)."
+            echo "- Clients: h2load -t1 -c{$H2_CONNS} -m$H2_STREAMS -D${DURATION} on {$SIZES}; p50/p99 from h2load's per-request log."
+        else
+            echo "- Clients: wrk -t1 -c{$WRK_CONNS} -d${DURATION}s --latency on {$SIZES} (/ and /64k)."
+        fi
         if [[ $TLS == 1 ]]; then
             echo "- TLS=1: every proxy terminates TLS with the same ECDSA P-256 certificate (conf/tls.pem), TLS 1.2 and 1.3 offered, each proxy's default cipher order (the negotiated suite per target is in logs/tls-<target>.txt); session cache and tickets on (nginx \`ssl_session_cache shared:SSL:10m\`, \`ssl_session_tickets on\`; HAProxy and ringlb by default). wrk speaks HTTPS to the proxy (keep-alive, so handshakes are few); the backend stays plain HTTP."
             ((BULK_MB > 0)) && echo "- Bulk: one \`curl -o /dev/null\` download of a ${BULK_MB} MiB random file (backend: sendfile) through the proxy, one stream; Gbit/s and proxy CPU-s per GB."

@@ -22,7 +22,8 @@ pub struct H2Config {
     /// The connection's receive window (all streams together).
     pub connection_window: u32,
     pub max_frame_size: u32,
-    /// Response bytes ringlb holds per stream for a slow client.
+    /// Response bytes ringlb holds per stream for a slow client (h2's send
+    /// buffer; a connection holds at most streams x this).
     pub max_send_buffer: usize,
     /// Streams the client may reset before their response began, within
     /// `reset_window` (rapid reset, CVE-2023-44487); past it: GOAWAY.
@@ -31,7 +32,7 @@ pub struct H2Config {
     /// Streams reset by the client before ringlb accepted them (h2's own
     /// counter); past it: GOAWAY.
     pub max_pending_accept_resets: usize,
-    /// A PING after this long without a frame from the client; zero = off.
+    /// A PING to the client this often; zero = off.
     pub ping_interval: Duration,
     /// No PING answer within this: the connection is closed.
     pub ping_timeout: Duration,
@@ -44,7 +45,7 @@ impl Default for H2Config {
             initial_window: 1 << 20,
             connection_window: 16 << 20,
             max_frame_size: 16 << 10,
-            max_send_buffer: 1 << 20,
+            max_send_buffer: 256 << 10,
             max_resets: 100,
             reset_window: Duration::from_secs(10),
             max_pending_accept_resets: 20,

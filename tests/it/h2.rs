@@ -14,7 +14,7 @@ use crate::common::{
     admin::scrape,
     http::{rss_kib, HttpBackend, Reply},
     json::Json,
-    py::{grpc_client, run_json, GrpcServer},
+    py::{grpc_client, grpc_client_tls, run_json, GrpcServer},
     tls::{Pair, Pki},
     *,
 };
@@ -395,6 +395,23 @@ fn rapid_resets_close_the_connection_with_goaway() {
         (100..400).contains(&sent),
         "closed after {sent} resets: {j:?}"
     );
+    // POSTs reset while ringlb reads their body count the same.
+    let j = run_json(
+        "h2_attack.py",
+        &[
+            "rapid_reset".into(),
+            host.clone(),
+            port.clone(),
+            "400".into(),
+            "3".into(),
+            "post".into(),
+        ],
+    );
+    assert_eq!(
+        j.get("goaway").and_then(Json::str),
+        Some("ENHANCE_YOUR_CALM"),
+        "{j:?}"
+    );
     // Reset before ringlb could take them: h2's own pending-reset cap.
     let j = run_json(
         "h2_attack.py",
@@ -519,4 +536,183 @@ fn sigterm_sends_goaway_and_finishes_open_streams() {
     let j = call.join().unwrap();
     assert_eq!(code(&j), "OK", "the open call failed in the drain: {j:?}");
     assert_eq!(lb.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn grpc_over_tls_on_both_sides_alpn_h2_in_and_protocol_h2_out() {
+    let pki = Pki::new("grpc-tls");
+    let front = pki.leaf("front", "api.test", &["api.test"]);
+    let back = pki.leaf("back", "grpc.internal", &["grpc.internal"]);
+    let g = GrpcServer::start_with("tls-backend", Some((&back.cert, &back.key)));
+    let lb = Ringlb::start(
+        h2_config(
+            "grpc",
+            &format!(
+                "protocol = \"h2\"\ntls = {{ server_name = \"grpc.internal\", ca = \"{}\" }}",
+                pki.ca_file.display()
+            ),
+            &[g.addr],
+        )
+        .listener_with(&format!(
+            "tls = {{ certs = [{}], alpn = [\"h2\", \"http/1.1\"] }}",
+            front.toml()
+        )),
+    );
+    let tls = Some((pki.ca_file.as_path(), "api.test"));
+    let t = lb.addr("web");
+    let j = grpc_client_tls(t, tls, "unary", &["over-tls"]);
+    assert_eq!(code(&j), "OK", "{j:?}");
+    assert_eq!(
+        j.get("reply").and_then(Json::str),
+        Some("tls-backend:over-tls:127.0.0.1")
+    );
+    let j = grpc_client_tls(t, tls, "bidi", &["10", "200000"]);
+    assert_eq!(j.get("same").and_then(Json::bool), Some(true), "{j:?}");
+    // One backend connection carried every call (the pool multiplexes).
+    let j = grpc_client_tls(t, tls, "spread", &["20"]);
+    assert_eq!(code(&j), "OK", "{j:?}");
+}
+
+#[test]
+fn h2_streams_are_logged_and_counted() {
+    let dir = TempDir::new("h2-log");
+    let path = dir.path("access.log");
+    let be = HttpBackend::start();
+    let lb = Ringlb::start(
+        cfg::Cfg::http_proxy(&[be.addr])
+            .admin()
+            .table(&format!("[access_log]\npath = \"{}\"\n", path.display())),
+    );
+    let base = format!("http://{}", lb.addr("web"));
+    let (rc, out, err) = curl(
+        &format!("{base}/logged?q=1"),
+        &["--http2-prior-knowledge", "-H", "x-request-id: h2-log-1"],
+    );
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.starts_with("HTTP/2 200"), "{out}");
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .contains("h2-log-1")),
+        "no access-log line"
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line = text.lines().find(|l| l.contains("h2-log-1")).unwrap();
+    assert!(line.contains("\"GET /logged?q=1 HTTP/2.0\" 200 "), "{line}");
+    let m = scrape(&lb);
+    assert_eq!(m.sum("ringlb_h2_connections_total", &[]), 1.0);
+    assert_eq!(m.sum("ringlb_h2_streams_total", &[]), 1.0);
+    assert!(m.family("ringlb_h2_goaway_total").is_some());
+}
+
+#[test]
+fn check_refuses_inconsistent_http2_keys() {
+    let pki = Pki::new("h2-check");
+    let ca = pki.ca_file.display().to_string();
+    let cases: [(String, &str); 5] = [
+        ("protocol = \"h2\"".into(), "add a tls table"),
+        (
+            format!("protocol = \"h2c\"\ntls = {{ ca = \"{ca}\" }}"),
+            r#"(write "h2")"#,
+        ),
+        (
+            format!("protocol = \"h2\"\ntls = {{ ca = \"{ca}\", alpn = [\"http/1.1\"] }}"),
+            r#"needs "h2" in the ALPN list"#,
+        ),
+        (
+            "protocol = \"h3\"".into(),
+            "expected one of: http1, h2, h2c",
+        ),
+        ("protocol = \"h2c\"".into(), ""),
+    ];
+    for (up, want) in &cases {
+        let (rc, _, err) = check_config(cfg::Cfg::http_proxy(&[refused_addr()]).upstream_with(up));
+        if want.is_empty() {
+            assert_eq!(rc, 0, "{up}: {err}");
+        } else {
+            assert_eq!(rc, 2, "{up}: {err}");
+            assert!(err.contains(want), "{up}: {err}");
+        }
+    }
+    for (l, want) in [
+        (
+            "h2 = { max_concurrent_streams = 0 }",
+            "h2.max_concurrent_streams",
+        ),
+        (
+            "h2 = { initial_window_size = \"1k\" }",
+            "h2.initial_window_size",
+        ),
+        ("h2 = { max_frame_size = \"32m\" }", "h2.max_frame_size"),
+        ("h2 = { reset_window = \"0s\" }", "h2.reset_window"),
+        ("h2 = { nonsense = 1 }", "nonsense"),
+    ] {
+        let (rc, _, err) = check_config(cfg::Cfg::http_proxy(&[refused_addr()]).listener_with(l));
+        assert_eq!(rc, 2, "{l}: {err}");
+        assert!(err.contains(want), "{l}: {err}");
+    }
+    let (rc, _, err) = check_config(
+        cfg::Cfg::tcp_proxy(&[refused_addr()])
+            .listener_with("h2 = { max_concurrent_streams = 10 }"),
+    );
+    assert_eq!(rc, 2, "{err}");
+    assert!(err.contains("only applies to mode = \"http\""), "{err}");
+}
+
+#[test]
+fn h2_paths_and_authorities_get_the_http11_checks() {
+    let be = HttpBackend::named("app");
+    let lb = Ringlb::start(
+        cfg::Cfg::http_proxy(&[be.addr]).route("path_prefix = \"/public/\"\nupstream = \"app\""),
+    );
+    let a = lb.addr("web");
+    let get = |path: &str, authority: &str| {
+        let j = run_json(
+            "h2_attack.py",
+            &[
+                "get".into(),
+                a.ip().to_string(),
+                a.port().to_string(),
+                path.into(),
+                authority.into(),
+            ],
+        );
+        j.get("status").and_then(Json::uint)
+    };
+    let auth = a.to_string();
+    assert_eq!(get("/public/x", &auth), Some(200));
+    // A dot segment would be routed by /public/ and resolved elsewhere.
+    assert_eq!(get("/public/../admin", &auth), Some(400));
+    assert_eq!(get("/public/%2e%2e/admin", &auth), Some(400));
+    assert_eq!(get("/x", &format!("user@{auth}")), Some(400));
+    assert_eq!(
+        be.reqs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| !r.health())
+            .count(),
+        1
+    );
+    // HEAD keeps the length of the body it describes.
+    let (rc, out, err) = curl(
+        &format!("http://{a}/public/h"),
+        &["--http2-prior-knowledge", "-I"],
+    );
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.contains("content-length: "), "{out}");
+}
+
+#[test]
+fn a_quiet_grpc_client_is_not_timed_out_while_its_answer_streams() {
+    let g = GrpcServer::start("bidi");
+    let lb = Ringlb::start(
+        h2_config("grpc", "protocol = \"h2c\"", &[g.addr]).listener_with("body_timeout = \"1s\""),
+    );
+    // The server ticks every 300 ms while the client sends three messages
+    // 2.5 s apart: the request side is quiet longer than body_timeout while
+    // the answer streams, and each of its messages still arrives.
+    let j = grpc_client(lb.addr("web"), "ticker", &["3", "2500"]);
+    assert_eq!(code(&j), "OK", "{j:?}");
+    assert_eq!(j.get("last").and_then(Json::str), Some("got:3"), "{j:?}");
 }

@@ -1,8 +1,10 @@
 """A gRPC server and client for ringlb's tests, on grpcio with raw-bytes
 methods (no generated stubs).
 
-  grpc_peer.py server --name NAME [--events FILE]   prints its port, serves until killed
-  grpc_peer.py client --target HOST:PORT SCENARIO [ARGS...]   prints one JSON line
+  grpc_peer.py server --name NAME [--events FILE] [--tls CERT KEY]
+      prints its port, serves until killed
+  grpc_peer.py client --target HOST:PORT [--ca FILE --name NAME] SCENARIO [ARGS...]
+      prints one JSON line
 """
 import argparse
 import json
@@ -64,6 +66,19 @@ def server(args):
         for m in it:
             yield m
 
+    def ticker(it, ctx):
+        # Ticks on its own clock while the client's messages are read
+        # beside; last, how many messages came.
+        got = []
+        reader = threading.Thread(target=lambda: got.extend(it), daemon=True)
+        reader.start()
+        n, interval = 0, 0.3
+        while reader.is_alive() or n == 0:
+            yield b"tick"
+            n += 1
+            reader.join(interval)
+        yield f"got:{len(got)}".encode()
+
     def slow(req, ctx):
         ms = int(req.decode())
         record("slow-start")
@@ -83,17 +98,27 @@ def server(args):
         "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
         "Slow": grpc.unary_unary_rpc_method_handler(slow),
+        "Ticker": grpc.stream_stream_rpc_method_handler(ticker),
     }
     srv = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=OPTS)
     srv.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("ringlb.test.T", handlers),))
-    port = srv.add_insecure_port("127.0.0.1:0")
+    if args.tls:
+        cert, key = (open(f, "rb").read() for f in args.tls)
+        port = srv.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
+    else:
+        port = srv.add_insecure_port("127.0.0.1:0")
     srv.start()
     print(port, flush=True)
     srv.wait_for_termination()
 
 
 def client(args):
-    ch = grpc.insecure_channel(args.target, options=OPTS)
+    if args.ca:
+        creds = grpc.ssl_channel_credentials(root_certificates=open(args.ca, "rb").read())
+        opts = OPTS + [("grpc.ssl_target_name_override", args.name), ("grpc.default_authority", args.name)]
+        ch = grpc.secure_channel(args.target, creds, options=opts)
+    else:
+        ch = grpc.insecure_channel(args.target, options=OPTS)
     a = args.args
     out = {}
     try:
@@ -124,6 +149,18 @@ def client(args):
             msgs = [pattern(size, i) for i in range(n)]
             got = list(ch.stream_stream(SVC + "Bidi")(iter(msgs), timeout=30))
             out = {"code": "OK", "count": len(got), "same": got == msgs}
+        elif args.scenario == "ticker":
+            # n client messages, pause ms apart, while the server ticks
+            n, pause = int(a[0]), int(a[1])
+
+            def slow_requests():
+                for i in range(n):
+                    if i:
+                        time.sleep(pause / 1000)
+                    yield b"m"
+
+            got = list(ch.stream_stream(SVC + "Ticker")(slow_requests(), timeout=60))
+            out = {"code": "OK", "last": got[-1].decode() if got else "", "ticks": len(got) - 1}
         elif args.scenario == "deadline":
             ch.unary_unary(SVC + "Slow")(a[1].encode(), timeout=int(a[0]) / 1000)
             out = {"code": "OK"}
@@ -153,8 +190,11 @@ def main():
     s = sub.add_parser("server")
     s.add_argument("--name", required=True)
     s.add_argument("--events")
+    s.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     c = sub.add_parser("client")
     c.add_argument("--target", required=True)
+    c.add_argument("--ca", help="TLS: trust this CA file")
+    c.add_argument("--name", help="TLS: the server name to ask for and verify")
     c.add_argument("scenario")
     c.add_argument("args", nargs="*")
     args = p.parse_args()

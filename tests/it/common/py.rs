@@ -88,11 +88,20 @@ pub struct GrpcServer {
 
 impl GrpcServer {
     pub fn start(name: &str) -> GrpcServer {
+        Self::start_with(name, None)
+    }
+
+    /// `tls`: (certificate chain, key) PEM files to serve TLS with.
+    pub fn start_with(name: &str, tls: Option<(&Path, &Path)>) -> GrpcServer {
         let events = super::temp_file(&format!("grpc-{name}-events"), "");
-        let mut child = Command::new(python())
-            .arg(script("grpc_peer.py"))
+        let mut cmd = Command::new(python());
+        cmd.arg(script("grpc_peer.py"))
             .args(["server", "--name", name, "--events"])
-            .arg(&events)
+            .arg(&events);
+        if let Some((cert, key)) = tls {
+            cmd.arg("--tls").arg(cert).arg(key);
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -133,12 +142,26 @@ impl Drop for GrpcServer {
 
 /// One grpc_peer.py client scenario against `target`.
 pub fn grpc_client(target: std::net::SocketAddr, scenario: &str, args: &[&str]) -> Json {
-    let mut a = vec![
-        "client".to_string(),
-        "--target".into(),
-        target.to_string(),
-        scenario.into(),
-    ];
+    grpc_client_tls(target, None, scenario, args)
+}
+
+/// [`grpc_client`] over TLS when `tls` = (CA file, server name).
+pub fn grpc_client_tls(
+    target: std::net::SocketAddr,
+    tls: Option<(&Path, &str)>,
+    scenario: &str,
+    args: &[&str],
+) -> Json {
+    let mut a = vec!["client".to_string(), "--target".into(), target.to_string()];
+    if let Some((ca, name)) = tls {
+        a.extend([
+            "--ca".into(),
+            ca.display().to_string(),
+            "--name".into(),
+            name.into(),
+        ]);
+    }
+    a.push(scenario.into());
     a.extend(args.iter().map(|s| s.to_string()));
     run_json("grpc_peer.py", &a)
 }

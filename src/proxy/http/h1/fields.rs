@@ -164,7 +164,7 @@ pub fn is_tchar(b: u8) -> bool {
 }
 
 /// host [":" port], or an IPv6 literal in brackets.
-pub(super) fn valid_host(v: &[u8]) -> bool {
+pub fn valid_host(v: &[u8]) -> bool {
     !v.is_empty()
         && v.len() <= 255
         && v.iter().all(|&b| {

@@ -1,8 +1,16 @@
 //! Moving bodies between HTTP/2 streams with flow control that only gives
-//! a sender more room once the other side took the bytes: a stream holds
-//! at most one DATA frame's worth in ringlb, however fast either peer is.
+//! a sender more room once the other side took the bytes: ringlb reads the
+//! next DATA frame only when the last one was accepted, so a stream holds
+//! what h2 buffers for the receiver (`max_send_buffer`), however fast
+//! either peer is.
 
-use std::{cell::RefCell, future::poll_fn, task::Poll, time::Duration};
+use std::{
+    cell::{Cell, RefCell},
+    future::{poll_fn, Future},
+    pin::pin,
+    task::Poll,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
@@ -80,6 +88,29 @@ pub(super) struct Moved {
     pub grpc_status: Option<u32>,
 }
 
+/// Wait for the sending side: at most `idle`, unless `patient` says the
+/// answer is streaming (then a quiet sender, a gRPC client between
+/// messages, waits as long as the response does; the response side keeps
+/// its own timeout).
+pub(super) async fn from_src<F: Future>(
+    fut: F,
+    idle: Duration,
+    patient: Option<&Cell<bool>>,
+) -> Result<F::Output, PumpError> {
+    let mut fut = pin!(fut);
+    let patient = || patient.is_some_and(Cell::get);
+    loop {
+        if patient() {
+            return Ok(fut.await);
+        }
+        match monoio::time::timeout(idle, fut.as_mut()).await {
+            Ok(v) => return Ok(v),
+            Err(_) if patient() => {}
+            Err(_) => return Err(PumpError::Timeout),
+        }
+    }
+}
+
 /// Relay a whole body, trailers included, from `src` to `dst`, releasing
 /// `src`'s window only for what `dst` took.
 ///
@@ -90,12 +121,11 @@ pub(super) async fn pump(
     dst: &Slot,
     idle: Duration,
     limit: u64,
+    patient: Option<&Cell<bool>>,
 ) -> Result<Moved, PumpError> {
     let mut total = 0u64;
     loop {
-        let next = monoio::time::timeout(idle, src.data())
-            .await
-            .map_err(|_| PumpError::Timeout)?;
+        let next = from_src(src.data(), idle, patient).await?;
         match next {
             Some(Ok(chunk)) => {
                 let n = chunk.len();
@@ -111,9 +141,8 @@ pub(super) async fn pump(
             None => break,
         }
     }
-    let trailers = monoio::time::timeout(idle, src.trailers())
-        .await
-        .map_err(|_| PumpError::Timeout)?
+    let trailers = from_src(src.trailers(), idle, patient)
+        .await?
         .map_err(PumpError::Src)?;
     let grpc_status = trailers.as_ref().and_then(super::grpc::status);
     match (trailers, dst.borrow_mut().as_mut()) {

@@ -124,14 +124,13 @@ fn connection_specific(name: &str) -> bool {
 }
 
 /// An HTTP/1.1 backend's response head as HTTP/2 response fields.
-pub(super) fn from_h1(buf: &[u8], resp: &Response, ops: &HeaderOps) -> HeaderMap {
+pub(super) fn from_h1(buf: &[u8], resp: &Response, is_head: bool, ops: &HeaderOps) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(resp.headers.len() + ops.set.len());
     let noms = &resp.conn.nominated;
     for (i, (n, v)) in resp.headers.iter().enumerate() {
         match resp.kinds[i] {
-            F::Hop | F::Upgrade | F::TransferEncoding => continue,
-            // Only a length that frames this body is true of it.
-            F::ContentLength if !matches!(resp.framing, codec::Framing::Length(_)) => continue,
+            // The length goes out once, canonical, below.
+            F::Hop | F::Upgrade | F::TransferEncoding | F::ContentLength => continue,
             _ => {}
         }
         let name = n.get(buf);
@@ -142,6 +141,16 @@ pub(super) fn from_h1(buf: &[u8], resp: &Response, ops: &HeaderOps) -> HeaderMap
             continue;
         }
         insert(&mut out, name, v.get(buf));
+    }
+    // The length of this body; a HEAD or 304 answer keeps the one it
+    // describes.
+    let length = match resp.framing {
+        codec::Framing::Length(n) => Some(n),
+        _ if is_head || resp.status == 304 => resp.content_length,
+        _ => None,
+    };
+    if let Some(n) = length {
+        out.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     for (n, v) in &ops.set {
         insert(&mut out, n.as_bytes(), v.as_bytes());

@@ -56,6 +56,11 @@ const GOAWAY_PING: usize = 3;
 const GOAWAY_PROTOCOL: usize = 4;
 const GOAWAY_FLOOD: usize = 5;
 
+/// After an idle GOAWAY: how long the peer has to close.
+const IDLE_GRACE: Duration = Duration::from_secs(5);
+/// After an abrupt GOAWAY: how long it has to go out before the socket closes.
+const ABRUPT_GRACE: Duration = Duration::from_secs(1);
+
 /// Serve one HTTP/2 client connection to its end. `pre`: bytes read
 /// already (the preface, when sniffed).
 pub(super) async fn serve(
@@ -102,6 +107,10 @@ pub(super) async fn serve(
     let mut streams = FuturesUnordered::new();
     let mut stop = pin!(ticket.drain().stopped());
     let mut shutting = false;
+    // After a GOAWAY: when the connection is closed whatever the peer does
+    // (a peer that never acknowledges, streams that never end).
+    let mut hard_stop: Option<Instant> = None;
+    let mut aborted = false;
     let mut last_active = Instant::now();
     let mut last_ping = Instant::now();
     let mut ping_sent: Option<Instant> = None;
@@ -125,6 +134,8 @@ pub(super) async fn serve(
                         goaway(GOAWAY_RAPID_RESET);
                         conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
                         shutting = true;
+                        aborted = true;
+                        hard_stop = Some(now);
                         streams.clear();
                         break;
                     }
@@ -134,6 +145,28 @@ pub(super) async fn serve(
                 goaway(GOAWAY_DRAIN);
                 conn.graceful_shutdown();
                 shutting = true;
+                // Open streams may finish until the drain's own deadline.
+                hard_stop = Some(
+                    ticket
+                        .drain()
+                        .deadline()
+                        .map_or(now + l.http.keepalive_timeout, |d| {
+                            d.checked_sub(ABRUPT_GRACE).unwrap_or(d)
+                        }),
+                );
+            }
+            if let Some(t) = hard_stop {
+                if now >= t + ABRUPT_GRACE {
+                    return Poll::Ready(());
+                }
+                if now >= t && !aborted {
+                    aborted = true;
+                    if !streams.is_empty() || conn.has_streams() {
+                        tracing::debug!(listener = %l.cfg.name, peer = %cx.peer, "h2: streams still open at the end of the grace time; closing");
+                    }
+                    conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    streams.clear();
+                }
             }
             match conn.poll_accept(cx_) {
                 Poll::Ready(Some(Ok((req, respond)))) => {
@@ -172,6 +205,7 @@ pub(super) async fn serve(
                     goaway(GOAWAY_IDLE);
                     conn.graceful_shutdown();
                     shutting = true;
+                    hard_stop = Some(now + IDLE_GRACE);
                     continue;
                 }
                 at(idle_end);
@@ -179,9 +213,18 @@ pub(super) async fn serve(
             if !cfg.ping_interval.is_zero() {
                 match ping_sent {
                     Some(sent) if now >= sent + cfg.ping_timeout => {
-                        tracing::debug!(listener = %l.cfg.name, peer = %cx.peer, "h2: no PING answer within {:?}; closing", cfg.ping_timeout);
-                        goaway(GOAWAY_PING);
-                        return Poll::Ready(());
+                        if hard_stop.is_none() {
+                            tracing::debug!(listener = %l.cfg.name, peer = %cx.peer, "h2: no PING answer within {:?}; closing", cfg.ping_timeout);
+                            goaway(GOAWAY_PING);
+                            conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                            shutting = true;
+                            aborted = true;
+                            streams.clear();
+                            hard_stop = Some(now);
+                        }
+                        if let Some(t) = hard_stop {
+                            at(t + ABRUPT_GRACE);
+                        }
                     }
                     Some(sent) => at(sent + cfg.ping_timeout),
                     None if now >= last_ping + cfg.ping_interval => {
@@ -195,6 +238,9 @@ pub(super) async fn serve(
                     }
                     None => at(last_ping + cfg.ping_interval),
                 }
+            }
+            if let Some(t) = hard_stop {
+                at(if now >= t { t + ABRUPT_GRACE } else { t });
             }
             if let Some(t) = next {
                 if timer.as_ref().map(|(at, _)| *at) != Some(t) {

@@ -99,9 +99,14 @@ pub(super) async fn serve(
             Ended { reset_early: false }
         }
         Some(Err(e)) => {
+            // A reset the work saw first (on the request body) is a reset too.
+            let early = matches!(e.kind, Kind::ClientGone(_)) && !reply.head_sent();
+            if early {
+                l.metrics.listeners[l.li].h2.client_resets.inc();
+            }
             let status = answer(cx, &reply, &e, &id, trace.backend.get()).await;
             log(status);
-            Ended { reset_early: false }
+            Ended { reset_early: early }
         }
         None => {
             // The client cancelled; the backend's side was dropped with
@@ -140,9 +145,21 @@ async fn run(
                 .and_then(|v| v.to_str().ok())
         })
         .unwrap_or("");
+    // The checks the HTTP/1.1 codec makes of Host: no userinfo, nothing a
+    // backend would read as another host.
+    if !authority.is_empty()
+        && (authority.contains('@') || !fields::valid_host(authority.as_bytes()))
+    {
+        return Err(Kind::BadHead("invalid :authority").into());
+    }
     let mut host = String::new();
     codec::host_key(authority.as_bytes(), &mut host);
     let raw = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    // Routes match the path: a dot segment ("/api/../admin") would be
+    // routed by its prefix and resolved by the backend elsewhere.
+    if fields::has_dot_segment(raw.as_bytes()) {
+        return Err(Kind::BadHead("dot segment in the path").into());
+    }
     let mut norm = Vec::new();
     let normalized = path::normalize(raw.as_bytes(), &mut norm, l.http.path_strict)
         .map_err(|why| ProxyError::from(Kind::BadHead(why)))?;

@@ -5,6 +5,7 @@
 //! once, each bounded by the other side's pace.
 
 use std::{
+    cell::Cell,
     io,
     pin::pin,
     sync::Arc,
@@ -26,7 +27,7 @@ use super::{
             codec::{Framing, Response},
         },
     },
-    body::{send_all, PumpError},
+    body::{from_src, send_all, PumpError},
     ctx::{pick, ConnCtx, Reply, Req, Trace},
     headers,
 };
@@ -101,12 +102,11 @@ async fn send_body(
     chunked: bool,
     limit: u64,
     idle: Duration,
+    patient: &Cell<bool>,
 ) -> Result<u64, PumpError> {
     let mut total = 0u64;
     loop {
-        let next = monoio::time::timeout(idle, body.data())
-            .await
-            .map_err(|_| PumpError::Timeout)?;
+        let next = from_src(body.data(), idle, Some(patient)).await?;
         let chunk = match next {
             Some(Ok(c)) => c,
             Some(Err(e)) => return Err(PumpError::Src(e)),
@@ -279,11 +279,13 @@ pub(super) async fn forward(
         } else {
             u64::MAX
         };
+        // Once the answer streams, a quiet client is not timed out.
+        let patient = Cell::new(false);
         let reusable = {
             // The body goes out while the response head is awaited.
             let mut pump = pin!(async {
                 if has_body {
-                    send_body(body, &stream, chunked, limit, timeout)
+                    send_body(body, &stream, chunked, limit, timeout, &patient)
                         .await
                         .map(|_| ())
                 } else {
@@ -297,6 +299,9 @@ pub(super) async fn forward(
                 write_timeout: timeout,
                 ops: &req.route.cfg.response_headers,
             };
+            // The whole body reached the backend (else the connection
+            // cannot carry another request).
+            let mut body_whole = true;
             let (read, mut pending) = {
                 let read_head = pin!(read_response_head(
                     &stream,
@@ -321,7 +326,10 @@ pub(super) async fn forward(
                             return Err(ProxyError::from(Kind::BodyTooSlow).at(addr))
                         }
                         // The backend stopped reading: it may have answered.
-                        PumpError::Dst(_) => (read_head.await, false),
+                        PumpError::Dst(_) => {
+                            body_whole = false;
+                            (read_head.await, false)
+                        }
                     },
                     Either::Right((read, _)) => (read, has_body),
                 }
@@ -340,8 +348,12 @@ pub(super) async fn forward(
             if status == 101 {
                 return Err(ProxyError::from(Kind::UnexpectedSwitch).at(addr));
             }
-            let fields =
-                headers::from_h1(from_backend.data(), &resp, &req.route.cfg.response_headers);
+            let fields = headers::from_h1(
+                from_backend.data(),
+                &resp,
+                is_head,
+                &req.route.cfg.response_headers,
+            );
             let framing = resp.framing;
             let backend_keeps = resp.minor == 1 && !resp.conn.close;
             from_backend.consume(resp.head_len);
@@ -352,6 +364,7 @@ pub(super) async fn forward(
             reply
                 .head(r, framing == Framing::None)
                 .map_err(|_| Kind::ClientGone(io::ErrorKind::ConnectionReset.into()))?;
+            patient.set(true);
             let moved = {
                 let relay = pin!(relay_body(
                     &stream,
@@ -362,9 +375,24 @@ pub(super) async fn forward(
                 ));
                 if pending {
                     match select(pump.as_mut(), relay).await {
-                        Either::Left((r, relay)) => {
-                            pending = r.is_err();
+                        Either::Left((Ok(()), relay)) => {
+                            pending = false;
                             relay.await
+                        }
+                        // The backend stopped reading: its answer still goes on.
+                        Either::Left((Err(PumpError::Dst(_)), relay)) => {
+                            pending = false;
+                            body_whole = false;
+                            relay.await
+                        }
+                        // The client's body failed under a streaming answer:
+                        // the backend cannot be told, the exchange ends.
+                        Either::Left((Err(e), _)) => {
+                            return Err(ProxyError::from(match e {
+                                PumpError::TooLarge => Kind::BodyTooLarge,
+                                _ => Kind::ClientGone(io::ErrorKind::ConnectionReset.into()),
+                            })
+                            .at(addr))
                         }
                         Either::Right((r, _)) => r,
                     }
@@ -383,7 +411,11 @@ pub(super) async fn forward(
                 }
             };
             reply.bytes_out.set(moved);
-            backend_keeps && framing != Framing::UntilClose && !pending && from_backend.is_empty()
+            backend_keeps
+                && framing != Framing::UntilClose
+                && !pending
+                && body_whole
+                && from_backend.is_empty()
         };
         if reusable {
             up.put_idle(&inflight, stream);

@@ -4,7 +4,14 @@
 //! what the other side took) and trailers go both ways; a client's reset
 //! reaches the backend as RST_STREAM CANCEL when the stream's handles drop.
 
-use std::{cell::RefCell, future::poll_fn, io, pin::pin, sync::Arc, time::Instant};
+use std::{
+    cell::{Cell, RefCell},
+    future::poll_fn,
+    io,
+    pin::pin,
+    sync::Arc,
+    time::Instant,
+};
 
 use futures_util::future::{select, Either};
 use h2::RecvStream;
@@ -182,14 +189,19 @@ pub(super) async fn forward(
         } else {
             u64::MAX
         };
+        // Once the answer streams, a quiet client (a gRPC stream between
+        // messages) is not timed out; the response side keeps its timeout.
+        let patient = Cell::new(false);
         let mut body_pump = pin!(async {
             if has_body {
-                pump(body, &up_slot, timeout, limit).await.map(|_| ())
+                pump(body, &up_slot, timeout, limit, Some(&patient))
+                    .await
+                    .map(|_| ())
             } else {
                 Ok(())
             }
         });
-        let (answer, mut pending) = {
+        let (answer, pending) = {
             let answer = pin!(monoio::time::timeout(l.http.response_timeout, response));
             match select(body_pump.as_mut(), answer).await {
                 Either::Left((Ok(()), answer)) => (answer.await, false),
@@ -228,6 +240,11 @@ pub(super) async fn forward(
         let response = match response {
             Ok(r) => r,
             Err(kind) => {
+                // A connection that timed out or failed takes no new streams
+                // (a blackholed backend would otherwise keep getting them).
+                if matches!(kind, Kind::ResponseTimeout | Kind::NoResponse(_)) {
+                    lease.close();
+                }
                 let err = ProxyError::from(kind).at(addr);
                 if let Some(why) = err.health() {
                     up.upstream.report_failure(&backend, why);
@@ -237,10 +254,11 @@ pub(super) async fn forward(
         };
         let (mut rparts, mut rbody) = response.into_parts();
         let status = rparts.status.as_u16();
-        judge(l, up, &backend, Ok(()), status, sent_at, false)?;
         // A Trailers-Only UNAVAILABLE is the backend saying it cannot serve.
         if grpc::status(&rparts.headers) == Some(14) {
             up.upstream.report_failure(&backend, "grpc UNAVAILABLE");
+        } else {
+            judge(l, up, &backend, Ok(()), status, sent_at, false)?;
         }
         headers::from_h2(&mut rparts.headers, &req.route.cfg.response_headers);
         let end = rbody.is_end_stream();
@@ -250,13 +268,24 @@ pub(super) async fn forward(
         if end {
             return Ok(());
         }
+        patient.set(true);
         let moved = {
-            let relay = pin!(pump(&mut rbody, &reply.body, timeout, u64::MAX));
+            let relay = pin!(pump(&mut rbody, &reply.body, timeout, u64::MAX, None));
             if pending {
                 match select(body_pump.as_mut(), relay).await {
-                    Either::Left((r, relay)) => {
-                        pending = r.is_err();
-                        relay.await
+                    // The request ended, or the backend ended it (it
+                    // answered without reading all): the answer goes on.
+                    Either::Left((Ok(()) | Err(PumpError::Dst(_)), relay)) => relay.await,
+                    // The client's side failed under a streaming answer: the
+                    // backend's stream is cancelled, the client's reset.
+                    Either::Left((Err(e), _)) => {
+                        if let Some(s) = up_slot.borrow_mut().as_mut() {
+                            s.send_reset(h2::Reason::CANCEL);
+                        }
+                        return Err(match e {
+                            PumpError::TooLarge => ProxyError::from(Kind::BodyTooLarge).at(addr),
+                            _ => client_gone(),
+                        });
                     }
                     Either::Right((r, _)) => r,
                 }
@@ -264,7 +293,6 @@ pub(super) async fn forward(
                 relay.await
             }
         };
-        let _ = pending;
         drop(lease);
         drop(inflight);
         return match moved {
