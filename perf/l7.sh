@@ -248,32 +248,6 @@ warm_up() { # target (unrecorded)
     fi
     for s in "${S_LIST[@]}"; do wrk_warm "$(url_of "$1" "$s")" "${C_LIST[0]}" "$WARMUP"; done
 }
-# one recorded h2load run: -c conns, -m H2_STREAMS streams each, DURATION seconds; req/s,
-# p50/p99 from its per-request log, errors, proxy CPU per 100k requests
-h2_measure() { # target workload url conns
-    local t=$1 wl=$2 url=$3 c=$4 out="$OUT_DIR/out/r${ROUND}-$1-$2.txt" rc=0 reqs ok secs
-    local lat="$TMP/h2load-lat.log"
-    rm -f "$lat"
-    m_begin http
-    timeout $((DURATION + 30)) "${CL[@]}" h2load -t1 -c"$c" -m"$H2_STREAMS" -D"$DURATION" --log-file="$lat" "$url" \
-        </dev/null >"$out" 2>&1 || rc=$?
-    m_snap
-    # "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
-    read -r reqs ok < <(awk '/^requests:/ { print $6, $8 }' "$out")
-    secs=$(awk '/^finished in/ { sub("s,", "", $3); print $3 }' "$out")
-    if ((rc)) || [[ -z $ok || $ok == 0 ]]; then
-        log "  $t $wl FAILED (rc=$rc, $out)"; note "$t" failed "$wl" 1; return 0
-    fi
-    m_emit "$wl" "$ok" req
-    emit "$wl" requests "$ok"
-    emit "$wl" rps "$(awk -v n="$ok" -v s="$secs" 'BEGIN { printf "%.1f", n / s }')"
-    emit "$wl" non2xx "$(awk '/^status codes:/ { gsub(",", ""); print $5 + $7 + $9 }' "$out")"
-    emit "$wl" socket_errors "$((reqs - ok))"
-    # the log: start_time(us) status duration(us), one line per request
-    read -r p50 p99 < <(awk '{ print $3 }' "$lat" | sort -n | awk '{ v[NR] = $1 } END { if (NR) printf "%.3f %.3f\n", v[int(NR * 0.5) + 1] / 1000, v[int(NR * 0.99) + 1] / 1000 }')
-    emit "$wl" lat_p50_ms "$p50"; emit "$wl" lat_p99_ms "$p99"
-    log "  $t $wl: $(awk -v n="$ok" -v s="$secs" 'BEGIN { printf "%.0f", n / s }') req/s, p50 $p50 ms, p99 $p99 ms, failed $((reqs - ok))"
-}
 run_workloads() { # target: wrk_<size>_c<conns>, or with H2=1 h2_<size>_c<conns>m<streams>
     local s c
     if [[ $H2 == 1 ]]; then

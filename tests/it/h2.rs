@@ -522,16 +522,39 @@ fn a_zero_window_reader_holds_bounded_memory_and_is_timed_out() {
 }
 
 #[test]
-fn sigterm_sends_goaway_and_finishes_open_streams() {
+fn reload_and_sigterm_send_goaway_and_finish_open_streams() {
     let g = GrpcServer::start("drain");
-    let mut lb = Ringlb::start(
-        h2_config("grpc", "protocol = \"h2c\"", &[g.addr]).runtime("shutdown_timeout = \"10s\""),
-    );
+    let cfg = |n: u64| {
+        h2_config("grpc", "protocol = \"h2c\"", &[g.addr])
+            .runtime("shutdown_timeout = \"10s\"")
+            .listener_with(&format!("connect_timeout = \"{}ms\"", 1000 + n))
+    };
+    let mut lb = Ringlb::start(cfg(0));
     let t = lb.addr("web");
+    // A reload (a new generation: a listener key changed) under an open call.
     let call = std::thread::spawn(move || grpc_client(t, "deadline", &["8000", "1500"]));
     assert!(wait_until(Duration::from_secs(5), || g
         .events()
         .contains("slow-start")));
+    lb.rewrite(cfg(1));
+    lb.signal("HUP");
+    assert!(lb.wait_log("configuration reloaded"), "{}", lb.log_text());
+    let j = call.join().unwrap();
+    assert_eq!(
+        code(&j),
+        "OK",
+        "the open call failed across the reload: {j:?}"
+    );
+    let j = grpc_client(t, "unary", &["after-reload"]);
+    assert_eq!(code(&j), "OK", "{j:?}");
+    // SIGTERM under an open call.
+    let before = g.events().matches("slow-start").count();
+    let call = std::thread::spawn(move || grpc_client(t, "deadline", &["8000", "1500"]));
+    assert!(wait_until(Duration::from_secs(5), || g
+        .events()
+        .matches("slow-start")
+        .count()
+        > before));
     lb.signal("TERM");
     let j = call.join().unwrap();
     assert_eq!(code(&j), "OK", "the open call failed in the drain: {j:?}");
@@ -715,4 +738,43 @@ fn a_quiet_grpc_client_is_not_timed_out_while_its_answer_streams() {
     let j = grpc_client(lb.addr("web"), "ticker", &["3", "2500"]);
     assert_eq!(code(&j), "OK", "{j:?}");
     assert_eq!(j.get("last").and_then(Json::str), Some("got:3"), "{j:?}");
+}
+
+#[test]
+fn a_backend_goaway_drains_its_connection_without_failing_its_calls() {
+    let a = GrpcServer::start("a");
+    let b = GrpcServer::start("b");
+    let lb = Ringlb::start(h2_config("grpc", "protocol = \"h2c\"", &[a.addr, b.addr]));
+    let t = lb.addr("web");
+    // Warm both backends' connections, then start a long call on each.
+    let j = grpc_client(t, "spread", &["4"]);
+    assert_eq!(code(&j), "OK", "{j:?}");
+    let calls: Vec<_> = (0..2)
+        .map(|_| std::thread::spawn(move || grpc_client(t, "deadline", &["8000", "2000"])))
+        .collect();
+    assert!(wait_until(Duration::from_secs(5), || a
+        .events()
+        .contains("slow-start")
+        && b.events().contains("slow-start")));
+    // Backend a stops gracefully: GOAWAY, its call runs to the end.
+    a.term();
+    assert!(wait_until(Duration::from_secs(3), || a
+        .events()
+        .contains("stopping")));
+    for c in calls {
+        let j = c.join().unwrap();
+        assert_eq!(
+            code(&j),
+            "OK",
+            "a call the backend had accepted failed: {j:?}"
+        );
+    }
+    // New calls go to b (a closed its port after the GOAWAY).
+    let j = grpc_client(t, "spread", &["10"]);
+    assert_eq!(code(&j), "OK", "{j:?}");
+    assert_eq!(
+        j.get("names").and_then(|n| n.get("b")).and_then(Json::uint),
+        Some(10),
+        "{j:?}"
+    );
 }

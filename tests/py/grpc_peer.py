@@ -8,6 +8,8 @@ methods (no generated stubs).
 """
 import argparse
 import json
+import os
+import signal
 import sys
 import threading
 import time
@@ -108,6 +110,18 @@ def server(args):
     else:
         port = srv.add_insecure_port("127.0.0.1:0")
     srv.start()
+
+    def graceful(*_):
+        # SIGTERM: GOAWAY, let calls in flight finish (up to 10 s), exit.
+        def stop():
+            record("stopping")
+            srv.stop(10).wait()
+            record("stopped")
+            os._exit(0)
+
+        threading.Thread(target=stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, graceful)
     print(port, flush=True)
     srv.wait_for_termination()
 

@@ -10,6 +10,7 @@
 //! - `rate`: short-lived connections (connect, send 64 bytes, read the echo, close) for a duration.
 //! - `overload`: more clients than the proxy's max_connections; checks that the extra clients
 //!   wait (not dropped) and are served once others leave, and samples the proxy's fd count.
+//! - `grpc`: a gRPC unary echo backend over h2c (perf/grpc.sh).
 //! - `tls`: TLS handshakes per second (full, or resumed with `--resume true`), threads of
 //!   blocking rustls clients, each connection one `GET /` (perf/l7.sh TLS=1).
 //!
@@ -19,6 +20,7 @@
 
 mod ctl;
 mod echo;
+mod grpc;
 mod hold;
 mod net;
 mod overload;
@@ -30,8 +32,9 @@ use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
-const USAGE: &str = "usage: loadtool <echo|hold|rate|overload|tls> [--key value]...
+const USAGE: &str = "usage: loadtool <echo|grpc|hold|rate|overload|tls> [--key value]...
   echo     --listen IP:PORT[,IP:PORT...] [--backlog 4096] [--deadline 3600]
+  grpc     --listen IP:PORT[,IP:PORT...] [--deadline 3600]
   hold     --target IP:PORT --count N [--sources IP,IP...] [--checkpoints N1,N2,...]
            [--concurrency 128] [--connect-timeout-ms 3000] [--echo-timeout-ms 3000]
            [--max-failures 1] [--sample 200] [--msg-len 16] [--open-timeout 120]
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
     };
     let known: &[&str] = match cmd.as_str() {
         "echo" => &["listen", "backlog"],
+        "grpc" => &["listen"],
         "hold" => &[
             "target",
             "count",
@@ -147,7 +151,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let deadline: u64 = match args.num("deadline", if cmd == "echo" { 3600 } else { 900 }) {
+    let long_lived = cmd == "echo" || cmd == "grpc";
+    let deadline: u64 = match args.num("deadline", if long_lived { 3600 } else { 900 }) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("loadtool {cmd}: {e}");
@@ -179,6 +184,7 @@ fn main() -> ExitCode {
     let r = rt.block_on(async {
         match cmd.as_str() {
             "echo" => echo::run(&args).await,
+            "grpc" => grpc::run(&args).await,
             "hold" => hold::run(&args, soft).await,
             "rate" => rate::run(&args).await,
             _ => overload::run(&args).await,

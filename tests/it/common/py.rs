@@ -122,6 +122,11 @@ impl GrpcServer {
         }
     }
 
+    /// SIGTERM: the server sends GOAWAY and finishes its calls.
+    pub fn term(&self) {
+        super::signal(self.child.id(), "TERM");
+    }
+
     pub fn events(&self) -> String {
         std::fs::read_to_string(&self.events).unwrap_or_default()
     }

@@ -233,11 +233,14 @@ async fn run(
         content_length,
     };
     if up.cfg.protocol.is_h2() {
-        to_h2::forward(cx, &req, &mut body, reply, trace).await
+        // Boxed: the forward steps are large state machines; boxed, the
+        // stream future stays small and is not copied whole on the way
+        // into the connection's set of streams.
+        Box::pin(to_h2::forward(cx, &req, &mut body, reply, trace)).await
     } else if reply.grpc {
         Err(Kind::GrpcNeedsH2.into())
     } else {
-        to_h1::forward(cx, &req, &mut body, reply, trace).await
+        Box::pin(to_h1::forward(cx, &req, &mut body, reply, trace)).await
     }
 }
 
