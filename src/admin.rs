@@ -130,7 +130,11 @@ fn serve(s: TcpStream, reg: &Registry) -> io::Result<()> {
     match path {
         b"/healthz" => respond(&mut s, 200, "text/plain", "ok\n"),
         b"/readyz" => match reg.ready() {
-            Ok(()) => respond(&mut s, 200, "text/plain", "ready\n"),
+            Ok(()) => match reg.degraded() {
+                // Serving, but on a last known set: say so.
+                Some(why) => respond(&mut s, 200, "text/plain", &format!("ready ({why})\n")),
+                None => respond(&mut s, 200, "text/plain", "ready\n"),
+            },
             Err(why) => respond(&mut s, 503, "text/plain", &format!("not ready: {why}\n")),
         },
         b"/metrics" => respond(&mut s, 200, "text/plain; version=0.0.4", &reg.render()),

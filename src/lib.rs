@@ -14,7 +14,8 @@
 //! |---|---|---|
 //! | `main` | the CLI | everything |
 //! | `demo` | `ringlb demo`: echo backends + a tcp listener | config, error, server, sys |
-//! | `server` | signal loop, generations, reload, upgrade, fd budget, threads | admin, proxy, listen, upstream, metrics, backends, limits, tls, io, config, balancer, error, sys |
+//! | `server` | signal loop, generations, reload, upgrade, fd budget, threads | admin, proxy, listen, upstream, metrics, backends, discovery, limits, tls, io, config, balancer, error, sys |
+//! | `discovery` | the thread that follows upstreams' discovery sources (file, DNS) | backends, config |
 //! | `admin` | the admin HTTP listener (/metrics /status /healthz /readyz) | metrics, sys |
 //! | `proxy` | the protocol handlers: tcp relay, HTTP/1.1 exchange, HTTP/2 streams | listen, upstream, backends, balancer, io, limits, metrics, config, sys |
 //! | `listen` | sockets, accept loop, limiter, drain, connection ticket | io, limits, metrics, config, sys |
@@ -36,6 +37,7 @@ pub mod backends;
 pub mod balancer;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 mod error;
 pub mod io;
 #[cfg(test)]

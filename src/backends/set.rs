@@ -16,7 +16,7 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
     },
 };
 
@@ -94,6 +94,28 @@ pub struct Upstream {
     pub queued: AtomicU32,
     version: AtomicU64,
     current: RwLock<Arc<BackendSet>>,
+    /// Upstreams with a `discovery` source: how following it goes.
+    pub discovery: Option<Mutex<DiscoveryState>>,
+}
+
+/// What `/status`, the metrics and `/readyz` know of an upstream's
+/// discovery source.
+#[derive(Debug, Default, Clone)]
+pub struct DiscoveryState {
+    /// "file /etc/ringlb/api.servers", "dns api.internal:8080".
+    pub source: String,
+    /// Lists applied (each a new set version, or the same set confirmed).
+    pub updates: u64,
+    /// Reads or resolutions that failed (the last set stayed).
+    pub errors: u64,
+    /// Lists refused by the safety rules (empty, or over max_remove).
+    pub refused: u64,
+    /// Unix milliseconds of the last list read successfully.
+    pub last_ok_ms: u64,
+    /// Why the last read failed or was refused; cleared by the next good one.
+    pub last_error: Option<String>,
+    /// Backends the source listed last (applied).
+    pub members: usize,
 }
 
 impl Upstream {
@@ -117,6 +139,14 @@ impl Upstream {
                 version: 0,
                 members: Vec::new(),
             })),
+            discovery: cfg.discovery.as_ref().map(|d| {
+                Mutex::new(DiscoveryState {
+                    source: d.describe(),
+                    last_ok_ms: unix_ms(),
+                    members: cfg.servers.len() - cfg.static_servers.len(),
+                    ..DiscoveryState::default()
+                })
+            }),
         };
         let kept = prev.map(|p| p.current());
         let members = build(
@@ -256,6 +286,13 @@ fn build(servers: &[ServerConfig], kept: &[Member]) -> Vec<Member> {
         });
     }
     out
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Every upstream's shared state, in config order.

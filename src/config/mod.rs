@@ -12,6 +12,7 @@
 //! `[access_log]`); `values.rs` parses the scalars they share. This file
 //! ties the tables together and checks what spans them.
 
+mod discovery;
 mod h2;
 mod http;
 mod listener;
@@ -32,6 +33,7 @@ use std::{
 
 use serde::Deserialize;
 
+pub use discovery::{fetch as fetch_discovered, parse_list, DiscoveryConfig, Source};
 pub use h2::{H2Config, Protocol};
 pub use http::{HeaderOps, HttpConfig, RateKey, RateLimitConfig, RouteConfig, Underscores};
 pub use listener::{

@@ -54,6 +54,11 @@ pub struct UpstreamConfig {
     pub tls: Option<super::tls::UpstreamTls>,
     /// How http listeners talk to the servers: HTTP/1.1, h2 (over `tls`), h2c.
     pub protocol: super::h2::Protocol,
+    /// Backends followed at run time (a file, DNS); `servers` then holds
+    /// `static_servers` plus what the source listed when the config loaded.
+    pub discovery: Option<super::discovery::DiscoveryConfig>,
+    /// The `servers` written in the config (kept beside discovered ones).
+    pub static_servers: Vec<ServerConfig>,
 }
 
 /// Active health checks of an upstream.
@@ -123,6 +128,7 @@ pub(super) struct RawUpstream {
     pub queue_timeout: Option<String>,
     pub tls: Option<super::tls::RawUpstreamTls>,
     pub protocol: Option<String>,
+    pub discovery: Option<super::discovery::RawDiscovery>,
     #[serde(default)]
     pub servers: Vec<RawServer>,
 }
@@ -231,10 +237,14 @@ pub(super) fn build(
             Some(n) => range(&format!("{key}.queue"), n, 0, 1_000_000)? as u32,
         };
         let queue_timeout = nonzero_dur(&format!("{key}.queue_timeout"), u.queue_timeout, 5)?;
-        if u.servers.is_empty() {
+        let discovery = match u.discovery {
+            Some(d) => Some(super::discovery::build(&format!("{key}.discovery"), d)?),
+            None => None,
+        };
+        if u.servers.is_empty() && discovery.is_none() {
             return Err(ConfigError::new(
                 format!("{key}.servers"),
-                "must list at least one server",
+                "must list at least one server (or set discovery)",
             ));
         }
         let mut servers = Vec::with_capacity(u.servers.len());
@@ -249,7 +259,32 @@ pub(super) fn build(
             }
             servers.push(s);
         }
-        if servers.iter().all(|s| s.backup) {
+        let static_servers = servers.clone();
+        if let Some(d) = &discovery {
+            match super::discovery::fetch(d) {
+                Ok(found) => {
+                    for s in found {
+                        if seen.insert(s.addr) {
+                            servers.push(s);
+                        }
+                    }
+                }
+                Err(e) if d.allow_empty => {
+                    tracing::warn!("{key}.discovery: {e}; starting without its backends");
+                }
+                Err(e) => return Err(ConfigError::new(format!("{key}.discovery"), e)),
+            }
+            if servers.is_empty() && !d.allow_empty {
+                return Err(ConfigError::new(
+                    format!("{key}.discovery"),
+                    format!(
+                        "{} lists no backend (set allow_empty = true to start with none)",
+                        d.describe()
+                    ),
+                ));
+            }
+        }
+        if !servers.is_empty() && servers.iter().all(|s| s.backup) {
             return Err(ConfigError::new(
                 format!("{key}.servers"),
                 "every server is a backup; at least one must be a primary",
@@ -301,6 +336,8 @@ pub(super) fn build(
             queue_timeout,
             tls,
             protocol,
+            discovery,
+            static_servers,
         });
     }
     Ok((out, index))

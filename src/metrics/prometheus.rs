@@ -275,6 +275,34 @@ impl Registry {
                 }
             }
         }
+        let discovered: Vec<(String, crate::backends::set::DiscoveryState)> = self
+            .upstreams
+            .all
+            .iter()
+            .filter_map(|u| {
+                let d = u.discovery.as_ref()?;
+                Some((
+                    u.name.clone(),
+                    d.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                ))
+            })
+            .collect();
+        if !discovered.is_empty() {
+            type Field = fn(&crate::backends::set::DiscoveryState) -> u64;
+            let fields: [(&str, &str, &str, Field); 5] = [
+                ("ringlb_discovery_updates_total", "counter", "Backend lists read from an upstream's discovery source and applied.", |d| d.updates),
+                ("ringlb_discovery_errors_total", "counter", "Reads of a discovery source that failed (the last set stayed).", |d| d.errors),
+                ("ringlb_discovery_refused_total", "counter", "Lists refused by the safety rules (empty without allow_empty, or over max_remove).", |d| d.refused),
+                ("ringlb_discovery_members", "gauge", "Backends the discovery source listed last.", |d| d.members as u64),
+                ("ringlb_discovery_failing", "gauge", "1 while the source fails or its last list was refused (a last known set is served).", |d| u64::from(d.last_error.is_some())),
+            ];
+            for (name, kind, help, f) in fields {
+                family(&mut o, name, kind, help);
+                for (up, d) in &discovered {
+                    let _ = writeln!(o, "{name}{{upstream=\"{}\"}} {}", esc(up), f(d));
+                }
+            }
+        }
         let http: Vec<(usize, &crate::config::ListenerConfig)> = cfg
             .listeners
             .iter()

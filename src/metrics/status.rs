@@ -16,6 +16,27 @@ impl Registry {
         Ok(())
     }
 
+    /// Upstreams serving a last known set because their discovery source
+    /// fails or was refused (for `/readyz`).
+    pub fn degraded(&self) -> Option<String> {
+        let why: Vec<String> = self
+            .upstreams
+            .all
+            .iter()
+            .filter_map(|u| {
+                let s = u
+                    .discovery
+                    .as_ref()?
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                s.last_error
+                    .as_ref()
+                    .map(|e| format!("upstream {:?} keeps its last set: {e}", u.name))
+            })
+            .collect();
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+
     /// `/status` as JSON.
     pub fn status_json(&self) -> String {
         let mut o = String::with_capacity(1024);
@@ -64,7 +85,23 @@ impl Registry {
                     b.backup
                 );
             }
-            o.push_str("]}");
+            o.push(']');
+            if let Some(d) = &self.upstreams.all[ui].discovery {
+                let d = d.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let _ = write!(
+                    o,
+                    ",\"discovery\":{{\"source\":{},\"version\":{},\"members\":{},\"updates\":{},\"errors\":{},\"refused\":{},\"last_ok_ms\":{},\"error\":{}}}",
+                    access::json_str(&d.source),
+                    set.version,
+                    d.members,
+                    d.updates,
+                    d.errors,
+                    d.refused,
+                    d.last_ok_ms,
+                    d.last_error.as_deref().map_or_else(|| "null".to_string(), access::json_str)
+                );
+            }
+            o.push('}');
         }
         o.push_str("]}\n");
         o

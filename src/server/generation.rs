@@ -79,6 +79,7 @@ fn only_servers_differ(a: &Config, b: &Config) -> bool {
         let mut c = c.clone();
         for u in &mut c.upstreams {
             u.servers.clear();
+            u.static_servers.clear();
         }
         format!("{c:?}")
     };
@@ -337,6 +338,13 @@ pub(super) fn start_generation(
     ) {
         return Err(Error::Startup(format!(
             "cannot start the health-check thread: {e}"
+        )));
+    }
+    // Discovery likewise: it writes new sets into the shared state.
+    if let Err(e) = crate::discovery::spawn(&cfg, &shared, Arc::clone(&health_stop)) {
+        health_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        return Err(Error::Startup(format!(
+            "cannot start the discovery thread: {e}"
         )));
     }
     for s in starts {

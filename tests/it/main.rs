@@ -3,6 +3,7 @@
 //! loopback with ephemeral ports against real backends.
 
 mod common;
+mod discovery;
 
 mod backend_sets;
 mod c100k;

@@ -1,0 +1,250 @@
+//! An upstream's `discovery` table: where its backend list comes from at
+//! run time (a watched file, or DNS names re-resolved on an interval), the
+//! safety rules for applying a new list, and the list format.
+//!
+//! The source is read once when the config loads (so `ringlb check` sees
+//! a broken file and a start or reload has the set at once); the
+//! discovery thread follows it from then on.
+
+use std::{
+    net::{SocketAddr, ToSocketAddrs},
+    path::PathBuf,
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use super::{
+    upstream::ServerConfig,
+    values::{dur_or, one_of},
+    ConfigError,
+};
+
+/// Where the backends come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// One backend per line ([`parse_list`]); re-read when it changes.
+    File(PathBuf),
+    /// `host:port`: every A and AAAA address of the host, on `port`.
+    Dns { name: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoveryConfig {
+    pub source: Source,
+    /// DNS: how often the name is resolved again (files are watched).
+    pub interval: Duration,
+    /// Apply a list with no backend (else the last set stays, with a warning).
+    pub allow_empty: bool,
+    /// Refuse a list that removes more than this share of the discovered
+    /// backends at once (a panic threshold); 1 = any.
+    pub max_remove: f64,
+}
+
+impl DiscoveryConfig {
+    /// What `/status` and the log call it.
+    pub fn describe(&self) -> String {
+        match &self.source {
+            Source::File(p) => format!("file {}", p.display()),
+            Source::Dns { name } => format!("dns {name}"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDiscovery {
+    pub file: Option<String>,
+    pub dns: Option<String>,
+    pub kind: Option<String>,
+    pub interval: Option<String>,
+    pub allow_empty: Option<bool>,
+    pub max_remove: Option<f64>,
+    pub zookeeper: Option<String>,
+    pub path: Option<String>,
+    pub session_timeout: Option<String>,
+}
+
+pub(super) fn build(key: &str, r: RawDiscovery) -> Result<DiscoveryConfig, ConfigError> {
+    let k = |f: &str| format!("{key}.{f}");
+    if r.zookeeper.is_some() || r.path.is_some() || r.session_timeout.is_some() {
+        return Err(ConfigError::new(
+            k("zookeeper"),
+            "ZooKeeper discovery is not built yet: use file or dns",
+        ));
+    }
+    let source = match (r.file, r.dns) {
+        (Some(f), None) => {
+            if r.kind.is_some() {
+                return Err(ConfigError::new(k("kind"), "only applies to dns"));
+            }
+            Source::File(PathBuf::from(f))
+        }
+        (None, Some(name)) => {
+            match r.kind.as_deref() {
+                None | Some("a") => {}
+                Some("srv") => {
+                    return Err(ConfigError::new(
+                        k("kind"),
+                        "SRV discovery is not built yet: use kind = \"a\" (A and AAAA records)",
+                    ))
+                }
+                Some(o) => return Err(one_of(&k("kind"), o, &["a"])),
+            }
+            if name
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(ConfigError::new(
+                    k("dns"),
+                    format!("{name:?} needs a port (write host:port, e.g. api.internal:8080)"),
+                ));
+            }
+            Source::Dns { name }
+        }
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(key, "set one of file and dns, not both"))
+        }
+        (None, None) => return Err(ConfigError::new(key, "set file or dns")),
+    };
+    let interval = dur_or(&k("interval"), r.interval, Duration::from_secs(5))?;
+    if interval < Duration::from_millis(100) {
+        return Err(ConfigError::new(k("interval"), "must be at least 100ms"));
+    }
+    let max_remove = r.max_remove.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&max_remove) {
+        return Err(ConfigError::new(
+            k("max_remove"),
+            format!("{max_remove} is not a share between 0 and 1"),
+        ));
+    }
+    Ok(DiscoveryConfig {
+        source,
+        interval,
+        allow_empty: r.allow_empty.unwrap_or(false),
+        max_remove,
+    })
+}
+
+/// The source's list now (config load, and the discovery thread).
+///
+/// # Errors
+/// The file cannot be read or parsed, or the name does not resolve; the
+/// text says which and why.
+pub fn fetch(d: &DiscoveryConfig) -> Result<Vec<ServerConfig>, String> {
+    match &d.source {
+        Source::File(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            parse_list(&text).map_err(|e| format!("{}: {e}", p.display()))
+        }
+        Source::Dns { name } => {
+            let mut addrs: Vec<SocketAddr> = name
+                .to_socket_addrs()
+                .map_err(|e| format!("cannot resolve {name}: {e}"))?
+                .collect();
+            addrs.sort();
+            addrs.dedup();
+            Ok(addrs
+                .into_iter()
+                .map(|addr| ServerConfig {
+                    id: addr.to_string(),
+                    addr,
+                    weight: 1,
+                    backup: false,
+                    max_connections: 0,
+                })
+                .collect())
+        }
+    }
+}
+
+/// A backend list: one backend per line, `ADDR [weight=N] [backup]
+/// [max_connections=N]`, `#` starts a comment, blank lines are skipped.
+/// `ADDR` is `ip:port`, `[v6]:port` or `host:port` (resolved here).
+///
+/// # Errors
+/// The first bad line, by number, and why.
+pub fn parse_list(text: &str) -> Result<Vec<ServerConfig>, String> {
+    let mut out: Vec<ServerConfig> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = |why: String| format!("line {}: {why}", n + 1);
+        let mut words = line.split_whitespace();
+        let Some(addr_text) = words.next() else {
+            continue;
+        };
+        let addr = match addr_text.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => addr_text
+                .to_socket_addrs()
+                .map_err(|e| bad(format!("{addr_text:?}: {e}")))?
+                .next()
+                .ok_or_else(|| bad(format!("{addr_text:?} resolves to no address")))?,
+        };
+        let mut s = ServerConfig {
+            id: addr_text.to_string(),
+            addr,
+            weight: 1,
+            backup: false,
+            max_connections: 0,
+        };
+        for w in words {
+            match w.split_once('=') {
+                None if w == "backup" => s.backup = true,
+                Some(("weight", v)) => {
+                    s.weight = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=1000).contains(n))
+                        .ok_or_else(|| bad(format!("weight {v:?} is not 1..=1000")))?
+                }
+                Some(("max_connections", v)) => {
+                    s.max_connections =
+                        v.parse().ok().filter(|n| *n <= 10_000_000).ok_or_else(|| {
+                            bad(format!("max_connections {v:?} is not 0..=10000000"))
+                        })?
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "unknown {w:?} (expected weight=N, backup, max_connections=N)"
+                    )))
+                }
+            }
+        }
+        if out.iter().any(|o| o.addr == s.addr) {
+            return Err(bad(format!("{} is listed twice", s.addr)));
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_parse_with_options_comments_and_errors_by_line() {
+        let l = parse_list(
+            "# api\n127.0.0.1:80 weight=5\n\n[::1]:81 backup max_connections=9 # spare\n",
+        )
+        .unwrap();
+        assert_eq!(l.len(), 2);
+        assert_eq!((l[0].weight, l[0].backup), (5, false));
+        assert_eq!((l[1].backup, l[1].max_connections), (true, 9));
+        assert_eq!(l[1].addr, "[::1]:81".parse().unwrap());
+        let e = parse_list("127.0.0.1:80\n127.0.0.1:80\n").unwrap_err();
+        assert!(e.starts_with("line 2:"), "{e}");
+        let e = parse_list("127.0.0.1:80 weight=0").unwrap_err();
+        assert!(e.contains("weight"), "{e}");
+        let e = parse_list("127.0.0.1:80 primary").unwrap_err();
+        assert!(e.contains("unknown \"primary\""), "{e}");
+        assert!(parse_list("nope").is_err());
+        assert!(parse_list("").unwrap().is_empty());
+    }
+}

@@ -1,0 +1,206 @@
+//! The discovery thread: one per configuration generation, beside the
+//! health checker, off the workers. It follows each upstream's `discovery`
+//! source (a file, stat'ed every 100 ms and read when it changed; DNS names
+//! resolved every `interval`) and publishes each new list through the
+//! backend-set seam ([`Upstream::apply`]): workers see it at their next
+//! pick, backends that stay keep their health and circuit state, removed
+//! ones take no new connections while their own finish, and no thread is
+//! started and no connection dropped.
+//!
+//! Safety: a source that fails keeps the last set (and says so in the log,
+//! the metrics and `/status`); an empty list is applied only with
+//! `allow_empty`; a list that removes more than `max_remove` of the
+//! discovered backends at once is refused with a warning.
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    os::unix::fs::MetadataExt,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    backends::{set::unix_ms, set::DiscoveryState, Update, Upstream, Upstreams},
+    config::{fetch_discovered, Config, DiscoveryConfig, ServerConfig, Source},
+};
+
+/// How often files are looked at (and the stop flag).
+const POLL: Duration = Duration::from_millis(100);
+
+/// A file's identity and version, as stat says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+fn stamp(p: &std::path::Path) -> Result<Stamp, String> {
+    let m = std::fs::metadata(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    Ok(Stamp {
+        ino: m.ino(),
+        len: m.len(),
+        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+    })
+}
+
+struct Plan {
+    up: Arc<Upstream>,
+    d: DiscoveryConfig,
+    statics: Vec<ServerConfig>,
+    /// Files: what was read last; `None` reads at the first poll.
+    seen: Option<Stamp>,
+    /// DNS: when to resolve next.
+    next: Instant,
+}
+
+/// Start the discovery thread for a generation's upstreams (none when no
+/// upstream has a source). It stops when `stop` is set.
+///
+/// # Errors
+/// The thread could not be started.
+pub fn spawn(cfg: &Config, upstreams: &Upstreams, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    let mut plans: Vec<Plan> = cfg
+        .upstreams
+        .iter()
+        .zip(upstreams.all.iter())
+        .filter_map(|(u, up)| {
+            let d = u.discovery.clone()?;
+            Some(Plan {
+                up: Arc::clone(up),
+                next: Instant::now() + d.interval,
+                d,
+                statics: u.static_servers.clone(),
+                seen: None,
+            })
+        })
+        .collect();
+    if plans.is_empty() {
+        return Ok(());
+    }
+    thread::Builder::new()
+        .name("ringlb-discovery".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for p in &mut plans {
+                    p.poll();
+                }
+                thread::sleep(POLL);
+            }
+        })
+        .map(|_| ())
+}
+
+impl Plan {
+    fn state(&self) -> Option<&Mutex<DiscoveryState>> {
+        self.up.discovery.as_ref()
+    }
+
+    fn with_state(&self, f: impl FnOnce(&mut DiscoveryState)) {
+        if let Some(s) = self.state() {
+            f(&mut s.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+
+    fn poll(&mut self) {
+        let list = match &self.d.source {
+            Source::File(path) => match stamp(path) {
+                Ok(st) if Some(st) == self.seen => return,
+                Ok(st) => {
+                    let r = fetch_discovered(&self.d);
+                    // A list that failed to parse is read again only when
+                    // the file changes again.
+                    self.seen = Some(st);
+                    r
+                }
+                Err(e) => {
+                    self.seen = None;
+                    Err(e)
+                }
+            },
+            Source::Dns { .. } => {
+                let now = Instant::now();
+                if now < self.next {
+                    return;
+                }
+                self.next = now + self.d.interval;
+                fetch_discovered(&self.d)
+            }
+        };
+        match list {
+            Ok(list) => self.offer(list),
+            Err(e) => {
+                let name = self.up.name.clone();
+                self.with_state(|s| {
+                    s.errors += 1;
+                    if s.last_error.as_deref() != Some(&e) {
+                        tracing::warn!(upstream = %name, "discovery: {e}; keeping the last set ({} backends)", s.members);
+                    }
+                    s.last_error = Some(e);
+                });
+            }
+        }
+    }
+
+    /// A list read from the source: applied, or refused by the safety rules.
+    fn offer(&mut self, list: Vec<ServerConfig>) {
+        let statics: HashSet<SocketAddr> = self.statics.iter().map(|s| s.addr).collect();
+        let current: HashSet<SocketAddr> = self
+            .up
+            .current()
+            .members
+            .iter()
+            .map(|m| m.backend.addr)
+            .filter(|a| !statics.contains(a))
+            .collect();
+        let listed: HashSet<SocketAddr> = list.iter().map(|s| s.addr).collect();
+        let removed = current.difference(&listed).count();
+        let refusal = if list.is_empty() && !current.is_empty() && !self.d.allow_empty {
+            Some(format!(
+                "{} lists no backend; keeping the last {} (allow_empty = false)",
+                self.d.describe(),
+                current.len()
+            ))
+        } else if !current.is_empty() && removed as f64 / current.len() as f64 > self.d.max_remove {
+            Some(format!(
+                "{} would remove {removed} of {} backends at once, over max_remove = {}; keeping the last set",
+                self.d.describe(),
+                current.len(),
+                self.d.max_remove
+            ))
+        } else {
+            None
+        };
+        let name = self.up.name.clone();
+        if let Some(why) = refusal {
+            self.with_state(|s| {
+                s.refused += 1;
+                if s.last_error.as_deref() != Some(&why) {
+                    tracing::warn!(upstream = %name, "discovery: {why}");
+                }
+                s.last_error = Some(why);
+            });
+            return;
+        }
+        let added = listed.difference(&current).count();
+        let mut full = self.statics.clone();
+        full.extend(list.iter().filter(|s| !statics.contains(&s.addr)).cloned());
+        let before = self.up.version();
+        let v = self.up.apply(Update::Reset(full));
+        if v != before {
+            tracing::info!(upstream = %name, "discovery: backend set version {v} from {} ({} backends: {added} added, {removed} removed)", self.d.describe(), list.len());
+        }
+        let n = list.len();
+        self.with_state(|s| {
+            s.updates += 1;
+            s.last_ok_ms = unix_ms();
+            s.last_error = None;
+            s.members = n;
+        });
+    }
+}

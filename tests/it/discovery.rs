@@ -1,0 +1,267 @@
+//! Service discovery (issue 13, first part): backends from a watched file
+//! and from DNS names, changed at run time through the backend-set seam,
+//! with the safety rules (a failing source keeps the last set, no empty
+//! set unless allowed, a panic threshold) visible in /status, /readyz and
+//! the metrics.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use crate::common::{
+    admin::{admin_get, scrape, status},
+    cfg::Cfg,
+    http::{get, HttpBackend, Reply},
+    json::Json,
+    *,
+};
+
+fn list(addrs: &[SocketAddr]) -> String {
+    addrs.iter().map(|a| format!("{a}\n")).collect()
+}
+
+/// Who answered `n` requests (HttpBackend::named bodies start with the name).
+fn served_by(addr: SocketAddr, n: usize) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        let r = get(addr, "t", "/");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let who = r.text().split(' ').next().unwrap_or("").to_string();
+        *seen.entry(who).or_insert(0) += 1;
+    }
+    seen
+}
+
+fn discovery_cfg(file: &std::path::Path, extra: &str) -> Cfg {
+    Cfg::new(1)
+        .admin()
+        .http("web", "app")
+        .listener_with("connect_timeout = \"1s\"")
+        .upstream("app", &[])
+        .upstream_with(&format!(
+            "discovery = {{ file = \"{}\"{extra} }}",
+            file.display()
+        ))
+}
+
+fn upstream_discovery(lb: &Ringlb) -> Json {
+    let st = status(lb);
+    st.get("upstreams")
+        .and_then(Json::arr)
+        .and_then(|u| u.first())
+        .and_then(|u| u.get("discovery"))
+        .cloned()
+        .expect("a discovery object in /status")
+}
+
+#[test]
+fn a_watched_file_adds_and_removes_backends_at_run_time() {
+    let a = HttpBackend::named("a");
+    let b = HttpBackend::named("b");
+    let dir = TempDir::new("disc-file");
+    let file = dir.path("app.servers");
+    std::fs::write(&file, list(&[a.addr])).unwrap();
+    let lb = Ringlb::start(discovery_cfg(&file, ""));
+    let web = lb.addr("web");
+    assert_eq!(served_by(web, 4).get("a"), Some(&4));
+    // Add b: it takes requests shortly after the file changes.
+    let t = Instant::now();
+    std::fs::write(&file, list(&[a.addr, b.addr])).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || served_by(web, 2)
+            .contains_key("b")),
+        "b never got a request"
+    );
+    eprintln!(
+        "file change to first request on the new backend: {:?}",
+        t.elapsed()
+    );
+    // Remove a, with a request in flight on it: that one finishes.
+    let slow = HttpBackend::with(|r| Reply::ok(r, "slow").delayed(Duration::from_millis(800)));
+    std::fs::write(&file, list(&[slow.addr, b.addr])).unwrap();
+    assert!(wait_until(Duration::from_secs(3), || !served_by(web, 4)
+        .contains_key("a")));
+    let d = upstream_discovery(&lb);
+    assert_eq!(d.get("members").and_then(Json::uint), Some(2), "{d:?}");
+    assert!(d.get("error").is_some_and(Json::is_null), "{d:?}");
+    assert!(
+        d.get("updates").and_then(Json::uint).unwrap_or(0) >= 2,
+        "{d:?}"
+    );
+    let m = scrape(&lb);
+    assert_eq!(
+        m.get("ringlb_discovery_members", &[("upstream", "app")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        m.get("ringlb_discovery_failing", &[("upstream", "app")]),
+        Some(0.0)
+    );
+    // An in-flight request on a backend that leaves the file completes.
+    let web2 = web;
+    let inflight = std::thread::spawn(move || {
+        (0..4)
+            .map(|_| get(web2, "t", "/"))
+            .filter(|r| r.text().starts_with("slow"))
+            .map(|r| r.status)
+            .collect::<Vec<_>>()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&file, list(&[b.addr])).unwrap();
+    let statuses = inflight.join().unwrap();
+    assert!(
+        !statuses.is_empty() && statuses.iter().all(|&s| s == 200),
+        "{statuses:?}"
+    );
+}
+
+#[test]
+fn a_broken_or_empty_source_keeps_the_last_set_and_says_so() {
+    let a = HttpBackend::named("a");
+    let b = HttpBackend::named("b");
+    let c = HttpBackend::named("c");
+    let d_ = HttpBackend::named("d");
+    let dir = TempDir::new("disc-safety");
+    let file = dir.path("app.servers");
+    std::fs::write(&file, list(&[a.addr, b.addr, c.addr, d_.addr])).unwrap();
+    let lb = Ringlb::start(discovery_cfg(&file, ", max_remove = 0.5"));
+    let web = lb.addr("web");
+    let failing = |lb: &Ringlb| scrape(lb).get("ringlb_discovery_failing", &[("upstream", "app")]);
+    // Malformed: the last set stays, the error is shown everywhere.
+    std::fs::write(&file, "127.0.0.1:1 weight=lots\n").unwrap();
+    assert!(wait_until(Duration::from_secs(3), || failing(&lb) == Some(1.0)));
+    let d = upstream_discovery(&lb);
+    let err = d.get("error").and_then(Json::str).unwrap_or("").to_string();
+    assert!(err.contains("line 1") && err.contains("weight"), "{d:?}");
+    let ready = admin_get(&lb, "/readyz");
+    assert_eq!(ready.status, 200);
+    assert!(
+        ready.text().contains("keeps its last set"),
+        "{}",
+        ready.text()
+    );
+    assert_eq!(served_by(web, 8).len(), 4);
+    // Empty: refused without allow_empty.
+    std::fs::write(&file, "# nothing\n").unwrap();
+    assert!(wait_until(Duration::from_secs(3), || {
+        upstream_discovery(&lb)
+            .get("error")
+            .and_then(Json::str)
+            .is_some_and(|e| e.contains("lists no backend"))
+    }));
+    assert_eq!(served_by(web, 8).len(), 4);
+    // Three of four gone at once: over max_remove = 0.5, refused.
+    std::fs::write(&file, list(&[a.addr])).unwrap();
+    assert!(wait_until(Duration::from_secs(3), || {
+        upstream_discovery(&lb)
+            .get("error")
+            .and_then(Json::str)
+            .is_some_and(|e| e.contains("max_remove"))
+    }));
+    assert_eq!(served_by(web, 8).len(), 4);
+    assert!(scrape(&lb).get("ringlb_discovery_refused_total", &[("upstream", "app")]) >= Some(2.0));
+    // Two of four: allowed; the error clears.
+    std::fs::write(&file, list(&[a.addr, b.addr])).unwrap();
+    assert!(wait_until(Duration::from_secs(3), || failing(&lb) == Some(0.0)));
+    let seen = served_by(web, 8);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(admin_get(&lb, "/readyz").text(), "ready\n");
+}
+
+#[test]
+fn a_reload_keeps_the_discovered_set_without_a_gap() {
+    let a = HttpBackend::named("a");
+    let b = HttpBackend::named("b");
+    let dir = TempDir::new("disc-reload");
+    let file = dir.path("app.servers");
+    std::fs::write(&file, list(&[a.addr])).unwrap();
+    let lb = Ringlb::start(discovery_cfg(&file, ""));
+    std::fs::write(&file, list(&[b.addr])).unwrap();
+    assert!(wait_until(Duration::from_secs(3), || served_by(
+        lb.addr("web"),
+        2
+    )
+    .contains_key("b")));
+    // A new generation (a listener key changed) reads the file as it loads.
+    lb.rewrite(discovery_cfg(&file, "").listener_with("connect_timeout = \"2s\""));
+    lb.signal("HUP");
+    assert!(lb.wait_log("configuration reloaded"), "{}", lb.log_text());
+    let seen = served_by(lb.addr("web"), 6);
+    assert_eq!(seen.get("b"), Some(&6), "{seen:?}");
+}
+
+#[test]
+fn dns_names_are_resolved_off_the_workers() {
+    let a = HttpBackend::named("a");
+    let lb = Ringlb::start(
+        Cfg::new(1)
+            .admin()
+            .http("web", "app")
+            .listener_with("connect_timeout = \"1s\"")
+            .upstream("app", &[])
+            .upstream_with(&format!(
+                "discovery = {{ dns = \"localhost:{}\", interval = \"200ms\" }}",
+                a.addr.port()
+            )),
+    );
+    // localhost may resolve to ::1 too, where nothing listens: the retry
+    // on the next backend covers it.
+    assert_eq!(served_by(lb.addr("web"), 4).get("a"), Some(&4));
+    let d = upstream_discovery(&lb);
+    assert_eq!(
+        d.get("source").and_then(Json::str),
+        Some(format!("dns localhost:{}", a.addr.port()).as_str())
+    );
+    assert!(wait_until(Duration::from_secs(3), || upstream_discovery(
+        &lb
+    )
+    .get("updates")
+    .and_then(Json::uint)
+    .unwrap_or(0)
+        >= 2));
+}
+
+#[test]
+fn check_refuses_bad_discovery_tables_and_names_the_file() {
+    let dir = TempDir::new("disc-check");
+    let missing = dir.path("nope.servers");
+    let cases: Vec<(String, &str)> = vec![
+        (
+            format!("discovery = {{ file = \"{}\" }}", missing.display()),
+            "nope.servers",
+        ),
+        (
+            format!(
+                "discovery = {{ file = \"{}\", dns = \"x:1\" }}",
+                missing.display()
+            ),
+            "not both",
+        ),
+        ("discovery = { dns = \"localhost\" }".into(), "needs a port"),
+        (
+            "discovery = { dns = \"localhost:80\", kind = \"mx\" }".into(),
+            "expected one of",
+        ),
+        (
+            "discovery = { zookeeper = \"127.0.0.1:2181\", path = \"/s\" }".into(),
+            "not built yet",
+        ),
+        (
+            "discovery = { dns = \"localhost:80\", max_remove = 2.0 }".into(),
+            "max_remove",
+        ),
+    ];
+    for (keys, want) in &cases {
+        let (rc, _, err) = check_config(Cfg::http_proxy(&[]).upstream_with(keys));
+        assert_eq!(rc, 2, "{keys}: {err}");
+        assert!(err.contains(want), "{keys}: {err}");
+    }
+    // allow_empty: a missing file starts with no backend.
+    let (rc, _, err) = check_config(Cfg::http_proxy(&[]).upstream_with(&format!(
+        "discovery = {{ file = \"{}\", allow_empty = true }}",
+        missing.display()
+    )));
+    assert_eq!(rc, 0, "{err}");
+}
