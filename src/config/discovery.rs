@@ -15,7 +15,7 @@ use std::{
 use serde::Deserialize;
 
 use super::{
-    upstream::ServerConfig,
+    server::ServerConfig,
     values::{dur_or, one_of},
     ConfigError,
 };

@@ -18,6 +18,7 @@ mod http;
 mod listener;
 mod observe;
 mod runtime;
+mod server;
 mod tls;
 mod upstream;
 mod values;

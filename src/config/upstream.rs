@@ -3,12 +3,12 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    net::SocketAddr,
     time::Duration,
 };
 
 use serde::Deserialize;
 
+pub use super::server::ServerConfig;
 use super::{
     values::{dur_or, is_token, nonzero_dur, one_of, parse_status_range, range, resolve},
     ConfigError,
@@ -99,19 +99,6 @@ pub struct EjectConfig {
     /// (panic mode, as Envoy) instead of answering 503. Backends marked down
     /// by active health checks stay out.
     pub panic: bool,
-}
-
-/// One backend server.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// As written in the file (stable identity for hashing).
-    pub id: String,
-    pub addr: SocketAddr,
-    pub weight: u32,
-    /// Used only when every primary is unavailable.
-    pub backup: bool,
-    /// Process-wide cap on connections (tcp) / requests in flight (http); 0 = none.
-    pub max_connections: u32,
 }
 
 #[derive(Debug, Deserialize)]
