@@ -27,6 +27,16 @@ pub enum Source {
     File(PathBuf),
     /// `host:port`: every A and AAAA address of the host, on `port`.
     Dns { name: String },
+    /// The children of `path` on a ZooKeeper ensemble; each child's data
+    /// is one backend line ([`parse_list`]).
+    ZooKeeper {
+        /// `host:port,host:port[/chroot]`.
+        cluster: String,
+        path: String,
+        session_timeout: Duration,
+        /// `user:password` for digest auth.
+        digest: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +57,7 @@ impl DiscoveryConfig {
         match &self.source {
             Source::File(p) => format!("file {}", p.display()),
             Source::Dns { name } => format!("dns {name}"),
+            Source::ZooKeeper { cluster, path, .. } => format!("zookeeper {cluster} {path}"),
         }
     }
 }
@@ -63,14 +74,64 @@ pub(super) struct RawDiscovery {
     pub zookeeper: Option<String>,
     pub path: Option<String>,
     pub session_timeout: Option<String>,
+    pub digest: Option<String>,
 }
 
 pub(super) fn build(key: &str, r: RawDiscovery) -> Result<DiscoveryConfig, ConfigError> {
     let k = |f: &str| format!("{key}.{f}");
-    if r.zookeeper.is_some() || r.path.is_some() || r.session_timeout.is_some() {
+    if let Some(cluster) = r.zookeeper {
+        if r.file.is_some() || r.dns.is_some() {
+            return Err(ConfigError::new(key, "set one of file, dns and zookeeper"));
+        }
+        let path = r.path.ok_or_else(|| {
+            ConfigError::new(
+                k("path"),
+                "missing: the znode whose children are the backends",
+            )
+        })?;
+        if !path.starts_with('/') || (path.len() > 1 && path.ends_with('/')) {
+            return Err(ConfigError::new(
+                k("path"),
+                format!("{path:?} must start with / and not end with one"),
+            ));
+        }
+        let session_timeout = dur_or(
+            &k("session_timeout"),
+            r.session_timeout,
+            Duration::from_secs(10),
+        )?;
+        if session_timeout < Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                k("session_timeout"),
+                "must be at least 100ms",
+            ));
+        }
+        if r.digest.as_deref().is_some_and(|d| !d.contains(':')) {
+            return Err(ConfigError::new(k("digest"), "write user:password"));
+        }
+        let max_remove = r.max_remove.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&max_remove) {
+            return Err(ConfigError::new(
+                k("max_remove"),
+                format!("{max_remove} is not a share between 0 and 1"),
+            ));
+        }
+        return Ok(DiscoveryConfig {
+            source: Source::ZooKeeper {
+                cluster,
+                path,
+                session_timeout,
+                digest: r.digest,
+            },
+            interval: Duration::from_secs(5),
+            allow_empty: r.allow_empty.unwrap_or(false),
+            max_remove,
+        });
+    }
+    if r.path.is_some() || r.session_timeout.is_some() || r.digest.is_some() {
         return Err(ConfigError::new(
-            k("zookeeper"),
-            "ZooKeeper discovery is not built yet: use file or dns",
+            key,
+            "path, session_timeout and digest need zookeeper",
         ));
     }
     let source = match (r.file, r.dns) {
@@ -139,6 +200,9 @@ pub fn fetch(d: &DiscoveryConfig) -> Result<Vec<ServerConfig>, String> {
                 .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
             parse_list(&text).map_err(|e| format!("{}: {e}", p.display()))
         }
+        Source::ZooKeeper { .. } => {
+            futures_lite::future::block_on(zk_fetch_once(d, Duration::from_secs(3)))
+        }
         Source::Dns { name } => {
             let mut addrs: Vec<SocketAddr> = name
                 .to_socket_addrs()
@@ -158,6 +222,87 @@ pub fn fetch(d: &DiscoveryConfig) -> Result<Vec<ServerConfig>, String> {
                 .collect())
         }
     }
+}
+
+/// Connect, list once, and close (config load; the discovery thread keeps
+/// its own session).
+async fn zk_fetch_once(d: &DiscoveryConfig, limit: Duration) -> Result<Vec<ServerConfig>, String> {
+    let Source::ZooKeeper { path, .. } = &d.source else {
+        return Err("not a zookeeper source".into());
+    };
+    let work = async {
+        let client = zk_connect(d).await?;
+        zk_list(&client, path).await
+    };
+    futures_lite::future::or(work, async {
+        async_io::Timer::after(limit).await;
+        Err(format!("no answer from {} within {limit:?}", d.describe()))
+    })
+    .await
+}
+
+/// A session to the source's ensemble (digest auth when configured).
+///
+/// # Errors
+/// Connecting or authenticating failed.
+pub async fn zk_connect(d: &DiscoveryConfig) -> Result<zookeeper_client::Client, String> {
+    let Source::ZooKeeper {
+        cluster,
+        session_timeout,
+        digest,
+        ..
+    } = &d.source
+    else {
+        return Err("not a zookeeper source".into());
+    };
+    let mut connector = zookeeper_client::Client::connector()
+        .with_session_timeout(*session_timeout)
+        .with_connection_timeout(Duration::from_secs(2));
+    // Sent again whenever the session is re-established.
+    if let Some(auth) = digest {
+        connector = connector.with_auth("digest", auth.as_bytes());
+    }
+    connector
+        .connect(cluster)
+        .await
+        .map_err(|e| format!("zookeeper {cluster}: {e}"))
+}
+
+/// The backends under `path`: each child's data is one backend line; a
+/// child whose data does not parse is left out (and said so).
+///
+/// # Errors
+/// The path is missing or the session failed.
+pub async fn zk_list(
+    client: &zookeeper_client::Client,
+    path: &str,
+) -> Result<Vec<ServerConfig>, String> {
+    let children = client
+        .list_children(path)
+        .await
+        .map_err(|e| format!("zookeeper {path}: {e}"))?;
+    let mut out: Vec<ServerConfig> = Vec::with_capacity(children.len());
+    for child in children {
+        let full = format!("{}/{child}", path.trim_end_matches('/'));
+        let data = match client.get_data(&full).await {
+            Ok((data, _)) => data,
+            // Gone between the listing and the read (a session ended).
+            Err(zookeeper_client::Error::NoNode) => continue,
+            Err(e) => return Err(format!("zookeeper {full}: {e}")),
+        };
+        let text = String::from_utf8_lossy(&data);
+        match parse_list(&text) {
+            Ok(list) => {
+                for s in list {
+                    if !out.iter().any(|o| o.addr == s.addr) {
+                        out.push(s);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("zookeeper {full}: {e}; node left out"),
+        }
+    }
+    Ok(out)
 }
 
 /// A backend list: one backend per line, `ADDR [weight=N] [backup]

@@ -34,7 +34,9 @@ use std::{
 
 use serde::Deserialize;
 
-pub use discovery::{fetch as fetch_discovered, parse_list, DiscoveryConfig, Source};
+pub use discovery::{
+    fetch as fetch_discovered, parse_list, zk_connect, zk_list, DiscoveryConfig, Source,
+};
 pub use h2::{H2Config, Protocol};
 pub use http::{HeaderOps, HttpConfig, RateKey, RateLimitConfig, RouteConfig, Underscores};
 pub use listener::{

@@ -26,7 +26,9 @@ use std::{
 
 use crate::{
     backends::{set::unix_ms, set::DiscoveryState, Update, Upstream, Upstreams},
-    config::{fetch_discovered, Config, DiscoveryConfig, ServerConfig, Source},
+    config::{
+        fetch_discovered, zk_connect, zk_list, Config, DiscoveryConfig, ServerConfig, Source,
+    },
 };
 
 /// How often files are looked at (and the stop flag).
@@ -80,6 +82,17 @@ pub fn spawn(cfg: &Config, upstreams: &Upstreams, stop: Arc<AtomicBool>) -> std:
             })
         })
         .collect();
+    // ZooKeeper sources: a thread each, blocked on the session's events.
+    let (zk, polled): (Vec<Plan>, Vec<Plan>) = plans
+        .drain(..)
+        .partition(|p| matches!(p.d.source, Source::ZooKeeper { .. }));
+    plans = polled;
+    for mut p in zk {
+        let stop = Arc::clone(&stop);
+        thread::Builder::new()
+            .name("ringlb-zk".into())
+            .spawn(move || futures_lite::future::block_on(zk_follow(&mut p, &stop)))?;
+    }
     if plans.is_empty() {
         return Ok(());
     }
@@ -123,6 +136,8 @@ impl Plan {
                     Err(e)
                 }
             },
+            // Followed by its own thread ([`zk_follow`]).
+            Source::ZooKeeper { .. } => return,
             Source::Dns { .. } => {
                 let now = Instant::now();
                 if now < self.next {
@@ -134,17 +149,20 @@ impl Plan {
         };
         match list {
             Ok(list) => self.offer(list),
-            Err(e) => {
-                let name = self.up.name.clone();
-                self.with_state(|s| {
-                    s.errors += 1;
-                    if s.last_error.as_deref() != Some(&e) {
-                        tracing::warn!(upstream = %name, "discovery: {e}; keeping the last set ({} backends)", s.members);
-                    }
-                    s.last_error = Some(e);
-                });
-            }
+            Err(e) => self.failed(e),
         }
+    }
+
+    /// The source failed: the last set stays.
+    fn failed(&self, e: String) {
+        let name = self.up.name.clone();
+        self.with_state(|s| {
+            s.errors += 1;
+            if s.last_error.as_deref() != Some(&e) {
+                tracing::warn!(upstream = %name, "discovery: {e}; keeping the last set ({} backends)", s.members);
+            }
+            s.last_error = Some(e);
+        });
     }
 
     /// A list read from the source: applied, or refused by the safety rules.
@@ -202,5 +220,104 @@ impl Plan {
             s.last_error = None;
             s.members = n;
         });
+    }
+}
+
+/// What ended a wait on a ZooKeeper session.
+enum ZkWake {
+    /// A node under the path changed, or (a session event) the session
+    /// ended: the watcher must not be asked again then (the client
+    /// library panics on a watcher whose session is gone).
+    Node(zookeeper_client::WatchedEvent),
+    /// The session moved to this state.
+    Session(zookeeper_client::SessionState),
+    /// Nothing for a while: look at the stop flag.
+    Tick,
+}
+
+async fn pause(d: Duration) {
+    async_io::Timer::after(d).await;
+}
+
+/// Follow a ZooKeeper source: a session with a persistent recursive watch
+/// on the path; every change under it lists the children again. A lost
+/// session (expired, or the ensemble unreachable) keeps the last set and
+/// reconnects with back-off (100 ms doubling to 5 s).
+async fn zk_follow(p: &mut Plan, stop: &AtomicBool) {
+    let Source::ZooKeeper { path, .. } = p.d.source.clone() else {
+        return;
+    };
+    let mut backoff = Duration::from_millis(100);
+    while !stop.load(Ordering::Relaxed) {
+        let client = match zk_connect(&p.d).await {
+            Ok(c) => c,
+            Err(e) => {
+                p.failed(e);
+                pause(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let mut watcher = match client
+            .watch(&path, zookeeper_client::AddWatchMode::PersistentRecursive)
+            .await
+        {
+            Ok(w) => w,
+            Err(e) => {
+                p.failed(format!("zookeeper watch {path}: {e}"));
+                pause(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let mut state = client.state_watcher();
+        let mut dirty = true;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if dirty {
+                dirty = false;
+                match zk_list(&client, &path).await {
+                    Ok(list) => p.offer(list),
+                    Err(e) => p.failed(e),
+                }
+            }
+            let node = async { ZkWake::Node(watcher.changed().await) };
+            let session = async { ZkWake::Session(state.changed().await) };
+            let tick = async {
+                pause(Duration::from_millis(200)).await;
+                ZkWake::Tick
+            };
+            match futures_lite::future::or(node, futures_lite::future::or(session, tick)).await {
+                ZkWake::Node(ev) if ev.event_type == zookeeper_client::EventType::Session => {
+                    if ev.session_state.is_terminated() {
+                        p.failed(format!(
+                            "zookeeper session {}; reconnecting",
+                            ev.session_state
+                        ));
+                        break;
+                    }
+                    dirty = true;
+                }
+                ZkWake::Node(_) => {
+                    // A burst (a deploy registering many nodes) becomes one list.
+                    pause(Duration::from_millis(20)).await;
+                    dirty = true;
+                }
+                ZkWake::Session(s) if s.is_terminated() => {
+                    p.failed(format!("zookeeper session {s}; reconnecting"));
+                    break;
+                }
+                ZkWake::Session(zookeeper_client::SessionState::Disconnected) => {
+                    p.failed("zookeeper disconnected; keeping the last set".to_string());
+                }
+                // Connected again within the session: changes may have
+                // been missed while away.
+                ZkWake::Session(_) => dirty = true,
+                ZkWake::Tick => {}
+            }
+        }
     }
 }

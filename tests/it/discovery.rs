@@ -245,8 +245,8 @@ fn check_refuses_bad_discovery_tables_and_names_the_file() {
             "expected one of",
         ),
         (
-            "discovery = { zookeeper = \"127.0.0.1:2181\", path = \"/s\" }".into(),
-            "not built yet",
+            "discovery = { zookeeper = \"127.0.0.1:2181\" }".into(),
+            "missing: the znode",
         ),
         (
             "discovery = { dns = \"localhost:80\", max_remove = 2.0 }".into(),
@@ -258,10 +258,105 @@ fn check_refuses_bad_discovery_tables_and_names_the_file() {
         assert_eq!(rc, 2, "{keys}: {err}");
         assert!(err.contains(want), "{keys}: {err}");
     }
+    // An ensemble that does not answer at load: an error naming it.
+    let (rc, _, err) = check_config(Cfg::http_proxy(&[]).upstream_with(&format!(
+        "discovery = {{ zookeeper = \"{}\", path = \"/s\" }}",
+        refused_addr()
+    )));
+    assert_eq!(rc, 2, "{err}");
+    assert!(err.contains("zookeeper"), "{err}");
     // allow_empty: a missing file starts with no backend.
     let (rc, _, err) = check_config(Cfg::http_proxy(&[]).upstream_with(&format!(
         "discovery = {{ file = \"{}\", allow_empty = true }}",
         missing.display()
     )));
     assert_eq!(rc, 0, "{err}");
+}
+
+/// Who answered one request (None: no backend, or an error).
+fn who(addr: SocketAddr) -> Option<String> {
+    let r = get(addr, "t", "/");
+    (r.status == 200).then(|| r.text().split(' ').next().unwrap_or("").to_string())
+}
+
+fn zk_cfg(hosts: &str) -> Cfg {
+    Cfg::new(1)
+        .admin()
+        .http("web", "app")
+        .listener_with("connect_timeout = \"1s\"")
+        .upstream("app", &[])
+        .upstream_with(&format!(
+            "discovery = {{ zookeeper = \"{hosts}\", path = \"/services/api\", session_timeout = \"2s\", allow_empty = true }}"
+        ))
+}
+
+/// The scale-out test: three ringlb processes follow one ZooKeeper path.
+/// A backend registered by its own session reaches all three; killed with
+/// SIGKILL, it leaves all three when its session expires; with ZooKeeper
+/// down they keep serving their last set, and resync when it is back.
+#[test]
+fn three_ringlb_processes_follow_one_zookeeper_registry() {
+    let mut zk = crate::common::zk::ZooKeeper::start();
+    zk.ensure("/services/api");
+    let a = HttpBackend::named("a");
+    let b = HttpBackend::named("b");
+    let c = HttpBackend::named("c");
+    let lbs: Vec<Ringlb> = (0..3).map(|_| Ringlb::start(zk_cfg(&zk.hosts()))).collect();
+    let webs: Vec<SocketAddr> = lbs.iter().map(|l| l.addr("web")).collect();
+    // Register a: every box routes to it; report how long each took.
+    let t = Instant::now();
+    let mut reg_a = zk.register("/services/api", &a.addr.to_string(), 1.0);
+    let mut delays = Vec::new();
+    for w in &webs {
+        assert!(
+            wait_until(Duration::from_secs(10), || who(*w).as_deref() == Some("a")),
+            "a box never routed to the registered backend"
+        );
+        delays.push(t.elapsed());
+    }
+    eprintln!("registration to first request routed, per box: {delays:?}");
+    let reg_b = zk.register("/services/api", &format!("{} weight=2", b.addr), 10.0);
+    for w in &webs {
+        assert!(wait_until(Duration::from_secs(10), || served_by(*w, 6)
+            .contains_key("b")));
+    }
+    // SIGKILL a's registrant: its session expires (1 s) and a leaves every box.
+    let t = Instant::now();
+    reg_a.kill();
+    for w in &webs {
+        assert!(
+            wait_until(Duration::from_secs(10), || !served_by(*w, 6)
+                .contains_key("a")),
+            "a box still sends to a backend whose session expired"
+        );
+    }
+    eprintln!(
+        "registrant killed to gone from all three boxes: {:?}",
+        t.elapsed()
+    );
+    // ZooKeeper down: the last set (b) is still served, and said so.
+    zk.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    for (l, w) in lbs.iter().zip(&webs) {
+        assert_eq!(served_by(*w, 4).get("b"), Some(&4));
+        assert!(wait_until(Duration::from_secs(10), || admin_get(
+            l, "/readyz"
+        )
+        .text()
+        .contains("keeps its last set")));
+    }
+    // Back: the boxes reconnect and follow new registrations. (b's
+    // session, 10 s, survives the outage of the server's own clock.)
+    zk.restart();
+    let _reg_c = zk.register("/services/api", &c.addr.to_string(), 10.0);
+    for (l, w) in lbs.iter().zip(&webs) {
+        assert!(
+            wait_until(Duration::from_secs(15), || served_by(*w, 9)
+                .contains_key("c")),
+            "a box did not resync after ZooKeeper came back: {}\n{}",
+            l.log_text(),
+            admin_get(l, "/status").text()
+        );
+    }
+    drop(reg_b);
 }

@@ -12,6 +12,7 @@ pub mod notify;
 pub mod prom;
 pub mod py;
 pub mod tls;
+pub mod zk;
 
 use std::{
     collections::HashMap,

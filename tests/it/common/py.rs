@@ -17,7 +17,7 @@ fn root() -> &'static Path {
 
 fn has_packages(py: &Path) -> bool {
     Command::new(py)
-        .args(["-c", "import grpc, h2, hpack"])
+        .args(["-c", "import grpc, h2, hpack, kazoo"])
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())

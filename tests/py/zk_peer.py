@@ -1,0 +1,35 @@
+"""ZooKeeper registrar for ringlb's discovery tests (kazoo).
+
+  zk_peer.py ensure HOSTS PATH                 a persistent path (and its parents)
+  zk_peer.py register HOSTS PATH DATA TIMEOUT  an ephemeral sequential child with DATA, in a
+                                               session of TIMEOUT seconds; prints "registered",
+                                               holds it until killed
+  zk_peer.py delete HOSTS PATH                 remove a node
+"""
+import sys
+import time
+
+from kazoo.client import KazooClient
+
+
+def main():
+    what, hosts, path = sys.argv[1], sys.argv[2], sys.argv[3]
+    timeout = float(sys.argv[5]) if what == "register" else 10.0
+    zk = KazooClient(hosts=hosts, timeout=timeout)
+    zk.start(timeout=10)
+    if what == "ensure":
+        zk.ensure_path(path)
+    elif what == "register":
+        node = zk.create(path + "/backend-", sys.argv[4].encode(), ephemeral=True, sequence=True)
+        print("registered", node, flush=True)
+        while True:
+            time.sleep(3600)
+    elif what == "delete":
+        zk.delete(path, recursive=True)
+    else:
+        sys.exit(f"unknown command {what}")
+    zk.stop()
+
+
+if __name__ == "__main__":
+    main()
