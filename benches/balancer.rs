@@ -322,8 +322,57 @@ fn bench_pick_with_health(c: &mut Criterion) {
     g.finish();
 }
 
+/// A discovery update of a 1,000-member set: the new version published
+/// (`Upstream::apply`, one backend swapped each time) and one worker's
+/// replica following it at its next pick (its balancer rebuilt for the new
+/// members, live counts carried by id). Every worker does the second part
+/// once per version.
+fn bench_set_update(c: &mut Criterion) {
+    let mut g = c.benchmark_group("set_update");
+    let n = 1000;
+    let servers: String = (0..n)
+        .map(|i| {
+            format!(
+                "{{ addr = \"10.{}.{}.{}:80\" }},",
+                i / 65536,
+                (i / 256) % 256,
+                i % 256
+            )
+        })
+        .collect();
+    let cfg = ringlb::Config::parse(&format!(
+        "[[listener]]\nlisten = \"127.0.0.1:1\"\nupstream = \"u\"\n[upstream.u]\nbalance = \"least_conn\"\nservers = [{servers}]\n"
+    ))
+    .expect("valid config");
+    let up = Upstream::new(&cfg.upstreams[0]);
+    let replica =
+        ringlb::upstream::Replica::new(&cfg.upstreams[0], std::sync::Arc::clone(&up), 0, 0);
+    let base = cfg.upstreams[0].servers.clone();
+    let spare = ringlb::config::ServerConfig {
+        id: "10.99.0.1:80".into(),
+        addr: "10.99.0.1:80".parse().expect("addr"),
+        weight: 1,
+        backup: false,
+        max_connections: 0,
+    };
+    let mut flip = false;
+    g.bench_function("apply_and_refresh_1000", |bench| {
+        bench.iter(|| {
+            let mut list = base.clone();
+            flip = !flip;
+            if flip {
+                list[0] = spare.clone();
+            }
+            up.apply(backends::Update::Reset(list));
+            black_box(replica.len())
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    bench_set_update,
     bench_pick_with_health,
     bench_round_robin,
     bench_weighted_round_robin,

@@ -360,3 +360,100 @@ fn three_ringlb_processes_follow_one_zookeeper_registry() {
     }
     drop(reg_b);
 }
+
+/// Backends churn every 200 ms (the file rewritten with a rotating subset)
+/// under continuous http and tcp load through the same upstream: no
+/// request fails, since every backend that leaves is still alive (its
+/// in-flight requests finish; new ones go elsewhere).
+#[test]
+fn churning_backends_under_load_fail_no_request() {
+    use std::sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    };
+    let backs: Vec<HttpBackend> = (0..4)
+        .map(|i| HttpBackend::named(&format!("b{i}")))
+        .collect();
+    let addrs: Vec<SocketAddr> = backs.iter().map(|b| b.addr).collect();
+    let dir = TempDir::new("disc-churn");
+    let file = dir.path("app.servers");
+    std::fs::write(&file, list(&addrs[..2])).unwrap();
+    let lb = Ringlb::start(
+        discovery_cfg(&file, "")
+            .tcp("raw", "app")
+            .listener_with("listen = \"127.0.0.2:0\"\nconnect_timeout = \"1s\""),
+    );
+    let (web, raw) = (lb.addr("web"), lb.addr("raw"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut load = Vec::new();
+    for k in 0..4 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        load.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                // Half the clients through the http listener, half raw tcp.
+                let r = if k % 2 == 0 {
+                    get(web, "t", "/")
+                } else {
+                    crate::common::http::roundtrip(
+                        raw,
+                        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                    )
+                };
+                if r.status == 200 {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed
+                        .lock()
+                        .unwrap()
+                        .push(format!("{} {}", r.status, r.text()));
+                }
+            }
+        }));
+    }
+    // 15 changes, 200 ms apart: each list is two or three of the four.
+    for i in 0..15 {
+        std::thread::sleep(Duration::from_millis(200));
+        let n = 2 + i % 2;
+        let pick: Vec<SocketAddr> = (0..n).map(|j| addrs[(i + j) % 4]).collect();
+        std::fs::write(&file, list(&pick)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    let failed = failed.lock().unwrap();
+    let d = upstream_discovery(&lb);
+    eprintln!(
+        "{} requests, {} failed, {:?} set updates",
+        ok.load(Ordering::Relaxed),
+        failed.len(),
+        d.get("updates")
+    );
+    assert!(
+        d.get("updates").and_then(Json::uint).unwrap_or(0) >= 10,
+        "{d:?}"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 100,
+        "too little load: {}",
+        ok.load(Ordering::Relaxed)
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        ok.load(Ordering::Relaxed),
+        &failed[..failed.len().min(5)]
+    );
+    // Every backend took requests at some point.
+    for b in &backs {
+        assert!(
+            !b.reqs.lock().unwrap().is_empty(),
+            "{} never got a request",
+            b.addr
+        );
+    }
+}
