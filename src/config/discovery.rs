@@ -25,8 +25,14 @@ use super::{
 pub enum Source {
     /// One backend per line ([`parse_list`]); re-read when it changes.
     File(PathBuf),
-    /// `host:port`: every A and AAAA address of the host, on `port`.
-    Dns { name: String },
+    /// `host:port`: every A and AAAA address of the host, on `port`; or
+    /// (`srv`) an SRV name whose records give targets, ports and weights.
+    Dns {
+        name: String,
+        srv: bool,
+        /// A name server to ask (else the system's, /etc/resolv.conf).
+        resolver: Option<SocketAddr>,
+    },
     /// The children of `path` on a ZooKeeper ensemble; each child's data
     /// is one backend line ([`parse_list`]).
     ZooKeeper {
@@ -56,7 +62,12 @@ impl DiscoveryConfig {
     pub fn describe(&self) -> String {
         match &self.source {
             Source::File(p) => format!("file {}", p.display()),
-            Source::Dns { name } => format!("dns {name}"),
+            Source::Dns {
+                name, srv: false, ..
+            } => format!("dns {name}"),
+            Source::Dns {
+                name, srv: true, ..
+            } => format!("dns srv {name}"),
             Source::ZooKeeper { cluster, path, .. } => format!("zookeeper {cluster} {path}"),
         }
     }
@@ -75,6 +86,7 @@ pub(super) struct RawDiscovery {
     pub path: Option<String>,
     pub session_timeout: Option<String>,
     pub digest: Option<String>,
+    pub resolver: Option<String>,
 }
 
 pub(super) fn build(key: &str, r: RawDiscovery) -> Result<DiscoveryConfig, ConfigError> {
@@ -128,6 +140,9 @@ pub(super) fn build(key: &str, r: RawDiscovery) -> Result<DiscoveryConfig, Confi
             max_remove,
         });
     }
+    if r.resolver.is_some() && r.dns.is_none() {
+        return Err(ConfigError::new(k("resolver"), "only applies to dns"));
+    }
     if r.path.is_some() || r.session_timeout.is_some() || r.digest.is_some() {
         return Err(ConfigError::new(
             key,
@@ -142,27 +157,38 @@ pub(super) fn build(key: &str, r: RawDiscovery) -> Result<DiscoveryConfig, Confi
             Source::File(PathBuf::from(f))
         }
         (None, Some(name)) => {
-            match r.kind.as_deref() {
-                None | Some("a") => {}
-                Some("srv") => {
-                    return Err(ConfigError::new(
-                        k("kind"),
-                        "SRV discovery is not built yet: use kind = \"a\" (A and AAAA records)",
-                    ))
-                }
-                Some(o) => return Err(one_of(&k("kind"), o, &["a"])),
-            }
-            if name
+            let srv = match r.kind.as_deref() {
+                None | Some("a") => false,
+                Some("srv") => true,
+                Some(o) => return Err(one_of(&k("kind"), o, &["a", "srv"])),
+            };
+            let has_port = name
                 .rsplit_once(':')
                 .and_then(|(_, p)| p.parse::<u16>().ok())
-                .is_none()
-            {
+                .is_some();
+            if !srv && !has_port {
                 return Err(ConfigError::new(
                     k("dns"),
                     format!("{name:?} needs a port (write host:port, e.g. api.internal:8080)"),
                 ));
             }
-            Source::Dns { name }
+            if srv && has_port {
+                return Err(ConfigError::new(
+                    k("dns"),
+                    format!("{name:?}: an SRV name takes its ports from the records (write e.g. _api._tcp.internal)"),
+                ));
+            }
+            let resolver = match r.resolver {
+                None => None,
+                Some(t) => Some(t.parse::<SocketAddr>().map_err(|_| {
+                    ConfigError::new(k("resolver"), format!("{t:?} is not ip:port"))
+                })?),
+            };
+            Source::Dns {
+                name,
+                srv,
+                resolver,
+            }
         }
         (Some(_), Some(_)) => {
             return Err(ConfigError::new(key, "set one of file and dns, not both"))
@@ -194,34 +220,137 @@ pub(super) fn build(key: &str, r: RawDiscovery) -> Result<DiscoveryConfig, Confi
 /// The file cannot be read or parsed, or the name does not resolve; the
 /// text says which and why.
 pub fn fetch(d: &DiscoveryConfig) -> Result<Vec<ServerConfig>, String> {
+    fetch_with_ttl(d).map(|(list, _)| list)
+}
+
+/// [`fetch`], and for DNS how long the answer is valid (its TTL).
+///
+/// # Errors
+/// As [`fetch`].
+pub fn fetch_with_ttl(
+    d: &DiscoveryConfig,
+) -> Result<(Vec<ServerConfig>, Option<Duration>), String> {
     match &d.source {
         Source::File(p) => {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-            parse_list(&text).map_err(|e| format!("{}: {e}", p.display()))
+            let list = parse_list(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+            Ok((list, None))
         }
         Source::ZooKeeper { .. } => {
             futures_lite::future::block_on(zk_fetch_once(d, Duration::from_secs(3)))
+                .map(|l| (l, None))
         }
-        Source::Dns { name } => {
-            let mut addrs: Vec<SocketAddr> = name
-                .to_socket_addrs()
-                .map_err(|e| format!("cannot resolve {name}: {e}"))?
-                .collect();
-            addrs.sort();
-            addrs.dedup();
-            Ok(addrs
-                .into_iter()
-                .map(|addr| ServerConfig {
+        Source::Dns {
+            name,
+            srv,
+            resolver,
+        } => dns_lookup(name, *srv, *resolver),
+    }
+}
+
+/// Resolve a DNS source with hickory (A/AAAA, or SRV and then each
+/// target's addresses) on a small runtime of this thread's own. SRV: the
+/// lowest priority's records are the primaries, higher ones backups; a
+/// record's weight is the backend's (0 reads as 1, at most 1000).
+fn dns_lookup(
+    name: &str,
+    srv: bool,
+    resolver: Option<SocketAddr>,
+) -> Result<(Vec<ServerConfig>, Option<Duration>), String> {
+    use hickory_resolver::{
+        config::{NameServerConfigGroup, ResolverConfig, ResolverOpts},
+        TokioAsyncResolver,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("dns {name}: no runtime: {e}"))?;
+    rt.block_on(async {
+        let mut opts = ResolverOpts::default();
+        opts.timeout = Duration::from_secs(2);
+        opts.attempts = 2;
+        // Every lookup asks the server: the TTL it gives is what we follow.
+        opts.cache_size = 0;
+        let r = match resolver {
+            Some(ns) => TokioAsyncResolver::tokio(
+                ResolverConfig::from_parts(
+                    None,
+                    vec![],
+                    NameServerConfigGroup::from_ips_clear(&[ns.ip()], ns.port(), true),
+                ),
+                opts,
+            ),
+            None => TokioAsyncResolver::tokio_from_system_conf()
+                .map_err(|e| format!("dns {name}: the system resolver: {e}"))?,
+        };
+        let now = std::time::Instant::now();
+        let mut out: Vec<ServerConfig> = Vec::new();
+        let push = |out: &mut Vec<ServerConfig>, addr: SocketAddr, weight: u32, backup: bool| {
+            if !out.iter().any(|o| o.addr == addr) {
+                out.push(ServerConfig {
                     id: addr.to_string(),
                     addr,
-                    weight: 1,
-                    backup: false,
+                    weight,
+                    backup,
                     max_connections: 0,
+                });
+            }
+        };
+        if srv {
+            let records = r
+                .srv_lookup(name)
+                .await
+                .map_err(|e| format!("dns srv {name}: {e}"))?;
+            let ttl = records
+                .as_lookup()
+                .valid_until()
+                .saturating_duration_since(now);
+            let best = records.iter().map(|s| s.priority()).min().unwrap_or(0);
+            let mut found: Vec<(u16, u16, u16, String)> = records
+                .iter()
+                .map(|s| (s.priority(), s.weight(), s.port(), s.target().to_utf8()))
+                .collect();
+            found.sort();
+            for (prio, weight, port, target) in found {
+                let ips = r
+                    .lookup_ip(target.as_str())
+                    .await
+                    .map_err(|e| format!("dns srv {name}: target {target}: {e}"))?;
+                for ip in ips.iter() {
+                    push(
+                        &mut out,
+                        SocketAddr::new(ip, port),
+                        u32::from(weight).clamp(1, 1000),
+                        prio != best,
+                    );
+                }
+            }
+            Ok((out, Some(ttl)))
+        } else {
+            let (host, port) = name
+                .rsplit_once(':')
+                .and_then(|(h, p)| {
+                    Some((
+                        h.trim_start_matches('[').trim_end_matches(']'),
+                        p.parse::<u16>().ok()?,
+                    ))
                 })
-                .collect())
+                .ok_or_else(|| format!("dns {name}: needs host:port"))?;
+            let ips = r
+                .lookup_ip(host)
+                .await
+                .map_err(|e| format!("dns {name}: {e}"))?;
+            let ttl = ips.valid_until().saturating_duration_since(now);
+            let mut addrs: Vec<SocketAddr> =
+                ips.iter().map(|ip| SocketAddr::new(ip, port)).collect();
+            addrs.sort();
+            for a in addrs {
+                push(&mut out, a, 1, false);
+            }
+            Ok((out, Some(ttl)))
         }
-    }
+    })
 }
 
 /// Connect, list once, and close (config load; the discovery thread keeps

@@ -35,7 +35,8 @@ use std::{
 use serde::Deserialize;
 
 pub use discovery::{
-    fetch as fetch_discovered, parse_list, zk_connect, zk_list, DiscoveryConfig, Source,
+    fetch as fetch_discovered, fetch_with_ttl, parse_list, zk_connect, zk_list, DiscoveryConfig,
+    Source,
 };
 pub use h2::{H2Config, Protocol};
 pub use http::{HeaderOps, HttpConfig, RateKey, RateLimitConfig, RouteConfig, Underscores};

@@ -27,7 +27,8 @@ use std::{
 use crate::{
     backends::{set::unix_ms, set::DiscoveryState, Update, Upstream, Upstreams},
     config::{
-        fetch_discovered, zk_connect, zk_list, Config, DiscoveryConfig, ServerConfig, Source,
+        fetch_discovered, fetch_with_ttl, zk_connect, zk_list, Config, DiscoveryConfig,
+        ServerConfig, Source,
     },
 };
 
@@ -143,8 +144,21 @@ impl Plan {
                 if now < self.next {
                     return;
                 }
-                self.next = now + self.d.interval;
-                fetch_discovered(&self.d)
+                // Again at the interval, or sooner when the answer's TTL
+                // runs out first (but not more than once a second).
+                match fetch_with_ttl(&self.d) {
+                    Ok((list, ttl)) => {
+                        let wait = ttl.map_or(self.d.interval, |t| {
+                            t.max(Duration::from_secs(1)).min(self.d.interval)
+                        });
+                        self.next = now + wait;
+                        Ok(list)
+                    }
+                    Err(e) => {
+                        self.next = now + self.d.interval;
+                        Err(e)
+                    }
+                }
             }
         };
         match list {

@@ -457,3 +457,77 @@ fn churning_backends_under_load_fail_no_request() {
         );
     }
 }
+
+/// DNS against a real server (dnsmasq): SRV records give targets, ports
+/// and weights; a changed record set is followed within interval + 1 s.
+#[test]
+fn srv_records_from_dnsmasq_are_followed() {
+    let a = HttpBackend::named("a");
+    let b = HttpBackend::named("b");
+    let hosts = [("a.test", "127.0.0.1"), ("b.test", "127.0.0.1")];
+    let mut dns = crate::common::dns::Dnsmasq::start(
+        &hosts,
+        &[("_api._tcp.test", "a.test", a.addr.port(), 0, 5)],
+    );
+    let lb = Ringlb::start(
+        Cfg::new(1)
+            .admin()
+            .http("web", "app")
+            .listener_with("connect_timeout = \"1s\"")
+            .upstream("app", &[])
+            .upstream_with(&format!(
+                "discovery = {{ dns = \"_api._tcp.test\", kind = \"srv\", resolver = \"{}\", interval = \"1s\" }}",
+                dns.addr()
+            )),
+    );
+    let web = lb.addr("web");
+    assert_eq!(served_by(web, 4).get("a"), Some(&4));
+    // b joins with the same priority: both serve.
+    let t = Instant::now();
+    dns.set(
+        &hosts,
+        &[
+            ("_api._tcp.test", "a.test", a.addr.port(), 0, 5),
+            ("_api._tcp.test", "b.test", b.addr.port(), 0, 5),
+        ],
+    );
+    assert!(wait_until(Duration::from_secs(3), || served_by(web, 4)
+        .contains_key("b")));
+    eprintln!(
+        "SRV change to first request on the new target: {:?}",
+        t.elapsed()
+    );
+    // a moves to a higher priority number: a backup, only b serves.
+    dns.set(
+        &hosts,
+        &[
+            ("_api._tcp.test", "a.test", a.addr.port(), 10, 5),
+            ("_api._tcp.test", "b.test", b.addr.port(), 0, 5),
+        ],
+    );
+    assert!(wait_until(Duration::from_secs(3), || {
+        let seen = served_by(web, 6);
+        seen.get("b") == Some(&6)
+    }));
+    let st = status(&lb);
+    let backends = st
+        .get("upstreams")
+        .and_then(Json::arr)
+        .and_then(|u| u.first())
+        .and_then(|u| u.get("backends"))
+        .cloned()
+        .expect("backends");
+    let backup_a = backends.arr().unwrap_or(&[]).iter().any(|x| {
+        x.get("addr").and_then(Json::str) == Some(&a.addr.to_string())
+            && x.get("backup").and_then(Json::bool) == Some(true)
+    });
+    assert!(backup_a, "{st:?}");
+    // The server gone: the last set stays.
+    dns.stop();
+    assert!(wait_until(Duration::from_secs(8), || admin_get(
+        &lb, "/readyz"
+    )
+    .text()
+    .contains("keeps its last set")));
+    assert_eq!(served_by(web, 4).get("b"), Some(&4));
+}

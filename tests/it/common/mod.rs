@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod backends;
 pub mod cfg;
+pub mod dns;
 pub mod http;
 pub mod json;
 pub mod notify;
