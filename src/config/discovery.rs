@@ -420,7 +420,7 @@ pub async fn zk_list(
             Err(e) => return Err(format!("zookeeper {full}: {e}")),
         };
         let text = String::from_utf8_lossy(&data);
-        match parse_list(&text) {
+        match parse_node(&text) {
             Ok(list) => {
                 for s in list {
                     if !out.iter().any(|o| o.addr == s.addr) {
@@ -432,6 +432,61 @@ pub async fn zk_list(
         }
     }
     Ok(out)
+}
+
+/// One registry node's data: a backend line ([`parse_list`]) or a JSON
+/// object as registrars write it: `{"host": "10.0.0.1", "port": 8080}`
+/// (or `"address"` for `"host"`, as Curator's service instances, or
+/// `"addr": "10.0.0.1:8080"`), with optional `"weight"`, `"backup"`,
+/// `"max_connections"`; other fields (`"zone"`, `"id"`, `"payload"`...)
+/// are ignored.
+///
+/// # Errors
+/// Neither form, or a field of the wrong kind or range.
+pub fn parse_node(data: &str) -> Result<Vec<ServerConfig>, String> {
+    let t = data.trim();
+    if !t.starts_with('{') {
+        return parse_list(t);
+    }
+    let v: serde_json::Value = serde_json::from_str(t).map_err(|e| format!("not JSON: {e}"))?;
+    let text = |k: &str| v.get(k).and_then(serde_json::Value::as_str);
+    let num = |k: &str| -> Result<Option<u64>, String> {
+        match v.get(k) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(x) => x
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| format!("{k:?} is not a number")),
+        }
+    };
+    let addr_text = match (
+        text("addr"),
+        text("host").or_else(|| text("address")),
+        num("port")?,
+    ) {
+        (Some(a), _, _) => a.to_string(),
+        (None, Some(h), Some(p)) if p <= 65535 => {
+            if h.contains(':') && !h.starts_with('[') {
+                format!("[{h}]:{p}")
+            } else {
+                format!("{h}:{p}")
+            }
+        }
+        _ => return Err("needs \"addr\", or \"host\" (or \"address\") and \"port\"".into()),
+    };
+    let mut line = addr_text;
+    if let Some(w) = num("weight")? {
+        line.push_str(&format!(" weight={w}"));
+    }
+    if let Some(m) = num("max_connections")? {
+        line.push_str(&format!(" max_connections={m}"));
+    }
+    match v.get("backup") {
+        None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => {}
+        Some(serde_json::Value::Bool(true)) => line.push_str(" backup"),
+        Some(_) => return Err("\"backup\" is not true or false".into()),
+    }
+    parse_list(&line)
 }
 
 /// A backend list: one backend per line, `ADDR [weight=N] [backup]
@@ -520,5 +575,33 @@ mod tests {
         assert!(e.contains("unknown \"primary\""), "{e}");
         assert!(parse_list("nope").is_err());
         assert!(parse_list("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn registry_nodes_are_lines_or_json() {
+        let one =
+            |t: &str| parse_node(t).map(|l| (l[0].addr.to_string(), l[0].weight, l[0].backup));
+        assert_eq!(
+            one("127.0.0.1:80 weight=2"),
+            Ok(("127.0.0.1:80".into(), 2, false))
+        );
+        assert_eq!(
+            one(r#"{"host": "127.0.0.1", "port": 81, "weight": 3, "zone": "a"}"#),
+            Ok(("127.0.0.1:81".into(), 3, false))
+        );
+        // Curator's ServiceInstance.
+        assert_eq!(
+            one(
+                r#"{"name":"api","id":"x","address":"::1","port":82,"sslPort":null,"payload":null}"#
+            ),
+            Ok(("[::1]:82".into(), 1, false))
+        );
+        assert_eq!(
+            one(r#"{"addr": "127.0.0.1:83", "backup": true}"#),
+            Ok(("127.0.0.1:83".into(), 1, true))
+        );
+        assert!(parse_node(r#"{"host": "127.0.0.1"}"#).is_err());
+        assert!(parse_node(r#"{"addr": "127.0.0.1:1", "weight": "x"}"#).is_err());
+        assert!(parse_node("{not json").is_err());
     }
 }

@@ -315,7 +315,15 @@ fn three_ringlb_processes_follow_one_zookeeper_registry() {
         delays.push(t.elapsed());
     }
     eprintln!("registration to first request routed, per box: {delays:?}");
-    let reg_b = zk.register("/services/api", &format!("{} weight=2", b.addr), 10.0);
+    let reg_b = zk.register(
+        "/services/api",
+        // JSON, as Curator-style registrars write it.
+        &format!(
+            "{{\"name\": \"api\", \"address\": \"127.0.0.1\", \"port\": {}, \"weight\": 2}}",
+            b.addr.port()
+        ),
+        10.0,
+    );
     for w in &webs {
         assert!(wait_until(Duration::from_secs(10), || served_by(*w, 6)
             .contains_key("b")));
