@@ -370,9 +370,59 @@ fn bench_set_update(c: &mut Criterion) {
     g.finish();
 }
 
+/// A worker's pick (the replica's, as the data path does it) on a 256-member
+/// set while another thread publishes a new version every millisecond
+/// (one member swapped): the cost of following a busy discovery source,
+/// beside the quiet case.
+fn bench_pick_during_updates(c: &mut Criterion) {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    let mut g = c.benchmark_group("pick_during_updates");
+    let n = 256;
+    let servers: String = server_ids(n)
+        .iter()
+        .map(|a| format!("{{ addr = \"{a}\" }},"))
+        .collect();
+    let cfg = ringlb::Config::parse(&format!(
+        "[[listener]]\nlisten = \"127.0.0.1:1\"\nupstream = \"u\"\n[upstream.u]\nservers = [{servers}]\n"
+    ))
+    .expect("valid config");
+    let up = Upstream::new(&cfg.upstreams[0]);
+    let replica = ringlb::upstream::Replica::new(&cfg.upstreams[0], Arc::clone(&up), 0, 0);
+    g.bench_function("quiet", |bench| {
+        bench.iter(|| black_box(replica.pick(black_box(0), &[]).is_ok()))
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (up, stop) = (Arc::clone(&up), Arc::clone(&stop));
+        let base = cfg.upstreams[0].servers.clone();
+        std::thread::spawn(move || {
+            let mut flip = false;
+            while !stop.load(Ordering::Relaxed) {
+                let mut list = base.clone();
+                flip = !flip;
+                if flip {
+                    list.pop();
+                }
+                up.apply(backends::Update::Reset(list));
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
+    };
+    g.bench_function("updates_every_1ms", |bench| {
+        bench.iter(|| black_box(replica.pick(black_box(0), &[]).is_ok()))
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _ = writer.join();
+    g.finish();
+}
+
 criterion_group!(
     benches,
     bench_set_update,
+    bench_pick_during_updates,
     bench_pick_with_health,
     bench_round_robin,
     bench_weighted_round_robin,
