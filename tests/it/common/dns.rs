@@ -15,26 +15,47 @@ pub struct Dnsmasq {
 impl Dnsmasq {
     /// `hosts`: (name, ip) pairs; `srv`: (name, target, port, priority, weight).
     pub fn start(hosts: &[(&str, &str)], srv: &[(&str, &str, u16, u16, u16)]) -> Dnsmasq {
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .expect("a free port")
-            .port();
         let mut d = Dnsmasq {
             child: None,
             dir: TempDir::new("dnsmasq"),
-            port,
+            port: 0,
         };
-        d.run(hosts, srv);
-        d
+        // A port free for UDP may be taken for TCP (dnsmasq wants both):
+        // another one then.
+        for _ in 0..10 {
+            d.port = std::net::UdpSocket::bind("127.0.0.1:0")
+                .and_then(|s| s.local_addr())
+                .expect("a free port")
+                .port();
+            if d.run(hosts, srv) {
+                return d;
+            }
+        }
+        panic!("dnsmasq did not start: {}", d.log());
     }
 
     /// Serve these records from now on (dnsmasq restarted on the same port).
     pub fn set(&mut self, hosts: &[(&str, &str)], srv: &[(&str, &str, u16, u16, u16)]) {
         self.stop();
-        self.run(hosts, srv);
+        for _ in 0..10 {
+            if self.run(hosts, srv) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        panic!(
+            "dnsmasq did not restart on port {}: {}",
+            self.port,
+            self.log()
+        );
     }
 
-    fn run(&mut self, hosts: &[(&str, &str)], srv: &[(&str, &str, u16, u16, u16)]) {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path("log")).unwrap_or_default()
+    }
+
+    /// Start on `self.port`; false if it did not come up (it is stopped).
+    fn run(&mut self, hosts: &[(&str, &str)], srv: &[(&str, &str, u16, u16, u16)]) -> bool {
         let file = self.dir.path("hosts");
         let text: String = hosts.iter().map(|(n, ip)| format!("{ip} {n}\n")).collect();
         std::fs::write(&file, text).expect("hosts file");
@@ -57,17 +78,25 @@ impl Dnsmasq {
         for (name, target, port, prio, weight) in srv {
             cmd.arg(format!("--srv-host={name},{target},{port},{prio},{weight}"));
         }
+        let log = std::fs::File::create(self.dir.path("log")).expect("log");
         let child = cmd
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(log))
             .spawn()
             .expect("dnsmasq (Debian: apt-get install dnsmasq-base)");
         self.child = Some(child);
         let port = self.port;
-        assert!(
-            wait_until(std::time::Duration::from_secs(5), || answers(port)),
-            "dnsmasq did not start on port {port}"
-        );
+        let up = wait_until(std::time::Duration::from_secs(3), || {
+            let alive = self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+            !alive || answers(port)
+        }) && answers(port);
+        if !up {
+            self.stop();
+        }
+        up
     }
 
     pub fn addr(&self) -> String {
