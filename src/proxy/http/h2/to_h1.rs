@@ -51,24 +51,16 @@ fn idempotent(m: &http::Method) -> bool {
     )
 }
 
-/// The HTTP/1.1 head for the backend.
-fn head(
-    req: &Req<'_>,
-    backend: std::net::SocketAddr,
-    chunked: bool,
-    has_body: bool,
-) -> Result<Vec<u8>, Kind> {
+/// The HTTP/1.1 head for the backend (`host`: the :authority, or the
+/// backend's address when the request had none).
+fn head(req: &Req<'_>, host: &str, chunked: bool, has_body: bool) -> Result<Vec<u8>, Kind> {
     let p = req.parts;
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(p.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(req.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    if req.authority.is_empty() {
-        out.extend_from_slice(backend.to_string().as_bytes());
-    } else {
-        out.extend_from_slice(req.authority.as_bytes());
-    }
+    out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\n");
     headers::request(
         &p.headers,
@@ -105,6 +97,9 @@ async fn send_body(
     patient: &Cell<bool>,
 ) -> Result<u64, PumpError> {
     let mut total = 0u64;
+    // Chunked: the CRLF that ends one chunk goes out with the next chunk's
+    // size line, so each DATA frame is one vectored send.
+    let mut line: Vec<u8> = Vec::with_capacity(24);
     loop {
         let next = from_src(body.data(), idle, Some(patient)).await?;
         let chunk = match next {
@@ -121,11 +116,15 @@ async fn send_body(
             return Err(PumpError::TooLarge);
         }
         let sent = if chunked {
-            let size = format!("{n:x}\r\n");
-            match timed_write(up, size.as_bytes(), &chunk, idle).await {
-                Ok(()) => timed_write(up, b"\r\n", &[], idle).await,
-                Err(e) => Err(e),
+            use std::io::Write as _;
+            let first = total == n as u64;
+            line.clear();
+            if !first {
+                line.extend_from_slice(b"\r\n");
             }
+            // Writing into a Vec cannot fail.
+            let _ = write!(line, "{n:x}\r\n");
+            timed_write(up, &line, &chunk, idle).await
         } else {
             timed_write(up, &chunk, &[], idle).await
         };
@@ -135,7 +134,12 @@ async fn send_body(
     // HTTP/1.1 trailers are not sent on: backends rarely read them, and a
     // gRPC call never comes this way.
     if chunked {
-        timed_write(up, b"0\r\n\r\n", &[], idle)
+        let end: &[u8] = if total > 0 {
+            b"\r\n0\r\n\r\n"
+        } else {
+            b"0\r\n\r\n"
+        };
+        timed_write(up, end, &[], idle)
             .await
             .map_err(|_| PumpError::Dst(None))?;
     }
@@ -248,6 +252,14 @@ pub(super) async fn forward(
     let mut attempts = 0;
     let mut from_backend = RBuf::new(4096, 64 * 1024.max(MAX_RESPONSE_HEAD));
     let mut resp = Response::default();
+    // The head depends on the backend only for a request without
+    // :authority (Host is then the backend's address): built once, and a
+    // refused field costs no backend connection.
+    let fixed_head = if req.authority.is_empty() {
+        None
+    } else {
+        Some(head(req, req.authority, chunked, has_body).map_err(ProxyError::from)?)
+    };
     loop {
         attempts += 1;
         if attempts > l.cfg.connect_tries as usize + 2 {
@@ -266,8 +278,16 @@ pub(super) async fn forward(
         trace.backend.set(Some(addr));
         backend.count_request();
         from_backend.clear();
-        let head = head(req, addr, chunked, has_body).map_err(ProxyError::from)?;
-        if let Err(e) = timed_write(&stream, &head, &[], timeout).await {
+        let built;
+        let head: &[u8] = match &fixed_head {
+            Some(h) => h,
+            None => {
+                built =
+                    head(req, &addr.to_string(), chunked, has_body).map_err(ProxyError::from)?;
+                &built
+            }
+        };
+        if let Err(e) = timed_write(&stream, head, &[], timeout).await {
             if reused {
                 allow_pooled = false;
                 continue;
