@@ -35,7 +35,8 @@ pub(super) struct ConnCtx<'a> {
     pub ip: String,
     pub ip_key: ([u8; 16], usize),
     pub trusted: bool,
-    pub local_port: u16,
+    /// The port the client connected to, as X-Forwarded-Port writes it.
+    pub local_port: String,
     pub tls: Option<TlsInfo>,
     pub tls_fields: Vec<(HeaderName, HeaderValue)>,
 }

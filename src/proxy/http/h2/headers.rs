@@ -21,7 +21,8 @@ pub(super) struct Facts<'a> {
     pub client_ip: &'a str,
     pub trusted: bool,
     pub https: bool,
-    pub port: u16,
+    /// The port the client connected to, as text (made once per connection).
+    pub port: &'a str,
     pub request_id: &'a str,
     /// `tls.headers`: (name, value) pairs, made once per connection.
     pub tls_fields: &'a [(HeaderName, HeaderValue)],
@@ -96,7 +97,7 @@ pub(super) fn request(
         emit(b"x-forwarded-host", authority.as_bytes());
     }
     if !kept_port {
-        emit(b"x-forwarded-port", f.port.to_string().as_bytes());
+        emit(b"x-forwarded-port", f.port.as_bytes());
     }
     emit(b"x-request-id", f.request_id.as_bytes());
     for (n, v) in f.tls_fields {
@@ -204,7 +205,7 @@ mod tests {
             client_ip: "10.0.0.9",
             trusted,
             https: true,
-            port: 443,
+            port: "443",
             request_id: "rid1",
             tls_fields: &[],
             underscores: Underscores::Drop,

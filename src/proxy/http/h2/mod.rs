@@ -79,7 +79,7 @@ pub(super) async fn serve(
         ip: h.peer.ip().to_string(),
         ip_key: crate::limits::client_key(h.peer.ip(), l.cfg.ipv6_prefix),
         trusted: h.trusted,
-        local_port: h.local_port,
+        local_port: h.local_port.to_string(),
         tls: h.tls,
         tls_fields: headers::tls_fields(&h.tls_lines),
     };

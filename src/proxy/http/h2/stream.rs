@@ -224,7 +224,7 @@ async fn run(
             client_ip: &cx.ip,
             trusted: cx.trusted,
             https: l.tls.is_some(),
-            port: cx.local_port,
+            port: &cx.local_port,
             request_id: id,
             tls_fields: &cx.tls_fields,
             underscores: l.http.underscores,
