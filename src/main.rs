@@ -82,7 +82,7 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(e.into()),
         },
-        Cmd::Run => ringlb::Config::load(&path)
+        Cmd::Run => ringlb::Config::load_seeded(&path, &inherited.seed())
             .map_err(ringlb::Error::from)
             .and_then(|cfg| {
                 init_logging(&cfg.log_level);
@@ -108,7 +108,13 @@ fn signal_running(
     sig: libc::c_int,
     what: &str,
 ) -> Result<(), ringlb::Error> {
-    let cfg = ringlb::Config::load(path)?;
+    // The running process asks its discovery sources itself (and keeps
+    // its sets when they are down): only the file is checked here.
+    let seed = ringlb::config::Seed {
+        no_fetch: true,
+        ..Default::default()
+    };
+    let cfg = ringlb::Config::load_seeded(path, &seed)?;
     let pid = match pid {
         Some(p) => p,
         None => {

@@ -116,6 +116,9 @@ pub struct DiscoveryState {
     pub last_error: Option<String>,
     /// Backends the source listed last (applied).
     pub members: usize,
+    /// The upstream's own `servers`, kept beside whatever the source lists
+    /// (a reload that changes only them updates them here).
+    pub statics: Vec<ServerConfig>,
 }
 
 impl Upstream {
@@ -144,6 +147,7 @@ impl Upstream {
                     source: d.describe(),
                     last_ok_ms: unix_ms(),
                     members: cfg.servers.len() - cfg.static_servers.len(),
+                    statics: cfg.static_servers.clone(),
                     ..DiscoveryState::default()
                 })
             }),
@@ -157,6 +161,45 @@ impl Upstream {
         up.publish(&mut slot, members);
         drop(slot);
         Arc::new(up)
+    }
+
+    /// The members a discovery source gave (all but the static servers);
+    /// empty for an upstream without a source.
+    pub fn discovered(&self) -> Vec<ServerConfig> {
+        let Some(d) = &self.discovery else {
+            return Vec::new();
+        };
+        let st = d.lock().unwrap_or_else(|e| e.into_inner());
+        self.current()
+            .members
+            .iter()
+            .filter(|m| !st.statics.iter().any(|s| s.addr == m.backend.addr))
+            .map(Member::server)
+            .collect()
+    }
+
+    /// A reload changed only the static `servers` of a discovered upstream:
+    /// they replace the old ones beside what the source listed, under the
+    /// discovery lock (a list applied at the same time is not lost).
+    /// Without a source, the list is `statics`. Returns the version.
+    pub fn set_statics(&self, statics: &[ServerConfig]) -> u64 {
+        let Some(d) = &self.discovery else {
+            return self.apply(Update::Reset(statics.to_vec()));
+        };
+        let mut st = d.lock().unwrap_or_else(|e| e.into_inner());
+        let mut full = statics.to_vec();
+        full.extend(
+            self.current()
+                .members
+                .iter()
+                .filter(|m| {
+                    let a = m.backend.addr;
+                    !st.statics.iter().any(|s| s.addr == a) && !statics.iter().any(|s| s.addr == a)
+                })
+                .map(Member::server),
+        );
+        st.statics = statics.to_vec();
+        self.apply(Update::Reset(full))
     }
 
     /// Whether a response with `status` counts as a backend failure.
@@ -304,6 +347,18 @@ pub struct Upstreams {
 impl Upstreams {
     pub fn new(cfg: &Config) -> Arc<Upstreams> {
         Self::carry_over(cfg, None)
+    }
+
+    /// Every discovered upstream's current list, for a reload or an
+    /// upgrade to start from instead of asking the sources again.
+    pub fn known_sets(&self) -> crate::config::Seed {
+        let mut seed = crate::config::Seed::default();
+        for u in &self.all {
+            let Some(d) = &u.discovery else { continue };
+            let source = d.lock().unwrap_or_else(|e| e.into_inner()).source.clone();
+            seed.known.insert((u.name.clone(), source), u.discovered());
+        }
+        seed
     }
 
     /// For a reload: backends kept by the new config keep their state

@@ -3,16 +3,19 @@
 //! safety rules for applying a new list, and the list format.
 //!
 //! The source is read once when the config loads (so `ringlb check` sees
-//! a broken file and a start or reload has the set at once); the
-//! discovery thread follows it from then on.
+//! a broken file and a start has the set at once), unless the set is
+//! already known ([`Seed`]: a reload keeps the running sets, a binary
+//! upgrade starts with the old process's); the discovery thread follows
+//! it from then on.
 
 use std::{
+    collections::HashMap,
     net::{SocketAddr, ToSocketAddrs},
     path::PathBuf,
     time::Duration,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     server::ServerConfig,
@@ -212,6 +215,167 @@ pub(super) fn build(key: &str, r: RawDiscovery) -> Result<DiscoveryConfig, Confi
         allow_empty: r.allow_empty.unwrap_or(false),
         max_remove,
     })
+}
+
+/// `[register]`: this ringlb's own ephemeral node in a ZooKeeper path, so
+/// operators (and tools) see the fleet.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRegister {
+    pub zookeeper: Option<String>,
+    pub path: Option<String>,
+    pub session_timeout: Option<String>,
+    pub digest: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegisterConfig {
+    /// The ensemble and session (a ZooKeeper [`Source`]).
+    pub zk: DiscoveryConfig,
+    /// The node: `{path}/{name}-{pid}`.
+    pub path: String,
+    /// Default: the host name.
+    pub name: String,
+}
+
+pub(super) fn register(r: Option<RawRegister>) -> Result<Option<RegisterConfig>, ConfigError> {
+    let Some(r) = r else { return Ok(None) };
+    if r.zookeeper.is_none() {
+        return Err(ConfigError::new(
+            "register.zookeeper",
+            "missing: the ensemble to register in, host:port,...",
+        ));
+    }
+    let name = match r.name {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "ringlb".into()),
+    };
+    if name.is_empty() || name.contains('/') || name.chars().any(char::is_control) {
+        return Err(ConfigError::new(
+            "register.name",
+            format!("{name:?} is not a node name (no /, not empty)"),
+        ));
+    }
+    let zk = build(
+        "register",
+        RawDiscovery {
+            file: None,
+            dns: None,
+            kind: None,
+            interval: None,
+            allow_empty: None,
+            max_remove: None,
+            zookeeper: r.zookeeper,
+            path: r.path,
+            session_timeout: r.session_timeout,
+            digest: r.digest,
+            resolver: None,
+        },
+    )?;
+    let Source::ZooKeeper { path, .. } = &zk.source else {
+        return Err(ConfigError::new("register", "needs zookeeper"));
+    };
+    let path = path.clone();
+    Ok(Some(RegisterConfig { zk, path, name }))
+}
+
+/// Discovered lists a config load takes as they are instead of asking the
+/// sources, by upstream name and source ([`DiscoveryConfig::describe`]).
+#[derive(Debug, Default, Clone)]
+pub struct Seed {
+    pub known: HashMap<(String, String), Vec<ServerConfig>>,
+    /// Ask no source: the load only validates a file for a running
+    /// process (`ringlb reload`), which follows the sources itself.
+    pub no_fetch: bool,
+}
+
+/// One upstream's known list, as an upgrade hands it to the new process.
+#[derive(Debug, Serialize, Deserialize)]
+struct KnownSet {
+    upstream: String,
+    source: String,
+    servers: Vec<ServerConfig>,
+}
+
+impl Seed {
+    /// The known lists as text (JSON) for the next process.
+    pub fn to_text(&self) -> String {
+        let sets: Vec<KnownSet> = self
+            .known
+            .iter()
+            .map(|((u, src), servers)| KnownSet {
+                upstream: u.clone(),
+                source: src.clone(),
+                servers: servers.clone(),
+            })
+            .collect();
+        serde_json::to_string(&sets).unwrap_or_default()
+    }
+
+    /// Lists handed over by the previous process ([`Seed::to_text`]).
+    ///
+    /// # Errors
+    /// The text is not what `to_text` writes.
+    pub fn from_text(text: &str) -> Result<Seed, String> {
+        let sets: Vec<KnownSet> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        Ok(Seed {
+            known: sets
+                .into_iter()
+                .map(|k| ((k.upstream, k.source), k.servers))
+                .collect(),
+            no_fetch: false,
+        })
+    }
+}
+
+/// Fill each discovered upstream's `servers`: its static servers, then
+/// the source's list (known, or asked now), and check the result as the
+/// upstream table's own rules would.
+pub(super) fn seed(
+    upstreams: &mut [super::UpstreamConfig],
+    seed: &Seed,
+) -> Result<(), ConfigError> {
+    for u in upstreams.iter_mut() {
+        let Some(d) = &u.discovery else { continue };
+        let key = format!("upstream.{}", u.name);
+        let known = seed
+            .known
+            .get(&(u.name.clone(), d.describe()))
+            .filter(|l| !l.is_empty());
+        let found = match known {
+            Some(list) => list.clone(),
+            None if seed.no_fetch => continue,
+            None => match fetch(d) {
+                Ok(list) => list,
+                Err(e) if d.allow_empty => {
+                    tracing::warn!("{key}.discovery: {e}; starting without its backends");
+                    Vec::new()
+                }
+                Err(e) => return Err(ConfigError::new(format!("{key}.discovery"), e)),
+            },
+        };
+        for s in found {
+            if !u.servers.iter().any(|o| o.addr == s.addr) {
+                u.servers.push(s);
+            }
+        }
+        if u.servers.is_empty() && !d.allow_empty {
+            return Err(ConfigError::new(
+                format!("{key}.discovery"),
+                format!(
+                    "{} lists no backend (set allow_empty = true to start with none)",
+                    d.describe()
+                ),
+            ));
+        }
+        if !u.servers.is_empty() && u.servers.iter().all(|s| s.backup) {
+            return Err(super::upstream::all_backups(&key));
+        }
+    }
+    Ok(())
 }
 
 /// The source's list now (config load, and the discovery thread).
@@ -556,6 +720,60 @@ pub fn parse_list(text: &str) -> Result<Vec<ServerConfig>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_sets_survive_the_hand_over_text() {
+        let mut seed = Seed::default();
+        let list =
+            parse_list("127.0.0.1:80 weight=3\n[::1]:81 backup max_connections=7\n").unwrap();
+        seed.known
+            .insert(("api".into(), "file /x".into()), list.clone());
+        let back = Seed::from_text(&seed.to_text()).unwrap();
+        assert_eq!(
+            back.known.get(&("api".into(), "file /x".into())),
+            Some(&list)
+        );
+        assert!(!back.no_fetch);
+        assert!(Seed::from_text("{").is_err());
+    }
+
+    #[test]
+    fn a_known_set_is_used_instead_of_the_source() {
+        let text = |file: &str| {
+            format!(
+                "[[listener]]\nname = \"l\"\nmode = \"http\"\nlisten = \"127.0.0.1:0\"\nupstream = \"api\"\n\
+                 [upstream.api]\nservers = [{{ addr = \"127.0.0.1:9\" }}]\ndiscovery = {{ file = \"{file}\" }}\n"
+            )
+        };
+        let missing = "/nonexistent/ringlb/api.servers";
+        assert!(crate::Config::parse(&text(missing)).is_err());
+        let mut seed = Seed::default();
+        let list = parse_list("127.0.0.1:10\n127.0.0.1:9\n").unwrap();
+        seed.known
+            .insert(("api".into(), format!("file {missing}")), list);
+        let cfg = crate::Config::parse_seeded(&text(missing), &seed).unwrap();
+        let addrs: Vec<String> = cfg.upstreams[0]
+            .servers
+            .iter()
+            .map(|s| s.addr.to_string())
+            .collect();
+        // The static server first, once; then the known ones.
+        assert_eq!(addrs, ["127.0.0.1:9", "127.0.0.1:10"]);
+        // Another source's set is not taken for this one.
+        let mut other = Seed::default();
+        other.known.insert(
+            ("api".into(), "file /elsewhere".into()),
+            parse_list("127.0.0.1:10\n").unwrap(),
+        );
+        assert!(crate::Config::parse_seeded(&text(missing), &other).is_err());
+        // no_fetch: only the file is checked.
+        let quiet = Seed {
+            no_fetch: true,
+            ..Seed::default()
+        };
+        let cfg = crate::Config::parse_seeded(&text(missing), &quiet).unwrap();
+        assert_eq!(cfg.upstreams[0].servers.len(), 1);
+    }
 
     #[test]
     fn lists_parse_with_options_comments_and_errors_by_line() {

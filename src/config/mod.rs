@@ -36,7 +36,7 @@ use serde::Deserialize;
 
 pub use discovery::{
     fetch as fetch_discovered, fetch_with_ttl, parse_list, zk_connect, zk_list, DiscoveryConfig,
-    Source,
+    RegisterConfig, Seed, Source,
 };
 pub use h2::{H2Config, Protocol};
 pub use http::{HeaderOps, HttpConfig, RateKey, RateLimitConfig, RouteConfig, Underscores};
@@ -61,6 +61,8 @@ pub struct Config {
     /// `[log] level` (error, warn, info, debug); RINGLB_LOG overrides.
     pub log_level: String,
     pub access_log: Option<AccessLogConfig>,
+    /// `[register]`: this box's ephemeral node in ZooKeeper.
+    pub register: Option<RegisterConfig>,
 }
 
 /// A configuration error: which key, and what is wrong with it.
@@ -103,6 +105,7 @@ struct RawConfig {
     admin: Option<observe::RawAdmin>,
     log: Option<observe::RawLog>,
     access_log: Option<observe::RawAccessLog>,
+    register: Option<discovery::RawRegister>,
 }
 
 impl Config {
@@ -111,12 +114,21 @@ impl Config {
     /// # Errors
     /// A [`LoadError`] whose text names the file, the key and the problem.
     pub fn load(path: &Path) -> Result<Config, LoadError> {
+        Config::load_seeded(path, &Seed::default())
+    }
+
+    /// [`Config::load`], taking discovered lists from `seed` where it has
+    /// them instead of asking their sources.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn load_seeded(path: &Path, seed: &Seed) -> Result<Config, LoadError> {
         let file = || path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| LoadError {
             file: file(),
             err: ConfigError::new("(file)", format!("cannot read: {e}")),
         })?;
-        Config::parse(&text).map_err(|err| LoadError { file: file(), err })
+        Config::parse_seeded(&text, seed).map_err(|err| LoadError { file: file(), err })
     }
 
     /// Parse and validate TOML text.
@@ -125,6 +137,14 @@ impl Config {
     /// The first problem found, naming its key in the same dotted form a
     /// user would write (`listener[0].connect_timeout`).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_seeded(text, &Seed::default())
+    }
+
+    /// [`Config::parse`] with discovered lists from `seed`.
+    ///
+    /// # Errors
+    /// As [`Config::parse`].
+    pub fn parse_seeded(text: &str, seed: &Seed) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::new(text);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
@@ -141,7 +161,9 @@ impl Config {
             let msg = inner.message().trim().replace('\n', "; ");
             ConfigError::new(key, format!("{msg}{line}"))
         })?;
-        build(raw)
+        let mut cfg = build(raw)?;
+        discovery::seed(&mut cfg.upstreams, seed)?;
+        Ok(cfg)
     }
 
     /// Total connections all listeners may hold at once.
@@ -285,5 +307,6 @@ fn build(raw: RawConfig) -> Result<Config, ConfigError> {
         admin,
         log_level: observe::log_level(raw.log)?,
         access_log: observe::access_log(raw.access_log)?,
+        register: discovery::register(raw.register)?,
     })
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 /// One backend server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServerConfig {
     /// As written in the file (stable identity for hashing).
     pub id: String,

@@ -247,35 +247,10 @@ pub(super) fn build(
             servers.push(s);
         }
         let static_servers = servers.clone();
-        if let Some(d) = &discovery {
-            match super::discovery::fetch(d) {
-                Ok(found) => {
-                    for s in found {
-                        if seen.insert(s.addr) {
-                            servers.push(s);
-                        }
-                    }
-                }
-                Err(e) if d.allow_empty => {
-                    tracing::warn!("{key}.discovery: {e}; starting without its backends");
-                }
-                Err(e) => return Err(ConfigError::new(format!("{key}.discovery"), e)),
-            }
-            if servers.is_empty() && !d.allow_empty {
-                return Err(ConfigError::new(
-                    format!("{key}.discovery"),
-                    format!(
-                        "{} lists no backend (set allow_empty = true to start with none)",
-                        d.describe()
-                    ),
-                ));
-            }
-        }
-        if !servers.is_empty() && servers.iter().all(|s| s.backup) {
-            return Err(ConfigError::new(
-                format!("{key}.servers"),
-                "every server is a backup; at least one must be a primary",
-            ));
+        // A discovered upstream is checked again once its list is in
+        // (`discovery::seed`): the source may add the primaries.
+        if discovery.is_none() && servers.iter().all(|s| s.backup) {
+            return Err(all_backups(&key));
         }
         let protocol = super::h2::protocol(&format!("{key}.protocol"), u.protocol.as_deref())?;
         let mut tls = match u.tls {
@@ -328,6 +303,14 @@ pub(super) fn build(
         });
     }
     Ok((out, index))
+}
+
+/// Every server of upstream `key` is a backup.
+pub(super) fn all_backups(key: &str) -> ConfigError {
+    ConfigError::new(
+        format!("{key}.servers"),
+        "every server is a backup; at least one must be a primary",
+    )
 }
 
 /// The index of upstream `name`, for a reference at `key`.

@@ -12,6 +12,8 @@
 //! `allow_empty`; a list that removes more than `max_remove` of the
 //! discovered backends at once is refused with a warning.
 
+pub mod register;
+
 use std::{
     collections::HashSet,
     net::SocketAddr,
@@ -55,11 +57,12 @@ fn stamp(p: &std::path::Path) -> Result<Stamp, String> {
 struct Plan {
     up: Arc<Upstream>,
     d: DiscoveryConfig,
-    statics: Vec<ServerConfig>,
     /// Files: what was read last; `None` reads at the first poll.
     seen: Option<Stamp>,
     /// DNS: when to resolve next.
     next: Instant,
+    /// Called after a change is applied (the fd budget follows the sizes).
+    on_change: Arc<dyn Fn() + Send + Sync>,
 }
 
 /// Start the discovery thread for a generation's upstreams (none when no
@@ -67,7 +70,12 @@ struct Plan {
 ///
 /// # Errors
 /// The thread could not be started.
-pub fn spawn(cfg: &Config, upstreams: &Upstreams, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+pub fn spawn(
+    cfg: &Config,
+    upstreams: &Upstreams,
+    stop: Arc<AtomicBool>,
+    on_change: Arc<dyn Fn() + Send + Sync>,
+) -> std::io::Result<()> {
     let mut plans: Vec<Plan> = cfg
         .upstreams
         .iter()
@@ -76,10 +84,12 @@ pub fn spawn(cfg: &Config, upstreams: &Upstreams, stop: Arc<AtomicBool>) -> std:
             let d = u.discovery.clone()?;
             Some(Plan {
                 up: Arc::clone(up),
-                next: Instant::now() + d.interval,
+                // At once: the set the config started with may be one a
+                // reload or an upgrade carried over.
+                next: Instant::now(),
                 d,
-                statics: u.static_servers.clone(),
                 seen: None,
+                on_change: Arc::clone(&on_change),
             })
         })
         .collect();
@@ -181,7 +191,11 @@ impl Plan {
 
     /// A list read from the source: applied, or refused by the safety rules.
     fn offer(&mut self, list: Vec<ServerConfig>) {
-        let statics: HashSet<SocketAddr> = self.statics.iter().map(|s| s.addr).collect();
+        let Some(state) = self.state() else { return };
+        // Held over the whole change: a reload that changes the static
+        // servers at the same time applies before or after, never between.
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        let statics: HashSet<SocketAddr> = s.statics.iter().map(|s| s.addr).collect();
         let current: HashSet<SocketAddr> = self
             .up
             .current()
@@ -208,32 +222,31 @@ impl Plan {
         } else {
             None
         };
-        let name = self.up.name.clone();
+        let name = &self.up.name;
         if let Some(why) = refusal {
-            self.with_state(|s| {
-                s.refused += 1;
-                if s.last_error.as_deref() != Some(&why) {
-                    tracing::warn!(upstream = %name, "discovery: {why}");
-                }
-                s.last_error = Some(why);
-            });
+            s.refused += 1;
+            if s.last_error.as_deref() != Some(&why) {
+                tracing::warn!(upstream = %name, "discovery: {why}");
+            }
+            s.last_error = Some(why);
             return;
         }
         let added = listed.difference(&current).count();
-        let mut full = self.statics.clone();
+        let mut full = s.statics.clone();
         full.extend(list.iter().filter(|s| !statics.contains(&s.addr)).cloned());
         let before = self.up.version();
         let v = self.up.apply(Update::Reset(full));
         if v != before {
             tracing::info!(upstream = %name, "discovery: backend set version {v} from {} ({} backends: {added} added, {removed} removed)", self.d.describe(), list.len());
         }
-        let n = list.len();
-        self.with_state(|s| {
-            s.updates += 1;
-            s.last_ok_ms = unix_ms();
-            s.last_error = None;
-            s.members = n;
-        });
+        s.updates += 1;
+        s.last_ok_ms = unix_ms();
+        s.last_error = None;
+        s.members = list.len();
+        drop(s);
+        if v != before {
+            (self.on_change)();
+        }
     }
 }
 

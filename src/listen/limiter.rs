@@ -29,7 +29,8 @@ use std::{
 pub struct Limiter {
     /// The limit; a reload that only changes servers may move it (the fd
     /// budget follows the keep-alive pools of the new server list).
-    max: AtomicUsize,
+    /// Shared with `/metrics` and `/status` (the cap in force).
+    max: Arc<AtomicUsize>,
     active: AtomicUsize,
     /// Every task waiting for a free slot (accept loops of any worker, of
     /// any generation sharing this limiter). A release at the limit wakes
@@ -44,7 +45,7 @@ impl Limiter {
     /// A limiter allowing `max` connections.
     pub fn new(max: usize) -> Arc<Limiter> {
         Arc::new(Limiter {
-            max: AtomicUsize::new(max.max(1)),
+            max: Arc::new(AtomicUsize::new(max.max(1))),
             active: AtomicUsize::new(0),
             waiters: Mutex::new(Vec::new()),
         })
@@ -77,6 +78,11 @@ impl Limiter {
     }
 
     /// The limit now.
+    /// The cap in force, as a cell readers outside the listener follow.
+    pub fn max_handle(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.max)
+    }
+
     pub fn max(&self) -> usize {
         self.max.load(Ordering::Relaxed)
     }

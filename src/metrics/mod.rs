@@ -237,9 +237,10 @@ pub struct Registry {
     pub access_dropped: Arc<AtomicU64>,
     /// Each listener's bound address (the configured one may say port 0).
     pub bound: Vec<std::net::SocketAddr>,
-    /// Each listener's max_connections as enforced (the fd budget may cap
-    /// the configured one).
-    pub max_connections: Vec<usize>,
+    /// Each listener's max_connections as its limiter enforces it (the fd
+    /// budget may cap the configured one, and move it when discovery
+    /// changes how many backends are pooled).
+    pub max_connections: Vec<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 /// Route label: `HOST/PREFIX`, `*` for any host.
@@ -256,7 +257,8 @@ impl Registry {
     fn max_connections(&self, li: usize) -> usize {
         self.max_connections
             .get(li)
-            .copied()
-            .unwrap_or_else(|| self.cfg.listeners[li].max_connections)
+            .map_or(self.cfg.listeners[li].max_connections, |m| {
+                m.load(std::sync::atomic::Ordering::Relaxed)
+            })
     }
 }

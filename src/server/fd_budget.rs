@@ -25,14 +25,35 @@ pub struct Budget {
 /// Raise RLIMIT_NOFILE towards what the config needs; cap every listener's
 /// `max_connections` so that together they fit the budget.
 pub fn apply_fd_budget(cfg: &Config, workers: usize) -> Budget {
-    let needed = fixed_fds(cfg, workers) + 2 * cfg.total_max_connections() as u64;
+    let members: Vec<usize> = cfg.upstreams.iter().map(|u| u.servers.len()).collect();
+    let needed = fixed_fds(cfg, workers, &members) + 2 * cfg.total_max_connections() as u64;
     let (soft, hard) = sys::raise_nofile(needed);
-    budget(cfg, workers, soft, hard)
+    budget(cfg, workers, soft, hard, &members, true)
+}
+
+/// The budget again after a discovery source changed how many backends
+/// the upstreams have (`members`, per upstream in config order): more
+/// backends pool more idle connections. The limit is raised if it can
+/// be; the caps are logged only when they change (`prev`).
+pub fn rebudget(cfg: &Config, workers: usize, members: &[usize], prev: &[usize]) -> Budget {
+    let needed = fixed_fds(cfg, workers, members) + 2 * cfg.total_max_connections() as u64;
+    let (soft, hard) = sys::raise_nofile(needed);
+    let b = budget(cfg, workers, soft, hard, members, false);
+    if b.caps != prev {
+        let fixed = fixed_fds(cfg, workers, members);
+        tracing::warn!(
+            "fd budget: the upstreams now have {} backends; {fixed} fds go to listeners, pipes and keep-alive pools, \
+             so listener max_connections are now {:?} (RLIMIT_NOFILE {soft}, hard {hard})",
+            members.iter().sum::<usize>(),
+            b.caps
+        );
+    }
+    b
 }
 
 /// fds needed whatever the number of connections: listening sockets, pipe
 /// pools, idle keep-alive connections, per-worker rings, and a reserve.
-fn fixed_fds(cfg: &Config, workers: usize) -> u64 {
+fn fixed_fds(cfg: &Config, workers: usize, members: &[usize]) -> u64 {
     let w = workers as u64;
     let listeners = cfg.listeners.len() as u64;
     // Idle keep-alive connections pooled by http listeners, per worker.
@@ -46,7 +67,7 @@ fn fixed_fds(cfg: &Config, workers: usize) -> u64 {
     pooled_ups.dedup();
     let pooled: u64 = pooled_ups
         .iter()
-        .map(|&u| (cfg.upstreams[u].keepalive * cfg.upstreams[u].servers.len()) as u64)
+        .map(|&u| (cfg.upstreams[u].keepalive * members.get(u).copied().unwrap_or(0)) as u64)
         .sum();
     FDS_RESERVE
         + w * FDS_PER_WORKER
@@ -56,8 +77,15 @@ fn fixed_fds(cfg: &Config, workers: usize) -> u64 {
 }
 
 /// The budget under an fd limit of (`soft`, `hard`), as got.
-fn budget(cfg: &Config, workers: usize, soft: u64, hard: u64) -> Budget {
-    let fixed = fixed_fds(cfg, workers);
+fn budget(
+    cfg: &Config,
+    workers: usize,
+    soft: u64,
+    hard: u64,
+    members: &[usize],
+    log: bool,
+) -> Budget {
+    let fixed = fixed_fds(cfg, workers, members);
     let wanted_conns = cfg.total_max_connections() as u64;
     let needed = fixed + 2 * wanted_conns;
     let connections = soft.saturating_sub(fixed) / 2;
@@ -74,9 +102,9 @@ fn budget(cfg: &Config, workers: usize, soft: u64, hard: u64) -> Budget {
              (2 per connection + {fixed} for listeners, pipes and keep-alive pools); capping to {connections} connections. \
              Raise the limit (systemd LimitNOFILE={needed}) to allow more"
         );
-        if explicit.is_empty() {
+        if log && explicit.is_empty() {
             tracing::info!("{msg}");
-        } else {
+        } else if log {
             tracing::warn!("{msg}");
         }
         for cap in &mut caps {
@@ -97,6 +125,10 @@ fn budget(cfg: &Config, workers: usize, soft: u64, hard: u64) -> Budget {
 mod tests {
     use super::*;
 
+    fn members(cfg: &Config) -> Vec<usize> {
+        cfg.upstreams.iter().map(|u| u.servers.len()).collect()
+    }
+
     /// A config with one tcp listener per `max_connections` line ("" = the default).
     fn config(limits: &[&str], runtime: &str) -> Config {
         let mut text = format!("[runtime]\n{runtime}\n");
@@ -114,13 +146,13 @@ mod tests {
     fn nothing_is_capped_when_the_limit_suffices() {
         let cfg = config(&["max_connections = 1000", ""], "pipe_pool = 8");
         let want: Vec<usize> = cfg.listeners.iter().map(|l| l.max_connections).collect();
-        let exact = fixed_fds(&cfg, 4) + 2 * cfg.total_max_connections() as u64;
-        let b = budget(&cfg, 4, exact, exact * 2);
+        let exact = fixed_fds(&cfg, 4, &members(&cfg)) + 2 * cfg.total_max_connections() as u64;
+        let b = budget(&cfg, 4, exact, exact * 2, &members(&cfg), true);
         assert_eq!(b.caps, want);
         assert_eq!(b.connections, cfg.total_max_connections() as u64);
         assert_eq!((b.soft, b.hard), (exact, exact * 2));
         // One fd short: now it caps, below what was asked.
-        let b = budget(&cfg, 4, exact - 1, exact);
+        let b = budget(&cfg, 4, exact - 1, exact, &members(&cfg), true);
         assert!(b.caps.iter().sum::<usize>() < cfg.total_max_connections());
     }
 
@@ -135,9 +167,12 @@ mod tests {
             "",
         );
         for soft in [1_024, 10_000, 65_536, 1_048_576] {
-            let b = budget(&cfg, 2, soft, soft);
+            let b = budget(&cfg, 2, soft, soft, &members(&cfg), true);
             let total: usize = b.caps.iter().sum();
-            assert_eq!(b.connections, (soft - fixed_fds(&cfg, 2)) / 2);
+            assert_eq!(
+                b.connections,
+                (soft - fixed_fds(&cfg, 2, &members(&cfg))) / 2
+            );
             assert!(total as u64 <= b.connections, "{total} > {b:?}");
             assert!(b.caps.iter().all(|&c| c >= 1), "{b:?}");
             // Shares follow what was asked: 5M : 3M.
@@ -154,13 +189,16 @@ mod tests {
         let cfg = config(&["", "max_connections = 50000"], "");
         assert!(cfg.listeners[0].max_connections_default);
         assert!(!cfg.listeners[1].max_connections_default);
-        let soft = fixed_fds(&cfg, 1) + 2 * 30_000;
-        let b = budget(&cfg, 1, soft, soft);
+        let soft = fixed_fds(&cfg, 1, &members(&cfg)) + 2 * 30_000;
+        let b = budget(&cfg, 1, soft, soft, &members(&cfg), true);
         assert_eq!(b.connections, 30_000);
         assert_eq!(b.caps, vec![20_000, 10_000]);
         // An explicit value under a default's share is kept when the limit suffices.
         let cfg = config(&["", "max_connections = 10"], "");
-        let soft = fixed_fds(&cfg, 1) + 2 * (100_000 + 10);
-        assert_eq!(budget(&cfg, 1, soft, soft).caps, vec![100_000, 10]);
+        let soft = fixed_fds(&cfg, 1, &members(&cfg)) + 2 * (100_000 + 10);
+        assert_eq!(
+            budget(&cfg, 1, soft, soft, &members(&cfg), true).caps,
+            vec![100_000, 10]
+        );
     }
 }

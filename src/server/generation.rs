@@ -60,9 +60,6 @@ pub(super) enum Reloaded {
     /// workers follow it at their next pick. No thread started.
     InPlace {
         cfg: Arc<Config>,
-        /// Per listener: the connection cap the fd budget gives the new
-        /// server list (the limiters already enforce it).
-        caps: Vec<usize>,
         /// One line per upstream that changed.
         changed: Vec<String>,
     },
@@ -91,7 +88,10 @@ pub(super) fn reload(
     cur: &Generation,
     path: &std::path::Path,
 ) -> Result<Reloaded, Error> {
-    let next = Config::load(path)?;
+    // Discovered upstreams keep their running sets: no source is asked
+    // again (no gap, and a registry that is down does not block or fail
+    // the reload); the next generation's discovery follows on from them.
+    let next = Config::load_seeded(path, &cur.registry.upstreams.known_sets())?;
     if only_servers_differ(&cur.cfg, &next) {
         // More servers can mean more pooled keep-alive fds: the budget is
         // sized again and the listeners' limiters follow its caps.
@@ -103,7 +103,7 @@ pub(super) fn reload(
         let mut changed = Vec::new();
         for (up, new) in cur.registry.upstreams.all.iter().zip(&next.upstreams) {
             let before = up.version();
-            let v = up.apply(crate::backends::Update::Reset(new.servers.clone()));
+            let v = up.set_statics(&new.static_servers);
             if v != before {
                 changed.push(format!(
                     "upstream {:?}: backend set version {v} ({} servers)",
@@ -114,9 +114,11 @@ pub(super) fn reload(
         }
         return Ok(Reloaded::InPlace {
             cfg: Arc::new(next),
-            caps: budget.caps,
             changed,
         });
+    }
+    if next.register != cur.cfg.register {
+        tracing::warn!("reload: a changed [register] takes effect after a restart");
     }
     if next.admin != cur.cfg.admin {
         tracing::warn!("reload: a changed [admin] listen address takes effect after a restart");
@@ -264,7 +266,7 @@ pub(super) fn start_generation(
         workers: worker_metrics.clone(),
         access_dropped: Arc::clone(&ctl.access_dropped),
         bound: bound_addrs,
-        max_connections: budget.caps.clone(),
+        max_connections: limiters.iter().map(|l| l.max_handle()).collect(),
     });
 
     let (ready_tx, ready_rx) = mpsc::channel::<Result<WorkerReady, String>>();
@@ -341,7 +343,22 @@ pub(super) fn start_generation(
         )));
     }
     // Discovery likewise: it writes new sets into the shared state.
-    if let Err(e) = crate::discovery::spawn(&cfg, &shared, Arc::clone(&health_stop)) {
+    // A source that grows a set grows the keep-alive pools: the fd budget
+    // is worked out again and the limiters follow.
+    let on_change: Arc<dyn Fn() + Send + Sync> = {
+        let (cfg, ups, lims) = (Arc::clone(&cfg), Arc::clone(&shared), limiters.clone());
+        let prev = std::sync::Mutex::new(budget.caps.clone());
+        Arc::new(move || {
+            let members: Vec<usize> = ups.all.iter().map(|u| u.current().len()).collect();
+            let mut prev = prev.lock().unwrap_or_else(|e| e.into_inner());
+            let b = super::fd_budget::rebudget(&cfg, workers, &members, &prev);
+            for (l, &cap) in lims.iter().zip(&b.caps) {
+                l.set_max(cap);
+            }
+            *prev = b.caps;
+        })
+    };
+    if let Err(e) = crate::discovery::spawn(&cfg, &shared, Arc::clone(&health_stop), on_change) {
         health_stop.store(true, std::sync::atomic::Ordering::Relaxed);
         return Err(Error::Startup(format!(
             "cannot start the discovery thread: {e}"

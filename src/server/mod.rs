@@ -58,6 +58,31 @@ struct Control {
     limiters: Vec<(LimiterKey, Arc<Limiter>)>,
 }
 
+/// What this box's registration node says: who it is and what it serves.
+fn describe_box(gen: &generation::Generation, admin: Option<std::net::SocketAddr>) -> String {
+    let listeners: Vec<serde_json::Value> = gen
+        .cfg
+        .listeners
+        .iter()
+        .zip(&gen.registry.bound)
+        .map(|(l, addr)| {
+            serde_json::json!({
+                "name": l.name,
+                "mode": format!("{:?}", l.mode).to_ascii_lowercase(),
+                "listen": addr.to_string(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "pid": std::process::id(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_ms": crate::backends::set::unix_ms(),
+        "listeners": listeners,
+        "admin": admin.map(|a| a.to_string()),
+    })
+    .to_string()
+}
+
 /// Like [`run`]; with `path`, SIGHUP re-reads and applies that file.
 ///
 /// # Errors
@@ -103,6 +128,7 @@ pub fn run_with(cfg: Config, path: Option<PathBuf>, inherited: Inherited) -> Res
     let Inherited {
         listeners: inherited,
         upgrade: upgrade_fd,
+        ..
     } = inherited;
     if !inherited.is_empty() {
         let n = inherited.len();
@@ -118,6 +144,7 @@ pub fn run_with(cfg: Config, path: Option<PathBuf>, inherited: Inherited) -> Res
     let mut gen = start_generation(&mut ctl, cfg, true)?;
     let registry_slot = Arc::new(RwLock::new(Arc::clone(&gen.registry)));
     let admin_stop = Arc::new(AtomicBool::new(false));
+    let mut admin_bound = None;
     if let Some(addr) = gen.cfg.admin {
         let bound = crate::admin::start(addr, Arc::clone(&registry_slot), Arc::clone(&admin_stop))
             .map_err(|e| Error::Bind {
@@ -126,8 +153,17 @@ pub fn run_with(cfg: Config, path: Option<PathBuf>, inherited: Inherited) -> Res
                 msg: e.to_string(),
             })?;
         tracing::info!("admin listening on {bound} (/healthz /readyz /metrics /status)");
+        admin_bound = Some(bound);
     }
     tracing::info!("{}", gen.report);
+    let registration = match &gen.cfg.register {
+        None => None,
+        Some(r) => Some(
+            crate::discovery::register::start(r, describe_box(&gen, admin_bound)).map_err(|e| {
+                Error::Startup(format!("cannot start the registration thread: {e}"))
+            })?,
+        ),
+    };
     sys::systemd::notify("READY=1");
     write_pid_file(&gen.cfg);
     if let Some(fd) = upgrade_fd {
@@ -150,12 +186,7 @@ pub fn run_with(cfg: Config, path: Option<PathBuf>, inherited: Inherited) -> Res
                     sys::monotonic_usec()
                 ));
                 match reload(&mut ctl, &gen, path) {
-                    Ok(Reloaded::InPlace { cfg, caps, changed }) => {
-                        let mut registry = (*gen.registry).clone();
-                        registry.max_connections = caps;
-                        gen.registry = Arc::new(registry);
-                        *registry_slot.write().unwrap_or_else(|e| e.into_inner()) =
-                            Arc::clone(&gen.registry);
+                    Ok(Reloaded::InPlace { cfg, changed }) => {
                         // The workers keep the config they started with:
                         // only its server lists are stale, and nothing
                         // reads those after start (replicas follow the sets).
@@ -203,7 +234,8 @@ pub fn run_with(cfg: Config, path: Option<PathBuf>, inherited: Inherited) -> Res
             }
             sys::Signal::Usr2 => {
                 tracing::info!("SIGUSR2 received: starting the new binary");
-                match upgrade(&ctl.sockets) {
+                let sets = gen.registry.upstreams.known_sets();
+                match upgrade(&ctl.sockets, &sets) {
                     Ok(pid) => {
                         tracing::info!("the new process (pid {pid}) is serving; this one stops accepting and drains");
                         sys::systemd::notify(&format!("MAINPID={pid}"));
@@ -228,6 +260,10 @@ pub fn run_with(cfg: Config, path: Option<PathBuf>, inherited: Inherited) -> Res
     gen.health_stop.store(true, Ordering::Relaxed);
     admin_stop.store(true, Ordering::Relaxed);
     stop_all(gen.stops, grace, !upgraded);
+    // No new connections here any more: out of the fleet listing at once.
+    if let Some(r) = registration {
+        r.stop();
+    }
     if !upgraded {
         // The workers accept what is queued and then close their copies;
         // with ours closed too, the listening sockets go away and later

@@ -4,7 +4,10 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crate::{config::Config, sys};
+use crate::{
+    config::{Config, Seed},
+    sys,
+};
 
 use super::generation::Sockets;
 
@@ -37,6 +40,8 @@ pub(super) fn remove_pid_file(cfg: &Config) {
 pub struct Inherited {
     pub(super) listeners: Vec<(std::net::SocketAddr, std::net::TcpListener)>,
     pub(super) upgrade: Option<std::fs::File>,
+    /// The previous process's discovered backend sets ([`Seed::to_text`]).
+    discovered: Option<String>,
 }
 
 impl Inherited {
@@ -46,8 +51,30 @@ impl Inherited {
         Inherited {
             listeners: sys::inherited_listeners(),
             upgrade: take_upgrade_fd(),
+            discovered: take_discovered(),
         }
     }
+
+    /// What the config load starts discovered upstreams with: the sets
+    /// the previous process had (an upgrade), until this one's own
+    /// sources answer; else nothing known (the sources are asked).
+    pub fn seed(&self) -> Seed {
+        match self.discovered.as_deref().map(Seed::from_text) {
+            None => Seed::default(),
+            Some(Ok(seed)) => seed,
+            Some(Err(e)) => {
+                eprintln!("ringlb: the discovered sets handed over are unreadable ({e}); asking the sources");
+                Seed::default()
+            }
+        }
+    }
+}
+
+/// The discovered sets an upgrading parent wrote to a memfd.
+fn take_discovered() -> Option<String> {
+    let var = std::env::var("RINGLB_DISCOVERED_FD").ok();
+    std::env::remove_var("RINGLB_DISCOVERED_FD");
+    sys::read_inherited_file(var?.trim().parse::<i32>().ok()?, 64 << 20)
 }
 
 /// The write end of the pipe a parent ringlb waits on during an upgrade.
@@ -63,7 +90,7 @@ const UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Start this program's binary (as it is on disk now) with our listening
 /// sockets and wait until it serves. Returns its pid; on failure it is
 /// stopped and we keep serving.
-pub(super) fn upgrade(sockets: &Sockets) -> Result<u32, String> {
+pub(super) fn upgrade(sockets: &Sockets, discovered: &Seed) -> Result<u32, String> {
     let exe = EXE.get().cloned().ok_or("the binary's path is unknown")?;
     let (ready_r, ready_w) = sys::pipe_pair().map_err(|e| format!("pipe: {e}"))?;
     let mut entries = Vec::new();
@@ -76,11 +103,24 @@ pub(super) fn upgrade(sockets: &Sockets) -> Result<u32, String> {
     }
     let wfd = std::os::fd::AsRawFd::as_raw_fd(&ready_w);
     sys::set_inheritable(wfd, true).map_err(|e| format!("fcntl: {e}"))?;
-    let spawned = std::process::Command::new(&exe)
-        .args(std::env::args_os().skip(1))
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args(std::env::args_os().skip(1))
         .env("RINGLB_INHERIT_FDS", entries.join(","))
-        .env("RINGLB_UPGRADE_FD", wfd.to_string())
-        .spawn();
+        .env("RINGLB_UPGRADE_FD", wfd.to_string());
+    // The discovered sets as they are now: the new process starts with
+    // them instead of asking the sources (which may be down) first. The
+    // memfd closes here when the child has its copy.
+    let _sets = if discovered.known.is_empty() {
+        None
+    } else {
+        let f = sys::memfd_with("ringlb-discovered", discovered.to_text().as_bytes())
+            .map_err(|e| format!("memfd: {e}"))?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+        sys::set_inheritable(fd, true).map_err(|e| format!("fcntl: {e}"))?;
+        cmd.env("RINGLB_DISCOVERED_FD", fd.to_string());
+        Some(f)
+    };
+    let spawned = cmd.spawn();
     // Our copies go back to close-on-exec whatever happened.
     for socks in sockets.values() {
         for s in socks {

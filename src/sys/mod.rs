@@ -361,6 +361,45 @@ pub fn pipe_file(fd: RawFd) -> Option<std::fs::File> {
     Some(f)
 }
 
+/// An anonymous in-memory file holding `data`, positioned at its start
+/// (close-on-exec until made inheritable): how an upgrade hands the
+/// discovered backend sets to the new process.
+///
+/// # Errors
+/// As memfd_create(2) and write(2).
+pub fn memfd_with(name: &str, data: &[u8]) -> io::Result<std::fs::File> {
+    use std::io::{Seek, Write};
+    let cname =
+        std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `cname` is a valid NUL-terminated string that outlives the call.
+    let fd = cvt(unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) } as isize)?;
+    // SAFETY: memfd_create succeeded: the fd is open and owned by nobody else.
+    let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) };
+    f.write_all(data)?;
+    f.rewind()?;
+    Ok(f)
+}
+
+/// Own an inherited regular file fd (the upgrade's memfd), if it is one,
+/// and read it whole (at most `limit` bytes).
+pub fn read_inherited_file(fd: RawFd, limit: u64) -> Option<String> {
+    use std::io::Read;
+    if fd < 3 {
+        return None;
+    }
+    // SAFETY: `st` is a plain struct fstat fills in; fstat only reads the fd.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; a closed fd makes fstat fail.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
+    // SAFETY: the fd is open and was handed to this process to own.
+    let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut text = String::new();
+    f.take(limit).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
 /// Read once from `f`, waiting at most `limit`. Ok(0) at EOF.
 ///
 /// # Errors

@@ -170,11 +170,20 @@ fn a_broken_or_empty_source_keeps_the_last_set_and_says_so() {
     assert_eq!(admin_get(&lb, "/readyz").text(), "ready\n");
 }
 
-#[test]
-fn a_reload_keeps_the_discovered_set_without_a_gap() {
+/// A ringlb whose file source listed a, then b, and is then gone (a
+/// registry that is down): it keeps serving b and says the source fails.
+fn serving_b_with_the_source_gone(
+    tag: &str,
+) -> (
+    HttpBackend,
+    HttpBackend,
+    TempDir,
+    std::path::PathBuf,
+    Ringlb,
+) {
     let a = HttpBackend::named("a");
     let b = HttpBackend::named("b");
-    let dir = TempDir::new("disc-reload");
+    let dir = TempDir::new(tag);
     let file = dir.path("app.servers");
     std::fs::write(&file, list(&[a.addr])).unwrap();
     let lb = Ringlb::start(discovery_cfg(&file, ""));
@@ -184,12 +193,134 @@ fn a_reload_keeps_the_discovered_set_without_a_gap() {
         2
     )
     .contains_key("b")));
-    // A new generation (a listener key changed) reads the file as it loads.
+    std::fs::remove_file(&file).unwrap();
+    assert!(wait_until(Duration::from_secs(3), || {
+        upstream_discovery(&lb)
+            .get("error")
+            .is_some_and(|e| !e.is_null())
+    }));
+    (a, b, dir, file, lb)
+}
+
+#[test]
+fn a_reload_keeps_the_discovered_set_without_a_gap() {
+    let s = HttpBackend::named("s");
+    let (a, _b, _dir, file, lb) = serving_b_with_the_source_gone("disc-reload");
+    // A new generation (a listener key changed) starts from the running
+    // set: the source is not asked, so its being down neither fails nor
+    // delays the reload.
     lb.rewrite(discovery_cfg(&file, "").listener_with("connect_timeout = \"2s\""));
     lb.signal("HUP");
     assert!(lb.wait_log("configuration reloaded"), "{}", lb.log_text());
     let seen = served_by(lb.addr("web"), 6);
     assert_eq!(seen.get("b"), Some(&6), "{seen:?}");
+    // A reload that changes only the static servers (in place) adds them
+    // beside the discovered set, which stays as it is.
+    lb.rewrite(
+        Cfg::new(1)
+            .admin()
+            .http("web", "app")
+            .listener_with("connect_timeout = \"2s\"")
+            .upstream("app", &[s.addr])
+            .upstream_with(&format!("discovery = {{ file = \"{}\" }}", file.display())),
+    );
+    lb.signal("HUP");
+    assert!(
+        lb.wait_count("backends updated in place", 1, Duration::from_secs(5)),
+        "{}",
+        lb.log_text()
+    );
+    let seen = served_by(lb.addr("web"), 8);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.contains_key("s") && seen.contains_key("b"), "{seen:?}");
+    // The source comes back: the discovery thread follows it again, and
+    // the static server stays (it is not the source's to remove).
+    std::fs::write(&file, list(&[a.addr])).unwrap();
+    assert!(wait_until(Duration::from_secs(3), || {
+        let seen = served_by(lb.addr("web"), 6);
+        seen.contains_key("a") && seen.contains_key("s") && !seen.contains_key("b")
+    }));
+}
+
+#[test]
+fn a_binary_upgrade_starts_the_new_process_with_the_last_known_set() {
+    let c = HttpBackend::named("c");
+    // The source is down when the upgrade happens: the new process could
+    // not load its config from it, but it starts with the handed-over set.
+    let (_a, _b, _dir, file, mut lb) = serving_b_with_the_source_gone("disc-upgrade");
+    let web = lb.addr("web");
+    lb.signal("USR2");
+    assert!(
+        lb.wait_count("the new process (pid", 1, Duration::from_secs(30)),
+        "{}",
+        lb.log_text()
+    );
+    let text = lb.log_text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("the new process (pid "))
+        .unwrap_or_default();
+    let pid: u32 = line
+        .split("(pid ")
+        .nth(1)
+        .and_then(|t| t.split(')').next())
+        .and_then(|t| t.parse().ok())
+        .expect("the new pid");
+    // The old process drains and exits; the new one serves b.
+    assert_eq!(
+        lb.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        lb.log_text()
+    );
+    let seen = served_by(web, 6);
+    // Its own source, once back, is followed.
+    std::fs::write(&file, list(&[c.addr])).unwrap();
+    let follows = wait_until(Duration::from_secs(3), || {
+        served_by(web, 2).contains_key("c")
+    });
+    signal(pid, "TERM");
+    assert_eq!(seen.get("b"), Some(&6), "{seen:?}\n{}", lb.log_text());
+    assert!(follows, "the new process does not follow the source");
+}
+
+#[test]
+fn a_growing_discovered_set_is_counted_in_the_fd_budget() {
+    // 2000 pooled connections per backend: each discovered backend takes
+    // 2000 fds of the budget, and the listener's cap follows.
+    let backends: Vec<HttpBackend> = (0..4).map(|_| HttpBackend::named("x")).collect();
+    let dir = TempDir::new("disc-budget");
+    let file = dir.path("app.servers");
+    std::fs::write(&file, list(&[backends[0].addr])).unwrap();
+    let lb = Ringlb::start(
+        Cfg::new(1)
+            .admin()
+            .http("web", "app")
+            .upstream("app", &[])
+            .upstream_with(&format!(
+                "keepalive = 2000\ndiscovery = {{ file = \"{}\" }}",
+                file.display()
+            )),
+    );
+    let cap = |lb: &Ringlb| {
+        scrape(lb)
+            .get("ringlb_listener_max_connections", &[("listener", "web")])
+            .unwrap_or(0.0)
+    };
+    let before = cap(&lb);
+    let all: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    std::fs::write(&file, list(&all)).unwrap();
+    assert!(wait_until(Duration::from_secs(3), || cap(&lb) < before));
+    let after = cap(&lb);
+    // Three more backends: 6000 more pooled fds, 3000 fewer connections.
+    assert!(
+        (before - after - 3000.0).abs() < 1.0,
+        "cap {before} -> {after}\n{}",
+        lb.log_text()
+    );
+    assert!(lb
+        .log_text()
+        .contains("fd budget: the upstreams now have 4 backends"));
 }
 
 #[test]
@@ -271,6 +402,27 @@ fn check_refuses_bad_discovery_tables_and_names_the_file() {
         missing.display()
     )));
     assert_eq!(rc, 0, "{err}");
+    // [register]: the ensemble is needed, the name must be a node name.
+    let a: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    for (table, want) in [
+        ("[register]\npath = \"/f\"", "register.zookeeper: missing"),
+        (
+            "[register]\nzookeeper = \"127.0.0.1:2181\"",
+            "register.path: missing",
+        ),
+        (
+            "[register]\nzookeeper = \"127.0.0.1:2181\"\npath = \"/f\"\nname = \"a/b\"",
+            "register.name",
+        ),
+        (
+            "[register]\nzookeeper = \"127.0.0.1:2181\"\npath = \"/f\"\nport = 1",
+            "unknown field",
+        ),
+    ] {
+        let (rc, _, err) = check_config(Cfg::http_proxy(&[a]).table(table));
+        assert_eq!(rc, 2, "{table}: {err}");
+        assert!(err.contains(want), "{table}: {err}");
+    }
 }
 
 /// Who answered one request (None: no backend, or an error).
@@ -353,6 +505,18 @@ fn three_ringlb_processes_follow_one_zookeeper_registry() {
         .text()
         .contains("keeps its last set")));
     }
+    // A reload while ZooKeeper is down (a new generation: a listener key
+    // changed) starts from the running set, without asking the registry.
+    let t = Instant::now();
+    lbs[0].rewrite(zk_cfg(&zk.hosts()).listener_with("connect_timeout = \"2s\""));
+    lbs[0].signal("HUP");
+    assert!(
+        lbs[0].wait_log("configuration reloaded"),
+        "{}",
+        lbs[0].log_text()
+    );
+    eprintln!("reload with ZooKeeper down: {:?}", t.elapsed());
+    assert_eq!(served_by(webs[0], 4).get("b"), Some(&4));
     // Back: the boxes reconnect and follow new registrations. (b's
     // session, 10 s, survives the outage of the server's own clock.)
     zk.restart();
@@ -367,6 +531,56 @@ fn three_ringlb_processes_follow_one_zookeeper_registry() {
         );
     }
     drop(reg_b);
+}
+
+#[test]
+fn each_box_registers_itself_and_leaves_the_listing_when_it_stops() {
+    let mut zk = crate::common::zk::ZooKeeper::start();
+    let a = HttpBackend::named("a");
+    let cfg = |name: &str| {
+        Cfg::http_proxy(&[a.addr]).admin().table(&format!(
+            "[register]\nzookeeper = \"{}\"\npath = \"/ringlb/fleet\"\nname = \"{name}\"\nsession_timeout = \"30s\"",
+            zk.hosts()
+        ))
+    };
+    let mut one = Ringlb::start(cfg("box1"));
+    let two = Ringlb::start(cfg("box2"));
+    let (n1, n2) = (format!("box1-{}", one.pid()), format!("box2-{}", two.pid()));
+    assert!(
+        wait_until(Duration::from_secs(10), || zk
+            .children("/ringlb/fleet")
+            .len()
+            == 2),
+        "{:?}\n{}",
+        zk.children("/ringlb/fleet"),
+        one.log_text()
+    );
+    let fleet = zk.children("/ringlb/fleet");
+    let data = crate::common::json::parse(&fleet[&n1]).expect("JSON node data");
+    assert_eq!(
+        data.get("pid").and_then(Json::uint),
+        Some(u64::from(one.pid()))
+    );
+    let listen = data
+        .get("listeners")
+        .and_then(Json::arr)
+        .and_then(|l| l.first())
+        .and_then(|l| l.get("listen"))
+        .and_then(Json::str)
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(listen, one.addr("web").to_string(), "{data:?}");
+    // A stop deletes the node at once, not when the session (30 s) expires.
+    one.signal("TERM");
+    assert_eq!(one.wait_exit(Duration::from_secs(10)), Some(0));
+    let left = zk.children("/ringlb/fleet");
+    assert_eq!(left.keys().collect::<Vec<_>>(), vec![&n2], "{left:?}");
+    // ZooKeeper restarted: the other box is (still, or again) listed.
+    zk.restart();
+    assert!(wait_until(Duration::from_secs(20), || zk
+        .children("/ringlb/fleet")
+        .contains_key(&n2)));
+    assert_eq!(served_by(two.addr("web"), 2).get("a"), Some(&2));
 }
 
 /// Backends churn every 200 ms (the file rewritten with a rotating subset)

@@ -5,7 +5,10 @@
                                                session of TIMEOUT seconds; prints "registered",
                                                holds it until killed
   zk_peer.py delete HOSTS PATH                 remove a node
+  zk_peer.py ls HOSTS PATH                     the children of PATH and their data, as one
+                                               JSON object ({} when PATH is missing)
 """
+import json
 import sys
 import time
 
@@ -24,6 +27,13 @@ def main():
         print("registered", node, flush=True)
         while True:
             time.sleep(3600)
+    elif what == "ls":
+        out = {}
+        if zk.exists(path):
+            for child in zk.get_children(path):
+                data, _ = zk.get(path + "/" + child)
+                out[child] = data.decode()
+        print(json.dumps(out), flush=True)
     elif what == "delete":
         zk.delete(path, recursive=True)
     else:

@@ -112,10 +112,11 @@ impl ZooKeeper {
         self.run();
     }
 
-    pub fn ensure(&self, path: &str) {
+    /// Run `zk_peer.py WHAT HOSTS PATH` to its end; its stdout.
+    fn peer(&self, what: &str, path: &str) -> String {
         let out = Command::new(py::python())
             .arg(py::script("zk_peer.py"))
-            .args(["ensure", &self.hosts(), path])
+            .args([what, &self.hosts(), path])
             .output()
             .expect("zk_peer.py");
         assert!(
@@ -123,6 +124,23 @@ impl ZooKeeper {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn ensure(&self, path: &str) {
+        self.peer("ensure", path);
+    }
+
+    /// The children of `path` and their data (empty when it is missing).
+    pub fn children(&self, path: &str) -> std::collections::BTreeMap<String, String> {
+        let text = self.peer("ls", path);
+        match super::json::parse(text.trim()).expect("zk_peer.py ls prints JSON") {
+            super::json::Json::Obj(members) => members
+                .into_iter()
+                .map(|(k, v)| (k, v.str().unwrap_or("").to_string()))
+                .collect(),
+            other => panic!("zk_peer.py ls: {other:?}"),
+        }
     }
 
     /// An ephemeral node under `path` with `data`, held by a registrar
