@@ -162,7 +162,7 @@ impl Config {
             ConfigError::new(key, format!("{msg}{line}"))
         })?;
         let mut cfg = build(raw)?;
-        discovery::seed(&mut cfg.upstreams, seed)?;
+        upstream::seed_discovered(&mut cfg.upstreams, seed)?;
         Ok(cfg)
     }
 

@@ -305,8 +305,55 @@ pub(super) fn build(
     Ok((out, index))
 }
 
+/// Fill each discovered upstream's `servers`: its static servers, then
+/// the source's list (known, or asked now), and check the result as the
+/// upstream table's own rules would.
+pub(super) fn seed_discovered(
+    upstreams: &mut [UpstreamConfig],
+    seed: &super::discovery::Seed,
+) -> Result<(), ConfigError> {
+    for u in upstreams.iter_mut() {
+        let Some(d) = &u.discovery else { continue };
+        let key = format!("upstream.{}", u.name);
+        let known = seed
+            .known
+            .get(&(u.name.clone(), d.describe()))
+            .filter(|l| !l.is_empty());
+        let found = match known {
+            Some(list) => list.clone(),
+            None if seed.no_fetch => continue,
+            None => match super::discovery::fetch(d) {
+                Ok(list) => list,
+                Err(e) if d.allow_empty => {
+                    tracing::warn!("{key}.discovery: {e}; starting without its backends");
+                    Vec::new()
+                }
+                Err(e) => return Err(ConfigError::new(format!("{key}.discovery"), e)),
+            },
+        };
+        for s in found {
+            if !u.servers.iter().any(|o| o.addr == s.addr) {
+                u.servers.push(s);
+            }
+        }
+        if u.servers.is_empty() && !d.allow_empty {
+            return Err(ConfigError::new(
+                format!("{key}.discovery"),
+                format!(
+                    "{} lists no backend (set allow_empty = true to start with none)",
+                    d.describe()
+                ),
+            ));
+        }
+        if !u.servers.is_empty() && u.servers.iter().all(|s| s.backup) {
+            return Err(all_backups(&key));
+        }
+    }
+    Ok(())
+}
+
 /// Every server of upstream `key` is a backup.
-pub(super) fn all_backups(key: &str) -> ConfigError {
+fn all_backups(key: &str) -> ConfigError {
     ConfigError::new(
         format!("{key}.servers"),
         "every server is a backup; at least one must be a primary",
