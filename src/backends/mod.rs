@@ -153,6 +153,40 @@ mod tests {
     }
 
     #[test]
+    fn a_static_server_the_source_also_lists_stays_when_the_static_one_goes() {
+        // The source lists :2 and :4; :2 is also static.
+        let mut seed = crate::config::Seed::default();
+        let missing = "/nonexistent/ringlb/u.servers";
+        seed.known.insert(
+            ("u".into(), format!("file {missing}")),
+            vec![server("127.0.0.1:2", 1), server("127.0.0.1:4", 1)],
+        );
+        let cfg = Config::parse_seeded(
+            &format!(
+                "[[listener]]\nlisten = \"127.0.0.1:1\"\nupstream = \"u\"\n[upstream.u]\ndiscovery = {{ file = \"{missing}\" }}\nservers = [{{ addr = \"127.0.0.1:2\" }}, {{ addr = \"127.0.0.1:3\" }}]\n"
+            ),
+            &seed,
+        )
+        .unwrap();
+        let u = Upstream::new(&cfg.upstreams[0]);
+        let addrs = |u: &Upstream| {
+            let mut a: Vec<String> = u
+                .current()
+                .members
+                .iter()
+                .map(|m| m.backend.addr.to_string())
+                .collect();
+            a.sort();
+            a
+        };
+        assert_eq!(addrs(&u), ["127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]);
+        // A reload drops both static servers: :2 stays (the source lists it).
+        u.set_statics(&[]);
+        assert_eq!(addrs(&u), ["127.0.0.1:2", "127.0.0.1:4"]);
+        assert_eq!(u.discovered().len(), 2);
+    }
+
+    #[test]
     fn updates_publish_versions_and_keep_ids() {
         let u = state("");
         let v1 = u.version();

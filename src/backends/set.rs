@@ -119,6 +119,8 @@ pub struct DiscoveryState {
     /// The upstream's own `servers`, kept beside whatever the source lists
     /// (a reload that changes only them updates them here).
     pub statics: Vec<ServerConfig>,
+    /// What the source listed last (applied), static addresses included.
+    pub listed: Vec<ServerConfig>,
 }
 
 impl Upstream {
@@ -146,8 +148,9 @@ impl Upstream {
                 Mutex::new(DiscoveryState {
                     source: d.describe(),
                     last_ok_ms: unix_ms(),
-                    members: cfg.servers.len() - cfg.static_servers.len(),
+                    members: cfg.discovered.len(),
                     statics: cfg.static_servers.clone(),
+                    listed: cfg.discovered.clone(),
                     ..DiscoveryState::default()
                 })
             }),
@@ -163,19 +166,12 @@ impl Upstream {
         Arc::new(up)
     }
 
-    /// The members a discovery source gave (all but the static servers);
-    /// empty for an upstream without a source.
+    /// What the discovery source listed last (empty for an upstream
+    /// without a source).
     pub fn discovered(&self) -> Vec<ServerConfig> {
-        let Some(d) = &self.discovery else {
-            return Vec::new();
-        };
-        let st = d.lock().unwrap_or_else(|e| e.into_inner());
-        self.current()
-            .members
-            .iter()
-            .filter(|m| !st.statics.iter().any(|s| s.addr == m.backend.addr))
-            .map(Member::server)
-            .collect()
+        self.discovery.as_ref().map_or_else(Vec::new, |d| {
+            d.lock().unwrap_or_else(|e| e.into_inner()).listed.clone()
+        })
     }
 
     /// A reload changed only the static `servers` of a discovered upstream:
@@ -189,14 +185,10 @@ impl Upstream {
         let mut st = d.lock().unwrap_or_else(|e| e.into_inner());
         let mut full = statics.to_vec();
         full.extend(
-            self.current()
-                .members
+            st.listed
                 .iter()
-                .filter(|m| {
-                    let a = m.backend.addr;
-                    !st.statics.iter().any(|s| s.addr == a) && !statics.iter().any(|s| s.addr == a)
-                })
-                .map(Member::server),
+                .filter(|s| !statics.iter().any(|o| o.addr == s.addr))
+                .cloned(),
         );
         st.statics = statics.to_vec();
         self.apply(Update::Reset(full))

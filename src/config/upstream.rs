@@ -57,6 +57,9 @@ pub struct UpstreamConfig {
     /// Backends followed at run time (a file, DNS); `servers` then holds
     /// `static_servers` plus what the source listed when the config loaded.
     pub discovery: Option<super::discovery::DiscoveryConfig>,
+    /// What the discovery source listed when the config loaded (some may
+    /// also be static servers).
+    pub discovered: Vec<ServerConfig>,
     /// The `servers` written in the config (kept beside discovered ones).
     pub static_servers: Vec<ServerConfig>,
 }
@@ -300,6 +303,7 @@ pub(super) fn build(
             protocol,
             discovery,
             static_servers,
+            discovered: Vec::new(),
         });
     }
     Ok((out, index))
@@ -315,10 +319,9 @@ pub(super) fn seed_discovered(
     for u in upstreams.iter_mut() {
         let Some(d) = &u.discovery else { continue };
         let key = format!("upstream.{}", u.name);
-        let known = seed
-            .known
-            .get(&(u.name.clone(), d.describe()))
-            .filter(|l| !l.is_empty());
+        // Empty is known too (a source that listed nothing beside static
+        // servers, or failed at a cold start with allow_empty).
+        let known = seed.known.get(&(u.name.clone(), d.describe()));
         let found = match known {
             Some(list) => list.clone(),
             None if seed.no_fetch => continue,
@@ -331,11 +334,12 @@ pub(super) fn seed_discovered(
                 Err(e) => return Err(ConfigError::new(format!("{key}.discovery"), e)),
             },
         };
-        for s in found {
+        for s in &found {
             if !u.servers.iter().any(|o| o.addr == s.addr) {
-                u.servers.push(s);
+                u.servers.push(s.clone());
             }
         }
+        u.discovered = found;
         if u.servers.is_empty() && !d.allow_empty {
             return Err(ConfigError::new(
                 format!("{key}.discovery"),

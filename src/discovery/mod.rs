@@ -137,6 +137,12 @@ impl Plan {
                 Ok(st) if Some(st) == self.seen => return,
                 Ok(st) => {
                     let r = fetch_discovered(&self.d);
+                    if stamp(path).ok() != Some(st) {
+                        // Written while we read it (a writer that truncates
+                        // and then writes, not a rename): read it again at
+                        // the next poll rather than offer half a list.
+                        return;
+                    }
                     // A list that failed to parse is read again only when
                     // the file changes again.
                     self.seen = Some(st);
@@ -243,6 +249,7 @@ impl Plan {
         s.last_ok_ms = unix_ms();
         s.last_error = None;
         s.members = list.len();
+        s.listed = list;
         drop(s);
         if v != before {
             (self.on_change)();

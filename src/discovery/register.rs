@@ -1,7 +1,7 @@
 //! `[register]`: this process's ephemeral node in ZooKeeper, so operators
 //! see the fleet (`ls /ringlb/fleet`). One thread for the process (not per
-//! generation): it holds a session, creates `{path}/{name}-{pid}` with what
-//! this box serves (JSON), creates it again after a lost session, and
+//! generation): it holds a session, creates `{path}/{name}-{pid}-{seq}`
+//! with what this box serves (JSON), creates another after a lost session, and
 //! deletes it when the process stops accepting (a drain or an upgrade's
 //! hand-over), so the box leaves the listing at once rather than when its
 //! session expires.
@@ -57,7 +57,7 @@ pub fn start(cfg: &RegisterConfig, data: String) -> std::io::Result<Registration
 }
 
 impl Registration {
-    /// Delete the node and end the session (bounded: a few seconds when
+    /// Delete the node and end the session (bounded: at most 3 s when
     /// ZooKeeper does not answer; the node then goes with the session).
     pub fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -65,21 +65,51 @@ impl Registration {
     }
 }
 
+/// Wait for `d`, or less when `stop` is set.
+async fn nap(d: Duration, stop: &AtomicBool) {
+    let step = Duration::from_millis(100);
+    let mut left = d;
+    while !left.is_zero() && !stop.load(Ordering::Relaxed) {
+        let t = left.min(step);
+        async_io::Timer::after(t).await;
+        left -= t;
+    }
+}
+
+/// `fut`, unless `stop` is set first.
+async fn unless_stopped<T>(
+    stop: &AtomicBool,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        while !stop.load(Ordering::Relaxed) {
+            async_io::Timer::after(Duration::from_millis(100)).await;
+        }
+        None
+    })
+    .await
+}
+
 async fn run(cfg: &RegisterConfig, data: &[u8], stop: &AtomicBool) {
-    let node = format!(
-        "{}/{}-{}",
+    // Sequential: every node this process creates has a name of its own, so
+    // a new session never has to remove an old one (which could be another
+    // box's with the same name and pid, in containers); a node of a lost
+    // session goes when that session expires.
+    let prefix = format!(
+        "{}/{}-{}-",
         cfg.path.trim_end_matches('/'),
         cfg.name,
         std::process::id()
     );
+    // With digest auth only this identity may change the node.
+    let acls = match &cfg.zk.source {
+        crate::config::Source::ZooKeeper {
+            digest: Some(_), ..
+        } => Acls::creator_all(),
+        _ => Acls::anyone_all(),
+    };
     let mut backoff = Duration::from_millis(100);
     let mut last_error = String::new();
-    let mut failed = |e: String| {
-        if e != last_error {
-            tracing::warn!("register: {e}; trying again");
-            last_error = e;
-        }
-    };
     while !stop.load(Ordering::Relaxed) {
         let attempt = async {
             let client = zk_connect(&cfg.zk).await?;
@@ -91,36 +121,42 @@ async fn run(cfg: &RegisterConfig, data: &[u8], stop: &AtomicBool) {
                 ),
             )
             .await?;
-            let eph = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
-            match bounded("", client.create(&node, data, &eph)).await {
-                Ok(_) => {}
-                // Ours from a session that ended but is not reaped yet.
-                Err(_) => {
-                    let _ = bounded("", client.delete(&node, None)).await;
-                    bounded(
-                        &format!("zookeeper create {node}"),
-                        client.create(&node, data, &eph),
-                    )
-                    .await?;
-                }
-            }
-            Ok::<_, String>(client)
+            let (_, seq) = bounded(
+                &format!("zookeeper create {prefix}"),
+                client.create(
+                    &prefix,
+                    data,
+                    &CreateMode::EphemeralSequential.with_acls(acls),
+                ),
+            )
+            .await?;
+            Ok::<_, String>((client, format!("{prefix}{seq}")))
         };
-        let client = match attempt.await {
-            Ok(c) => c,
-            Err(e) => {
-                failed(e);
-                async_io::Timer::after(backoff).await;
+        let (client, node) = match unless_stopped(stop, attempt).await {
+            None => return,
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                if e != last_error {
+                    tracing::warn!("register: {e}; trying again");
+                    last_error = e;
+                }
+                nap(backoff, stop).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
         backoff = Duration::from_millis(100);
+        last_error.clear();
         tracing::info!("registered as {node} in zookeeper {}", cfg.zk.describe());
         let mut state = client.state_watcher();
         loop {
             if stop.load(Ordering::Relaxed) {
-                if let Err(e) = bounded("", client.delete(&node, None)).await {
+                if let Err(e) = bounded(
+                    &format!("zookeeper delete {node}"),
+                    client.delete(&node, None),
+                )
+                .await
+                {
                     tracing::warn!(
                         "register: cannot delete {node} ({e}); it goes with the session"
                     );
@@ -134,7 +170,9 @@ async fn run(cfg: &RegisterConfig, data: &[u8], stop: &AtomicBool) {
             };
             match futures_lite::future::or(session, tick).await {
                 Some(s) if s.is_terminated() => {
-                    failed(format!("zookeeper session {s}, {node} is gone"));
+                    tracing::warn!(
+                        "register: zookeeper session {s}, {node} is gone; registering again"
+                    );
                     break;
                 }
                 _ => {}

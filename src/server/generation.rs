@@ -43,8 +43,10 @@ pub(super) struct Generation {
 }
 
 /// What a listener's limiter is kept by across a reload: a listener with
-/// the same name and (capped) limit keeps its limiter, whatever the
-/// worker count (its waiters are a list, not one slot per worker).
+/// the same name keeps its limiter, whatever the worker count (its waiters
+/// are a list, not one slot per worker) and whatever its new cap (set when
+/// the generation commits: the connections the old workers still hold
+/// count against it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct LimiterKey {
     pub listener: String,
@@ -77,6 +79,7 @@ fn only_servers_differ(a: &Config, b: &Config) -> bool {
         for u in &mut c.upstreams {
             u.servers.clear();
             u.static_servers.clear();
+            u.discovered.clear();
         }
         format!("{c:?}")
     };
@@ -245,9 +248,15 @@ pub(super) fn start_generation(
         .collect();
     let limiters: Vec<Arc<Limiter>> = keys
         .iter()
-        .map(|key| match ctl.limiters.iter().find(|(k, _)| k == key) {
-            Some((_, lim)) => Arc::clone(lim),
-            None => Limiter::new(key.max_connections),
+        .map(|key| {
+            match ctl
+                .limiters
+                .iter()
+                .find(|(k, _)| k.listener == key.listener)
+            {
+                Some((_, lim)) => Arc::clone(lim),
+                None => Limiter::new(key.max_connections),
+            }
         })
         .collect();
 
@@ -347,15 +356,19 @@ pub(super) fn start_generation(
     // is worked out again and the limiters follow.
     let on_change: Arc<dyn Fn() + Send + Sync> = {
         let (cfg, ups, lims) = (Arc::clone(&cfg), Arc::clone(&shared), limiters.clone());
-        let prev = std::sync::Mutex::new(budget.caps.clone());
+        let stopped = Arc::clone(&health_stop);
         Arc::new(move || {
+            // A generation that was replaced no longer sizes the limiters
+            // (the next one shares them).
+            if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
             let members: Vec<usize> = ups.all.iter().map(|u| u.current().len()).collect();
-            let mut prev = prev.lock().unwrap_or_else(|e| e.into_inner());
-            let b = super::fd_budget::rebudget(&cfg, workers, &members, &prev);
+            let now: Vec<usize> = lims.iter().map(|l| l.max()).collect();
+            let b = super::fd_budget::rebudget(&cfg, workers, &members, &now);
             for (l, &cap) in lims.iter().zip(&b.caps) {
                 l.set_max(cap);
             }
-            *prev = b.caps;
         })
     };
     if let Err(e) = crate::discovery::spawn(&cfg, &shared, Arc::clone(&health_stop), on_change) {
@@ -377,6 +390,9 @@ pub(super) fn start_generation(
     ctl.sockets.retain(|a, _| wanted.contains(a));
     ctl.upstreams = Some(Arc::clone(&shared));
     ctl.limits = Some((Arc::clone(&cfg), Arc::clone(&limits)));
+    for (key, lim) in keys.iter().zip(&limiters) {
+        lim.set_max(key.max_connections);
+    }
     ctl.limiters = keys.into_iter().zip(limiters).collect();
     let chosen = if drivers.iter().all(|d| *d == Driver::IoUring) {
         format!("io_uring (taskrun={})", taskrun.unwrap_or(TaskRun::Default))

@@ -260,10 +260,6 @@ pub fn run_with(cfg: Config, path: Option<PathBuf>, inherited: Inherited) -> Res
     gen.health_stop.store(true, Ordering::Relaxed);
     admin_stop.store(true, Ordering::Relaxed);
     stop_all(gen.stops, grace, !upgraded);
-    // No new connections here any more: out of the fleet listing at once.
-    if let Some(r) = registration {
-        r.stop();
-    }
     if !upgraded {
         // The workers accept what is queued and then close their copies;
         // with ours closed too, the listening sockets go away and later
@@ -282,6 +278,11 @@ pub fn run_with(cfg: Config, path: Option<PathBuf>, inherited: Inherited) -> Res
                 std::process::exit(0);
             }
         });
+    // No new connections here any more: out of the fleet listing at once
+    // (bounded; a second stop signal still exits meanwhile).
+    if let Some(r) = registration {
+        r.stop();
+    }
     for h in gen.handles.into_iter().chain(draining) {
         let _ = h.join();
     }

@@ -110,17 +110,28 @@ pub(super) fn upgrade(sockets: &Sockets, discovered: &Seed) -> Result<u32, Strin
     // The discovered sets as they are now: the new process starts with
     // them instead of asking the sources (which may be down) first. The
     // memfd closes here when the child has its copy.
-    let _sets = if discovered.known.is_empty() {
-        None
+    let sets = if discovered.known.is_empty() {
+        Ok(None)
     } else {
-        let f = sys::memfd_with("ringlb-discovered", discovered.to_text().as_bytes())
-            .map_err(|e| format!("memfd: {e}"))?;
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
-        sys::set_inheritable(fd, true).map_err(|e| format!("fcntl: {e}"))?;
-        cmd.env("RINGLB_DISCOVERED_FD", fd.to_string());
-        Some(f)
+        sys::memfd_with("ringlb-discovered", discovered.to_text().as_bytes())
+            .and_then(|f| {
+                sys::set_inheritable(std::os::fd::AsRawFd::as_raw_fd(&f), true)?;
+                Ok(f)
+            })
+            .map(Some)
     };
-    let spawned = cmd.spawn();
+    if let Ok(Some(f)) = &sets {
+        cmd.env(
+            "RINGLB_DISCOVERED_FD",
+            std::os::fd::AsRawFd::as_raw_fd(f).to_string(),
+        );
+    }
+    // Without the memfd (no fd left, say) nothing is spawned; the sockets
+    // still go back to close-on-exec below.
+    let spawned = match &sets {
+        Ok(_) => cmd.spawn(),
+        Err(e) => Err(std::io::Error::new(e.kind(), format!("memfd: {e}"))),
+    };
     // Our copies go back to close-on-exec whatever happened.
     for socks in sockets.values() {
         for s in socks {

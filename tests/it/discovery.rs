@@ -18,6 +18,14 @@ use crate::common::{
     *,
 };
 
+/// Replace the list file as config management does (write, then rename),
+/// so the discovery thread never reads half a file.
+fn put(file: &std::path::Path, text: impl AsRef<[u8]>) {
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
 fn list(addrs: &[SocketAddr]) -> String {
     addrs.iter().map(|a| format!("{a}\n")).collect()
 }
@@ -62,13 +70,13 @@ fn a_watched_file_adds_and_removes_backends_at_run_time() {
     let b = HttpBackend::named("b");
     let dir = TempDir::new("disc-file");
     let file = dir.path("app.servers");
-    std::fs::write(&file, list(&[a.addr])).unwrap();
+    put(&file, list(&[a.addr]));
     let lb = Ringlb::start(discovery_cfg(&file, ""));
     let web = lb.addr("web");
     assert_eq!(served_by(web, 4).get("a"), Some(&4));
     // Add b: it takes requests shortly after the file changes.
     let t = Instant::now();
-    std::fs::write(&file, list(&[a.addr, b.addr])).unwrap();
+    put(&file, list(&[a.addr, b.addr]));
     assert!(
         wait_until(Duration::from_secs(3), || served_by(web, 2)
             .contains_key("b")),
@@ -80,7 +88,7 @@ fn a_watched_file_adds_and_removes_backends_at_run_time() {
     );
     // Remove a, with a request in flight on it: that one finishes.
     let slow = HttpBackend::with(|r| Reply::ok(r, "slow").delayed(Duration::from_millis(800)));
-    std::fs::write(&file, list(&[slow.addr, b.addr])).unwrap();
+    put(&file, list(&[slow.addr, b.addr]));
     assert!(wait_until(Duration::from_secs(3), || !served_by(web, 4)
         .contains_key("a")));
     let d = upstream_discovery(&lb);
@@ -109,7 +117,7 @@ fn a_watched_file_adds_and_removes_backends_at_run_time() {
             .collect::<Vec<_>>()
     });
     std::thread::sleep(Duration::from_millis(300));
-    std::fs::write(&file, list(&[b.addr])).unwrap();
+    put(&file, list(&[b.addr]));
     let statuses = inflight.join().unwrap();
     assert!(
         !statuses.is_empty() && statuses.iter().all(|&s| s == 200),
@@ -125,12 +133,12 @@ fn a_broken_or_empty_source_keeps_the_last_set_and_says_so() {
     let d_ = HttpBackend::named("d");
     let dir = TempDir::new("disc-safety");
     let file = dir.path("app.servers");
-    std::fs::write(&file, list(&[a.addr, b.addr, c.addr, d_.addr])).unwrap();
+    put(&file, list(&[a.addr, b.addr, c.addr, d_.addr]));
     let lb = Ringlb::start(discovery_cfg(&file, ", max_remove = 0.5"));
     let web = lb.addr("web");
     let failing = |lb: &Ringlb| scrape(lb).get("ringlb_discovery_failing", &[("upstream", "app")]);
     // Malformed: the last set stays, the error is shown everywhere.
-    std::fs::write(&file, "127.0.0.1:1 weight=lots\n").unwrap();
+    put(&file, "127.0.0.1:1 weight=lots\n");
     assert!(wait_until(Duration::from_secs(3), || failing(&lb) == Some(1.0)));
     let d = upstream_discovery(&lb);
     let err = d.get("error").and_then(Json::str).unwrap_or("").to_string();
@@ -144,7 +152,7 @@ fn a_broken_or_empty_source_keeps_the_last_set_and_says_so() {
     );
     assert_eq!(served_by(web, 8).len(), 4);
     // Empty: refused without allow_empty.
-    std::fs::write(&file, "# nothing\n").unwrap();
+    put(&file, "# nothing\n");
     assert!(wait_until(Duration::from_secs(3), || {
         upstream_discovery(&lb)
             .get("error")
@@ -153,7 +161,7 @@ fn a_broken_or_empty_source_keeps_the_last_set_and_says_so() {
     }));
     assert_eq!(served_by(web, 8).len(), 4);
     // Three of four gone at once: over max_remove = 0.5, refused.
-    std::fs::write(&file, list(&[a.addr])).unwrap();
+    put(&file, list(&[a.addr]));
     assert!(wait_until(Duration::from_secs(3), || {
         upstream_discovery(&lb)
             .get("error")
@@ -163,7 +171,7 @@ fn a_broken_or_empty_source_keeps_the_last_set_and_says_so() {
     assert_eq!(served_by(web, 8).len(), 4);
     assert!(scrape(&lb).get("ringlb_discovery_refused_total", &[("upstream", "app")]) >= Some(2.0));
     // Two of four: allowed; the error clears.
-    std::fs::write(&file, list(&[a.addr, b.addr])).unwrap();
+    put(&file, list(&[a.addr, b.addr]));
     assert!(wait_until(Duration::from_secs(3), || failing(&lb) == Some(0.0)));
     let seen = served_by(web, 8);
     assert_eq!(seen.len(), 2, "{seen:?}");
@@ -185,9 +193,9 @@ fn serving_b_with_the_source_gone(
     let b = HttpBackend::named("b");
     let dir = TempDir::new(tag);
     let file = dir.path("app.servers");
-    std::fs::write(&file, list(&[a.addr])).unwrap();
+    put(&file, list(&[a.addr]));
     let lb = Ringlb::start(discovery_cfg(&file, ""));
-    std::fs::write(&file, list(&[b.addr])).unwrap();
+    put(&file, list(&[b.addr]));
     assert!(wait_until(Duration::from_secs(3), || served_by(
         lb.addr("web"),
         2
@@ -235,7 +243,7 @@ fn a_reload_keeps_the_discovered_set_without_a_gap() {
     assert!(seen.contains_key("s") && seen.contains_key("b"), "{seen:?}");
     // The source comes back: the discovery thread follows it again, and
     // the static server stays (it is not the source's to remove).
-    std::fs::write(&file, list(&[a.addr])).unwrap();
+    put(&file, list(&[a.addr]));
     assert!(wait_until(Duration::from_secs(3), || {
         let seen = served_by(lb.addr("web"), 6);
         seen.contains_key("a") && seen.contains_key("s") && !seen.contains_key("b")
@@ -275,7 +283,7 @@ fn a_binary_upgrade_starts_the_new_process_with_the_last_known_set() {
     );
     let seen = served_by(web, 6);
     // Its own source, once back, is followed.
-    std::fs::write(&file, list(&[c.addr])).unwrap();
+    put(&file, list(&[c.addr]));
     let follows = wait_until(Duration::from_secs(3), || {
         served_by(web, 2).contains_key("c")
     });
@@ -291,7 +299,7 @@ fn a_growing_discovered_set_is_counted_in_the_fd_budget() {
     let backends: Vec<HttpBackend> = (0..4).map(|_| HttpBackend::named("x")).collect();
     let dir = TempDir::new("disc-budget");
     let file = dir.path("app.servers");
-    std::fs::write(&file, list(&[backends[0].addr])).unwrap();
+    put(&file, list(&[backends[0].addr]));
     let lb = Ringlb::start(
         Cfg::new(1)
             .admin()
@@ -309,7 +317,7 @@ fn a_growing_discovered_set_is_counted_in_the_fd_budget() {
     };
     let before = cap(&lb);
     let all: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
-    std::fs::write(&file, list(&all)).unwrap();
+    put(&file, list(&all));
     assert!(wait_until(Duration::from_secs(3), || cap(&lb) < before));
     let after = cap(&lb);
     // Three more backends: 6000 more pooled fds, 3000 fewer connections.
@@ -545,7 +553,10 @@ fn each_box_registers_itself_and_leaves_the_listing_when_it_stops() {
     };
     let mut one = Ringlb::start(cfg("box1"));
     let two = Ringlb::start(cfg("box2"));
-    let (n1, n2) = (format!("box1-{}", one.pid()), format!("box2-{}", two.pid()));
+    let (p1, p2) = (
+        format!("box1-{}-", one.pid()),
+        format!("box2-{}-", two.pid()),
+    );
     assert!(
         wait_until(Duration::from_secs(10), || zk
             .children("/ringlb/fleet")
@@ -556,6 +567,11 @@ fn each_box_registers_itself_and_leaves_the_listing_when_it_stops() {
         one.log_text()
     );
     let fleet = zk.children("/ringlb/fleet");
+    let node = |fleet: &std::collections::BTreeMap<String, String>, prefix: &str| {
+        fleet.keys().find(|k| k.starts_with(prefix)).cloned()
+    };
+    let n1 = node(&fleet, &p1).expect("box1's node");
+    let n2 = node(&fleet, &p2).expect("box2's node");
     let data = crate::common::json::parse(&fleet[&n1]).expect("JSON node data");
     assert_eq!(
         data.get("pid").and_then(Json::uint),
@@ -577,9 +593,11 @@ fn each_box_registers_itself_and_leaves_the_listing_when_it_stops() {
     assert_eq!(left.keys().collect::<Vec<_>>(), vec![&n2], "{left:?}");
     // ZooKeeper restarted: the other box is (still, or again) listed.
     zk.restart();
-    assert!(wait_until(Duration::from_secs(20), || zk
-        .children("/ringlb/fleet")
-        .contains_key(&n2)));
+    assert!(wait_until(Duration::from_secs(20), || node(
+        &zk.children("/ringlb/fleet"),
+        &p2
+    )
+    .is_some()));
     assert_eq!(served_by(two.addr("web"), 2).get("a"), Some(&2));
 }
 
@@ -599,7 +617,7 @@ fn churning_backends_under_load_fail_no_request() {
     let addrs: Vec<SocketAddr> = backs.iter().map(|b| b.addr).collect();
     let dir = TempDir::new("disc-churn");
     let file = dir.path("app.servers");
-    std::fs::write(&file, list(&addrs[..2])).unwrap();
+    put(&file, list(&addrs[..2]));
     let lb = Ringlb::start(
         discovery_cfg(&file, "")
             .tcp("raw", "app")
@@ -639,7 +657,7 @@ fn churning_backends_under_load_fail_no_request() {
         std::thread::sleep(Duration::from_millis(200));
         let n = 2 + i % 2;
         let pick: Vec<SocketAddr> = (0..n).map(|j| addrs[(i + j) % 4]).collect();
-        std::fs::write(&file, list(&pick)).unwrap();
+        put(&file, list(&pick));
     }
     std::thread::sleep(Duration::from_millis(200));
     stop.store(true, Ordering::Relaxed);

@@ -13,29 +13,39 @@ import sys
 import time
 
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
 
 
 def main():
     what, hosts, path = sys.argv[1], sys.argv[2], sys.argv[3]
     timeout = float(sys.argv[5]) if what == "register" else 10.0
-    zk = KazooClient(hosts=hosts, timeout=timeout)
+    zk = KazooClient(
+        hosts=hosts,
+        timeout=timeout,
+        command_retry={"max_tries": 30, "delay": 0.1, "max_delay": 1.0},
+    )
     zk.start(timeout=10)
+    # A server that just (re)started may drop the first requests
+    # (ConnectionLoss): every call is retried.
     if what == "ensure":
-        zk.ensure_path(path)
+        zk.retry(zk.ensure_path, path)
     elif what == "register":
-        node = zk.create(path + "/backend-", sys.argv[4].encode(), ephemeral=True, sequence=True)
+        node = zk.retry(zk.create, path + "/backend-", sys.argv[4].encode(), ephemeral=True, sequence=True)
         print("registered", node, flush=True)
         while True:
             time.sleep(3600)
     elif what == "ls":
         out = {}
-        if zk.exists(path):
-            for child in zk.get_children(path):
-                data, _ = zk.get(path + "/" + child)
+        if zk.retry(zk.exists, path):
+            for child in zk.retry(zk.get_children, path):
+                try:
+                    data, _ = zk.retry(zk.get, path + "/" + child)
+                except NoNodeError:
+                    continue
                 out[child] = data.decode()
         print(json.dumps(out), flush=True)
     elif what == "delete":
-        zk.delete(path, recursive=True)
+        zk.retry(zk.delete, path, recursive=True)
     else:
         sys.exit(f"unknown command {what}")
     zk.stop()
