@@ -153,6 +153,9 @@ async fn probe(
     h: &HealthConfig,
     tls: Option<&crate::tls::Client>,
 ) -> Result<(), Probe> {
+    if let HealthKind::Udp { send, expect } = &h.kind {
+        return udp_probe(addr, send, expect).await;
+    }
     let started = std::time::Instant::now();
     let mut stream = crate::io::connect::connect(addr, h.timeout)
         .await
@@ -182,6 +185,36 @@ async fn probe(
         }
     }
     http_check(&stream, addr, h).await.map_err(Probe::Failed)
+}
+
+/// A udp check: one datagram out, a reply starting with `expect` back (the
+/// caller bounds the wait with the check's timeout).
+async fn udp_probe(addr: std::net::SocketAddr, send: &[u8], expect: &[u8]) -> Result<(), Probe> {
+    use std::os::fd::AsRawFd;
+    let sock = crate::io::connect::connect_udp(addr)
+        .map_err(|e| Probe::Local(format!("udp socket: {e}")))?;
+    let fd = sock.as_raw_fd();
+    let refused = |e: &std::io::Error| e.raw_os_error() == Some(libc::ECONNREFUSED);
+    crate::sys::with_sock(fd, |s| s.send(send)).map_err(|e| {
+        if refused(&e) {
+            Probe::Failed("port unreachable".into())
+        } else {
+            Probe::Local(format!("udp send: {e}"))
+        }
+    })?;
+    let mut buf = vec![0u8; expect.len().max(512)];
+    loop {
+        sock.readable(false)
+            .await
+            .map_err(|e| Probe::Local(format!("udp wait: {e}")))?;
+        match crate::sys::udp_recv(fd, &mut buf) {
+            Ok(d) if buf[..d.len].starts_with(expect) => return Ok(()),
+            Ok(_) => return Err(Probe::Failed("unexpected reply".into())),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if refused(&e) => return Err(Probe::Failed("port unreachable".into())),
+            Err(e) => return Err(Probe::Failed(format!("udp receive: {e}"))),
+        }
+    }
 }
 
 /// The http part of a check, on a connected stream (tcp checks pass here).

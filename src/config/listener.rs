@@ -24,6 +24,47 @@ pub enum Mode {
     /// the TLS bytes through, or hands the connection to a listener that
     /// terminates it.
     Tls,
+    /// Datagrams: flows pinned to a backend, one connected socket each.
+    Udp,
+}
+
+impl Mode {
+    /// As written in the config (and in logs and `/status`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Tcp => "tcp",
+            Mode::Http => "http",
+            Mode::Tls => "tls",
+            Mode::Udp => "udp",
+        }
+    }
+}
+
+/// What makes datagrams one flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowKey {
+    /// Client address and port (nginx's UDP sessions).
+    AddrPort,
+    /// Client address alone: every port of a client shares one flow (and
+    /// one backend); replies go to the port it sent from last.
+    Addr,
+}
+
+/// `mode = "udp"` keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpConfig {
+    /// Responses expected per client datagram; the flow closes once all
+    /// came (nginx `proxy_responses`); 0 = no expectation.
+    pub responses: u32,
+    /// Client datagrams per flow; the next one starts a new flow (nginx
+    /// `proxy_requests`); 0 = no limit.
+    pub requests: u32,
+    /// Flows per worker (each holds one socket); past it new flows are
+    /// dropped and counted.
+    pub max_flows: usize,
+    pub flow_key: FlowKey,
+    /// Largest datagram taken (bigger ones are dropped as truncated).
+    pub max_datagram: usize,
 }
 
 /// Where an SNI route sends a connection.
@@ -116,6 +157,15 @@ pub struct ListenerConfig {
     pub sni: Vec<SniRoute>,
     /// `mode = "tls"`: deadline for the whole ClientHello.
     pub hello_timeout: Duration,
+    /// Present for `mode = "udp"`.
+    pub udp: Option<UdpConfig>,
+}
+
+impl ListenerConfig {
+    /// True for datagram listeners (their sockets are UDP).
+    pub fn is_udp(&self) -> bool {
+        self.mode == Mode::Udp
+    }
 }
 
 /// One `[[listener]]` as written: one flat table, so the http keys are here too.
@@ -158,6 +208,12 @@ pub(super) struct RawListener {
     pub sni: Vec<RawSni>,
     #[serde(default)]
     pub route: Vec<RawRoute>,
+    // udp listeners
+    pub responses: Option<i64>,
+    pub requests: Option<i64>,
+    pub max_flows: Option<i64>,
+    pub flow_key: Option<String>,
+    pub max_datagram_size: Option<RawSize>,
 }
 
 /// One `[[listener.sni]]` as written.
@@ -259,8 +315,10 @@ pub(super) fn build(
         None | Some("tcp") => Mode::Tcp,
         Some("http") => Mode::Http,
         Some("tls") => Mode::Tls,
-        Some(o) => return Err(one_of(&k("mode"), o, &["tcp", "http", "tls"])),
+        Some("udp") => Mode::Udp,
+        Some(o) => return Err(one_of(&k("mode"), o, &["tcp", "http", "tls", "udp"])),
     };
+    let udp = udp(&k, mode, &mut l)?;
     let listen_text = l
         .listen
         .take()
@@ -280,7 +338,7 @@ pub(super) fn build(
         }
         (None, Mode::Tls) => None,
         (Some(name), _) => Some(upstream_ref(&k("upstream"), name, index)?),
-        (None, Mode::Tcp) => {
+        (None, Mode::Tcp | Mode::Udp) => {
             return Err(ConfigError::new(
                 k("upstream"),
                 "missing: name an [upstream.NAME] table",
@@ -344,7 +402,7 @@ pub(super) fn build(
         ));
     }
     let http = match mode {
-        Mode::Tcp | Mode::Tls => None,
+        Mode::Tcp | Mode::Tls | Mode::Udp => None,
         Mode::Http => Some(http::build(&k, &mut raw_http, upstream, index)?),
     };
     let tls = match (l.tls.take(), mode) {
@@ -392,7 +450,13 @@ pub(super) fn build(
         max_connections,
         max_connections_default,
         connect_timeout: nonzero_dur(&k("connect_timeout"), l.connect_timeout, 5)?,
-        idle_timeout: nonzero_dur(&k("idle_timeout"), l.idle_timeout, 600)?,
+        // A udp flow holds a socket until it goes idle: 30 s, not the
+        // 10 minutes of a tcp connection (which the client ends itself).
+        idle_timeout: nonzero_dur(
+            &k("idle_timeout"),
+            l.idle_timeout,
+            if mode == Mode::Udp { 30 } else { 600 },
+        )?,
         connect_tries: match l.connect_tries {
             None => 3,
             Some(n) => range(&k("connect_tries"), n, 1, 100)? as u32,
@@ -428,5 +492,88 @@ pub(super) fn build(
         tls,
         sni,
         hello_timeout,
+        udp,
     })
+}
+
+/// The `mode = "udp"` keys, and the keys that mean nothing for datagrams
+/// refused on udp listeners (and the udp keys on the others).
+fn udp(
+    k: &dyn Fn(&str) -> String,
+    mode: Mode,
+    l: &mut RawListener,
+) -> Result<Option<UdpConfig>, ConfigError> {
+    let udp_keys = [
+        ("responses", l.responses.is_some()),
+        ("requests", l.requests.is_some()),
+        ("max_flows", l.max_flows.is_some()),
+        ("flow_key", l.flow_key.is_some()),
+        ("max_datagram_size", l.max_datagram_size.is_some()),
+    ];
+    if mode != Mode::Udp {
+        if let Some((f, _)) = udp_keys.iter().find(|(_, set)| *set) {
+            return Err(ConfigError::new(
+                k(f),
+                "only applies to mode = \"udp\" listeners",
+            ));
+        }
+        return Ok(None);
+    }
+    let stream_only = [
+        ("backlog", l.backlog.is_some()),
+        ("max_connections", l.max_connections.is_some()),
+        ("connect_timeout", l.connect_timeout.is_some()),
+        ("connect_tries", l.connect_tries.is_some()),
+        ("accept_proxy_protocol", l.accept_proxy_protocol.is_some()),
+        ("proxy_protocol_timeout", l.proxy_protocol_timeout.is_some()),
+        ("transfer", l.transfer.is_some()),
+        ("max_connections_per_ip", l.max_connections_per_ip.is_some()),
+        ("tls", l.tls.is_some()),
+        ("hello_timeout", l.hello_timeout.is_some()),
+    ];
+    if let Some((f, _)) = stream_only.iter().find(|(_, set)| *set) {
+        return Err(ConfigError::new(
+            k(f),
+            "does not apply to mode = \"udp\" listeners (datagrams have no connection; max_flows bounds the flows)",
+        ));
+    }
+    if l.proxy_protocol.as_deref() == Some("v1") {
+        return Err(ConfigError::new(
+            k("proxy_protocol"),
+            "udp listeners send \"v2\" (v1 has no datagram form)",
+        ));
+    }
+    let flow_key = match l.flow_key.as_deref() {
+        None | Some("addr_port") => FlowKey::AddrPort,
+        Some("addr") => FlowKey::Addr,
+        Some(o) => return Err(one_of(&k("flow_key"), o, &["addr_port", "addr"])),
+    };
+    Ok(Some(UdpConfig {
+        responses: match l.responses {
+            None => 0,
+            Some(n) => range(&k("responses"), n, 0, 1_000_000)? as u32,
+        },
+        requests: match l.requests {
+            None => 0,
+            Some(n) => range(&k("requests"), n, 0, 1_000_000_000)? as u32,
+        },
+        max_flows: match l.max_flows {
+            None => 4096,
+            Some(n) => range(&k("max_flows"), n, 1, 1_000_000)? as usize,
+        },
+        flow_key,
+        max_datagram: match l.max_datagram_size.take() {
+            None => 65_535,
+            Some(v) => {
+                let n = super::values::size(&k("max_datagram_size"), v)?;
+                if !(512..=65_535).contains(&n) {
+                    return Err(ConfigError::new(
+                        k("max_datagram_size"),
+                        format!("{n} is not between 512 and 65535 bytes"),
+                    ));
+                }
+                n
+            }
+        },
+    }))
 }

@@ -41,8 +41,8 @@ pub use discovery::{
 pub use h2::{H2Config, Protocol};
 pub use http::{HeaderOps, HttpConfig, RateKey, RateLimitConfig, RouteConfig, Underscores};
 pub use listener::{
-    ListenerConfig, Mode, ProxyAccept, ProxySend, SniRoute, SniTarget, Transfer,
-    DEFAULT_MAX_CONNECTIONS,
+    FlowKey, ListenerConfig, Mode, ProxyAccept, ProxySend, SniRoute, SniTarget, Transfer,
+    UdpConfig, DEFAULT_MAX_CONNECTIONS,
 };
 pub use observe::{AccessLogConfig, LogFormat};
 pub use runtime::{IoUringMode, RuntimeConfig};
@@ -166,9 +166,14 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Total connections all listeners may hold at once.
+    /// Total connections all stream listeners may hold at once (udp
+    /// listeners bound their flows with `max_flows` instead).
     pub fn total_max_connections(&self) -> usize {
-        self.listeners.iter().map(|l| l.max_connections).sum()
+        self.listeners
+            .iter()
+            .filter(|l| !l.is_udp())
+            .map(|l| l.max_connections)
+            .sum()
     }
 }
 
@@ -250,13 +255,31 @@ fn build(raw: RawConfig) -> Result<Config, ConfigError> {
     let mut listeners = Vec::with_capacity(raw.listener.len());
     for (i, l) in raw.listener.into_iter().enumerate() {
         let l = listener::build(i, l, &index)?;
-        if let (Mode::Tcp, Some(u)) = (l.mode, l.upstream) {
+        if let (Mode::Tcp | Mode::Udp, Some(u)) = (l.mode, l.upstream) {
             let up = &upstreams[u];
             if up.hash_key != HashKey::ClientIp {
                 return Err(ConfigError::new(
                     format!("upstream.{}.hash_key", up.name),
                     format!(
-                        "tcp listener {:?} uses this upstream; tcp connections can only hash by client_ip",
+                        "{} listener {:?} uses this upstream; {} can only hash by client_ip",
+                        l.mode.name(),
+                        l.name,
+                        if l.mode == Mode::Udp {
+                            "udp flows"
+                        } else {
+                            "tcp connections"
+                        }
+                    ),
+                ));
+            }
+        }
+        if let (Mode::Udp, Some(u)) = (l.mode, l.upstream) {
+            let up = &upstreams[u];
+            if up.tls.is_some() {
+                return Err(ConfigError::new(
+                    format!("upstream.{}.tls", up.name),
+                    format!(
+                        "udp listener {:?} uses this upstream; datagrams cannot go over TLS",
                         l.name
                     ),
                 ));
@@ -268,7 +291,8 @@ fn build(raw: RawConfig) -> Result<Config, ConfigError> {
                 format!("duplicate listener name {:?}", l.name),
             ));
         }
-        if !addrs.insert(l.listen) {
+        // A tcp and a udp listener may share a port (DNS does).
+        if !addrs.insert((l.is_udp(), l.listen)) {
             return Err(ConfigError::new(
                 format!("listener[{i}].listen"),
                 format!("address {} is used by another listener", l.listen),

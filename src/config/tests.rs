@@ -101,7 +101,7 @@ fn bad_values_name_their_key() {
         ),
         (
             "name = \"redis\"",
-            "name = \"redis\"\nmode = \"udp\"",
+            "name = \"redis\"\nmode = \"sctp\"",
             "listener[0].mode",
         ),
         (

@@ -83,6 +83,13 @@ pub enum HealthKind {
         /// Accepted status range, inclusive.
         status: (u16, u16),
     },
+    /// A datagram sent to the backend's port; passes when a reply comes
+    /// that starts with `expect` (any reply when empty). An ICMP port
+    /// unreachable or no reply within the timeout fails it.
+    Udp {
+        send: Vec<u8>,
+        expect: Vec<u8>,
+    },
 }
 
 /// Passive ejection (circuit breaker) of an upstream's backends.
@@ -143,6 +150,10 @@ pub(super) struct RawHealth {
     pub timeout: Option<String>,
     pub rise: Option<i64>,
     pub fall: Option<i64>,
+    pub send: Option<String>,
+    pub send_hex: Option<String>,
+    pub expect: Option<String>,
+    pub expect_hex: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -395,8 +406,53 @@ fn server(key: &str, s: RawServer) -> Result<ServerConfig, ConfigError> {
     })
 }
 
+/// A probe payload: `text`, or `hex` digits (spaces allowed).
+fn payload(
+    key: &str,
+    text: Option<String>,
+    hex: Option<String>,
+) -> Result<Option<Vec<u8>>, ConfigError> {
+    match (text, hex) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            key,
+            "give the text or the _hex form, not both",
+        )),
+        (Some(t), None) => Ok(Some(t.into_bytes())),
+        (None, Some(h)) => {
+            let digits: Vec<u8> = h.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+            if digits.len() % 2 != 0 {
+                return Err(ConfigError::new(
+                    format!("{key}_hex"),
+                    "an odd number of hex digits",
+                ));
+            }
+            digits
+                .chunks(2)
+                .map(|p| {
+                    std::str::from_utf8(p)
+                        .ok()
+                        .and_then(|t| u8::from_str_radix(t, 16).ok())
+                        .ok_or_else(|| {
+                            ConfigError::new(format!("{key}_hex"), format!("{h:?} is not hex"))
+                        })
+                })
+                .collect::<Result<Vec<u8>, _>>()
+                .map(Some)
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 fn health(key: &str, h: RawHealth) -> Result<HealthConfig, ConfigError> {
     let kf = |f: &str| format!("{key}.{f}");
+    let send = payload(&kf("send"), h.send, h.send_hex)?;
+    let expect = payload(&kf("expect"), h.expect, h.expect_hex)?;
+    if h.kind.as_deref() != Some("udp") && (send.is_some() || expect.is_some()) {
+        return Err(ConfigError::new(
+            kf("kind"),
+            "send and expect need kind = \"udp\"",
+        ));
+    }
     let kind = match h.kind.as_deref() {
         None | Some("tcp") => {
             if h.path.is_some() || h.host.is_some() || h.status.is_some() {
@@ -440,7 +496,25 @@ fn health(key: &str, h: RawHealth) -> Result<HealthConfig, ConfigError> {
                 status,
             }
         }
-        Some(o) => return Err(one_of(&kf("kind"), o, &["tcp", "http"])),
+        Some("udp") => {
+            if h.path.is_some() || h.host.is_some() || h.status.is_some() {
+                return Err(ConfigError::new(
+                    kf("kind"),
+                    "path, host and status need kind = \"http\"",
+                ));
+            }
+            let send = send.filter(|s| !s.is_empty()).ok_or_else(|| {
+                ConfigError::new(
+                    kf("send"),
+                    "missing: the datagram a udp check sends (send = \"...\" or send_hex = \"...\")",
+                )
+            })?;
+            HealthKind::Udp {
+                send,
+                expect: expect.unwrap_or_default(),
+            }
+        }
+        Some(o) => return Err(one_of(&kf("kind"), o, &["tcp", "http", "udp"])),
     };
     let interval = nonzero_dur(&kf("interval"), h.interval, 2)?;
     let timeout = nonzero_dur(&kf("timeout"), h.timeout, 1)?;

@@ -78,6 +78,28 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Stream, Conn
     }
 }
 
+/// A nonblocking UDP socket connected to `addr` (a udp flow's, or a udp
+/// health check's): the kernel delivers only `addr`'s datagrams to it and
+/// reports `addr`'s ICMP errors on it.
+///
+/// # Errors
+/// Out of fds or ports; as socket(2), bind(2), connect(2).
+pub fn connect_udp(addr: SocketAddr) -> io::Result<monoio::net::udp::UdpSocket> {
+    let any: SocketAddr = if addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::UDP),
+    )?;
+    s.bind(&any.into())?;
+    s.connect(&addr.into())?;
+    monoio::net::udp::UdpSocket::from_std(s.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

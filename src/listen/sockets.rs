@@ -77,3 +77,135 @@ fn new_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     }
     Ok(s)
 }
+
+/// What a listening socket is kept by: its transport and the address as
+/// configured (a tcp and a udp listener may share a port, as DNS does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BindKey {
+    pub udp: bool,
+    pub addr: SocketAddr,
+}
+
+impl BindKey {
+    pub fn of(l: &crate::config::ListenerConfig) -> BindKey {
+        BindKey {
+            udp: l.is_udp(),
+            addr: l.listen,
+        }
+    }
+}
+
+/// A listening socket: a TCP listener, or a UDP socket bound to take
+/// datagrams.
+#[derive(Debug)]
+pub enum Listening {
+    Tcp(std::net::TcpListener),
+    Udp(std::net::UdpSocket),
+}
+
+impl Listening {
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Listening::Tcp(s) => s.local_addr(),
+            Listening::Udp(s) => s.local_addr(),
+        }
+    }
+
+    /// A duplicate (the same socket; workers get these).
+    ///
+    /// # Errors
+    /// As dup(2).
+    pub fn try_clone(&self) -> io::Result<Listening> {
+        Ok(match self {
+            Listening::Tcp(s) => Listening::Tcp(s.try_clone()?),
+            Listening::Udp(s) => Listening::Udp(s.try_clone()?),
+        })
+    }
+}
+
+impl std::os::fd::AsRawFd for Listening {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Listening::Tcp(s) => s.as_raw_fd(),
+            Listening::Udp(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl From<crate::sys::Inherited> for Listening {
+    fn from(s: crate::sys::Inherited) -> Listening {
+        match s {
+            crate::sys::Inherited::Tcp(t) => Listening::Tcp(t),
+            crate::sys::Inherited::Udp(u) => Listening::Udp(u),
+        }
+    }
+}
+
+/// How an upgrade names a socket to the next process: `ADDR` (tcp, as
+/// before udp existed) or `udp/ADDR`.
+impl std::fmt::Display for BindKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.udp {
+            write!(f, "udp/{}", self.addr)
+        } else {
+            write!(f, "{}", self.addr)
+        }
+    }
+}
+
+/// Bind `n` SO_REUSEPORT UDP sockets to `addr` (port 0: the first picks
+/// it), after the same probe as [`bind_all`]. A wildcard address asks for
+/// each datagram's destination address (IP_PKTINFO / IPV6_RECVPKTINFO):
+/// replies must leave from the address the client sent to.
+///
+/// # Errors
+/// As [`bind_all`].
+pub fn bind_udp(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::UdpSocket>> {
+    if addr.port() != 0 {
+        let probe = new_udp(addr, false)?;
+        probe.bind(&addr.into())?;
+        drop(probe);
+    }
+    let mut out = Vec::with_capacity(n);
+    let mut at = addr;
+    for _ in 0..n.max(1) {
+        let s = new_udp(at, true)?;
+        s.bind(&at.into())?;
+        let u: std::net::UdpSocket = s.into();
+        at = u.local_addr()?;
+        out.push(u);
+    }
+    Ok(out)
+}
+
+/// One more SO_REUSEPORT UDP socket on an address this process already
+/// has (a reload that needs more workers' sockets).
+///
+/// # Errors
+/// As bind(2).
+pub fn bind_udp_more(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let s = new_udp(addr, true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+fn new_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::UDP),
+    )?;
+    s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    // Room for bursts (the kernel caps it at net.core.rmem_max).
+    let _ = s.set_recv_buffer_size(4 << 20);
+    if addr.ip().is_unspecified() {
+        crate::sys::set_recv_pktinfo(std::os::fd::AsRawFd::as_raw_fd(&s), addr.is_ipv6())?;
+    }
+    Ok(s)
+}

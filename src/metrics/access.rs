@@ -185,6 +185,20 @@ pub struct TcpEntry<'a> {
     pub tls: Option<&'a str>,
 }
 
+/// One UDP flow, as logged.
+pub struct UdpEntry<'a> {
+    pub listener: &'a str,
+    pub client: SocketAddr,
+    pub backend: SocketAddr,
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration: Duration,
+    /// idle, done (every expected response came), refused, error.
+    pub end: &'a str,
+}
+
 /// Longest path, User-Agent or Referer kept in a log line: bounds the
 /// memory a stalled writer's queue can hold.
 const MAX_FIELD: usize = 2048;
@@ -292,6 +306,45 @@ pub fn tcp_line(f: LogFormat, e: &TcpEntry<'_>) -> String {
                 e.duration.as_secs_f64(),
                 dash(&clean(e.sni.unwrap_or(""))),
                 dash(e.tls.unwrap_or("")),
+            );
+        }
+    }
+    o
+}
+
+/// One line for a UDP flow (at its end).
+pub fn udp_line(f: LogFormat, e: &UdpEntry<'_>) -> String {
+    let mut o = String::with_capacity(192);
+    let now = SystemTime::now();
+    match f {
+        LogFormat::Json => {
+            let _ = writeln!(
+                o,
+                "{{\"time\":\"{}\",\"listener\":{},\"client\":\"{}\",\"backend\":\"{}\",\"datagrams_in\":{},\"datagrams_out\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{:.3},\"end\":\"{}\"}}",
+                iso8601(now),
+                json_str(e.listener),
+                e.client,
+                e.backend,
+                e.datagrams_in,
+                e.datagrams_out,
+                e.bytes_in,
+                e.bytes_out,
+                e.duration.as_secs_f64() * 1000.0,
+                e.end,
+            );
+        }
+        LogFormat::Combined => {
+            let _ = writeln!(
+                o,
+                "{} - - [{}] \"UDP {}\" - {} \"-\" \"-\" - {} {:.3} {} {}",
+                e.client.ip(),
+                clf_time(now),
+                clean(e.listener),
+                e.bytes_out,
+                e.backend,
+                e.duration.as_secs_f64(),
+                e.datagrams_in,
+                e.datagrams_out,
             );
         }
     }

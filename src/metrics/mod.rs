@@ -117,6 +117,40 @@ pub struct ListenerMetrics {
     pub tls: TlsMetrics,
     /// http listeners: HTTP/2 connections and streams.
     pub h2: H2Metrics,
+    /// udp listeners: datagrams and flows.
+    pub udp: UdpMetrics,
+}
+
+/// Why a udp listener dropped a datagram (the label of
+/// `ringlb_udp_dropped_total`).
+pub const UDP_DROPS: [&str; 8] = [
+    "max_flows",
+    "no_backend",
+    "no_socket",
+    "truncated",
+    "backend_buffer_full",
+    "client_buffer_full",
+    "refused",
+    "send_error",
+];
+
+/// One udp listener's datagrams and flows on one worker.
+#[derive(Debug, Default)]
+pub struct UdpMetrics {
+    pub datagrams_in: Counter,
+    pub datagrams_out: Counter,
+    /// Bytes of client datagrams sent on to backends.
+    pub bytes_in: Counter,
+    /// Bytes of replies sent to clients.
+    pub bytes_out: Counter,
+    /// Flows opened.
+    pub flows: Counter,
+    /// Flows open now.
+    pub active: Gauge,
+    /// Flows that went idle with responses missing (`responses` set).
+    pub unanswered: Counter,
+    /// By reason ([`UDP_DROPS`]).
+    pub dropped: [Counter; 8],
 }
 
 /// Why ringlb ended an HTTP/2 client connection with a GOAWAY (the label

@@ -275,6 +275,50 @@ impl Registry {
                 }
             }
         }
+        let udp: Vec<(usize, &crate::config::ListenerConfig)> = cfg
+            .listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.mode == Mode::Udp)
+            .collect();
+        if !udp.is_empty() {
+            type Field = fn(&super::UdpMetrics) -> u64;
+            let series: [(&str, &str, &str, &str, Field); 7] = [
+                ("ringlb_udp_datagrams_total", "counter", "Datagrams: in from clients, out to clients (replies).", "direction=\"in\"", |u| u.datagrams_in.get()),
+                ("ringlb_udp_datagrams_total", "", "", "direction=\"out\"", |u| u.datagrams_out.get()),
+                ("ringlb_udp_bytes_total", "counter", "Payload bytes: in (client datagrams sent to backends), out (replies sent to clients).", "direction=\"in\"", |u| u.bytes_in.get()),
+                ("ringlb_udp_bytes_total", "", "", "direction=\"out\"", |u| u.bytes_out.get()),
+                ("ringlb_udp_flows_total", "counter", "Flows opened (a client pinned to a backend with a socket of its own).", "", |u| u.flows.get()),
+                ("ringlb_udp_flows_active", "gauge", "Flows open now.", "", |u| u.active.get().max(0) as u64),
+                ("ringlb_udp_unanswered_total", "counter", "Flows that went idle with expected responses missing (responses set): each counts against the backend.", "", |u| u.unanswered.get()),
+            ];
+            for (name, kind, help, label, f) in series {
+                if !kind.is_empty() {
+                    family(&mut o, name, kind, help);
+                }
+                for &(li, l) in &udp {
+                    let v = self.sum(|w| f(&w.listeners[li].udp));
+                    let sep = if label.is_empty() { "" } else { "," };
+                    let _ = writeln!(o, "{name}{{listener=\"{}\"{sep}{label}}} {v}", esc(&l.name));
+                }
+            }
+            family(
+                &mut o,
+                "ringlb_udp_dropped_total",
+                "counter",
+                "Datagrams dropped, by reason (max_flows reached, no backend, no socket for a flow, truncated, a full socket buffer toward the backend or the client, the backend's port unreachable, another send error).",
+            );
+            for &(li, l) in &udp {
+                for (i, why) in super::UDP_DROPS.iter().enumerate() {
+                    let v = self.sum(|w| w.listeners[li].udp.dropped[i].get());
+                    let _ = writeln!(
+                        o,
+                        "ringlb_udp_dropped_total{{listener=\"{}\",reason=\"{why}\"}} {v}",
+                        esc(&l.name)
+                    );
+                }
+            }
+        }
         let discovered: Vec<(String, crate::backends::set::DiscoveryState)> = self
             .upstreams
             .all

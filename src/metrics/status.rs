@@ -3,7 +3,6 @@
 use std::fmt::Write as _;
 
 use super::{access, Registry};
-use crate::config::Mode;
 
 impl Registry {
     /// True when every upstream has an available backend.
@@ -50,14 +49,14 @@ impl Registry {
             let active: i64 = self
                 .workers
                 .iter()
-                .map(|w| w.listeners[li].active.get())
+                .map(|w| w.listeners[li].active.get() + w.listeners[li].udp.active.get())
                 .sum();
             let _ = write!(
                 o,
                 "{}{{\"name\":{},\"mode\":\"{}\",\"listen\":\"{}\",\"active\":{},\"max_connections\":{}}}",
                 if li > 0 { "," } else { "" },
                 access::json_str(&l.name),
-                if l.mode == Mode::Http { "http" } else { "tcp" },
+                l.mode.name(),
                 self.bound.get(li).copied().unwrap_or(l.listen),
                 active.max(0),
                 self.max_connections(li)

@@ -9,6 +9,7 @@ pub mod http;
 pub mod proxy_protocol;
 pub mod sni;
 pub mod tcp;
+pub mod udp;
 
 use std::{net::SocketAddr, os::fd::AsRawFd, rc::Rc, sync::Arc};
 
@@ -64,6 +65,7 @@ impl Handler {
         let Bound { li, cfg, port, tls } = b;
         Ok(match cfg.mode {
             Mode::Tls => return Err("a tls listener is built by build_router".into()),
+            Mode::Udp => return Err("a udp listener is served by proxy::udp".into()),
             Mode::Tcp => {
                 let up = cfg
                     .upstream

@@ -34,6 +34,19 @@ pub fn encode(version: ProxySend, src: SocketAddr, dst: SocketAddr) -> Option<Ve
     }
 }
 
+/// A PROXY v2 header for datagrams (transport DGRAM): a udp listener
+/// starts every datagram to the backend with it, as HAProxy's spec has it.
+pub fn encode_dgram(src: SocketAddr, dst: SocketAddr) -> Option<Vec<u8>> {
+    let (src, dst) = same_family(src, dst);
+    v2::Builder::with_addresses(
+        v2::Version::Two | v2::Command::Proxy,
+        v2::Protocol::Datagram,
+        (src, dst),
+    )
+    .build()
+    .ok()
+}
+
 /// Map a v4/v6 mix onto v6 (v4-mapped) so both ends can be described.
 fn same_family(src: SocketAddr, dst: SocketAddr) -> (SocketAddr, SocketAddr) {
     match (src, dst) {

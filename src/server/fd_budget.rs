@@ -69,11 +69,19 @@ fn fixed_fds(cfg: &Config, workers: usize, members: &[usize]) -> u64 {
         .iter()
         .map(|&u| (cfg.upstreams[u].keepalive * members.get(u).copied().unwrap_or(0)) as u64)
         .sum();
+    // A udp flow holds one socket; each worker holds up to max_flows.
+    let flows: u64 = cfg
+        .listeners
+        .iter()
+        .filter_map(|l| l.udp.as_ref())
+        .map(|u| u.max_flows as u64)
+        .sum();
     FDS_RESERVE
         + w * FDS_PER_WORKER
         + w * listeners
         + w * 2 * cfg.runtime.pipe_pool as u64
         + w * pooled
+        + w * flows
 }
 
 /// The budget under an fd limit of (`soft`, `hard`), as got.
@@ -90,6 +98,8 @@ fn budget(
     let needed = fixed + 2 * wanted_conns;
     let connections = soft.saturating_sub(fixed) / 2;
     let mut caps: Vec<usize> = cfg.listeners.iter().map(|l| l.max_connections).collect();
+    // udp listeners are not capped here: their flows are counted above.
+    let stream: Vec<bool> = cfg.listeners.iter().map(|l| !l.is_udp()).collect();
     if wanted_conns > connections {
         let explicit: Vec<&str> = cfg
             .listeners
@@ -107,12 +117,17 @@ fn budget(
         } else if log {
             tracing::warn!("{msg}");
         }
-        for cap in &mut caps {
+        for (cap, _) in caps.iter_mut().zip(&stream).filter(|(_, s)| **s) {
             let share = (*cap as u128 * connections as u128 / wanted_conns.max(1) as u128) as usize;
             *cap = share.max(1);
         }
     }
-    let capped_total: usize = caps.iter().sum();
+    let capped_total: usize = caps
+        .iter()
+        .zip(&stream)
+        .filter(|(_, s)| **s)
+        .map(|(c, _)| c)
+        .sum();
     Budget {
         soft,
         hard,

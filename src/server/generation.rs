@@ -5,7 +5,6 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     sync::{atomic::AtomicBool, mpsc, Arc},
     thread,
     time::Duration,
@@ -15,7 +14,12 @@ use futures_channel::oneshot;
 
 use crate::{
     config::{Config, IoUringMode},
-    listen::{self, drain::Stop, limiter::Limiter},
+    listen::{
+        self,
+        drain::Stop,
+        limiter::Limiter,
+        sockets::{BindKey, Listening},
+    },
     sys, Error,
 };
 
@@ -29,7 +33,7 @@ use super::{
 /// configured. Workers get duplicates; because these originals stay open, a
 /// reload hands the very same sockets (and their queued connections) to the
 /// next generation of workers.
-pub(super) type Sockets = HashMap<SocketAddr, Vec<std::net::TcpListener>>;
+pub(super) type Sockets = HashMap<BindKey, Vec<Listening>>;
 
 /// One set of workers running one config.
 pub(super) struct Generation {
@@ -172,53 +176,69 @@ pub(super) fn start_generation(
     // error and, on a reload, nothing has changed yet).
     let mut fresh: Sockets = HashMap::new();
     for l in &cfg.listeners {
-        let have = ctl.sockets.get(&l.listen).map_or(0, Vec::len);
+        let key = BindKey::of(l);
+        let have = ctl.sockets.get(&key).map_or(0, Vec::len);
         if have >= workers {
             continue;
         }
-        let bound = if have == 0 {
-            listen::sockets::bind_all(l.listen, l.backlog, workers)
-        } else {
-            let at = ctl.sockets[&l.listen][0].local_addr().unwrap_or(l.listen);
-            listen::sockets::bind_more(at, l.backlog, workers - have)
+        let at = match ctl.sockets.get(&key).and_then(|s| s.first()) {
+            Some(s) => s.local_addr().unwrap_or(l.listen),
+            None => l.listen,
+        };
+        let bound: std::io::Result<Vec<Listening>> = match (l.is_udp(), have) {
+            (true, 0) => listen::sockets::bind_udp(l.listen, workers)
+                .map(|v| v.into_iter().map(Listening::Udp).collect()),
+            // More workers than before: their sockets join the group (a
+            // probe would find the port taken, by us).
+            (true, _) => (0..workers - have)
+                .map(|_| listen::sockets::bind_udp_more(at).map(Listening::Udp))
+                .collect(),
+            (false, 0) => listen::sockets::bind_all(l.listen, l.backlog, workers)
+                .map(|v| v.into_iter().map(Listening::Tcp).collect()),
+            (false, _) => listen::sockets::bind_more(at, l.backlog, workers - have)
+                .map(|v| v.into_iter().map(Listening::Tcp).collect()),
         };
         let socks = bound.map_err(|e| Error::Bind {
             name: l.name.clone(),
             addr: l.listen,
             msg: e.to_string(),
         })?;
-        fresh.insert(l.listen, socks);
+        fresh.insert(key, socks);
     }
     // The new sockets join the control thread's only when the generation
     // commits: a failure below closes them, and the previous state is
     // exactly as it was (no socket left in a SO_REUSEPORT group that
     // nobody accepts on).
-    let mut per_worker: Vec<Vec<Vec<std::net::TcpListener>>> =
-        (0..workers).map(|_| Vec::new()).collect();
+    let mut per_worker: Vec<Vec<Vec<Listening>>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bound_addrs = Vec::with_capacity(cfg.listeners.len());
     for (l, cap) in cfg.listeners.iter().zip(&budget.caps) {
-        let socks: Vec<&std::net::TcpListener> = ctl
+        let key = BindKey::of(l);
+        let socks: Vec<&Listening> = ctl
             .sockets
-            .get(&l.listen)
+            .get(&key)
             .into_iter()
             .flatten()
-            .chain(fresh.get(&l.listen).into_iter().flatten())
+            .chain(fresh.get(&key).into_iter().flatten())
             .collect();
         let bound = socks
             .first()
             .and_then(|s| s.local_addr().ok())
             .unwrap_or(l.listen);
-        tracing::info!(
-            "listener {:?} listening on {bound} ({}, {} SO_REUSEPORT sockets, max_connections {})",
-            l.name,
-            match l.mode {
-                crate::config::Mode::Tcp => "tcp",
-                crate::config::Mode::Http => "http",
-                crate::config::Mode::Tls => "tls",
-            },
-            socks.len(),
-            cap
-        );
+        match &l.udp {
+            Some(u) => tracing::info!(
+                "listener {:?} listening on {bound} (udp, {} SO_REUSEPORT sockets, max_flows {} per worker)",
+                l.name,
+                socks.len(),
+                u.max_flows
+            ),
+            None => tracing::info!(
+                "listener {:?} listening on {bound} ({}, {} SO_REUSEPORT sockets, max_connections {})",
+                l.name,
+                l.mode.name(),
+                socks.len(),
+                cap
+            ),
+        }
         bound_addrs.push(bound);
         for w in per_worker.iter_mut() {
             w.push(Vec::new());
@@ -385,8 +405,8 @@ pub(super) fn start_generation(
     }
     // Committed. Sockets of listeners no longer configured close when the
     // old generation's workers let go of their duplicates.
-    let wanted: std::collections::HashSet<SocketAddr> =
-        cfg.listeners.iter().map(|l| l.listen).collect();
+    let wanted: std::collections::HashSet<BindKey> =
+        cfg.listeners.iter().map(BindKey::of).collect();
     ctl.sockets.retain(|a, _| wanted.contains(a));
     ctl.upstreams = Some(Arc::clone(&shared));
     ctl.limits = Some((Arc::clone(&cfg), Arc::clone(&limits)));

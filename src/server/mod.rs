@@ -132,11 +132,15 @@ pub fn run_with(cfg: Config, path: Option<PathBuf>, inherited: Inherited) -> Res
     } = inherited;
     if !inherited.is_empty() {
         let n = inherited.len();
-        for (addr, sock) in inherited {
-            if cfg.listeners.iter().any(|l| l.listen == addr) {
-                ctl.sockets.entry(addr).or_default().push(sock);
+        for (key, sock) in inherited {
+            if cfg
+                .listeners
+                .iter()
+                .any(|l| crate::listen::sockets::BindKey::of(l) == key)
+            {
+                ctl.sockets.entry(key).or_default().push(sock);
             } else {
-                tracing::warn!("inherited listening socket {addr} matches no listener; closing it");
+                tracing::warn!("inherited listening socket {key} matches no listener; closing it");
             }
         }
         tracing::info!("took over {n} listening socket(s)");

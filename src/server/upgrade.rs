@@ -6,6 +6,7 @@ use std::{path::PathBuf, time::Duration};
 
 use crate::{
     config::{Config, Seed},
+    listen::sockets::{BindKey, Listening},
     sys,
 };
 
@@ -38,7 +39,7 @@ pub(super) fn remove_pid_file(cfg: &Config) {
 /// Adopted first thing in `main`, before any thread or file exists, and
 /// the variables that named them are cleared (children never see them).
 pub struct Inherited {
-    pub(super) listeners: Vec<(std::net::SocketAddr, std::net::TcpListener)>,
+    pub(super) listeners: Vec<(BindKey, Listening)>,
     pub(super) upgrade: Option<std::fs::File>,
     /// The previous process's discovered backend sets ([`Seed::to_text`]).
     discovered: Option<String>,
@@ -49,7 +50,13 @@ impl Inherited {
     /// listening TCP sockets, a pipe) and clear their variables.
     pub fn adopt() -> Inherited {
         Inherited {
-            listeners: sys::inherited_listeners(),
+            listeners: sys::inherited_listeners()
+                .into_iter()
+                .map(|(addr, s)| {
+                    let udp = matches!(s, sys::Inherited::Udp(_));
+                    (BindKey { udp, addr }, Listening::from(s))
+                })
+                .collect(),
             upgrade: take_upgrade_fd(),
             discovered: take_discovered(),
         }

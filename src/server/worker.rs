@@ -14,6 +14,7 @@ use crate::{
         accept::{self, Accepted},
         drain::{Drain, Stop},
         limiter::Limiter,
+        sockets::Listening,
         ticket::ConnTicket,
     },
     metrics::{access::AccessLog, WorkerMetrics},
@@ -26,7 +27,7 @@ pub struct WorkerSpec {
     pub index: usize,
     pub cfg: Arc<Config>,
     /// Per listener, in config order: the bound sockets this worker accepts on.
-    pub sockets: Vec<Vec<std::net::TcpListener>>,
+    pub sockets: Vec<Vec<crate::listen::sockets::Listening>>,
     pub limiters: Vec<Arc<Limiter>>,
     /// Every upstream's backend set, shared by all workers.
     pub upstreams: Arc<crate::backends::Upstreams>,
@@ -132,8 +133,33 @@ pub async fn run(spec: WorkerSpec, ready: impl FnOnce(Result<(), String>)) {
     // Handlers: the protocol handlers first, then the SNI routers, which
     // hand connections to them.
     let mut handlers: Vec<Option<Handler>> = vec![None; lcfgs.len()];
+    // udp listeners: their own room, no accept loop.
+    let mut datagrams: Vec<(Rc<crate::proxy::udp::UdpProxy>, Vec<std::net::UdpSocket>)> =
+        Vec::new();
     for (li, l) in lcfgs.iter().enumerate() {
-        if l.mode == Mode::Tls {
+        if l.mode != Mode::Udp {
+            continue;
+        }
+        let built = l
+            .upstream
+            .and_then(|u| upstreams.get(u))
+            .ok_or_else(|| "udp listener without upstream".to_string())
+            .and_then(|up| {
+                crate::proxy::udp::UdpProxy::new(
+                    l,
+                    Rc::clone(up),
+                    Arc::clone(&spec.metrics),
+                    li,
+                    spec.access.clone(),
+                )
+            });
+        match built {
+            Ok(p) => datagrams.push((Rc::new(p), Vec::new())),
+            Err(e) => return ready(Err(format!("listener {:?}: {e}", l.name))),
+        }
+    }
+    for (li, l) in lcfgs.iter().enumerate() {
+        if l.mode == Mode::Tls || l.mode == Mode::Udp {
             continue;
         }
         match Handler::build(bound(li), &parts) {
@@ -159,11 +185,34 @@ pub async fn run(spec: WorkerSpec, ready: impl FnOnce(Result<(), String>)) {
         .enumerate()
     {
         let lcfg = &lcfgs[li];
+        if lcfg.mode == Mode::Udp {
+            let Some((_, slot)) = datagrams.iter_mut().find(|(p, _)| p.li == li) else {
+                return ready(Err(format!("listener {:?}: no udp handler", lcfg.name)));
+            };
+            for sock in socks {
+                match sock {
+                    Listening::Udp(u) => slot.push(u),
+                    Listening::Tcp(_) => {
+                        return ready(Err(format!(
+                            "listener {:?}: a tcp socket for a udp listener",
+                            lcfg.name
+                        )))
+                    }
+                }
+            }
+            continue;
+        }
         let Some(handler) = handler else {
             return ready(Err(format!("listener {:?}: no handler", lcfg.name)));
         };
         let ip_limit = spec.limits.ip.get(li).cloned().flatten();
         for sock in socks {
+            let Listening::Tcp(sock) = sock else {
+                return ready(Err(format!(
+                    "listener {:?}: a udp socket for a stream listener",
+                    lcfg.name
+                )));
+            };
             match monoio::net::TcpListener::from_std(sock) {
                 Ok(socket) => registered.push(Registered {
                     li,
@@ -205,6 +254,15 @@ pub async fn run(spec: WorkerSpec, ready: impl FnOnce(Result<(), String>)) {
                 u.clear();
             }
         });
+    }
+    for (proxy, socks) in datagrams {
+        for sock in socks {
+            monoio::spawn(crate::proxy::udp::serve_socket(
+                Rc::clone(&proxy),
+                sock,
+                Rc::clone(&drain),
+            ));
+        }
     }
     for r in registered {
         let Registered {

@@ -257,23 +257,9 @@ fn a_binary_upgrade_starts_the_new_process_with_the_last_known_set() {
     // not load its config from it, but it starts with the handed-over set.
     let (_a, _b, _dir, file, mut lb) = serving_b_with_the_source_gone("disc-upgrade");
     let web = lb.addr("web");
-    lb.signal("USR2");
-    assert!(
-        lb.wait_count("the new process (pid", 1, Duration::from_secs(30)),
-        "{}",
-        lb.log_text()
-    );
-    let text = lb.log_text();
-    let line = text
-        .lines()
-        .find(|l| l.contains("the new process (pid "))
-        .unwrap_or_default();
-    let pid: u32 = line
-        .split("(pid ")
-        .nth(1)
-        .and_then(|t| t.split(')').next())
-        .and_then(|t| t.parse().ok())
-        .expect("the new pid");
+    let pid = lb
+        .upgrade()
+        .unwrap_or_else(|| panic!("no upgrade: {}", lb.log_text()));
     // The old process drains and exits; the new one serves b.
     assert_eq!(
         lb.wait_exit(Duration::from_secs(10)),

@@ -21,3 +21,4 @@ mod reload;
 mod resilience;
 mod tcp;
 mod tls;
+mod udp;

@@ -13,6 +13,7 @@ pub mod notify;
 pub mod prom;
 pub mod py;
 pub mod tls;
+pub mod udp;
 pub mod zk;
 
 use std::{
@@ -284,6 +285,21 @@ impl Ringlb {
 
     pub fn signal(&self, sig: &str) {
         signal(self.pid(), sig);
+    }
+
+    /// A binary upgrade (SIGUSR2) to the binary on disk: the new process's
+    /// pid, once this one says it serves (None when it did not).
+    pub fn upgrade(&self) -> Option<u32> {
+        self.signal("USR2");
+        if !self.wait_count("the new process (pid", 1, Duration::from_secs(30)) {
+            return None;
+        }
+        let text = self.log_text();
+        text.lines()
+            .find(|l| l.contains("the new process (pid "))
+            .and_then(|l| l.split("(pid ").nth(1))
+            .and_then(|t| t.split(')').next())
+            .and_then(|t| t.parse().ok())
     }
 
     /// Replace the config file's text (for a reload).
