@@ -415,6 +415,14 @@ setup_ringlb_lines() { # ringlb version and repo state (when ringlb is a target)
     echo "- ringlb: $RINGLB_VERSION ($RINGLB, built $(date -r "$RINGLB" -Is))"
     echo "- ringlb repo: $RINGLB_SRC @ $RINGLB_COMMIT$RINGLB_DIRTY (HEAD when the run started; the binary may predate it)"
 }
+setup_tail_head() { # the versions' end, limits and the "Command line" heading (opens the code block)
+    setup_ringlb_lines
+    setup_limits_line
+    printf '\n## Command line\n\n```\n'
+}
+ringlb_runtime() { # the [runtime] table every perf ringlb config starts with
+    printf '[runtime]\nworkers = %s\npin_cores = false   # taskset does the pinning\nio_uring = "%s"\n' "$PWORKERS" "$RINGLB_IO_URING"
+}
 setup_limits_line() {
     echo "- somaxconn: $(cat /proc/sys/net/core/somaxconn), ip_local_port_range: $(tr '\t' ' ' </proc/sys/net/ipv4/ip_local_port_range), ulimit -n: $(ulimit -n)"
 }

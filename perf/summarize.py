@@ -308,7 +308,7 @@ def errors_of(metrics, tgt):
     return out
 
 
-def l7_comparison(data, wls, targets):
+def l7_comparison(data, wls, targets, goals=True):
     """One table: per workload, figures as median (min–max) and paired ratios to direct / ringlb."""
     L = ["## Comparison", "",
          "Per workload: median (min–max) over rounds; ratios paired per round. "
@@ -341,6 +341,7 @@ def l7_comparison(data, wls, targets):
         value_row(wl, "req/s", "rps", get("rps"))
         ratio_row(wl, "req/s ÷ direct", get("rps"), "direct")
         ratio_row(wl, "req/s ÷ ringlb", get("rps"), "ringlb")
+        value_row(wl, "avg ms", "lat_avg_ms", get("lat_avg_ms"))
         value_row(wl, "p50 ms", "lat_p50_ms", get("lat_p50_ms"))
         value_row(wl, "p99 ms", "lat_p99_ms", get("lat_p99_ms"))
         ratio_row(wl, "p99 ÷ ringlb", get("lat_p99_ms"), "ringlb")
@@ -356,7 +357,7 @@ def l7_comparison(data, wls, targets):
             value_row(wl, "errors", "socket_errors", errs)
     L.append("")
 
-    if "ringlb" in targets:
+    if goals and "ringlb" in targets:
         L += ["## ringlb goals (issue 4: 1 worker pinned)", "",
               "Median (min–max) over rounds, paired per round; ✓/✗ by the median.", ""]
         L += table_header(["workload"], [g[0] for g in L7_GOALS])
@@ -415,7 +416,7 @@ def summarize(run_dir):
         setup_line = open(meta_path).read().strip()
     L = []
     kind = run_kind(run_dir)
-    title = "L7 HTTP proxy comparison" if kind == "l7" else "L4 proxy comparison"
+    title = {"l7": "L7 HTTP proxy comparison", "udp": "UDP (DNS) proxy comparison"}.get(kind, "L4 proxy comparison")
     L.append(f"# {title} — {os.path.basename(os.path.abspath(run_dir))}")
     L.append("")
     if setup_line:
@@ -434,8 +435,8 @@ def summarize(run_dir):
     L.append("")
 
     wls = sorted(data.keys(), key=workload_sort_key)
-    if kind == "l7":
-        L += l7_comparison(data, wls, targets)
+    if kind in ("l7", "udp"):
+        L += l7_comparison(data, wls, targets, goals=(kind == "l7"))
         L.append("Per workload, every figure:")
         L.append("")
     else:

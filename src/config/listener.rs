@@ -54,8 +54,10 @@ pub enum FlowKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UdpConfig {
     /// Responses expected per client datagram; the flow closes once all
-    /// came (nginx `proxy_responses`); 0 = no expectation.
-    pub responses: u32,
+    /// came (nginx `proxy_responses`); 0: none, the flow closes once the
+    /// datagram is sent on; `None` (unset): no limit, the flow lasts until
+    /// it is idle.
+    pub responses: Option<u32>,
     /// Client datagrams per flow; the next one starts a new flow (nginx
     /// `proxy_requests`); 0 = no limit.
     pub requests: u32,
@@ -550,8 +552,8 @@ fn udp(
     };
     Ok(Some(UdpConfig {
         responses: match l.responses {
-            None => 0,
-            Some(n) => range(&k("responses"), n, 0, 1_000_000)? as u32,
+            None => None,
+            Some(n) => Some(range(&k("responses"), n, 0, 1_000_000)? as u32),
         },
         requests: match l.requests {
             None => 0,

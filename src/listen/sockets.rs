@@ -195,7 +195,8 @@ fn new_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
         Type::DGRAM.nonblocking().cloexec(),
         Some(Protocol::UDP),
     )?;
-    s.set_reuse_address(true)?;
+    // No SO_REUSEADDR: on UDP it would let two sockets share the port
+    // unnoticed (the probe would pass next to a stale process's sockets).
     if reuse_port {
         s.set_reuse_port(true)?;
     }

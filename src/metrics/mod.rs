@@ -289,10 +289,13 @@ impl Registry {
 
     /// A listener's connection cap as the fd budget left it.
     fn max_connections(&self, li: usize) -> usize {
-        self.max_connections
-            .get(li)
-            .map_or(self.cfg.listeners[li].max_connections, |m| {
-                m.load(std::sync::atomic::Ordering::Relaxed)
-            })
+        let l = &self.cfg.listeners[li];
+        if let Some(u) = &l.udp {
+            // Flows, each a socket, across the workers.
+            return u.max_flows * self.workers.len();
+        }
+        self.max_connections.get(li).map_or(l.max_connections, |m| {
+            m.load(std::sync::atomic::Ordering::Relaxed)
+        })
     }
 }

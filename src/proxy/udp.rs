@@ -77,8 +77,11 @@ pub struct UdpProxy {
     /// One receive buffer for the worker's sockets and flows of this
     /// listener: borrowed only between two waits, never across one.
     buf: RefCell<Vec<u8>>,
-    /// The worker's flows of this listener.
+    /// The worker's flows of this listener that take datagrams.
     flows: RefCell<HashMap<Key, Rc<Flow>, ahash::RandomState>>,
+    /// Flows whose task runs (retired ones included: each holds a socket
+    /// until it ends): what `max_flows` bounds.
+    live: Cell<usize>,
 }
 
 /// One client's exchange with one backend.
@@ -95,8 +98,12 @@ struct Flow {
     dst: Cell<Option<PktInfo>>,
     /// The PROXY v2 header datagrams to the backend start with.
     header: RefCell<Option<Vec<u8>>>,
+    /// Client datagrams sent on to the backend.
     requests: Cell<u32>,
+    /// Backend datagrams received (sent to the client or not).
     responses: Cell<u32>,
+    /// Replies sent to the client.
+    sent: Cell<u64>,
     last: Cell<Instant>,
     bytes_in: Cell<u64>,
     bytes_out: Cell<u64>,
@@ -126,6 +133,7 @@ impl UdpProxy {
             li,
             access,
             flows: RefCell::new(HashMap::default()),
+            live: Cell::new(0),
         })
     }
 
@@ -133,24 +141,32 @@ impl UdpProxy {
         self.metrics.listeners[self.li].udp.dropped[why as usize].inc();
     }
 
-    /// Flows this worker holds for the listener now.
+    /// Flows (and so sockets) this worker holds for the listener now.
     pub fn flows(&self) -> usize {
-        self.flows.borrow().len()
+        self.live.get()
     }
+}
+
+/// Register a listener socket with this worker's runtime; on a wildcard
+/// address it is asked for each datagram's destination (again: a socket
+/// systemd made does not have it).
+///
+/// # Errors
+/// The runtime cannot register it, or the option cannot be set.
+pub fn register(sock: std::net::UdpSocket) -> io::Result<UdpSocket> {
+    let at = sock.local_addr()?;
+    if at.ip().is_unspecified() {
+        sys::set_recv_pktinfo(sock.as_raw_fd(), at.is_ipv6())?;
+    }
+    UdpSocket::from_std(sock)
 }
 
 /// Serve one listener socket of this worker until the drain begins; the
 /// flows it opened finish on their own (and hold the drain while they do).
-pub async fn serve_socket(l: Rc<UdpProxy>, sock: std::net::UdpSocket, drain: Rc<Drain>) {
-    let wildcard = sock.local_addr().is_ok_and(|a| a.ip().is_unspecified());
-    let sock = match UdpSocket::from_std(sock) {
-        Ok(s) => Rc::new(s),
-        Err(e) => {
-            tracing::error!(listener = %l.cfg.name, "cannot register a udp socket: {e}");
-            return;
-        }
-    };
+pub async fn serve_socket(l: Rc<UdpProxy>, sock: UdpSocket, drain: Rc<Drain>) {
+    let sock = Rc::new(sock);
     let local = sock.local_addr().ok();
+    let wildcard = local.is_some_and(|a| a.ip().is_unspecified());
     let fd = sock.as_raw_fd();
     loop {
         let ready = std::pin::pin!(sock.readable(false));
@@ -216,7 +232,7 @@ fn client_datagram(
     let flow = match found {
         Some(f) => f,
         None => {
-            if l.flows.borrow().len() >= l.udp.max_flows {
+            if l.live.get() >= l.udp.max_flows {
                 l.dropped(Lost::MaxFlows);
                 return;
             }
@@ -247,21 +263,33 @@ fn client_datagram(
             um.bytes_in.add(data.len() as u64);
             flow.bytes_in.set(flow.bytes_in.get() + data.len() as u64);
         }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => l.dropped(Lost::BackendFull),
-        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-            l.dropped(Lost::Refused);
-            end_now(&flow, "refused");
-        }
         Err(e) => {
-            tracing::debug!(listener = %l.cfg.name, client = %d.peer, backend = %flow.backend, "udp send: {e}");
-            l.dropped(Lost::SendError);
+            // Not sent on: not a request the backend owes an answer to.
+            match e.raw_os_error() {
+                _ if e.kind() == io::ErrorKind::WouldBlock => l.dropped(Lost::BackendFull),
+                Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH) => {
+                    l.dropped(Lost::Refused);
+                    end_now(&flow, "refused");
+                }
+                _ => {
+                    tracing::debug!(listener = %l.cfg.name, client = %d.peer, backend = %flow.backend, "udp send: {e}");
+                    l.dropped(Lost::SendError);
+                }
+            }
+            return;
         }
     }
     flow.last.set(Instant::now());
     let n = flow.requests.get() + 1;
     flow.requests.set(n);
-    if l.udp.requests > 0 && n >= l.udp.requests {
+    let limited = l.udp.requests > 0 && n >= l.udp.requests;
+    if limited {
         retire(l, key, &flow);
+    }
+    // responses = 0: nothing is expected back; the flow is over once the
+    // datagram went on (after `requests` of them, with a limit).
+    if l.udp.responses == Some(0) && (l.udp.requests == 0 || limited) {
+        end_now(&flow, "done");
     }
 }
 
@@ -322,6 +350,7 @@ fn open_flow(
         header: RefCell::new(None),
         requests: Cell::new(0),
         responses: Cell::new(0),
+        sent: Cell::new(0),
         last: Cell::new(Instant::now()),
         bytes_in: Cell::new(0),
         bytes_out: Cell::new(0),
@@ -333,6 +362,7 @@ fn open_flow(
     let um = &l.metrics.listeners[l.li].udp;
     um.flows.inc();
     um.active.add(1);
+    l.live.set(l.live.get() + 1);
     let task = FlowTask {
         l: Rc::clone(l),
         flow: Rc::clone(&flow),
@@ -364,16 +394,17 @@ impl FlowTask {
         b.count_request();
         let end = self.relay(&mut wake, &b).await;
         retire(l, self.key, &self.flow);
+        l.live.set(l.live.get().saturating_sub(1));
         let f = &self.flow;
         let um = &l.metrics.listeners[l.li].udp;
         um.active.add(-1);
-        let expected = f.requests.get().saturating_mul(l.udp.responses);
+        let want = l.udp.responses.unwrap_or(0);
+        let expected = f.requests.get().saturating_mul(want);
         match end {
-            "refused" => l
-                .upstream
-                .upstream
-                .report_failure(&b, "udp: port unreachable"),
-            "idle" if l.udp.responses > 0 && f.responses.get() < expected => {
+            "refused" => l.upstream.upstream.report_failure(&b, "udp: unreachable"),
+            // Only a full idle timeout: a drain's shorter one ("drain")
+            // says nothing about the backend.
+            "idle" if want > 0 && f.responses.get() < expected => {
                 um.unanswered.inc();
                 l.upstream.upstream.report_failure(&b, "udp: no response")
             }
@@ -387,7 +418,7 @@ impl FlowTask {
                     client: f.client.get(),
                     backend: f.backend,
                     datagrams_in: u64::from(f.requests.get()),
-                    datagrams_out: u64::from(f.responses.get()),
+                    datagrams_out: f.sent.get(),
                     bytes_in: f.bytes_in.get(),
                     bytes_out: f.bytes_out.get(),
                     duration: started.elapsed(),
@@ -411,14 +442,15 @@ impl FlowTask {
             if let Some(why) = f.failed.get() {
                 return why;
             }
-            let idle = if self.drain.is_stopping() {
-                l.cfg.idle_timeout.min(DRAIN_IDLE)
+            let draining = self.drain.is_stopping() && l.cfg.idle_timeout > DRAIN_IDLE;
+            let idle = if draining {
+                DRAIN_IDLE
             } else {
                 l.cfg.idle_timeout
             };
             let deadline = f.last.get() + idle;
             if Instant::now() >= deadline {
-                return "idle";
+                return if draining { "drain" } else { "idle" };
             }
             let ready = std::pin::pin!(f.sock.readable(false));
             let timer = std::pin::pin!(monoio::time::sleep_until(deadline.into()));
@@ -444,49 +476,67 @@ impl FlowTask {
                 // The timer, the drain or a wake: look again.
                 Either::Right(_) => continue,
             }
+            let mut got = false;
             for _ in 0..BATCH {
                 let mut buf = l.buf.borrow_mut();
                 let d = match take(fd, &mut buf) {
                     Ok(Some(d)) => d,
                     Ok(None) => break,
-                    Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => return "refused",
-                    Err(_) => return "error",
+                    Err(e) => {
+                        return match e.raw_os_error() {
+                            Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH) => {
+                                "refused"
+                            }
+                            _ => "error",
+                        }
+                    }
                 };
-                if d.truncated {
-                    l.dropped(Lost::Truncated);
-                    continue;
-                }
+                got = true;
                 if !answered {
                     answered = true;
                     l.upstream.upstream.report_success(b);
                 }
-                if let Some(why) = self.reply(listener_fd(f), &buf[..d.len]) {
+                // An answer too big to pass on still is one (counted, dropped).
+                let data = if d.truncated {
+                    l.dropped(Lost::Truncated);
+                    None
+                } else {
+                    Some(&buf[..d.len])
+                };
+                if let Some(why) = self.reply(listener_fd(f), data) {
                     return why;
                 }
             }
-            f.last.set(Instant::now());
+            if got {
+                f.last.set(Instant::now());
+            }
         }
     }
 
-    /// Send one reply to the client; `Some` when the flow is done.
-    fn reply(&self, listener: RawFd, data: &[u8]) -> Option<&'static str> {
+    /// Send one reply to the client (None: it was dropped, too big);
+    /// `Some` when the flow is done.
+    fn reply(&self, listener: RawFd, data: Option<&[u8]>) -> Option<&'static str> {
         let (l, f) = (&self.l, &self.flow);
         let um = &l.metrics.listeners[l.li].udp;
-        match sys::udp_send(listener, data, f.client.get(), f.dst.get()) {
-            Ok(_) => {
-                um.datagrams_out.inc();
-                um.bytes_out.add(data.len() as u64);
-                f.bytes_out.set(f.bytes_out.get() + data.len() as u64);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => l.dropped(Lost::ClientFull),
-            Err(e) => {
-                tracing::debug!(listener = %l.cfg.name, client = %f.client.get(), "udp reply: {e}");
-                l.dropped(Lost::SendError);
+        if let Some(data) = data {
+            match sys::udp_send(listener, data, f.client.get(), f.dst.get()) {
+                Ok(_) => {
+                    um.datagrams_out.inc();
+                    um.bytes_out.add(data.len() as u64);
+                    f.bytes_out.set(f.bytes_out.get() + data.len() as u64);
+                    f.sent.set(f.sent.get() + 1);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => l.dropped(Lost::ClientFull),
+                Err(e) => {
+                    tracing::debug!(listener = %l.cfg.name, client = %f.client.get(), "udp reply: {e}");
+                    l.dropped(Lost::SendError);
+                }
             }
         }
         let n = f.responses.get() + 1;
         f.responses.set(n);
-        let (want, limit, made) = (l.udp.responses, l.udp.requests, f.requests.get());
+        let (limit, made) = (l.udp.requests, f.requests.get());
+        let want = l.udp.responses?;
         // Every answer expected came; with a request limit, only once that
         // many requests were made (until then more may follow).
         (want > 0 && n >= made.saturating_mul(want) && (limit == 0 || made >= limit))

@@ -97,6 +97,13 @@ fn budget(
     let wanted_conns = cfg.total_max_connections() as u64;
     let needed = fixed + 2 * wanted_conns;
     let connections = soft.saturating_sub(fixed) / 2;
+    if log && fixed >= soft {
+        tracing::warn!(
+            "RLIMIT_NOFILE is {soft} (hard limit {hard}) but listeners, pipes, keep-alive pools and udp max_flows \
+             alone need {fixed} fds: lower max_flows or keepalive, or raise the limit (systemd LimitNOFILE={})",
+            fixed + 2 * wanted_conns
+        );
+    }
     let mut caps: Vec<usize> = cfg.listeners.iter().map(|l| l.max_connections).collect();
     // udp listeners are not capped here: their flows are counted above.
     let stream: Vec<bool> = cfg.listeners.iter().map(|l| !l.is_udp()).collect();

@@ -134,8 +134,10 @@ pub async fn run(spec: WorkerSpec, ready: impl FnOnce(Result<(), String>)) {
     // hand connections to them.
     let mut handlers: Vec<Option<Handler>> = vec![None; lcfgs.len()];
     // udp listeners: their own room, no accept loop.
-    let mut datagrams: Vec<(Rc<crate::proxy::udp::UdpProxy>, Vec<std::net::UdpSocket>)> =
-        Vec::new();
+    let mut datagrams: Vec<(
+        Rc<crate::proxy::udp::UdpProxy>,
+        Vec<monoio::net::udp::UdpSocket>,
+    )> = Vec::new();
     for (li, l) in lcfgs.iter().enumerate() {
         if l.mode != Mode::Udp {
             continue;
@@ -191,7 +193,15 @@ pub async fn run(spec: WorkerSpec, ready: impl FnOnce(Result<(), String>)) {
             };
             for sock in socks {
                 match sock {
-                    Listening::Udp(u) => slot.push(u),
+                    Listening::Udp(u) => match crate::proxy::udp::register(u) {
+                        Ok(u) => slot.push(u),
+                        Err(e) => {
+                            return ready(Err(format!(
+                                "listener {:?}: cannot register a udp socket: {e}",
+                                lcfg.name
+                            )))
+                        }
+                    },
                     Listening::Tcp(_) => {
                         return ready(Err(format!(
                             "listener {:?}: a tcp socket for a udp listener",

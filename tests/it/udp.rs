@@ -271,6 +271,44 @@ fn ten_thousand_source_ports_are_bounded_by_max_flows() {
 }
 
 #[test]
+fn retired_flows_count_toward_max_flows_and_responses_0_ends_a_flow_at_once() {
+    // requests = 1: every datagram starts a flow of its own, which keeps
+    // its socket until it is idle (30 s): max_flows bounds them all.
+    let echo = UdpBackend::start("e", Mode::Silent);
+    let lb = Ringlb::start(
+        Cfg::new(1)
+            .admin()
+            .listener("dns", "udp", "r")
+            .listener_with("requests = 1\nmax_flows = 50")
+            .upstream("r", &[echo.addr]),
+    );
+    let c = Client::new();
+    for i in 0..200 {
+        c.send(lb.addr("dns"), format!("d{i}").as_bytes());
+    }
+    assert!(wait_until(Duration::from_secs(3), || echo.seen() >= 50));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(active_flows(&lb), 50.0);
+    assert_eq!(echo.seen(), 50);
+    assert_eq!(
+        metric(&lb, "ringlb_udp_dropped_total", &[("reason", "max_flows")]),
+        150.0
+    );
+    drop(lb);
+
+    // responses = 0 (syslog): nothing comes back, the flow ends once the
+    // datagram went on.
+    let sink = UdpBackend::start("s", Mode::Silent);
+    let lb = Ringlb::start(udp_cfg(&[sink.addr], "responses = 0", ""));
+    for i in 0..20 {
+        Client::new().send(lb.addr("dns"), format!("<13>log {i}").as_bytes());
+    }
+    assert!(wait_until(Duration::from_secs(2), || sink.seen() == 20));
+    assert!(wait_until(Duration::from_secs(2), || active_flows(&lb) == 0.0));
+    assert_eq!(metric(&lb, "ringlb_udp_unanswered_total", &[]), 0.0);
+}
+
+#[test]
 fn a_wildcard_listener_replies_from_the_address_the_client_asked() {
     let echo = UdpBackend::start("e", Mode::Echo);
     let lb = Ringlb::start(
