@@ -50,7 +50,7 @@ QUERIES="$OUT_DIR/conf/queries.txt"
 for _ in $(seq 100); do echo "bench.test A"; done >"$QUERIES"
 
 BE_PIDS=()
-backend_pids() { echo "${BE_PIDS[@]}"; }
+backend_pids() { printf "%s\n" "${BE_PIDS[@]}"; }
 start_backends() {
     local p
     for p in "$B1" "$B2"; do
