@@ -34,7 +34,8 @@ LOADTOOL=${LOADTOOL:-$LOADTOOL_DIR/target/release/loadtool}
 BULK_MB=${BULK_MB:-0}               # > 0: also one curl download of a BULK_MB MiB file through each target (bulk_1stream)
 WRK_CONNS=${WRK_CONNS:-"64 256"}
 SIZES=${SIZES:-"small 64k"}         # small: GET / ("hello\n"); 64k: GET /64k (65536 bytes)
-KEEPALIVE=${KEEPALIVE:-64}          # idle upstream keep-alive connections (ringlb keepalive, nginx upstream keepalive)
+KEEPALIVE=${KEEPALIVE:-64}          # nginx upstream keepalive (idle connections per worker)
+RINGLB_KEEPALIVE=${RINGLB_KEEPALIVE:-default}   # ringlb upstream keepalive: "default" leaves the key out (ringlb's own default)
 # shared knobs (ROUNDS DURATION WARMUP IDLE_WAIT PIN RINGLB RINGLB_EXTRA RINGLB_IO_URING PORT_OFFSET
 # PAUSE), processes, limits, CPU accounting, backend nginx, wrk, rounds (PX/CL/PWORKERS from PIN)
 source "$SCRIPT_DIR/lib.sh"
@@ -146,7 +147,7 @@ ${RINGLB_EXTRA:+$RINGLB_EXTRA
 }
 [upstream.app]
 balance = "round_robin"
-keepalive = $KEEPALIVE
+$([[ $RINGLB_KEEPALIVE == default ]] || echo "keepalive = $RINGLB_KEEPALIVE")
 keepalive_timeout = "10m"
 servers = [{ addr = "127.0.0.1:$B1" }, { addr = "127.0.0.1:$B2" }]
 EOF
@@ -349,7 +350,7 @@ write_setup() {
         echo
         echo '```'
         echo "ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP TARGETS=\"$TARGETS\" WRK_CONNS=\"$WRK_CONNS\" SIZES=\"$SIZES\" TLS=$TLS H2=$H2 H2_CONNS=\"$H2_CONNS\" H2_STREAMS=$H2_STREAMS \\"
-        echo "  KEEPALIVE=$KEEPALIVE PIN=$PIN PORT_OFFSET=$PORT_OFFSET RINGLB=$RINGLB RINGLB_IO_URING=$RINGLB_IO_URING RINGLB_EXTRA='$RINGLB_EXTRA' \\"
+        echo "  KEEPALIVE=$KEEPALIVE RINGLB_KEEPALIVE=$RINGLB_KEEPALIVE PIN=$PIN PORT_OFFSET=$PORT_OFFSET RINGLB=$RINGLB RINGLB_IO_URING=$RINGLB_IO_URING RINGLB_EXTRA='$RINGLB_EXTRA' \\"
         echo "  $0 $*"
         echo '```'
         echo
@@ -358,7 +359,7 @@ write_setup() {
         setup_pin_line
         echo "- Backend: one nginx, 1 worker, on ports $B1 and $B2 (keepalive_requests 1e8, keepalive_timeout 600s): \`GET /\` → \`return 200 \"hello\\n\"\`; \`GET /64k\` → a static 65536-byte file (sendfile, open_file_cache). direct = wrk straight to port $B1."
         echo "- Proxies, round robin over both ports, logging off, connect timeout 1s, client and server idle 10m, request-head timeout 60s, connection cap $MAXCONN:"
-        echo "  ringlb \`mode = \"http\"\`, upstream \`keepalive = $KEEPALIVE\`; nginx http \`proxy_pass\` to an upstream block with \`keepalive $KEEPALIVE\`, \`proxy_http_version 1.1\`, \`proxy_set_header Connection \"\"\` (default proxy buffers, \`proxy_max_temp_file_size 0\`, keepalive_requests 1e8 both sides); HAProxy \`mode http\`, \`http-reuse always\`. Configs in conf/."
+        echo "  ringlb \`mode = \"http\"\`, upstream \`keepalive = $RINGLB_KEEPALIVE\`; nginx http \`proxy_pass\` to an upstream block with \`keepalive $KEEPALIVE\`, \`proxy_http_version 1.1\`, \`proxy_set_header Connection \"\"\` (default proxy buffers, \`proxy_max_temp_file_size 0\`, keepalive_requests 1e8 both sides); HAProxy \`mode http\`, \`http-reuse always\`. Configs in conf/."
         echo "- Each round starts every target in turn (order rotated per round), warms it up unrecorded (wrk ${WARMUP}s per response size), runs the measurements, and stops it (SIGTERM by PID)."
         echo "- CPU: utime+stime from /proc/PID/stat of the proxy (nginx master + worker; HAProxy and ringlb: one process, all threads) and of the backend nginx (master + worker) before and after each measurement; machine CPU from /proc/stat (busy = all but idle and iowait); client CPU from the shell's children times."
         if [[ $H2 == 1 ]]; then

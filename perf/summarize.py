@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Parse client outputs and summarise perf/l4.sh and perf/l7.sh runs (stdlib only).
+"""Parse client outputs and summarise perf/l4.sh, perf/l7.sh and perf/udp.sh runs (stdlib
+only; the `compare` chart uses matplotlib when it is there).
 
 Sub-commands:
   parse-wrk FILE        -> "metric value" lines from `wrk --latency` text output
   parse-redis FILE      -> "metric value" lines from `redis-benchmark --csv` output
   parse-iperf FILE      -> "metric value" lines from `iperf3 -J` output
   summarize RUN_DIR     -> reads RUN_DIR/raw.csv, writes RUN_DIR/summary.md, prints it
+  compare OUT_DIR PNG RUN_DIR...
+                        -> one table of ratios to ringlb over several runs (OUT_DIR/compare.md,
+                           printed) and a bar chart of them (PNG; perf/compare.sh)
 
 raw.csv columns: round,target,workload,metric,value
 RUN_DIR/kind holding "l7" (written by perf/l7.sh) selects the L7 layout: one comparison table
@@ -495,7 +499,106 @@ def summarize(run_dir):
     print(text)
 
 
+# --------------------------------------------------------------------------- compare (perf/compare.sh)
+
+COMPARE_ROWS = [  # (workload prefix in its run, throughput metric, label)
+    ("wrk_small_c", "rps", "HTTP small responses"),
+    ("wrk_64k_c", "rps", "HTTP 64 KiB responses"),
+    ("wrk_c", "rps", "HTTP through L4"),
+    ("iperf", "gbps", "L4 bulk, one stream"),
+    ("dns_c", "rps", "UDP DNS"),
+]
+
+
+def compare(out_dir, run_dirs, png):
+    """One table over several runs (l7, l4, udp): per workload, each target's throughput and
+    proxy CPU per unit as a ratio to ringlb's (paired per round, median); and a PNG chart."""
+    targets_all = ["direct", "ringlb", "nginx", "haproxy"]
+    rows = []  # (label, unit, {target: (thr, cpu)}, {target: (thr_ratio, cpu_ratio)})
+    for rd in run_dirs:
+        data, _ = load(rd)
+        for wl in sorted(data.keys(), key=workload_sort_key):
+            spec = next((r for r in COMPARE_ROWS if wl.startswith(r[0])), None)
+            if spec is None:
+                continue
+            _, tm, label = spec
+            suf = unit_suffix(wl)
+            cm = f"proxy_cpu_s_{suf}"
+            tgts = [t for t in targets_all if t in data[wl].get(tm, {})]
+            vals, ratios = {}, {}
+            for t in tgts:
+                thr = median_or_none(list(data[wl][tm].get(t, {}).values()))
+                cpu = median_or_none(list(data[wl].get(cm, {}).get(t, {}).values()))
+                vals[t] = (thr, cpu)
+                if t != "ringlb" and "ringlb" in tgts:
+                    tr = paired_ratio(data[wl][tm], t, "ringlb")
+                    cr = paired_ratio(data[wl].get(cm, {}), t, "ringlb")
+                    ratios[t] = (median_or_none(tr), median_or_none(cr))
+            conns = re.search(r"_c(\d+)", wl)
+            name = f"{label}{', c' + conns.group(1) if conns else ''}"
+            rows.append((name, "Gbit/s" if tm == "gbps" else "req/s", suf, vals, ratios))
+    present = [t for t in targets_all if any(t in r[3] for r in rows)]
+    others = [t for t in present if t not in ("ringlb", "direct")]
+    L = ["# ringlb, nginx and HAProxy on this machine", "",
+         "Medians over rounds; ratios paired per round. Throughput ÷ ringlb: below 1, ringlb is "
+         "faster. CPU ÷ ringlb: above 1, ringlb uses less CPU per request (or per GB).", "",
+         "| workload | " + " | ".join(f"{t} {u}" for t in present for u in ["throughput"]) + " | "
+         + " | ".join(f"{t} ÷ ringlb throughput | {t} ÷ ringlb CPU" for t in others) + " |",
+         "|" + "---|" * (1 + len(present) + 2 * len(others))]
+    for name, unit, suf, vals, ratios in rows:
+        cells = [fmt(vals.get(t, (None, None))[0], "gbps" if unit == "Gbit/s" else "rps") for t in present]
+        for t in others:
+            tr, cr = ratios.get(t, (None, None))
+            cells += [fmt(tr, "ratio"), fmt(cr, "ratio")]
+        L.append(f"| {name} ({unit}) | " + " | ".join(cells) + " |")
+    L += ["", "Runs: " + ", ".join(os.path.basename(os.path.abspath(r)) for r in run_dirs), ""]
+    text = "\n".join(L)
+    with open(os.path.join(out_dir, "compare.md"), "w") as f:
+        f.write(text + "\n")
+    print(text)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(no matplotlib: no chart)", file=sys.stderr)
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.6 * len(rows) + 2.5))
+    names = [r[0] for r in rows]
+    for ax, (title, idx) in zip(axes, [("req/s (Gbit/s) ÷ ringlb's: higher is faster", 0),
+                                        ("proxy CPU per request (per GB) ÷ ringlb's:\nhigher costs more", 1)]):
+        shown = present if idx == 0 else [t for t in present if t != "direct"]
+        width = 0.8 / max(1, len(shown))
+        for i, t in enumerate(shown):
+            ys = []
+            for _, _, _, vals, ratios in rows:
+                if t == "ringlb":
+                    ys.append(1.0 if t in vals else 0)
+                elif t == "direct":
+                    thr = vals.get("direct", (None, None))[0]
+                    base = vals.get("ringlb", (None, None))[0]
+                    ys.append(thr / base if idx == 0 and thr and base else 0)
+                else:
+                    v = ratios.get(t, (None, None))[idx]
+                    ys.append(v or 0)
+            pos = [k + i * width for k in range(len(rows))]
+            colors = {"direct": "tab:gray", "ringlb": "tab:blue", "nginx": "tab:green", "haproxy": "tab:red"}
+            ax.barh(pos, ys, height=width, label=t, color=colors.get(t))
+        ax.set_yticks([k + width * (len(shown) - 1) / 2 for k in range(len(rows))])
+        ax.set_yticklabels(names)
+        ax.invert_yaxis()
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_title(title, fontsize=10)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    print(f"chart: {png}", file=sys.stderr)
+
+
 def main(argv):
+    if len(argv) >= 5 and argv[1] == "compare":
+        compare(argv[2], argv[4:], argv[3])
+        return 0
     if len(argv) < 3:
         print(__doc__, file=sys.stderr)
         return 2

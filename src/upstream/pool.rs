@@ -39,11 +39,21 @@ impl IdlePool {
     }
 
     /// The most recently used idle connection to backend `idx` that still
-    /// looks usable; stale ones are closed on the way.
-    pub fn take(&mut self, idx: usize, timeout: Duration) -> Option<Stream> {
+    /// looks usable; stale ones are closed on the way. With `trust_recent`,
+    /// a connection pooled less than that long ago is taken without asking
+    /// the socket (a syscall): the caller can replay its request on a new
+    /// connection if this one turns out closed.
+    pub fn take(
+        &mut self,
+        idx: usize,
+        timeout: Duration,
+        trust_recent: Option<Duration>,
+    ) -> Option<Stream> {
         let q = self.stacks.get_mut(idx)?;
         while let Some(c) = q.pop_back() {
-            if c.since.elapsed() < timeout && c.stream.idle_usable() {
+            let idle = c.since.elapsed();
+            if idle < timeout && (trust_recent.is_some_and(|t| idle < t) || c.stream.idle_usable())
+            {
                 return Some(c.stream);
             }
         }

@@ -44,6 +44,11 @@ struct View {
     pool: IdlePool,
 }
 
+/// How recently pooled a connection must be to be taken without a
+/// liveness check for a replayable request: the sweep's period (it checks
+/// every pooled connection that often).
+const TRUST_RECENT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A backend chosen and reserved for one connection or request, not yet
 /// counted as open by the balancer (a failed connect drops it).
 pub struct Picked {
@@ -214,10 +219,16 @@ impl Replica {
     }
 
     /// A pooled connection to the picked backend, if one is usable.
-    pub fn take_idle(&self, picked: &Picked) -> Option<Stream> {
+    /// `replayable`: the request can go again on a new connection if this
+    /// one was closed, so one pooled within the last sweep (1 s) is taken
+    /// without the MSG_PEEK liveness check (one syscall per request saved;
+    /// a backend's idle close is older than that and still found by it or
+    /// by the sweep).
+    pub fn take_idle(&self, picked: &Picked, replayable: bool) -> Option<Stream> {
         let mut v = self.view.borrow_mut();
         let i = v.index(picked)?;
-        v.pool.take(i, self.cfg.keepalive_timeout)
+        let trust = replayable.then_some(TRUST_RECENT);
+        v.pool.take(i, self.cfg.keepalive_timeout, trust)
     }
 
     /// Keep a connection that can carry another request. A backend that

@@ -149,7 +149,7 @@ pub(super) async fn forward<'r>(
         let backend = Arc::clone(picked.backend());
         let addr = backend.addr;
         let Some((stream, reused)) =
-            backend_stream(l, up, &picked, allow_pooled, c.peer, &c.id).await
+            backend_stream(l, up, &picked, allow_pooled, plan.replayable, c.peer, &c.id).await
         else {
             tried.push(backend.id);
             continue;
@@ -246,11 +246,12 @@ pub(super) async fn backend_stream(
     up: &Replica,
     picked: &Picked,
     allow_pooled: bool,
+    replayable: bool,
     peer: std::net::SocketAddr,
     id: &str,
 ) -> Option<(Stream, bool)> {
     if allow_pooled {
-        if let Some(s) = up.take_idle(picked) {
+        if let Some(s) = up.take_idle(picked, replayable) {
             return Some((s, true));
         }
     }

@@ -268,8 +268,16 @@ pub(super) async fn forward(
         let picked = pick(cx, up, req.key, &tried, &mut queue).await?;
         let backend = Arc::clone(picked.backend());
         let addr = backend.addr;
-        let Some((stream, reused)) =
-            backend_stream(l, up, &picked, allow_pooled, cx.peer, req.facts.request_id).await
+        let Some((stream, reused)) = backend_stream(
+            l,
+            up,
+            &picked,
+            allow_pooled,
+            false,
+            cx.peer,
+            req.facts.request_id,
+        )
+        .await
         else {
             tried.push(backend.id);
             continue;
