@@ -4,7 +4,8 @@
 # responses at 64 and 256 connections), perf/l4.sh (HTTP through an L4 listener, one iperf3
 # stream) and perf/udp.sh (DNS; nginx only, HAProxy has no UDP). Prints one table of ratios to
 # ringlb and writes compare.md and compare.png (matplotlib) in the run directory,
-# perf/runs/<date>-<hostname>-compare[-N]/, with each script's own run below it.
+# perf/runs/<date>-<hostname>-compare[-N]/, with each script's own run below it, and copies
+# both next to perf/RESULTS.md (perf/compare.md, perf/compare.png: the latest run).
 #
 #   bash perf/compare.sh                 # ROUNDS=3 DURATION=10: about 25 minutes on 2 cores
 #   ROUNDS=1 DURATION=3 bash perf/compare.sh   # a quick look (noisy: rounds are what make it fair)
@@ -63,5 +64,8 @@ done
 ((${#runs[@]})) || die "no run produced results"
 PY=$(chart_python) || PY=python3
 "$PY" "$SCRIPT_DIR/summarize.py" compare "$OUT" "$OUT/compare.png" "${runs[@]}"
+# The latest, next to RESULTS.md.
+cp "$OUT/compare.md" "$SCRIPT_DIR/compare.md"
+[[ -s $OUT/compare.png ]] && cp "$OUT/compare.png" "$SCRIPT_DIR/compare.png"
 ((rc_all == 0)) || log "some measurements failed (exit $rc_all): see each part's summary.md"
 exit "$rc_all"

@@ -551,7 +551,7 @@ def compare(out_dir, run_dirs, png):
             tr, cr = ratios.get(t, (None, None))
             cells += [fmt(tr, "ratio"), fmt(cr, "ratio")]
         L.append(f"| {name} ({unit}) | " + " | ".join(cells) + " |")
-    L += ["", "Runs: " + ", ".join(os.path.basename(os.path.abspath(r)) for r in run_dirs), ""]
+    L += ["", "Runs: " + ", ".join(os.path.relpath(os.path.abspath(r), os.path.dirname(os.path.abspath(out_dir))) for r in run_dirs), ""]
     text = "\n".join(L)
     with open(os.path.join(out_dir, "compare.md"), "w") as f:
         f.write(text + "\n")
