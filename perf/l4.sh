@@ -115,6 +115,7 @@ ringlb_conf() { # target (ringlb = default transfer "auto", ringlb-copy / ringlb
         echo "workers = $PWORKERS"
         echo "pin_cores = false"
         echo "io_uring = \"$RINGLB_IO_URING\""
+        [[ -z ${RINGLB_RUNTIME:-} ]] || printf '%s\n' "$RINGLB_RUNTIME"
         for s in "${SVCS[@]}"; do
             echo
             echo "[[listener]]"
@@ -300,7 +301,7 @@ write_setup() {
         echo '```'
         echo "ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP WORKLOADS=\"$WORKLOADS\" TARGETS=\"$TARGETS\" WRK_CONNS=\"$WRK_CONNS\" \\"
         echo "  REDIS_N=$REDIS_N REDIS_PIPELINES=\"$REDIS_PIPELINES\" IPERF_TIME=$IPERF_TIME PIN=$PIN PORT_OFFSET=$PORT_OFFSET \\"
-        echo "  RINGLB=$RINGLB RINGLB_IO_URING=$RINGLB_IO_URING RINGLB_EXTRA='$RINGLB_EXTRA' \\"
+        echo "  RINGLB=$RINGLB RINGLB_IO_URING=$RINGLB_IO_URING RINGLB_EXTRA='$RINGLB_EXTRA' RINGLB_RUNTIME='${RINGLB_RUNTIME:-}' \\"
         echo "  $0 $*"
         echo '```'
         echo
