@@ -28,6 +28,18 @@ fn server_ids(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// A config with one upstream over `n` servers ([`server_ids`]).
+fn config_with(n: usize) -> ringlb::Config {
+    let servers: String = server_ids(n)
+        .iter()
+        .map(|a| format!("{{ addr = \"{a}\" }},"))
+        .collect();
+    ringlb::Config::parse(&format!(
+        "[[listener]]\nlisten = \"127.0.0.1:1\"\nupstream = \"u\"\n[upstream.u]\nservers = [{servers}]\n"
+    ))
+    .expect("valid config")
+}
+
 /// Weights 1..=5 so weighted algorithms have something to do.
 fn weight(i: usize) -> u32 {
     (i % 5) as u32 + 1
@@ -297,14 +309,7 @@ fn bench_consistent_hash(c: &mut Criterion) {
 fn bench_pick_with_health(c: &mut Criterion) {
     let mut g = c.benchmark_group("pick_with_health");
     for n in SIZES {
-        let servers: String = server_ids(n)
-            .iter()
-            .map(|a| format!("{{ addr = \"{a}\" }},"))
-            .collect();
-        let cfg = ringlb::Config::parse(&format!(
-            "[[listener]]\nlisten = \"127.0.0.1:1\"\nupstream = \"u\"\n[upstream.u]\nservers = [{servers}]\n"
-        ))
-        .expect("valid config");
+        let cfg = config_with(n);
         let st = Upstream::new(&cfg.upstreams[0]);
         let set = st.current();
         let ids = server_ids(n);
@@ -381,14 +386,7 @@ fn bench_pick_during_updates(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("pick_during_updates");
     let n = 256;
-    let servers: String = server_ids(n)
-        .iter()
-        .map(|a| format!("{{ addr = \"{a}\" }},"))
-        .collect();
-    let cfg = ringlb::Config::parse(&format!(
-        "[[listener]]\nlisten = \"127.0.0.1:1\"\nupstream = \"u\"\n[upstream.u]\nservers = [{servers}]\n"
-    ))
-    .expect("valid config");
+    let cfg = config_with(n);
     let up = Upstream::new(&cfg.upstreams[0]);
     let replica = ringlb::upstream::Replica::new(&cfg.upstreams[0], Arc::clone(&up), 0, 0);
     g.bench_function("quiet", |bench| {

@@ -114,8 +114,6 @@ pub struct DiscoveryState {
     pub last_ok_ms: u64,
     /// Why the last read failed or was refused; cleared by the next good one.
     pub last_error: Option<String>,
-    /// Backends the source listed last (applied).
-    pub members: usize,
     /// The upstream's own `servers`, kept beside whatever the source lists
     /// (a reload that changes only them updates them here).
     pub statics: Vec<ServerConfig>,
@@ -148,7 +146,6 @@ impl Upstream {
                 Mutex::new(DiscoveryState {
                     source: d.describe(),
                     last_ok_ms: unix_ms(),
-                    members: cfg.discovered.len(),
                     statics: cfg.static_servers.clone(),
                     listed: cfg.discovered.clone(),
                     ..DiscoveryState::default()

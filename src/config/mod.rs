@@ -35,7 +35,7 @@ use std::{
 use serde::Deserialize;
 
 pub use discovery::{
-    fetch as fetch_discovered, fetch_with_ttl, parse_list, zk_connect, zk_list, DiscoveryConfig,
+    fetch as fetch_discovered, fetch_with_ttl, zk_connect, zk_list, DiscoveryConfig,
     RegisterConfig, Seed, Source,
 };
 pub use h2::{H2Config, Protocol};
@@ -46,6 +46,7 @@ pub use listener::{
 };
 pub use observe::{AccessLogConfig, LogFormat};
 pub use runtime::{IoUringMode, RuntimeConfig};
+pub use server::parse_list;
 pub use tls::{CertPair, ClientAuth, TlsConfig, TlsVersion, UpstreamTls};
 pub use upstream::{EjectConfig, HashKey, HealthConfig, HealthKind, ServerConfig, UpstreamConfig};
 pub use values::{parse_cidr, parse_duration, parse_size, Cidr};

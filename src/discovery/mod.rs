@@ -189,7 +189,7 @@ impl Plan {
         self.with_state(|s| {
             s.errors += 1;
             if s.last_error.as_deref() != Some(&e) {
-                tracing::warn!(upstream = %name, "discovery: {e}; keeping the last set ({} backends)", s.members);
+                tracing::warn!(upstream = %name, "discovery: {e}; keeping the last set ({} backends)", s.listed.len());
             }
             s.last_error = Some(e);
         });
@@ -248,7 +248,6 @@ impl Plan {
         s.updates += 1;
         s.last_ok_ms = unix_ms();
         s.last_error = None;
-        s.members = list.len();
         s.listed = list;
         drop(s);
         if v != before {

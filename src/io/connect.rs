@@ -85,17 +85,12 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Stream, Conn
 /// # Errors
 /// Out of fds or ports; as socket(2), bind(2), connect(2).
 pub fn connect_udp(addr: SocketAddr) -> io::Result<monoio::net::udp::UdpSocket> {
-    let any: SocketAddr = if addr.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
     let s = Socket::new(
         Domain::for_address(addr),
         Type::DGRAM.nonblocking().cloexec(),
         Some(Protocol::UDP),
     )?;
-    s.bind(&any.into())?;
+    // connect(2) binds an ephemeral port itself: no bind(2) of our own.
     s.connect(&addr.into())?;
     monoio::net::udp::UdpSocket::from_std(s.into())
 }

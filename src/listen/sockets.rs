@@ -154,9 +154,9 @@ impl std::fmt::Display for BindKey {
 }
 
 /// Bind `n` SO_REUSEPORT UDP sockets to `addr` (port 0: the first picks
-/// it), after the same probe as [`bind_all`]. A wildcard address asks for
-/// each datagram's destination address (IP_PKTINFO / IPV6_RECVPKTINFO):
-/// replies must leave from the address the client sent to.
+/// it), after the same probe as [`bind_all`]. (On a wildcard address the
+/// worker asks for each datagram's destination address when it registers
+/// the socket: replies must leave from the address the client sent to.)
 ///
 /// # Errors
 /// As [`bind_all`].
@@ -203,10 +203,9 @@ fn new_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
-    // Room for bursts (the kernel caps it at net.core.rmem_max).
+    // Room for bursts (the kernel caps it at net.core.rmem_max). The
+    // destination-address option is set where every udp socket passes,
+    // inherited ones too: `proxy::udp::register`.
     let _ = s.set_recv_buffer_size(4 << 20);
-    if addr.ip().is_unspecified() {
-        crate::sys::set_recv_pktinfo(std::os::fd::AsRawFd::as_raw_fd(&s), addr.is_ipv6())?;
-    }
     Ok(s)
 }

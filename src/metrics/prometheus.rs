@@ -337,7 +337,7 @@ impl Registry {
                 ("ringlb_discovery_updates_total", "counter", "Backend lists read from an upstream's discovery source and applied.", |d| d.updates),
                 ("ringlb_discovery_errors_total", "counter", "Reads of a discovery source that failed (the last set stayed).", |d| d.errors),
                 ("ringlb_discovery_refused_total", "counter", "Lists refused by the safety rules (empty without allow_empty, or over max_remove).", |d| d.refused),
-                ("ringlb_discovery_members", "gauge", "Backends the discovery source listed last.", |d| d.members as u64),
+                ("ringlb_discovery_members", "gauge", "Backends the discovery source listed last.", |d| d.listed.len() as u64),
                 ("ringlb_discovery_failing", "gauge", "1 while the source fails or its last list was refused (a last known set is served).", |d| u64::from(d.last_error.is_some())),
             ];
             for (name, kind, help, f) in fields {

@@ -92,7 +92,7 @@ impl Registry {
                     ",\"discovery\":{{\"source\":{},\"version\":{},\"members\":{},\"updates\":{},\"errors\":{},\"refused\":{},\"last_ok_ms\":{},\"error\":{}}}",
                     access::json_str(&d.source),
                     set.version,
-                    d.members,
+                    d.listed.len(),
                     d.updates,
                     d.errors,
                     d.refused,

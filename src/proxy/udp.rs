@@ -77,11 +77,10 @@ pub struct UdpProxy {
     /// One receive buffer for the worker's sockets and flows of this
     /// listener: borrowed only between two waits, never across one.
     buf: RefCell<Vec<u8>>,
-    /// The worker's flows of this listener that take datagrams.
+    /// The worker's flows of this listener that take datagrams. Every flow
+    /// whose task runs (retired ones too: each holds a socket until it
+    /// ends) is in this worker's `udp.active` gauge: what `max_flows` bounds.
     flows: RefCell<HashMap<Key, Rc<Flow>, ahash::RandomState>>,
-    /// Flows whose task runs (retired ones included: each holds a socket
-    /// until it ends): what `max_flows` bounds.
-    live: Cell<usize>,
 }
 
 /// One client's exchange with one backend.
@@ -133,17 +132,11 @@ impl UdpProxy {
             li,
             access,
             flows: RefCell::new(HashMap::default()),
-            live: Cell::new(0),
         })
     }
 
     fn dropped(&self, why: Lost) {
         self.metrics.listeners[self.li].udp.dropped[why as usize].inc();
-    }
-
-    /// Flows (and so sockets) this worker holds for the listener now.
-    pub fn flows(&self) -> usize {
-        self.live.get()
     }
 }
 
@@ -173,9 +166,12 @@ pub async fn serve_socket(l: Rc<UdpProxy>, sock: UdpSocket, drain: Rc<Drain>) {
         let stop = std::pin::pin!(drain.stopped());
         match select(ready, stop).await {
             Either::Right(_) => break,
+            // Never give the socket up: it stays in the SO_REUSEPORT group
+            // and its share of clients would go unanswered.
             Either::Left((Err(e), _)) => {
-                tracing::warn!(listener = %l.cfg.name, "udp socket wait failed: {e}");
-                break;
+                tracing::warn!(listener = %l.cfg.name, "udp socket wait failed: {e}; trying again");
+                monoio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
             Either::Left((Ok(()), _)) => {}
         }
@@ -229,20 +225,24 @@ fn client_datagram(
         FlowKey::Addr => (SocketAddr::new(d.peer.ip(), 0), dst.map(|p| p.addr)),
     };
     let found = l.flows.borrow().get(&key).cloned();
-    let flow = match found {
-        Some(f) => f,
+    let (flow, new) = match found {
+        Some(f) => (f, false),
         None => {
-            if l.live.get() >= l.udp.max_flows {
+            // This worker's shard: the flows of this socket's worker.
+            let live = l.metrics.listeners[l.li].udp.active.get();
+            if usize::try_from(live).unwrap_or(0) >= l.udp.max_flows {
                 l.dropped(Lost::MaxFlows);
                 return;
             }
             match open_flow(l, listener, key, d.peer, drain) {
-                Some(f) => f,
+                Some(f) => (f, true),
                 None => return,
             }
         }
     };
-    if flow.client.get() != d.peer || flow.dst.get() != dst || flow.header.borrow().is_none() {
+    // Addresses (and the PROXY header naming them) are set when the flow
+    // opens and again only if they change (`flow_key = "addr"`).
+    if new || flow.client.get() != d.peer || flow.dst.get() != dst {
         flow.client.set(d.peer);
         flow.dst.set(dst);
         if l.cfg.proxy_protocol == ProxySend::V2 {
@@ -362,7 +362,6 @@ fn open_flow(
     let um = &l.metrics.listeners[l.li].udp;
     um.flows.inc();
     um.active.add(1);
-    l.live.set(l.live.get() + 1);
     let task = FlowTask {
         l: Rc::clone(l),
         flow: Rc::clone(&flow),
@@ -394,7 +393,6 @@ impl FlowTask {
         b.count_request();
         let end = self.relay(&mut wake, &b).await;
         retire(l, self.key, &self.flow);
-        l.live.set(l.live.get().saturating_sub(1));
         let f = &self.flow;
         let um = &l.metrics.listeners[l.li].udp;
         um.active.add(-1);
@@ -503,7 +501,7 @@ impl FlowTask {
                 } else {
                     Some(&buf[..d.len])
                 };
-                if let Some(why) = self.reply(listener_fd(f), data) {
+                if let Some(why) = self.reply(f.listener.as_raw_fd(), data) {
                     return why;
                 }
             }
@@ -542,8 +540,4 @@ impl FlowTask {
         (want > 0 && n >= made.saturating_mul(want) && (limit == 0 || made >= limit))
             .then_some("done")
     }
-}
-
-fn listener_fd(f: &Flow) -> RawFd {
-    f.listener.as_raw_fd()
 }
