@@ -66,7 +66,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Stream, Conn
     }
     let std_stream: std::net::TcpStream = sock.into();
     let stream = TcpStream::from_std(std_stream).map_err(io_err)?;
-    match monoio::time::timeout(timeout, stream.writable(false)).await {
+    match super::timer::timeout(timeout, stream.writable(false)).await {
         Err(_) => return Err(ConnectError::Timeout(addr, timeout)),
         Ok(Err(e)) => return Err(io_err(e)),
         Ok(Ok(())) => {}

@@ -8,6 +8,8 @@
 //! - [`rbuf`]: a read buffer with a consumed front (heads, pipelining).
 //! - [`h2io`]: a stream as tokio I/O for the `h2` crate.
 //! - [`stream`]: the byte stream all of the above work on.
+//! - [`timer`]: small per-connection deadlines (idle, connect) on one
+//!   worker timer.
 //! - [`tls`]: the TLS variant of it (rustls driven by readiness), and the
 //!   handshake.
 
@@ -17,4 +19,5 @@ pub mod pools;
 pub mod rbuf;
 pub mod relay;
 pub mod stream;
+pub mod timer;
 pub mod tls;

@@ -103,7 +103,7 @@ impl RBuf {
     /// `TimedOut` after `limit`; `OutOfMemory` when the buffer is full;
     /// others as recv(2).
     pub async fn fill(&mut self, s: &Stream, limit: Duration) -> io::Result<usize> {
-        match monoio::time::timeout(limit, self.fill_unbounded(s)).await {
+        match crate::io::timer::timeout(limit, self.fill_unbounded(s)).await {
             Ok(r) => r,
             Err(_) => Err(io::ErrorKind::TimedOut.into()),
         }
@@ -142,7 +142,7 @@ impl RBuf {
         deadline: std::time::Instant,
     ) -> io::Result<usize> {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match monoio::time::timeout(left, s.readable()).await {
+        match crate::io::timer::timeout(left, s.readable()).await {
             Ok(r) => r?,
             Err(_) => return Err(io::ErrorKind::TimedOut.into()),
         }

@@ -98,7 +98,7 @@ async fn idle_watch(last: &Cell<Instant>, idle: Duration) {
         if elapsed >= idle {
             return;
         }
-        monoio::time::sleep(idle - elapsed).await;
+        super::timer::sleep(idle - elapsed).await;
     }
 }
 
@@ -358,7 +358,7 @@ fn writable(
     match limit {
         None => Either::Left(dst.writable()),
         Some(d) => Either::Right(async move {
-            match Box::pin(monoio::time::timeout(d, dst.writable())).await {
+            match Box::pin(crate::io::timer::timeout(d, dst.writable())).await {
                 Ok(r) => r,
                 Err(_) => Err(io::ErrorKind::TimedOut.into()),
             }

@@ -400,9 +400,9 @@ pub async fn wait(sock: &TcpStream, read: bool, deadline: Instant) -> Result<(),
         return Err(HandshakeError::TimedOut);
     }
     let ready = if read {
-        monoio::time::timeout(left, sock.readable(false)).await
+        crate::io::timer::timeout(left, sock.readable(false)).await
     } else {
-        monoio::time::timeout(left, sock.writable(false)).await
+        crate::io::timer::timeout(left, sock.writable(false)).await
     };
     match ready {
         Ok(Ok(())) => Ok(()),

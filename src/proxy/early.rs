@@ -29,7 +29,7 @@ pub async fn read(client: &Stream, cfg: &ListenerConfig, peer: SocketAddr) -> Op
         return Some(Early::default());
     }
     let read = read_proxy_header(client, cfg.accept_proxy_protocol);
-    match monoio::time::timeout(cfg.proxy_protocol_timeout, read).await {
+    match crate::io::timer::timeout(cfg.proxy_protocol_timeout, read).await {
         Ok(Ok((origin, bytes))) => Some(Early { origin, bytes }),
         Ok(Err(e)) => {
             tracing::debug!(listener = %cfg.name, %peer, "PROXY header refused: {e}");

@@ -451,7 +451,7 @@ impl FlowTask {
                 return if draining { "drain" } else { "idle" };
             }
             let ready = std::pin::pin!(f.sock.readable(false));
-            let timer = std::pin::pin!(monoio::time::sleep_until(deadline.into()));
+            let timer = std::pin::pin!(crate::io::timer::sleep_until(deadline));
             // Once the drain began its future is always ready: waited on
             // only before (it shortens the idle timeout), or this loop
             // would spin and starve the worker.

@@ -81,7 +81,7 @@ impl<'a> Queued<'a> {
         // Slots free on any worker; look again shortly (backing off, so a
         // long queue costs few picks per second).
         self.wait = (self.wait * 2).clamp(QUEUE_POLL, QUEUE_POLL_MAX);
-        monoio::time::sleep(self.wait).await;
+        crate::io::timer::sleep(self.wait).await;
         Ok(())
     }
 

@@ -241,7 +241,7 @@ async fn splice_exact(
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                match monoio::time::timeout(timeout, src.readable()).await {
+                match crate::io::timer::timeout(timeout, src.readable()).await {
                     Ok(Ok(())) => continue,
                     Ok(Err(e)) => result = Err(BodyError::Source(e)),
                     Err(_) => result = Err(BodyError::Source(io::ErrorKind::TimedOut.into())),

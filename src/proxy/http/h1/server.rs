@@ -55,7 +55,7 @@ pub async fn wait_for_request(client: &Stream, w: &HeadWait<'_>) -> bool {
     if !w.drain.is_stopping() {
         let readable = std::pin::pin!(client.readable());
         let stop = std::pin::pin!(w.drain.stopped());
-        match monoio::time::timeout(w.idle, select(readable, stop)).await {
+        match crate::io::timer::timeout(w.idle, select(readable, stop)).await {
             Ok(Either::Left((Ok(()), _))) => return true,
             Ok(Either::Right(_)) => {} // draining now: wait on below
             _ => return false,
@@ -67,7 +67,7 @@ pub async fn wait_for_request(client: &Stream, w: &HeadWait<'_>) -> bool {
     };
     let left = until.saturating_duration_since(Instant::now());
     matches!(
-        monoio::time::timeout(left, client.readable()).await,
+        crate::io::timer::timeout(left, client.readable()).await,
         Ok(Ok(()))
     )
 }

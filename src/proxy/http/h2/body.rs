@@ -62,7 +62,7 @@ pub(super) async fn send_all(
             Some(s) => s.poll_capacity(cx),
             None => Poll::Ready(None),
         });
-        let n = match monoio::time::timeout(idle, room).await {
+        let n = match crate::io::timer::timeout(idle, room).await {
             Err(_) => return Err(PumpError::Timeout),
             Ok(None) => return Err(PumpError::Dst(None)),
             Ok(Some(Err(e))) => return Err(PumpError::Dst(Some(e))),
@@ -103,7 +103,7 @@ pub(super) async fn from_src<F: Future>(
         if patient() {
             return Ok(fut.await);
         }
-        match monoio::time::timeout(idle, fut.as_mut()).await {
+        match crate::io::timer::timeout(idle, fut.as_mut()).await {
             Ok(v) => return Ok(v),
             Err(_) if patient() => {}
             Err(_) => return Err(PumpError::Timeout),

@@ -92,7 +92,7 @@ pub(super) async fn serve(
         .max_send_buffer_size(cfg.max_send_buffer)
         .max_pending_accept_reset_streams(cfg.max_pending_accept_resets);
     let handshake = b.handshake::<_, Bytes>(H2Io::new(client, pre));
-    let mut conn = match monoio::time::timeout(l.http.header_timeout, handshake).await {
+    let mut conn = match crate::io::timer::timeout(l.http.header_timeout, handshake).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             tracing::debug!(listener = %l.cfg.name, peer = %h.peer, "h2 handshake failed: {e}");
@@ -115,7 +115,7 @@ pub(super) async fn serve(
     let mut last_ping = Instant::now();
     let mut ping_sent: Option<Instant> = None;
     let mut resets = (Instant::now(), 0u32);
-    let mut timer: Option<(Instant, Pin<Box<monoio::time::Sleep>>)> = None;
+    let mut timer: Option<(Instant, crate::io::timer::Sleep)> = None;
     let goaway = |i: usize| lm.h2.goaway[i].inc();
     poll_fn(|cx_| {
         loop {
@@ -244,11 +244,10 @@ pub(super) async fn serve(
             }
             if let Some(t) = next {
                 if timer.as_ref().map(|(at, _)| *at) != Some(t) {
-                    let wait = t.saturating_duration_since(now) + Duration::from_millis(1);
-                    timer = Some((t, Box::pin(monoio::time::sleep(wait))));
+                    timer = Some((t, crate::io::timer::sleep_until(t)));
                 }
                 if let Some((_, s)) = timer.as_mut() {
-                    if s.as_mut().poll(cx_).is_ready() {
+                    if Pin::new(s).poll(cx_).is_ready() {
                         timer = None;
                         continue;
                     }

@@ -79,7 +79,7 @@ pub(super) async fn serve(
             match deadline {
                 // The deadline covers the whole call; passing it drops the
                 // backend's stream (RST_STREAM CANCEL).
-                Some(d) => monoio::time::timeout(d, work)
+                Some(d) => crate::io::timer::timeout(d, work)
                     .await
                     .unwrap_or_else(|_| Err(Kind::DeadlineExceeded.into())),
                 None => work.await,

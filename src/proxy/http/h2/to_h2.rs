@@ -117,7 +117,7 @@ pub(super) async fn forward(
                 .await;
                 let handshake = match started {
                     Ok(s) => {
-                        match monoio::time::timeout(
+                        match crate::io::timer::timeout(
                             l.cfg.connect_timeout,
                             h2pool::handshake(s, addr),
                         )
@@ -151,7 +151,7 @@ pub(super) async fn forward(
         // Room for one more stream on this connection (the backend's
         // SETTINGS may have lowered the limit since).
         let ready =
-            monoio::time::timeout(l.cfg.connect_timeout, poll_fn(|c| send.poll_ready(c))).await;
+            crate::io::timer::timeout(l.cfg.connect_timeout, poll_fn(|c| send.poll_ready(c))).await;
         match ready {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -202,7 +202,7 @@ pub(super) async fn forward(
             }
         });
         let (answer, pending) = {
-            let answer = pin!(monoio::time::timeout(l.http.response_timeout, response));
+            let answer = pin!(crate::io::timer::timeout(l.http.response_timeout, response));
             match select(body_pump.as_mut(), answer).await {
                 Either::Left((Ok(()), answer)) => (answer.await, false),
                 Either::Left((Err(e), answer)) => {
