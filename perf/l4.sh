@@ -17,6 +17,7 @@ WRK_CONNS=${WRK_CONNS:-64}          # e.g. "64 256"
 REDIS_N=${REDIS_N:-200000}
 REDIS_PIPELINES=${REDIS_PIPELINES:-"1 16"}
 IPERF_TIME=${IPERF_TIME:-5}
+IPERF_STREAMS=${IPERF_STREAMS:-1}   # parallel iperf3 streams (-P)
 # shared knobs (ROUNDS DURATION WARMUP IDLE_WAIT PIN RINGLB RINGLB_EXTRA RINGLB_IO_URING PORT_OFFSET
 # PAUSE), processes, limits, CPU accounting, backend nginx, wrk, rounds (PX/CL/PWORKERS from PIN)
 source "$SCRIPT_DIR/lib.sh"
@@ -250,7 +251,7 @@ run_wrk() { # target conns
 run_iperf() { # target
     local t=$1 wl=iperf out="$OUT_DIR/out/r${ROUND}-$1-iperf.json" bytes rc=0
     m_begin iperf
-    timeout $((IPERF_TIME + 30)) "${CL[@]}" iperf3 -c 127.0.0.1 -p "$(port_of "$t" iperf)" -t "$IPERF_TIME" -J \
+    timeout $((IPERF_TIME + 30)) "${CL[@]}" iperf3 -c 127.0.0.1 -p "$(port_of "$t" iperf)" -t "$IPERF_TIME" -P "$IPERF_STREAMS" -J \
         </dev/null >"$out" 2>"$out.err" || rc=$?
     m_snap
     python3 "$SUMMARIZE" parse-iperf "$out" >"$out.parsed"
