@@ -31,9 +31,16 @@ pub fn sleep_until(deadline: Instant) -> Sleep {
     }
 }
 
-/// Wait for `d`.
+/// Wait for `d` (a `d` past what `Instant` can hold waits for ever).
 pub fn sleep(d: Duration) -> Sleep {
-    sleep_until(Instant::now() + d)
+    let now = Instant::now();
+    sleep_until(now.checked_add(d).unwrap_or_else(|| far_future(now)))
+}
+
+/// As far ahead as a deadline needs to be: about 30 years.
+fn far_future(now: Instant) -> Instant {
+    now.checked_add(Duration::from_secs(30 * 365 * 86_400))
+        .unwrap_or(now)
 }
 
 /// The time given to [`timeout`] ran out.
@@ -387,6 +394,17 @@ mod tests {
         .join()
         .expect("thread");
         assert_eq!(std::sync::Arc::strong_count(&held), 1);
+    }
+
+    /// A duration past what `Instant` can hold does not panic: it waits.
+    #[test]
+    fn an_endless_timeout_waits() {
+        run(async {
+            let r = timeout(Duration::MAX, async { 5 }).await;
+            assert_eq!(r, Ok(5));
+            let r = timeout(Duration::from_millis(10), sleep(Duration::MAX)).await;
+            assert_eq!(r, Err(Elapsed));
+        });
     }
 
     /// A future polled again before its deadline keeps one slot, and a
