@@ -346,8 +346,7 @@ pub async fn pipe_to(
 }
 
 /// Wait for room in `dst`'s send buffer, at most `limit` when given.
-/// Not an async fn, and the timed wait is boxed: it is the rare path, and
-/// keeping its timer inline would grow every tcp connection's task state.
+/// Not an async fn: the untimed wait (the tcp relay's) carries no timer.
 fn writable(
     dst: &Stream,
     limit: Option<Duration>,
@@ -358,7 +357,7 @@ fn writable(
     match limit {
         None => Either::Left(dst.writable()),
         Some(d) => Either::Right(async move {
-            match Box::pin(crate::io::timer::timeout(d, dst.writable())).await {
+            match super::timer::timeout(d, dst.writable()).await {
                 Ok(r) => r,
                 Err(_) => Err(io::ErrorKind::TimedOut.into()),
             }

@@ -9,8 +9,8 @@
 //! Same millisecond granularity as monoio's own timer; a deadline never
 //! fires early.
 //!
-//! The driver runs only while something is armed: it ends when the last
-//! timer is disarmed and is spawned again by the next one.
+//! The driver runs only while a deadline is queued: it ends when the heap
+//! is empty and is spawned again by the next timer armed.
 
 use std::{
     cell::{Cell, RefCell},
@@ -46,14 +46,6 @@ fn far_future(now: Instant) -> Instant {
 /// The time given to [`timeout`] ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elapsed;
-
-impl std::fmt::Display for Elapsed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("deadline has elapsed")
-    }
-}
-
-impl std::error::Error for Elapsed {}
 
 /// Run `fut` for at most `d` (monoio's `timeout`, on this timer); the
 /// future is dropped when the time runs out first.
@@ -154,9 +146,8 @@ struct Timers {
     /// are skipped when they come up, and dropped by a rebuild when they
     /// outnumber the live ones.
     heap: RefCell<BinaryHeap<Reverse<(Instant, u32, u32)>>>,
-    /// The deadline the driver sleeps until, while it runs.
+    /// The deadline the driver sleeps until; `None` when no driver runs.
     target: Cell<Option<Instant>>,
-    running: Cell<bool>,
     driver: RefCell<Option<Waker>>,
 }
 
@@ -196,15 +187,18 @@ impl Timers {
         drop(slots);
         self.armed.set(self.armed.get() + 1);
         self.heap.borrow_mut().push(Reverse((deadline, idx, gen)));
-        if !self.running.get() {
-            self.running.set(true);
-            self.target.set(Some(deadline));
-            monoio::spawn(drive(Rc::clone(self)));
-        } else if self.target.get().is_some_and(|t| deadline < t) {
-            self.target.set(Some(deadline));
-            if let Some(w) = self.driver.borrow_mut().take() {
-                w.wake();
+        match self.target.get() {
+            None => {
+                self.target.set(Some(deadline));
+                monoio::spawn(drive(Rc::clone(self)));
             }
+            Some(t) if deadline < t => {
+                self.target.set(Some(deadline));
+                if let Some(w) = self.driver.borrow_mut().take() {
+                    w.wake();
+                }
+            }
+            Some(_) => {}
         }
         (idx, gen)
     }
@@ -279,12 +273,11 @@ async fn drive(t: Rc<Timers>) {
     }
 }
 
-/// Marks the driver stopped when it ends.
+/// Marks the driver stopped when it ends (or its runtime drops it).
 struct Running(Rc<Timers>);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.0.running.set(false);
         self.0.target.set(None);
     }
 }
@@ -302,7 +295,13 @@ mod tests {
     }
 
     fn queued() -> (usize, usize, bool) {
-        with_timers(|t| (t.armed.get(), t.heap.borrow().len(), t.running.get()))
+        with_timers(|t| {
+            (
+                t.armed.get(),
+                t.heap.borrow().len(),
+                t.target.get().is_some(),
+            )
+        })
     }
 
     /// A short deadline armed after a long one fires first and on time
