@@ -48,9 +48,50 @@ impl ConnectError {
 /// Connect to `addr` within `timeout`. The socket is nonblocking, close-on-exec
 /// and has TCP_NODELAY, ready for the relay.
 ///
+/// When our own fds or ports run out ([`ConnectError::is_local`]) the
+/// attempt is repeated, with a growing pause, until `timeout` has passed:
+/// at a full fd table the sockets of connections that just ended are
+/// still being closed (on io_uring a close is a ring op that completes on
+/// the worker's next round), so the client that took the freed slot waits
+/// a moment instead of being dropped.
+///
 /// # Errors
-/// Refused, unreachable, out of fds, or timed out.
+/// Refused, unreachable, out of fds for the whole `timeout`, or timed out.
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Stream, ConnectError> {
+    let deadline = std::time::Instant::now() + timeout;
+    let stream = {
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match start(addr) {
+                Ok(stream) => break stream,
+                Err(e) if e.is_local() => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Err(e);
+                    }
+                    tracing::debug!("{e}; trying again in {:?}", pause.min(left));
+                    super::timer::sleep(pause.min(left)).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let io_err = |e| ConnectError::Io(addr, e);
+    match super::timer::timeout_at(deadline, stream.writable(false)).await {
+        Err(_) => return Err(ConnectError::Timeout(addr, timeout)),
+        Ok(Err(e)) => return Err(io_err(e)),
+        Ok(Ok(())) => {}
+    }
+    // POLLOUT fires on success and on failure alike; SO_ERROR tells which.
+    match crate::sys::with_sock(stream.as_raw_fd(), |s| s.take_error()) {
+        Ok(None) => Ok(Stream::Plain(stream)),
+        Ok(Some(e)) | Err(e) => Err(io_err(e)),
+    }
+}
+
+/// A nonblocking connect begun (socket(2), connect(2)) and registered.
+fn start(addr: SocketAddr) -> Result<TcpStream, ConnectError> {
     let io_err = |e| ConnectError::Io(addr, e);
     let sock = Socket::new(
         Domain::for_address(addr),
@@ -65,17 +106,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Stream, Conn
         Err(e) => return Err(io_err(e)),
     }
     let std_stream: std::net::TcpStream = sock.into();
-    let stream = TcpStream::from_std(std_stream).map_err(io_err)?;
-    match super::timer::timeout(timeout, stream.writable(false)).await {
-        Err(_) => return Err(ConnectError::Timeout(addr, timeout)),
-        Ok(Err(e)) => return Err(io_err(e)),
-        Ok(Ok(())) => {}
-    }
-    // POLLOUT fires on success and on failure alike; SO_ERROR tells which.
-    match crate::sys::with_sock(stream.as_raw_fd(), |s| s.take_error()) {
-        Ok(None) => Ok(Stream::Plain(stream)),
-        Ok(Some(e)) | Err(e) => Err(io_err(e)),
-    }
+    TcpStream::from_std(std_stream).map_err(io_err)
 }
 
 /// A nonblocking UDP socket connected to `addr` (a udp flow's, or a udp

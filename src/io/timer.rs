@@ -52,9 +52,26 @@ pub struct Elapsed;
 ///
 /// # Errors
 /// [`Elapsed`] when `d` passed before `fut` finished.
-pub async fn timeout<F: Future>(d: Duration, fut: F) -> Result<F::Output, Elapsed> {
+pub fn timeout<F: Future>(d: Duration, fut: F) -> impl Future<Output = Result<F::Output, Elapsed>> {
+    // Not an `async fn` over `timeout_with`: a second layer would hold `fut`
+    // twice in the caller's state.
+    timeout_with(sleep(d), fut)
+}
+
+/// Run `fut` until `deadline` at most ([`timeout`] with a deadline).
+///
+/// # Errors
+/// [`Elapsed`] when `deadline` passed before `fut` finished.
+pub fn timeout_at<F: Future>(
+    deadline: Instant,
+    fut: F,
+) -> impl Future<Output = Result<F::Output, Elapsed>> {
+    timeout_with(sleep_until(deadline), fut)
+}
+
+async fn timeout_with<F: Future>(wait: Sleep, fut: F) -> Result<F::Output, Elapsed> {
     let fut = std::pin::pin!(fut);
-    let wait = std::pin::pin!(sleep(d));
+    let wait = std::pin::pin!(wait);
     match futures_util::future::select(fut, wait).await {
         futures_util::future::Either::Left((out, _)) => Ok(out),
         futures_util::future::Either::Right(_) => Err(Elapsed),

@@ -150,12 +150,21 @@ fn overload_limit_100_with_150_clients_queues_and_serves_everyone() {
         }
     }
     assert_eq!(served, 150, "{} clients never served", pending.len());
-    // Sockets are closed asynchronously on io_uring (the close completes on the
-    // ring's next round), so a slot can be reused a moment before the old
-    // connection's two fds are gone: allow a few closes in flight, no more.
+    // The limit is exact: the backend never saw more than 100 at once.
+    let most = echo.max_active.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most <= 100, "{most} connections at once, limit 100");
+    // Sockets are closed asynchronously on io_uring (a cancelled readiness
+    // wait completes, then the close op goes out on the ring's next
+    // round), so a slot can be reused a moment before the old connection's
+    // two fds are gone. The fd budget keeps a reserve of 64 fds for this
+    // (server/fd_budget.rs, FDS_RESERVE), and a connect that meets a full
+    // table waits for an fd (lifecycle::full_fd_table_...): the closes in
+    // flight must fit that reserve. (+24 here flaked at +28 on a loaded
+    // 2-core CI machine: closes of up to a ring round of ended
+    // connections can be in flight.)
     eprintln!("fds: idle {fds_idle}, 100 admitted {fds_full}, peak while rotating {peak}");
     assert!(
-        peak <= fds_full + 24,
+        peak <= fds_full + 64,
         "fds peaked at {peak} (full: {fds_full})"
     );
     assert_eq!(echo.conns(), 150);
