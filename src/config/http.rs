@@ -72,6 +72,8 @@ pub struct RouteConfig {
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
     pub rate_limit: Option<RateLimitConfig>,
+    /// The route's `allow` / `deny` (403 for an address they keep out).
+    pub access: Option<std::sync::Arc<super::acl::Acl>>,
 }
 
 /// A route's token bucket.
@@ -114,6 +116,10 @@ pub(super) struct RawRoute {
     pub request_headers: Option<RawHeaderOps>,
     pub response_headers: Option<RawHeaderOps>,
     pub rate_limit: Option<RawRateLimit>,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -241,6 +247,7 @@ pub(super) fn build(
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
             rate_limit: None,
+            access: None,
         });
     }
     let mut seen = HashSet::new();
@@ -363,6 +370,9 @@ fn route(
             None => None,
             Some(rl) => Some(rate_limit(&kf("rate_limit"), rl)?),
         },
+        access: super::acl::Acl::new(&r.allow, &r.deny)
+            .map_err(|(list, m)| ConfigError::new(kf(list), m))?
+            .map(std::sync::Arc::new),
     })
 }
 

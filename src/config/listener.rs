@@ -153,6 +153,9 @@ pub struct ListenerConfig {
     /// Peers whose forwarding fields (`Forwarded`, `X-Forwarded-Host`,
     /// `-Port`, `-Proto`) are passed on; everyone else's are replaced.
     pub trusted_proxies: Vec<super::values::Cidr>,
+    /// `allow` / `deny`: who may connect (the client address, or the one
+    /// a PROXY header gives); `None` when neither list is written.
+    pub access: Option<std::sync::Arc<super::acl::Acl>>,
     /// TLS termination: clients speak TLS to this listener.
     pub tls: Option<super::tls::TlsConfig>,
     /// `mode = "tls"`: the SNI routes, in config order.
@@ -204,6 +207,10 @@ pub(super) struct RawListener {
     pub ipv6_prefix: Option<i64>,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
     pub tls: Option<super::tls::RawTls>,
     pub hello_timeout: Option<String>,
     #[serde(default)]
@@ -487,6 +494,9 @@ pub(super) fn build(
             .iter()
             .map(|t| super::values::parse_cidr(t).map_err(|m| ConfigError::new(k("trusted_proxies"), m)))
             .collect::<Result<_, _>>()?,
+        access: super::acl::Acl::new(&l.allow, &l.deny)
+            .map_err(|(list, m)| ConfigError::new(k(list), m))?
+            .map(std::sync::Arc::new),
         ipv6_prefix: match l.ipv6_prefix {
             None => 64,
             Some(n) => range(&k("ipv6_prefix"), n, 1, 128)? as u8,

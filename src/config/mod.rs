@@ -12,6 +12,7 @@
 //! `[access_log]`); `values.rs` parses the scalars they share. This file
 //! ties the tables together and checks what spans them.
 
+pub mod acl;
 mod discovery;
 mod h2;
 mod http;

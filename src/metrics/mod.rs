@@ -91,6 +91,8 @@ pub struct RouteMetrics {
     /// Requests answered, by status class 1xx..5xx.
     pub classes: [Counter; 5],
     pub rate_limited: Counter,
+    /// Requests refused by the route's or the listener's allow/deny.
+    pub denied: Counter,
 }
 
 impl RouteMetrics {
@@ -106,6 +108,8 @@ pub struct ListenerMetrics {
     pub accepted: Counter,
     pub active: Gauge,
     pub rejected_per_ip: Counter,
+    /// Connections closed at once by the listener's allow/deny (tcp).
+    pub denied: Counter,
     pub saturated: Counter,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
@@ -123,7 +127,7 @@ pub struct ListenerMetrics {
 
 /// Why a udp listener dropped a datagram (the label of
 /// `ringlb_udp_dropped_total`).
-pub const UDP_DROPS: [&str; 8] = [
+pub const UDP_DROPS: [&str; 9] = [
     "max_flows",
     "no_backend",
     "no_socket",
@@ -132,6 +136,7 @@ pub const UDP_DROPS: [&str; 8] = [
     "client_buffer_full",
     "refused",
     "send_error",
+    "denied",
 ];
 
 /// One udp listener's datagrams and flows on one worker.
@@ -150,7 +155,7 @@ pub struct UdpMetrics {
     /// Flows that went idle with responses missing (`responses` set).
     pub unanswered: Counter,
     /// By reason ([`UDP_DROPS`]).
-    pub dropped: [Counter; 8],
+    pub dropped: [Counter; 9],
 }
 
 /// Why ringlb ended an HTTP/2 client connection with a GOAWAY (the label

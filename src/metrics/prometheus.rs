@@ -80,6 +80,12 @@ impl Registry {
                         "{name}{{listener=\"{}\",reason=\"per_ip\"}} {v}",
                         esc(&l.name)
                     );
+                    let denied = self.sum(|w| w.listeners[li].denied.get());
+                    let _ = writeln!(
+                        o,
+                        "{name}{{listener=\"{}\",reason=\"denied\"}} {denied}",
+                        esc(&l.name)
+                    );
                 } else {
                     let _ = writeln!(o, "{name}{{listener=\"{}\"}} {v}", esc(&l.name));
                 }
@@ -151,6 +157,25 @@ impl Registry {
                 let _ = writeln!(
                     o,
                     "ringlb_rate_limited_total{{listener=\"{}\",route=\"{}\"}} {v}",
+                    esc(&l.name),
+                    esc(&route_label(r))
+                );
+            }
+        }
+
+        family(
+            &mut o,
+            "ringlb_http_denied_total",
+            "counter",
+            "HTTP requests refused (403) by the listener's or the route's allow/deny.",
+        );
+        for (li, l) in cfg.listeners.iter().enumerate() {
+            let Some(h) = &l.http else { continue };
+            for (ri, r) in h.routes.iter().enumerate() {
+                let v = self.sum(|w| w.listeners[li].routes[ri].denied.get());
+                let _ = writeln!(
+                    o,
+                    "ringlb_http_denied_total{{listener=\"{}\",route=\"{}\"}} {v}",
                     esc(&l.name),
                     esc(&route_label(r))
                 );

@@ -208,6 +208,11 @@ pub async fn handle(
         return;
     };
     let src = early.origin.map_or(peer, |(s, _)| s);
+    if r.cfg.access.as_ref().is_some_and(|a| !a.allows(src.ip())) {
+        r.metrics.listeners[r.li].denied.inc();
+        tracing::debug!(listener = %r.cfg.name, %src, "denied by allow/deny; closing");
+        return;
+    }
     let deadline = Instant::now() + r.cfg.hello_timeout;
     let routed = match read_hello(&client, &mut early.bytes, deadline).await {
         Ok(name) => match r.route(name.as_deref()) {

@@ -143,6 +143,13 @@ pub async fn serve(
         return;
     };
     let src = origin.map_or(peer, |(s, _)| s);
+    if l.cfg.access.as_ref().is_some_and(|a| !a.allows(src.ip())) {
+        l.metrics.listeners[l.li].denied.inc();
+        tracing::debug!(listener = %l.cfg.name, %src, "denied by allow/deny; closing");
+        let now = std::time::Instant::now();
+        log_tcp(&l, (&client, &prelude), src, None, (0, 0), now, "denied");
+        return;
+    }
     let client = match &l.tls {
         // Boxed: its state would grow every plain connection's task.
         Some(tls) => match handshake::terminate(&client, &mut early, tls, l.tls_site(src)).await {

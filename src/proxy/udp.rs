@@ -60,6 +60,8 @@ enum Lost {
     ClientFull = 5,
     Refused = 6,
     SendError = 7,
+    /// The listener's allow/deny keeps the client out.
+    Denied = 8,
 }
 
 /// What makes datagrams one flow: the client (its port 0 under `flow_key
@@ -228,6 +230,16 @@ fn client_datagram(
     let (flow, new) = match found {
         Some(f) => (f, false),
         None => {
+            // Checked when a flow would open: a flow exists only for a
+            // client the list lets in.
+            if l.cfg
+                .access
+                .as_ref()
+                .is_some_and(|a| !a.allows(d.peer.ip()))
+            {
+                l.dropped(Lost::Denied);
+                return;
+            }
             // This worker's shard: the flows of this socket's worker.
             let live = l.metrics.listeners[l.li].udp.active.get();
             if usize::try_from(live).unwrap_or(0) >= l.udp.max_flows {

@@ -5,6 +5,7 @@
 mod common;
 mod discovery;
 
+mod access;
 mod backend_sets;
 mod c100k;
 mod fuzz_smoke;

@@ -35,6 +35,9 @@ pub enum Kind {
     HeadTimeout,
     /// No route matches the host and path (404).
     NoRoute,
+    /// The listener's or the route's `allow` / `deny` keeps the client
+    /// address out (403).
+    Forbidden,
     /// The route's rate limit refused it (429, `Retry-After`).
     RateLimited { retry_after: u64 },
     /// The body is over `max_body_size` (413).
@@ -138,6 +141,7 @@ impl ProxyError {
             | NotImplemented
             | HeadTimeout
             | NoRoute
+            | Forbidden
             | RateLimited { .. }
             | BodyTooLarge
             | BodyTooSlow
@@ -164,6 +168,7 @@ impl ProxyError {
         Some(match self.kind {
             BadHead(_) | BadBody(_) => 400,
             NoRoute => 404,
+            Forbidden => 403,
             MethodNotAllowed => 405,
             BodyTooSlow => 408,
             NotImplemented => 501,
@@ -227,6 +232,7 @@ impl ProxyError {
             NotImplemented => "not_implemented",
             HeadTimeout => "head_timeout",
             NoRoute => "no_route",
+            Forbidden => "forbidden",
             RateLimited { .. } => "rate_limited",
             BodyTooLarge => "body_too_large",
             BodyTooSlow => "body_too_slow",
@@ -263,6 +269,7 @@ impl std::fmt::Display for ProxyError {
             NotImplemented => f.write_str("request refused: a transfer coding other than chunked"),
             HeadTimeout => f.write_str("request refused: request head not received in time"),
             NoRoute => f.write_str("no route for the host and path"),
+            Forbidden => f.write_str("the client address is not allowed here (allow/deny)"),
             RateLimited { retry_after } => write!(f, "rate limited (retry after {retry_after}s)"),
             BodyTooLarge => f.write_str("request body over max_body_size"),
             BodyTooSlow => f.write_str("request body slower than body_min_rate"),
@@ -293,6 +300,7 @@ pub mod grpc {
     pub const CANCELLED: u8 = 1;
     pub const INVALID_ARGUMENT: u8 = 3;
     pub const DEADLINE_EXCEEDED: u8 = 4;
+    pub const PERMISSION_DENIED: u8 = 7;
     pub const RESOURCE_EXHAUSTED: u8 = 8;
     pub const UNIMPLEMENTED: u8 = 12;
     pub const INTERNAL: u8 = 13;
@@ -311,6 +319,7 @@ impl ProxyError {
             }
             MethodNotAllowed => (UNIMPLEMENTED, "ringlb: method not allowed"),
             NoRoute => (UNIMPLEMENTED, "ringlb: no route"),
+            Forbidden => (PERMISSION_DENIED, "ringlb: client address not allowed"),
             RateLimited { .. } => (RESOURCE_EXHAUSTED, "ringlb: rate limited"),
             BodyTooLarge => (RESOURCE_EXHAUSTED, "ringlb: request too large"),
             HeadTimeout | BodyTooSlow => (DEADLINE_EXCEEDED, "ringlb: request too slow"),
@@ -354,8 +363,9 @@ mod tests {
 
     #[test]
     fn one_mapping_for_status_side_and_health() {
-        let cases: [(Kind, Option<u16>, Side, bool); 8] = [
+        let cases: [(Kind, Option<u16>, Side, bool); 9] = [
             (Kind::NoRoute, Some(404), Side::Client, false),
+            (Kind::Forbidden, Some(403), Side::Client, false),
             (
                 Kind::RateLimited { retry_after: 3 },
                 Some(429),

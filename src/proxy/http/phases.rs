@@ -117,10 +117,29 @@ pub(super) fn route(c: &mut Conn<'_>) -> Result<usize, ProxyError> {
     match c.l.router.find(&c.host, lookup) {
         Some(i) => {
             c.route_idx = i;
+            if !allowed(c.l, i, c.peer.ip()) {
+                return Err(refuse(c, Kind::Forbidden));
+            }
             Ok(i)
         }
         None => Err(refuse(c, Kind::NoRoute)),
     }
+}
+
+/// Whether the listener's and route `ri`'s `allow` / `deny` let `ip` in
+/// (the client's address, or the one its PROXY header gave); a refusal is
+/// counted on the route.
+pub(super) fn allowed(l: &HttpProxy, ri: usize, ip: std::net::IpAddr) -> bool {
+    let ok = l.cfg.access.as_ref().map_or(true, |a| a.allows(ip))
+        && l.routes[ri]
+            .cfg
+            .access
+            .as_ref()
+            .map_or(true, |a| a.allows(ip));
+    if !ok {
+        l.metrics.listeners[l.li].routes[ri].denied.inc();
+    }
+    ok
 }
 
 /// The route's rate limit and body size limit.

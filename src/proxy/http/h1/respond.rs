@@ -18,6 +18,7 @@ pub fn status_of(e: HttpError) -> u16 {
 fn words(status: u16) -> (&'static str, &'static str) {
     match status {
         400 => ("Bad Request", "bad request"),
+        403 => ("Forbidden", "forbidden"),
         404 => ("Not Found", "not found"),
         405 => ("Method Not Allowed", "method not allowed"),
         408 => ("Request Timeout", "request timeout"),

@@ -171,6 +171,9 @@ async fn run(
     };
     let ri = l.router.find(&host, lookup).ok_or(Kind::NoRoute)?;
     trace.route.set(Some(ri));
+    if !phases::allowed(l, ri, cx.peer.ip()) {
+        return Err(Kind::Forbidden.into());
+    }
     let route = &l.routes[ri];
     let (ip, n) = cx.ip_key;
     phases::take_token(l, ri, &ip[..n], |name| {
