@@ -127,12 +127,21 @@ impl Acl {
     }
 }
 
+/// Whether a listener's or a route's `access` lets `ip` in: with no list
+/// written, everyone may.
+pub fn admits(access: &Option<std::sync::Arc<Acl>>, ip: IpAddr) -> bool {
+    access.as_ref().map_or(true, |a| a.allows(ip))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
     fn acl(allow: &[&str], deny: &[&str]) -> Acl {
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         Acl::new(&s(allow), &s(deny)).unwrap().unwrap()
     }
 
@@ -187,7 +196,6 @@ mod tests {
 
     #[test]
     fn bad_lists_are_errors() {
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         assert!(Acl::new(&[], &[]).unwrap().is_none());
         let (list, e) = Acl::new(&s(&["10.0.0.0/8"]), &s(&["10.1.0.0/8"])).unwrap_err();
         assert_eq!(list, "deny");

@@ -6,7 +6,7 @@ use std::{fmt::Write as _, sync::atomic::Ordering::Relaxed};
 
 use hdrhistogram::Histogram;
 
-use super::{route_label, Hist, ListenerMetrics, Registry, WorkerMetrics};
+use super::{route_label, Hist, ListenerMetrics, Registry, RouteMetrics, WorkerMetrics};
 use crate::{backends::Backend, config::Mode};
 
 /// Prometheus bucket bounds, seconds.
@@ -144,41 +144,32 @@ impl Registry {
                 }
             }
         }
-        family(
-            &mut o,
-            "ringlb_rate_limited_total",
-            "counter",
-            "HTTP requests refused by a rate limit.",
-        );
-        for (li, l) in cfg.listeners.iter().enumerate() {
-            let Some(h) = &l.http else { continue };
-            for (ri, r) in h.routes.iter().enumerate() {
-                let v = self.sum(|w| w.listeners[li].routes[ri].rate_limited.get());
-                let _ = writeln!(
-                    o,
-                    "ringlb_rate_limited_total{{listener=\"{}\",route=\"{}\"}} {v}",
-                    esc(&l.name),
-                    esc(&route_label(r))
-                );
-            }
-        }
-
-        family(
-            &mut o,
-            "ringlb_http_denied_total",
-            "counter",
-            "HTTP requests refused (403) by the listener's or the route's allow/deny.",
-        );
-        for (li, l) in cfg.listeners.iter().enumerate() {
-            let Some(h) = &l.http else { continue };
-            for (ri, r) in h.routes.iter().enumerate() {
-                let v = self.sum(|w| w.listeners[li].routes[ri].denied.get());
-                let _ = writeln!(
-                    o,
-                    "ringlb_http_denied_total{{listener=\"{}\",route=\"{}\"}} {v}",
-                    esc(&l.name),
-                    esc(&route_label(r))
-                );
+        type RouteField = fn(&RouteMetrics) -> u64;
+        let per_route: [(&str, &str, RouteField); 2] = [
+            (
+                "ringlb_rate_limited_total",
+                "HTTP requests refused by a rate limit.",
+                |r| r.rate_limited.get(),
+            ),
+            (
+                "ringlb_http_denied_total",
+                "HTTP requests refused (403) by the listener's or the route's allow/deny.",
+                |r| r.denied.get(),
+            ),
+        ];
+        for (name, help, field) in per_route {
+            family(&mut o, name, "counter", help);
+            for (li, l) in cfg.listeners.iter().enumerate() {
+                let Some(h) = &l.http else { continue };
+                for (ri, r) in h.routes.iter().enumerate() {
+                    let v = self.sum(|w| field(&w.listeners[li].routes[ri]));
+                    let _ = writeln!(
+                        o,
+                        "{name}{{listener=\"{}\",route=\"{}\"}} {v}",
+                        esc(&l.name),
+                        esc(&route_label(r))
+                    );
+                }
             }
         }
 

@@ -14,7 +14,7 @@ use rustls::server::Acceptor;
 
 use super::{early, http, tcp, Handler};
 use crate::{
-    config::{ListenerConfig, SniTarget},
+    config::{acl::admits, ListenerConfig, SniTarget},
     io::{stream::Stream, tls},
     listen::ticket::ConnTicket,
     metrics::{TlsMetrics, TLS_HELLOS},
@@ -208,7 +208,7 @@ pub async fn handle(
         return;
     };
     let src = early.origin.map_or(peer, |(s, _)| s);
-    if r.cfg.access.as_ref().is_some_and(|a| !a.allows(src.ip())) {
+    if !admits(&r.cfg.access, src.ip()) {
         r.metrics.listeners[r.li].denied.inc();
         tracing::debug!(listener = %r.cfg.name, %src, "denied by allow/deny; closing");
         return;

@@ -7,7 +7,7 @@ use super::{early, handshake, proxy_protocol};
 use crate::{
     backends::BackendId,
     balancer::{hash_ip, Algorithm},
-    config::{HashKey, ListenerConfig, ProxySend},
+    config::{acl::admits, HashKey, ListenerConfig, ProxySend},
     io::{
         pools::Pools,
         relay::{self, Counts, RelayEnd},
@@ -143,7 +143,7 @@ pub async fn serve(
         return;
     };
     let src = origin.map_or(peer, |(s, _)| s);
-    if l.cfg.access.as_ref().is_some_and(|a| !a.allows(src.ip())) {
+    if !admits(&l.cfg.access, src.ip()) {
         l.metrics.listeners[l.li].denied.inc();
         tracing::debug!(listener = %l.cfg.name, %src, "denied by allow/deny; closing");
         let now = std::time::Instant::now();

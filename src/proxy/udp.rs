@@ -31,7 +31,7 @@ use monoio::net::udp::UdpSocket;
 use super::proxy_protocol;
 use crate::{
     balancer::{hash_ip, Algorithm},
-    config::{FlowKey, HashKey, ListenerConfig, ProxySend, UdpConfig},
+    config::{acl::admits, FlowKey, HashKey, ListenerConfig, ProxySend, UdpConfig},
     listen::drain::Drain,
     metrics::{
         access::{self, AccessLog},
@@ -232,11 +232,7 @@ fn client_datagram(
         None => {
             // Checked when a flow would open: a flow exists only for a
             // client the list lets in.
-            if l.cfg
-                .access
-                .as_ref()
-                .is_some_and(|a| !a.allows(d.peer.ip()))
-            {
+            if !admits(&l.cfg.access, d.peer.ip()) {
                 l.dropped(Lost::Denied);
                 return;
             }

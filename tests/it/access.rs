@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::common::{admin::*, http::*, *};
+use crate::common::{admin::*, http::*, udp::kdig_from, *};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -87,12 +87,7 @@ fn tcp_listener_closes_a_denied_client_at_once_and_serves_the_rest() {
         lbl(&[("listener", "l"), ("reason", "denied")]),
         2.0,
     )];
-    let m = scrape_until(&lb, |m| mismatches(m, &want).is_empty());
-    assert!(
-        mismatches(&m, &want).is_empty(),
-        "{:?}",
-        mismatches(&m, &want)
-    );
+    assert_metrics(&lb, &want, "ringlb_");
 }
 
 /// Without an `allow` list everything not denied passes; the PROXY
@@ -160,13 +155,7 @@ fn http_route_and_listener_lists_answer_403_on_h1_and_h2() {
         ("ringlb_http_denied_total", route("*/private/"), 3.0),
         ("ringlb_http_denied_total", route("*/"), 2.0),
     ];
-    let m = scrape_until(&lb, |m| mismatches(m, &want).is_empty());
-    assert!(
-        mismatches(&m, &want).is_empty(),
-        "{:?}\n{}",
-        mismatches(&m, &want),
-        m.dump("ringlb_http_denied")
-    );
+    assert_metrics(&lb, &want, "ringlb_http_denied");
 }
 
 #[test]
@@ -187,19 +176,6 @@ fn bad_lists_are_refused_by_check() {
     }
 }
 
-/// `kdig` for a.test from source address `src`: the answer, None if none.
-fn kdig_from(src: &str, server: SocketAddr) -> Option<String> {
-    let out = Command::new("kdig")
-        .arg(format!("@{}", server.ip()))
-        .args(["-p", &server.port().to_string(), "-b", src])
-        .args(["a.test", "+short", "+timeout=1", "+retry=0"])
-        .output()
-        .expect("kdig (Debian: apt-get install knot-dnsutils)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let first = text.lines().next()?.trim().to_string();
-    (out.status.success() && !first.is_empty() && !first.starts_with(';')).then_some(first)
-}
-
 /// udp: a denied client's datagrams open no flow and are counted as
 /// dropped; the others are answered.
 #[test]
@@ -215,11 +191,14 @@ fn udp_listener_drops_a_denied_clients_datagrams() {
     );
     let addr = lb.addr("dns");
     assert_eq!(
-        kdig_from("127.0.0.3", addr),
+        kdig_from(Some("127.0.0.3"), addr, "a.test"),
         None,
         "a denied client was answered"
     );
-    assert_eq!(kdig_from("127.0.0.2", addr).as_deref(), Some("10.1.1.1"));
+    assert_eq!(
+        kdig_from(Some("127.0.0.2"), addr, "a.test").as_deref(),
+        Some("10.1.1.1")
+    );
     let want = vec![
         (
             "ringlb_udp_dropped_total",
@@ -228,11 +207,5 @@ fn udp_listener_drops_a_denied_clients_datagrams() {
         ),
         ("ringlb_udp_flows_total", lbl(&[("listener", "dns")]), 1.0),
     ];
-    let m = scrape_until(&lb, |m| mismatches(m, &want).is_empty());
-    assert!(
-        mismatches(&m, &want).is_empty(),
-        "{:?}\n{}",
-        mismatches(&m, &want),
-        m.dump("ringlb_udp")
-    );
+    assert_metrics(&lb, &want, "ringlb_udp");
 }

@@ -149,13 +149,7 @@ fn readyz_follows_active_health_checks() {
         ("ringlb_health_transitions_total", down, 1.0),
         ("ringlb_health_transitions_total", up, 1.0),
     ];
-    let m = scrape_until(&lb, |m| mismatches(m, &want).is_empty());
-    assert_eq!(
-        mismatches(&m, &want),
-        Vec::<String>::new(),
-        "\n{}",
-        m.dump("ringlb_")
-    );
+    let m = assert_metrics(&lb, &want, "ringlb_");
     assert_schema(&m);
 }
 

@@ -235,14 +235,7 @@ fn metrics_parse_strictly_and_count_the_traffic() {
             3.0,
         ),
     ];
-    let m = scrape_until(&lb, |m| mismatches(m, &want).is_empty());
-    let bad = mismatches(&m, &want);
-    assert!(
-        bad.is_empty(),
-        "metrics do not match the traffic:\n  {}\n--- ringlb samples:\n{}",
-        bad.join("\n  "),
-        m.dump("ringlb_")
-    );
+    let m = assert_metrics(&lb, &want, "ringlb_");
     assert_schema(&m);
     promtool_check(&scrape_text(&lb).1);
     // The 14 requests are all there is; nothing counted for other labels.

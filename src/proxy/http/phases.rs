@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     balancer::{hash_ip, hash_key, Algorithm},
-    config::{HashKey, RateKey},
+    config::{acl::admits, HashKey, RateKey},
     limits::RetryAfter,
 };
 
@@ -130,12 +130,7 @@ pub(super) fn route(c: &mut Conn<'_>) -> Result<usize, ProxyError> {
 /// (the client's address, or the one its PROXY header gave); a refusal is
 /// counted on the route.
 pub(super) fn allowed(l: &HttpProxy, ri: usize, ip: std::net::IpAddr) -> bool {
-    let ok = l.cfg.access.as_ref().map_or(true, |a| a.allows(ip))
-        && l.routes[ri]
-            .cfg
-            .access
-            .as_ref()
-            .map_or(true, |a| a.allows(ip));
+    let ok = admits(&l.cfg.access, ip) && admits(&l.routes[ri].cfg.access, ip);
     if !ok {
         l.metrics.listeners[l.li].routes[ri].denied.inc();
     }

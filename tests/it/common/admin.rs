@@ -174,6 +174,21 @@ pub fn mismatches(m: &Exposition, want: &[Expect]) -> Vec<String> {
         .collect()
 }
 
+/// Scrape until every expectation holds (5 s at most), then assert they
+/// all do, showing the `ringlb_` samples whose names start with `dump`
+/// when one does not; the last scrape is returned for further checks.
+pub fn assert_metrics(lb: &Ringlb, want: &[Expect], dump: &str) -> Exposition {
+    let m = scrape_until(lb, |m| mismatches(m, want).is_empty());
+    let bad = mismatches(&m, want);
+    assert!(
+        bad.is_empty(),
+        "metrics do not match the traffic:\n  {}\n--- samples:\n{}",
+        bad.join("\n  "),
+        m.dump(dump)
+    );
+    m
+}
+
 /// Every spec family is declared with its type; every sample carries
 /// exactly the spec's labels; histograms have the spec's buckets; every
 /// family is prefixed `ringlb_` and counters end in `_total`.

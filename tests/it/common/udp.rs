@@ -169,16 +169,19 @@ impl Default for Client {
 
 /// `kdig @ADDR NAME +short`: the answer's first line, None on no answer.
 pub fn kdig(server: SocketAddr, name: &str) -> Option<String> {
-    let out = Command::new("kdig")
-        .arg(format!("@{}", server.ip()))
-        .args([
-            "-p",
-            &server.port().to_string(),
-            name,
-            "+short",
-            "+timeout=1",
-            "+retry=0",
-        ])
+    kdig_from(None, server, name)
+}
+
+/// [`kdig`] from a chosen local address (`-b`) when `src` is given.
+pub fn kdig_from(src: Option<&str>, server: SocketAddr, name: &str) -> Option<String> {
+    let mut cmd = Command::new("kdig");
+    cmd.arg(format!("@{}", server.ip()))
+        .args(["-p", &server.port().to_string()]);
+    if let Some(src) = src {
+        cmd.args(["-b", src]);
+    }
+    let out = cmd
+        .args([name, "+short", "+timeout=1", "+retry=0"])
         .output()
         .expect("kdig (Debian: apt-get install knot-dnsutils)");
     let text = String::from_utf8_lossy(&out.stdout);
