@@ -63,8 +63,9 @@ pub struct RouteConfig {
     pub host: Option<String>,
     pub path_prefix: String,
     pub strip_prefix: bool,
-    /// Index into [`Config::upstreams`](super::Config::upstreams).
-    pub upstream: usize,
+    /// Index into [`Config::upstreams`](super::Config::upstreams); `None`
+    /// for a route that answers itself (`answer`).
+    pub upstream: Option<usize>,
     /// Largest request body accepted (413 above); 0 = unlimited.
     pub max_body_size: u64,
     /// Lower-case protocol names an `Upgrade` request may switch to.
@@ -74,6 +75,8 @@ pub struct RouteConfig {
     pub rate_limit: Option<RateLimitConfig>,
     /// The route's `allow` / `deny` (403 for an address they keep out).
     pub access: Option<std::sync::Arc<super::acl::Acl>>,
+    /// `return` / `redirect`: the route answers itself, no upstream.
+    pub answer: Option<std::sync::Arc<super::reply::Answer>>,
 }
 
 /// A route's token bucket.
@@ -120,6 +123,9 @@ pub(super) struct RawRoute {
     pub allow: Vec<String>,
     #[serde(default)]
     pub deny: Vec<String>,
+    #[serde(rename = "return")]
+    pub ret: Option<super::reply::RawReturn>,
+    pub redirect: Option<super::reply::RawRedirect>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -241,13 +247,14 @@ pub(super) fn build(
             host: None,
             path_prefix: "/".into(),
             strip_prefix: false,
-            upstream: up,
+            upstream: Some(up),
             max_body_size,
             upgrade: vec!["websocket".into()],
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
             rate_limit: None,
             access: None,
+            answer: None,
         });
     }
     let mut seen = HashSet::new();
@@ -298,10 +305,22 @@ fn route(
     index: &UpstreamIndex,
 ) -> Result<RouteConfig, ConfigError> {
     let kf = |f: &str| format!("{key}.{f}");
-    let upstream_name = r.upstream.ok_or_else(|| {
-        ConfigError::new(kf("upstream"), "missing: name an [upstream.NAME] table")
-    })?;
-    let upstream = upstream_ref(&kf("upstream"), &upstream_name, index)?;
+    let answer = super::reply::answer(&kf, r.ret, r.redirect)?;
+    let upstream =
+        match (r.upstream, &answer) {
+            (Some(name), None) => Some(upstream_ref(&kf("upstream"), &name, index)?),
+            (None, Some(_)) => None,
+            (None, None) => {
+                return Err(ConfigError::new(
+                    kf("upstream"),
+                    "missing: name an [upstream.NAME] table (or answer with `return` / `redirect`)",
+                ))
+            }
+            (Some(_), Some(_)) => return Err(ConfigError::new(
+                kf("upstream"),
+                "a route that answers itself (`return` / `redirect`) sends nothing to an upstream",
+            )),
+        };
     let host = match r.host {
         None => None,
         Some(h) => {
@@ -373,7 +392,35 @@ fn route(
         access: super::acl::Acl::new(&r.allow, &r.deny)
             .map_err(|(list, m)| ConfigError::new(kf(list), m))?
             .map(std::sync::Arc::new),
+        answer: answer.map(std::sync::Arc::new),
     })
+}
+
+/// A TLS listener's `hsts`: every route's responses carry the header
+/// (unless the route's `response_headers` set it itself).
+pub(super) fn add_hsts(
+    k: &dyn Fn(&str) -> String,
+    http: Option<&mut HttpConfig>,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let Some(http) = http else {
+        return Err(ConfigError::new(
+            k("tls.hsts"),
+            "only applies to mode = \"http\" listeners",
+        ));
+    };
+    const NAME: &str = "strict-transport-security";
+    for r in &mut http.routes {
+        if !r
+            .response_headers
+            .set
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(NAME))
+        {
+            r.response_headers.set.push((NAME.into(), value.into()));
+        }
+    }
+    Ok(())
 }
 
 /// Fields that say how a message is framed or that belong to one hop:

@@ -410,7 +410,7 @@ pub(super) fn build(
             "cannot be sent on http listeners: their backend connections are pooled and shared by many clients (the client address goes in X-Forwarded-For / X-Real-IP)",
         ));
     }
-    let http = match mode {
+    let mut http = match mode {
         Mode::Tcp | Mode::Tls | Mode::Udp => None,
         Mode::Http => Some(http::build(&k, &mut raw_http, upstream, index)?),
     };
@@ -424,6 +424,9 @@ pub(super) fn build(
         (Some(t), _) => Some(super::tls::build(&k, t)?),
         (None, _) => None,
     };
+    if let Some(v) = tls.as_ref().and_then(|t| t.hsts.as_deref()) {
+        http::add_hsts(&k, http.as_mut(), v)?;
+    }
     let sni = match mode {
         Mode::Tls => sni_routes(&k, std::mem::take(&mut l.sni), index)?,
         _ if !l.sni.is_empty() => {

@@ -18,6 +18,7 @@ mod h2;
 mod http;
 mod listener;
 mod observe;
+mod reply;
 mod runtime;
 mod server;
 mod tls;
@@ -46,6 +47,7 @@ pub use listener::{
     UdpConfig, DEFAULT_MAX_CONNECTIONS,
 };
 pub use observe::{AccessLogConfig, LogFormat};
+pub use reply::{Answer, Template, Var, Vars};
 pub use runtime::{IoUringMode, RuntimeConfig};
 pub use server::parse_list;
 pub use tls::{CertPair, ClientAuth, TlsConfig, TlsVersion, UpstreamTls};

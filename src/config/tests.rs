@@ -204,7 +204,7 @@ fn http_listener_with_routes() {
     assert_eq!(h.routes[1].max_body_size, 1 << 20);
     assert_eq!(h.routes[2].path_prefix, "/");
     assert_eq!(h.routes[2].upgrade, vec!["websocket"]);
-    let api = &c.upstreams[h.routes[0].upstream];
+    let api = &c.upstreams[h.routes[0].upstream.unwrap()];
     assert_eq!(api.hash_key, HashKey::Header("x-user".into()));
     assert_eq!(api.keepalive, 8);
 }

@@ -71,6 +71,8 @@ pub struct TlsConfig {
     /// http: tell the backend what the handshake agreed (X-TLS-*,
     /// X-Client-Verify, X-Client-Cert-Subject).
     pub headers: bool,
+    /// http: the `Strict-Transport-Security` value every response carries.
+    pub hsts: Option<String>,
 }
 
 /// `tls = { ... }` as written.
@@ -85,6 +87,7 @@ pub(super) struct RawTls {
     pub client_auth: Option<String>,
     pub client_ca: Option<String>,
     pub headers: Option<bool>,
+    pub hsts: Option<super::reply::RawHsts>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -304,5 +307,9 @@ pub(super) fn build(k: &dyn Fn(&str) -> String, raw: RawTls) -> Result<TlsConfig
         client_ca,
         client_ca_file: raw.client_ca.map(PathBuf::from),
         headers: raw.headers.unwrap_or(false),
+        hsts: match raw.hsts {
+            None => None,
+            Some(h) => super::reply::hsts(&k("tls.hsts"), h)?,
+        },
     })
 }

@@ -61,7 +61,7 @@ fn fixed_fds(cfg: &Config, workers: usize, members: &[usize]) -> u64 {
         .listeners
         .iter()
         .filter_map(|l| l.http.as_ref())
-        .flat_map(|h| h.routes.iter().map(|r| r.upstream))
+        .flat_map(|h| h.routes.iter().filter_map(|r| r.upstream))
         .collect();
     pooled_ups.sort_unstable();
     pooled_ups.dedup();

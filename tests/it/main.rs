@@ -6,6 +6,7 @@ mod common;
 mod discovery;
 
 mod access;
+mod answers;
 mod backend_sets;
 mod c100k;
 mod fuzz_smoke;

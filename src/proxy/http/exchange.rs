@@ -9,7 +9,7 @@ use std::{
 
 use super::{
     conn::{Conn, LogFields, Next},
-    errors::ProxyError,
+    errors::{Kind, ProxyError},
     forward,
     h1::{
         body::timed_write,
@@ -248,8 +248,13 @@ impl Conn<'_> {
         let route_idx = phases::route(self)?;
         let route = &l.routes[route_idx];
         phases::limits(self, route_idx)?;
-        let mut plan = phases::rewrite(self, route)?;
-        let up = &*route.up;
+        // A route has an upstream or its own answer (the config sees to it).
+        let up = match (route.up.as_deref(), route.cfg.answer.as_deref()) {
+            (Some(up), _) => up,
+            (None, Some(a)) => return self.own_answer(route, a, started).await,
+            (None, None) => return Err(Kind::NoRoute.into()),
+        };
+        let mut plan = phases::rewrite(self, route, up)?;
         let (upstream, inflight) = forward::forward(self, up, &mut plan).await?;
         super::response::respond(self, route_idx, up, upstream, inflight, &mut plan, started).await
     }

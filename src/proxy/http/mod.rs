@@ -30,6 +30,7 @@ mod forward;
 pub mod h1;
 mod h2;
 mod log;
+mod own;
 mod phases;
 mod response;
 pub mod router;
@@ -50,7 +51,8 @@ use crate::{
 
 struct Route {
     cfg: RouteConfig,
-    up: Rc<Replica>,
+    /// `None`: the route answers itself (`cfg.answer`).
+    up: Option<Rc<Replica>>,
 }
 
 /// One http listener as one worker sees it.
@@ -108,14 +110,15 @@ impl HttpProxy {
         .map_err(|d| format!("route[{}] repeats an earlier host and path_prefix", d.0))?;
         let mut routes = Vec::with_capacity(http.routes.len());
         for r in &http.routes {
-            let up = p
-                .upstreams
-                .get(r.upstream)
-                .ok_or_else(|| "route names an unknown upstream".to_string())?;
-            routes.push(Route {
-                cfg: r.clone(),
-                up: Rc::clone(up),
-            });
+            let up = match r.upstream {
+                None => None,
+                Some(u) => {
+                    Some(Rc::clone(p.upstreams.get(u).ok_or_else(|| {
+                        "route names an unknown upstream".to_string()
+                    })?))
+                }
+            };
+            routes.push(Route { cfg: r.clone(), up });
         }
         Ok(HttpProxy {
             cfg: cfg.clone(),

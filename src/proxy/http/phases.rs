@@ -17,6 +17,7 @@ use crate::{
     balancer::{hash_ip, hash_key, Algorithm},
     config::{acl::admits, HashKey, RateKey},
     limits::RetryAfter,
+    upstream::Replica,
 };
 
 /// A request body this small that arrived with its head goes out in the
@@ -231,7 +232,7 @@ pub(super) fn forward_path<'p>(
 ///
 /// # Errors
 /// A strip_prefix that would leave a dot segment (`/api..` -> `/..`).
-pub(super) fn rewrite(c: &mut Conn<'_>, route: &Route) -> Result<Plan, ProxyError> {
+pub(super) fn rewrite(c: &mut Conn<'_>, route: &Route, up: &Replica) -> Result<Plan, ProxyError> {
     let data = c.from_client.data();
     let req = &c.req;
     let path: &[u8] = if c.path_normalized {
@@ -258,7 +259,6 @@ pub(super) fn rewrite(c: &mut Conn<'_>, route: &Route) -> Result<Plan, ProxyErro
     // Path after strip_prefix (a `/` goes in front when it lost its own).
     let (fwd_path, lead_slash) = forward_path(route, path)?;
 
-    let up = &route.up;
     let key = if up.cfg.balance == Algorithm::ConsistentHash {
         match &up.cfg.hash_key {
             HashKey::ClientIp => hash_ip(c.peer.ip()),

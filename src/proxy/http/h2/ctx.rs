@@ -98,6 +98,7 @@ pub(super) struct Trace {
 pub(super) struct Req<'a> {
     pub parts: &'a Parts,
     pub route: &'a Route,
+    pub up: &'a Replica,
     /// Path and query for the backend (after strip_prefix).
     pub target: String,
     pub authority: &'a str,

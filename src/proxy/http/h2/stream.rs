@@ -23,7 +23,7 @@ use super::{
     super::{
         errors::{Kind, ProxyError},
         h1::{codec, fields, path, respond},
-        phases,
+        own, phases,
     },
     ctx::{ConnCtx, Reply, Req, Trace},
     grpc,
@@ -197,13 +197,35 @@ async fn run(
     if max_body > 0 && content_length.is_some_and(|n| n > max_body) {
         return Err(Kind::BodyTooLarge.into());
     }
+    // A route has an upstream or its own answer (the config sees to it).
+    let up: &Replica = match (route.up.as_deref(), route.cfg.answer.as_deref()) {
+        (Some(up), _) => up,
+        (None, Some(a)) => {
+            let vars = crate::config::Vars {
+                https: l.tls.is_some(),
+                host: &host,
+                target: raw.as_bytes(),
+                path: if normalized { &norm } else { b"" },
+                port: cx.local_port.parse().unwrap_or(0),
+                remote: cx.peer.ip(),
+            };
+            let location = own::location(a, &vars)?;
+            let (head, text) = own::h2(a, location.as_deref(), &route.cfg.response_headers, id);
+            let end = text.is_empty() || parts.method == Method::HEAD;
+            if reply.head(head, end).is_ok() && !end {
+                reply.bytes_out.set(text.len() as u64);
+                let _ = super::body::send_all(&reply.body, text, true, l.http.body_timeout).await;
+            }
+            return Ok(());
+        }
+        (None, None) => return Err(Kind::NoRoute.into()),
+    };
     let (fwd, lead_slash) = phases::forward_path(route, path)?;
     let mut target = String::with_capacity(fwd.len() + 1);
     if lead_slash {
         target.push('/');
     }
     target.push_str(&String::from_utf8_lossy(fwd));
-    let up: &Replica = &route.up;
     let key = if up.cfg.balance == Algorithm::ConsistentHash {
         match &up.cfg.hash_key {
             HashKey::ClientIp => hash_ip(cx.peer.ip()),
@@ -220,6 +242,7 @@ async fn run(
     let req = Req {
         parts,
         route,
+        up,
         target,
         authority,
         key,

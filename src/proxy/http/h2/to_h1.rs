@@ -240,7 +240,7 @@ pub(super) async fn forward(
     trace: &Trace,
 ) -> Result<(), ProxyError> {
     let l = cx.l;
-    let up: &Replica = &req.route.up;
+    let up: &Replica = req.up;
     let timeout = l.http.body_timeout;
     let has_body = !body.is_end_stream();
     let chunked = has_body && req.content_length.is_none();

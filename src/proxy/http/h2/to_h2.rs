@@ -90,7 +90,7 @@ pub(super) async fn forward(
     trace: &Trace,
 ) -> Result<(), ProxyError> {
     let l = cx.l;
-    let up: &Replica = &req.route.up;
+    let up: &Replica = req.up;
     let timeout = l.http.body_timeout;
     let has_body = !body.is_end_stream();
     let mut tried: Vec<BackendId> = Vec::new();
