@@ -20,7 +20,7 @@ use std::time::Duration;
 
 pub use checker::spawn as spawn_checker;
 pub use circuit::now_ms;
-pub use pick::{pick, NoPick, Slot};
+pub use pick::{pick, pick_sticky, NoPick, Slot};
 pub use set::{BackendSet, Member, Update, Upstream, Upstreams};
 pub use state::{Avail, Backend, BackendId};
 

@@ -59,6 +59,31 @@ impl Upstream {
     }
 }
 
+/// Reserve a slot on the member of `set` whose sticky token is `token`,
+/// when it is available (not down, not ejected; half-open within its probe
+/// budget; below its max_connections), and when it is a backup only while
+/// no primary is available. Slow start does not turn away a client that
+/// was already on the backend. Returns its index and the slot.
+pub fn pick_sticky(up: &Upstream, set: &BackendSet, token: u64) -> Option<(usize, Slot)> {
+    let members = &set.members;
+    let idx = members.iter().position(|m| m.backend.sticky == token)?;
+    let b = &members[idx].backend;
+    if !b.available()
+        || (b.backup
+            && members
+                .iter()
+                .any(|m| !m.backend.backup && m.backend.available()))
+    {
+        return None;
+    }
+    let kind = if b.word() & HALF_OPEN != 0 {
+        Avail::Probe
+    } else {
+        Avail::Yes
+    };
+    up.reserve(b, kind).map(|slot| (idx, slot))
+}
+
 /// Why [`pick`] found nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NoPick {

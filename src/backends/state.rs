@@ -40,6 +40,9 @@ pub struct Backend {
     /// As written in the config or by the discovery source: the stable
     /// text consistent hashing derives ring points from.
     pub name: String,
+    /// What a sticky cookie says for this backend: derived from `name`
+    /// alone, so every ringlb box and every reload agrees on it.
+    pub sticky: u64,
     pub addr: SocketAddr,
     pub backup: bool,
     pub max_connections: u32,
@@ -68,6 +71,17 @@ pub struct Backend {
     retired: AtomicBool,
 }
 
+/// A backend's sticky-cookie token: 64 bits from two CRC-32s of its name
+/// (one seeded), mixed. Opaque to clients (no address shows), stable
+/// across processes and machines (unlike a seeded hasher).
+pub fn sticky_token(name: &str) -> u64 {
+    let a = crc32fast::hash(name.as_bytes());
+    let mut h = crc32fast::Hasher::new_with_initial(0x5354_494b);
+    h.update(name.as_bytes());
+    let b = h.finalize();
+    crate::balancer::rng::splitmix64((u64::from(a) << 32) | u64::from(b))
+}
+
 impl Backend {
     pub fn new(
         id: BackendId,
@@ -79,6 +93,7 @@ impl Backend {
         Backend {
             id,
             name: name.to_string(),
+            sticky: sticky_token(name),
             addr,
             backup,
             max_connections,

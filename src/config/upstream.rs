@@ -62,6 +62,8 @@ pub struct UpstreamConfig {
     pub discovered: Vec<ServerConfig>,
     /// The `servers` written in the config (kept beside discovered ones).
     pub static_servers: Vec<ServerConfig>,
+    /// http: cookie affinity to a backend.
+    pub sticky: Option<super::sticky::StickyConfig>,
 }
 
 /// Active health checks of an upstream.
@@ -126,6 +128,7 @@ pub(super) struct RawUpstream {
     pub tls: Option<super::tls::RawUpstreamTls>,
     pub protocol: Option<String>,
     pub discovery: Option<super::discovery::RawDiscovery>,
+    pub sticky: Option<super::sticky::RawSticky>,
     #[serde(default)]
     pub servers: Vec<RawServer>,
 }
@@ -318,6 +321,7 @@ pub(super) fn build(
             discovery,
             static_servers,
             discovered: Vec::new(),
+            sticky: super::sticky::build(&key, u.sticky)?,
         });
     }
     Ok((out, index))

@@ -206,6 +206,32 @@ impl Replica {
         })
     }
 
+    /// [`Replica::pick`], but first the backend a sticky cookie names
+    /// (`token`) when this is the request's first try and it is available
+    /// ([`backends::pick_sticky`]).
+    ///
+    /// # Errors
+    /// Nothing is available.
+    pub fn pick_sticky(
+        &self,
+        token: Option<u64>,
+        key: u64,
+        tried: &[BackendId],
+    ) -> Result<Picked, NoPick> {
+        if let (Some(t), true) = (token, tried.is_empty()) {
+            let mut v = self.view.borrow_mut();
+            self.refresh(&mut v);
+            if let Some((idx, slot)) = backends::pick_sticky(&self.upstream, &v.set, t) {
+                return Ok(Picked {
+                    slot,
+                    idx,
+                    version: v.version,
+                });
+            }
+        }
+        self.pick(key, tried)
+    }
+
     /// The picked backend is connected: count it open until the guard drops.
     pub fn open(&self, picked: Picked) -> InFlight<'_> {
         let mut v = self.view.borrow_mut();

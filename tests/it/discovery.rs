@@ -18,17 +18,7 @@ use crate::common::{
     *,
 };
 
-/// Replace the list file as config management does (write, then rename),
-/// so the discovery thread never reads half a file.
-fn put(file: &std::path::Path, text: impl AsRef<[u8]>) {
-    let tmp = file.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, file).unwrap();
-}
-
-fn list(addrs: &[SocketAddr]) -> String {
-    addrs.iter().map(|a| format!("{a}\n")).collect()
-}
+use crate::common::{list, put};
 
 /// Who answered `n` requests (HttpBackend::named bodies start with the name).
 fn served_by(addr: SocketAddr, n: usize) -> HashMap<String, usize> {

@@ -128,7 +128,7 @@ pub(super) async fn forward<'r>(
         if up.tried_in_set(&tried) >= tries.min(up.len()) || attempts > tries + 2 {
             return Err(Kind::BackendsFailed.into());
         }
-        let picked = match up.pick(plan.key, &tried) {
+        let picked = match up.pick_sticky(plan.sticky, plan.key, &tried) {
             Ok(p) => p,
             // Every backend is at max_connections: wait in the bounded queue.
             Err(NoPick { full: true }) if tried.is_empty() && up.cfg.queue > 0 => {

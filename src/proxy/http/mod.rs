@@ -34,6 +34,7 @@ mod own;
 mod phases;
 mod response;
 pub mod router;
+mod sticky;
 
 use std::{cell::RefCell, net::SocketAddr, rc::Rc, sync::Arc};
 

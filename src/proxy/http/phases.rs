@@ -28,6 +28,8 @@ const COALESCE_BODY: usize = 16 * 1024;
 pub(super) struct Plan {
     /// The consistent-hash key (0 for other algorithms).
     pub key: u64,
+    /// The backend the request's sticky cookie names (its token).
+    pub sticky: Option<u64>,
     /// Where the head ends in `request_head` (a small body may follow).
     pub head_end: usize,
     /// An HTTP/1.0 request without Host: the backend's address goes in.
@@ -290,8 +292,12 @@ pub(super) fn rewrite(c: &mut Conn<'_>, route: &Route, up: &Replica) -> Result<P
             ops: &route.cfg.request_headers,
         },
     );
+    let sticky = up.cfg.sticky.as_ref().and_then(|s| {
+        super::sticky::token(codec::values(&req.headers, data, b"cookie"), &s.cookie)
+    });
     let mut plan = Plan {
         key,
+        sticky,
         head_end: c.request_head.len(),
         needs_host: req.host.is_none(),
         framing: req.framing,

@@ -244,6 +244,12 @@ pub(super) async fn respond(
                     ops: &route.cfg.response_headers,
                 },
             );
+            if let Some(s) = &up.cfg.sticky {
+                if plan.sticky != Some(backend.sticky) {
+                    let cc = codec::values(&resp.headers, from_backend.data(), b"cache-control");
+                    super::sticky::add_h1(response_head, s, backend.sticky, l.tls.is_some(), cc);
+                }
+            }
             let resp_framing = resp.framing;
             let backend_keeps = resp.minor == 1 && !resp.conn.close;
             from_backend.consume(resp.head_len);

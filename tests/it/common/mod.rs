@@ -502,3 +502,16 @@ pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
     out.truncate(n);
     out
 }
+
+/// Replace a file as config management does (write, then rename), so a
+/// watcher (the discovery thread) never reads half of it.
+pub fn put(file: &Path, text: impl AsRef<[u8]>) {
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
+/// A backend list file's text: one address per line.
+pub fn list(addrs: &[SocketAddr]) -> String {
+    addrs.iter().map(|a| format!("{a}\n")).collect()
+}

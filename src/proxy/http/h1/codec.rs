@@ -120,6 +120,18 @@ pub fn spoofs_ours(name: &[u8]) -> bool {
     )
 }
 
+/// Every value of field `name` (case-insensitive) among a head's `fields`.
+pub fn values<'b>(
+    fields: &'b [(Span, Span)],
+    buf: &'b [u8],
+    name: &'b [u8],
+) -> impl Iterator<Item = &'b [u8]> + 'b {
+    fields
+        .iter()
+        .filter(move |(n, _)| n.get(buf).eq_ignore_ascii_case(name))
+        .map(move |(_, v)| v.get(buf))
+}
+
 /// A parsed request head.
 #[derive(Debug, Default)]
 pub struct Request {

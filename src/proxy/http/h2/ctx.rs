@@ -23,7 +23,7 @@ use super::{
     headers::Facts,
 };
 use crate::{
-    backends::{BackendId, NoPick},
+    backends::{Backend, BackendId, NoPick},
     io::tls::TlsInfo,
     upstream::{Picked, Replica},
 };
@@ -103,6 +103,8 @@ pub(super) struct Req<'a> {
     pub target: String,
     pub authority: &'a str,
     pub key: u64,
+    /// The backend the request's sticky cookie names (its token).
+    pub sticky: Option<u64>,
     pub facts: Facts<'a>,
     pub max_body: u64,
     pub content_length: Option<u64>,
@@ -115,17 +117,17 @@ pub(super) struct Req<'a> {
 /// No backend (or none left untried), queue full or timed out.
 pub(super) async fn pick(
     cx: &ConnCtx<'_>,
-    up: &Replica,
-    key: u64,
+    req: &Req<'_>,
     tried: &[BackendId],
     queue: &mut Queued<'_>,
 ) -> Result<Picked, ProxyError> {
+    let up = req.up;
     let tries = cx.l.cfg.connect_tries as usize;
     loop {
         if up.tried_in_set(tried) >= tries.min(up.len()) {
             return Err(Kind::BackendsFailed.into());
         }
-        match up.pick(key, tried) {
+        match up.pick_sticky(req.sticky, req.key, tried) {
             Ok(p) => {
                 queue.leave();
                 return Ok(p);
@@ -141,6 +143,16 @@ pub(super) async fn pick(
                 }
                 .into())
             }
+        }
+    }
+}
+
+/// The sticky cookie for a response from `backend`, when the upstream is
+/// sticky and the request's cookie named another backend (or none).
+pub(super) fn sticky_cookie(req: &Req<'_>, backend: &Backend, h: &mut http::HeaderMap) {
+    if let Some(s) = &req.up.cfg.sticky {
+        if req.sticky != Some(backend.sticky) {
+            super::super::sticky::add_h2(h, s, backend.sticky, req.facts.https);
         }
     }
 }

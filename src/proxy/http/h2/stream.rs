@@ -23,7 +23,7 @@ use super::{
     super::{
         errors::{Kind, ProxyError},
         h1::{codec, fields, path, respond},
-        own, phases,
+        own, phases, sticky,
     },
     ctx::{ConnCtx, Reply, Req, Trace},
     grpc,
@@ -239,10 +239,19 @@ async fn run(
     } else {
         0
     };
+    let sticky = up.cfg.sticky.as_ref().and_then(|s| {
+        let cookies = parts
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(|v| v.as_bytes());
+        sticky::token(cookies, &s.cookie)
+    });
     let req = Req {
         parts,
         route,
         up,
+        sticky,
         target,
         authority,
         key,

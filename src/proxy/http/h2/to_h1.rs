@@ -28,7 +28,7 @@ use super::{
         },
     },
     body::{from_src, send_all, PumpError},
-    ctx::{pick, ConnCtx, Reply, Req, Trace},
+    ctx::{pick, sticky_cookie, ConnCtx, Reply, Req, Trace},
     headers,
 };
 use crate::{
@@ -265,7 +265,7 @@ pub(super) async fn forward(
         if attempts > l.cfg.connect_tries as usize + 2 {
             return Err(Kind::BackendsFailed.into());
         }
-        let picked = pick(cx, up, req.key, &tried, &mut queue).await?;
+        let picked = pick(cx, req, &tried, &mut queue).await?;
         let backend = Arc::clone(picked.backend());
         let addr = backend.addr;
         let Some((stream, reused)) = backend_stream(
@@ -376,12 +376,13 @@ pub(super) async fn forward(
             if status == 101 {
                 return Err(ProxyError::from(Kind::UnexpectedSwitch).at(addr));
             }
-            let fields = headers::from_h1(
+            let mut fields = headers::from_h1(
                 from_backend.data(),
                 &resp,
                 is_head,
                 &req.route.cfg.response_headers,
             );
+            sticky_cookie(req, &backend, &mut fields);
             let framing = resp.framing;
             let backend_keeps = resp.minor == 1 && !resp.conn.close;
             from_backend.consume(resp.head_len);

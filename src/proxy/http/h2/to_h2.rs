@@ -22,7 +22,7 @@ use super::{
         forward::{connect_failed, judge, Queued},
     },
     body::{pump, PumpError, Slot},
-    ctx::{pick, ConnCtx, Reply, Req, Trace},
+    ctx::{pick, sticky_cookie, ConnCtx, Reply, Req, Trace},
     grpc, headers,
 };
 use crate::{
@@ -101,7 +101,7 @@ pub(super) async fn forward(
         if attempts > l.cfg.connect_tries as usize + 2 {
             return Err(Kind::BackendsFailed.into());
         }
-        let picked = pick(cx, up, req.key, &tried, &mut queue).await?;
+        let picked = pick(cx, req, &tried, &mut queue).await?;
         let backend = Arc::clone(picked.backend());
         let addr = backend.addr;
         let (mut send, lease) = match up.h2_take(&picked) {
@@ -261,6 +261,7 @@ pub(super) async fn forward(
             judge(l, up, &backend, Ok(()), status, sent_at, false)?;
         }
         headers::from_h2(&mut rparts.headers, &req.route.cfg.response_headers);
+        sticky_cookie(req, &backend, &mut rparts.headers);
         let end = rbody.is_end_stream();
         reply
             .head(http::Response::from_parts(rparts, ()), end)
