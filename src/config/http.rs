@@ -77,6 +77,9 @@ pub struct RouteConfig {
     pub access: Option<std::sync::Arc<super::acl::Acl>>,
     /// `return` / `redirect`: the route answers itself, no upstream.
     pub answer: Option<std::sync::Arc<super::reply::Answer>>,
+    /// What the route retries (`None`: connect failures, up to the
+    /// listener's `connect_tries`).
+    pub retry: Option<super::retry::RetryConfig>,
 }
 
 /// A route's token bucket.
@@ -126,6 +129,7 @@ pub(super) struct RawRoute {
     #[serde(rename = "return")]
     pub ret: Option<super::reply::RawReturn>,
     pub redirect: Option<super::reply::RawRedirect>,
+    pub retry: Option<super::retry::RawRetry>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -255,6 +259,7 @@ pub(super) fn build(
             rate_limit: None,
             access: None,
             answer: None,
+            retry: None,
         });
     }
     let mut seen = HashSet::new();
@@ -393,6 +398,7 @@ fn route(
             .map_err(|(list, m)| ConfigError::new(kf(list), m))?
             .map(std::sync::Arc::new),
         answer: answer.map(std::sync::Arc::new),
+        retry: super::retry::build(key, r.retry)?,
     })
 }
 

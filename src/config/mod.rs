@@ -19,6 +19,7 @@ mod http;
 mod listener;
 mod observe;
 mod reply;
+mod retry;
 mod runtime;
 mod server;
 mod sticky;
@@ -49,6 +50,7 @@ pub use listener::{
 };
 pub use observe::{AccessLogConfig, LogFormat};
 pub use reply::{Answer, Template, Var, Vars};
+pub use retry::RetryConfig;
 pub use runtime::{IoUringMode, RuntimeConfig};
 pub use server::parse_list;
 pub use sticky::StickyConfig;

@@ -93,6 +93,10 @@ pub struct RouteMetrics {
     pub rate_limited: Counter,
     /// Requests refused by the route's or the listener's allow/deny.
     pub denied: Counter,
+    /// Tries the route's retry policy sent to another backend.
+    pub retries: Counter,
+    /// Retries the route's budget refused (the failure went to the client).
+    pub retries_refused: Counter,
 }
 
 impl RouteMetrics {

@@ -145,7 +145,7 @@ impl Registry {
             }
         }
         type RouteField = fn(&RouteMetrics) -> u64;
-        let per_route: [(&str, &str, RouteField); 2] = [
+        let per_route: [(&str, &str, RouteField); 4] = [
             (
                 "ringlb_rate_limited_total",
                 "HTTP requests refused by a rate limit.",
@@ -155,6 +155,16 @@ impl Registry {
                 "ringlb_http_denied_total",
                 "HTTP requests refused (403) by the listener's or the route's allow/deny.",
                 |r| r.denied.get(),
+            ),
+            (
+                "ringlb_http_retries_total",
+                "Tries a route's retry policy sent to another backend.",
+                |r| r.retries.get(),
+            ),
+            (
+                "ringlb_http_retries_refused_total",
+                "Retries a route's retry budget refused.",
+                |r| r.retries_refused.get(),
             ),
         ];
         for (name, help, field) in per_route {

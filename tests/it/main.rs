@@ -21,6 +21,7 @@ mod ops_systemd;
 mod redis;
 mod reload;
 mod resilience;
+mod retry;
 mod sticky;
 mod tcp;
 mod tls;

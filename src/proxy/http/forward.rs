@@ -18,6 +18,7 @@ use super::{
         client::{read_response_head, Interim},
     },
     phases::Plan,
+    retry::Failure,
     HttpProxy,
 };
 use crate::{
@@ -113,7 +114,9 @@ pub(super) async fn forward<'r>(
     let lm = &l.metrics.listeners[l.li];
     let response_ops = &l.routes[c.route_idx].cfg.response_headers;
     let write_timeout = c.write_timeout();
-    let tries = l.cfg.connect_tries as usize;
+    let ri = c.route_idx;
+    let tries = l.tries(ri);
+    l.retry_deposit(ri);
     let mut tried: Vec<BackendId> = Vec::new();
     let mut allow_pooled = true;
     let mut continue_sent = false;
@@ -152,6 +155,10 @@ pub(super) async fn forward<'r>(
             backend_stream(l, up, &picked, allow_pooled, plan.replayable, c.peer, &c.id).await
         else {
             tried.push(backend.id);
+            // The loop's first check says whether a try is left.
+            if !l.may_retry(ri, Failure::Connect, plan.replayable, || true) {
+                return Err(ProxyError::from(Kind::BackendsFailed).at(addr));
+            }
             continue;
         };
         let inflight = up.open(picked);
@@ -213,7 +220,10 @@ pub(super) async fn forward<'r>(
         )
         .await;
         let status = c.resp.status;
-        match judge(
+        // Another try is left for a retry the route's policy allows (this
+        // backend counts as tried).
+        let room = || up.tried_in_set(&tried) + 1 < tries.min(up.len());
+        let failure = match judge(
             l,
             up,
             &backend,
@@ -222,7 +232,7 @@ pub(super) async fn forward<'r>(
             sent_at,
             reused && plan.replayable,
         ) {
-            Ok(()) => return Ok((stream, inflight)),
+            Ok(()) => Failure::Status(status),
             Err(err) => {
                 if let Kind::NoResponse(e) = &err.kind {
                     if err.retryable && c.from_backend.is_empty() {
@@ -232,9 +242,24 @@ pub(super) async fn forward<'r>(
                         continue;
                     }
                 }
-                return Err(err);
+                match Failure::of(&err.kind, c.from_backend.is_empty()) {
+                    Some(f) if l.may_retry(ri, f, plan.replayable, room) => f,
+                    _ => return Err(err),
+                }
             }
+        };
+        if let Failure::Status(s) = failure {
+            if !l.may_retry(ri, failure, plan.replayable, room) {
+                return Ok((stream, inflight));
+            }
+            tracing::debug!(listener = %l.cfg.name, request_id = %c.id, backend = %addr, "{s} response; retrying on another backend");
+        } else {
+            tracing::debug!(listener = %l.cfg.name, request_id = %c.id, backend = %addr, "{failure:?} before a response; retrying on another backend");
         }
+        // This backend's connection and what it sent are dropped.
+        lm.retries.inc();
+        tried.push(backend.id);
+        c.from_backend.clear();
     }
 }
 

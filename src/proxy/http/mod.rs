@@ -33,6 +33,7 @@ mod log;
 mod own;
 mod phases;
 mod response;
+mod retry;
 pub mod router;
 mod sticky;
 
@@ -67,6 +68,8 @@ pub struct HttpProxy {
     ids: RefCell<WyRand>,
     /// Per route: the process-wide token buckets.
     rate_limits: Vec<Option<Arc<RateLimiter>>>,
+    /// Per route: this worker's retry budget.
+    budgets: Vec<retry::Budget>,
     metrics: Arc<WorkerMetrics>,
     /// This listener's index in the config (and in the metrics).
     li: usize,
@@ -121,6 +124,11 @@ impl HttpProxy {
             };
             routes.push(Route { cfg: r.clone(), up });
         }
+        let budgets = http
+            .routes
+            .iter()
+            .map(|r| retry::Budget::new(r.retry.as_ref().map_or(0.0, |r| r.budget)))
+            .collect();
         Ok(HttpProxy {
             cfg: cfg.clone(),
             limits: Limits {
@@ -135,6 +143,7 @@ impl HttpProxy {
             pools: p.pools,
             ids: RefCell::new(WyRand::new(crate::balancer::rng::seed_for_worker(p.worker))),
             rate_limits: p.rate_limits,
+            budgets,
             metrics: p.metrics,
             li: p.li,
             access: p.access,

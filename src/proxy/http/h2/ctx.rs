@@ -98,6 +98,8 @@ pub(super) struct Trace {
 pub(super) struct Req<'a> {
     pub parts: &'a Parts,
     pub route: &'a Route,
+    /// The route's index.
+    pub ri: usize,
     pub up: &'a Replica,
     /// Path and query for the backend (after strip_prefix).
     pub target: String,
@@ -122,7 +124,7 @@ pub(super) async fn pick(
     queue: &mut Queued<'_>,
 ) -> Result<Picked, ProxyError> {
     let up = req.up;
-    let tries = cx.l.cfg.connect_tries as usize;
+    let tries = cx.l.tries(req.ri);
     loop {
         if up.tried_in_set(tried) >= tries.min(up.len()) {
             return Err(Kind::BackendsFailed.into());

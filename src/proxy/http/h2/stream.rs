@@ -250,6 +250,7 @@ async fn run(
     let req = Req {
         parts,
         route,
+        ri,
         up,
         sticky,
         target,

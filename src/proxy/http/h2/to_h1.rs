@@ -26,6 +26,7 @@ use super::{
             client::{read_response_head, Interim, MAX_RESPONSE_HEAD},
             codec::{Framing, Response},
         },
+        retry::Failure,
     },
     body::{from_src, send_all, PumpError},
     ctx::{pick, sticky_cookie, ConnCtx, Reply, Req, Trace},
@@ -260,9 +261,11 @@ pub(super) async fn forward(
     } else {
         Some(head(req, req.authority, chunked, has_body).map_err(ProxyError::from)?)
     };
+    let tries = l.tries(req.ri);
+    l.retry_deposit(req.ri);
     loop {
         attempts += 1;
-        if attempts > l.cfg.connect_tries as usize + 2 {
+        if attempts > tries + 2 {
             return Err(Kind::BackendsFailed.into());
         }
         let picked = pick(cx, req, &tried, &mut queue).await?;
@@ -280,6 +283,10 @@ pub(super) async fn forward(
         .await
         else {
             tried.push(backend.id);
+            // pick() says whether a try is left.
+            if !l.may_retry(req.ri, Failure::Connect, replayable, || true) {
+                return Err(ProxyError::from(Kind::BackendsFailed).at(addr));
+            }
             continue;
         };
         let inflight = up.open(picked);
@@ -363,15 +370,30 @@ pub(super) async fn forward(
                 }
             };
             let status = resp.status;
-            if let Err(err) = judge(l, up, &backend, read, status, sent_at, reused && replayable) {
-                if let Kind::NoResponse(_) = &err.kind {
-                    if err.retryable && from_backend.is_empty() {
-                        l.metrics.listeners[l.li].retries.inc();
-                        allow_pooled = false;
-                        continue;
+            let room = || up.tried_in_set(&tried) + 1 < tries.min(up.len());
+            let failure = match judge(l, up, &backend, read, status, sent_at, reused && replayable)
+            {
+                Ok(()) => Failure::Status(status),
+                Err(err) => {
+                    if let Kind::NoResponse(_) = &err.kind {
+                        if err.retryable && from_backend.is_empty() {
+                            l.metrics.listeners[l.li].retries.inc();
+                            allow_pooled = false;
+                            continue;
+                        }
+                    }
+                    match Failure::of(&err.kind, from_backend.is_empty()) {
+                        Some(f) if l.may_retry(req.ri, f, replayable, room) => f,
+                        _ => return Err(err),
                     }
                 }
-                return Err(err);
+            };
+            if failure != Failure::Status(status) || l.may_retry(req.ri, failure, replayable, room)
+            {
+                tracing::debug!(listener = %l.cfg.name, request_id = %req.facts.request_id, backend = %addr, "{failure:?}; retrying on another backend");
+                l.metrics.listeners[l.li].retries.inc();
+                tried.push(backend.id);
+                continue;
             }
             if status == 101 {
                 return Err(ProxyError::from(Kind::UnexpectedSwitch).at(addr));
