@@ -40,9 +40,10 @@ enum Cmd {
         #[arg(long)]
         pid: Option<u32>,
     },
-    /// Start a TCP listener plus two built-in echo backends on loopback.
+    /// Try ringlb with nothing else installed: built-in backends on loopback behind a tcp, an http
+    /// and an https listener and the admin endpoint; prints commands to paste.
     Demo {
-        /// Address of the demo listener.
+        /// The tcp listener; http, https and admin take the ports +80, +443 and +90 (port 0: free ports).
         #[arg(long, default_value = "127.0.0.1:7000")]
         listen: std::net::SocketAddr,
     },
