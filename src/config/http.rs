@@ -80,6 +80,8 @@ pub struct RouteConfig {
     /// What the route retries (`None`: connect failures, up to the
     /// listener's `connect_tries`).
     pub retry: Option<super::retry::RetryConfig>,
+    /// Response compression (`None`: responses go as they are).
+    pub compress: Option<super::compress::CompressConfig>,
 }
 
 /// A route's token bucket.
@@ -130,6 +132,7 @@ pub(super) struct RawRoute {
     pub ret: Option<super::reply::RawReturn>,
     pub redirect: Option<super::reply::RawRedirect>,
     pub retry: Option<super::retry::RawRetry>,
+    pub compress: Option<super::compress::RawCompress>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -260,6 +263,7 @@ pub(super) fn build(
             access: None,
             answer: None,
             retry: None,
+            compress: None,
         });
     }
     let mut seen = HashSet::new();
@@ -399,6 +403,7 @@ fn route(
             .map(std::sync::Arc::new),
         answer: answer.map(std::sync::Arc::new),
         retry: super::retry::build(key, r.retry)?,
+        compress: super::compress::build(key, r.compress)?,
     })
 }
 

@@ -13,6 +13,7 @@
 //! ties the tables together and checks what spans them.
 
 pub mod acl;
+mod compress;
 mod discovery;
 mod h2;
 mod http;
@@ -38,6 +39,7 @@ use std::{
 
 use serde::Deserialize;
 
+pub use compress::{Coding, CompressConfig};
 pub use discovery::{
     fetch as fetch_discovered, fetch_with_ttl, zk_connect, zk_list, DiscoveryConfig,
     RegisterConfig, Seed, Source,

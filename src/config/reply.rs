@@ -152,7 +152,7 @@ impl Template {
 
 /// `return = 204` or `return = { status = 200, body = "ok\n", content_type = "text/plain" }`.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, deny_unknown_fields)]
 pub(super) enum RawReturn {
     Status(i64),
     Full {
@@ -164,7 +164,7 @@ pub(super) enum RawReturn {
 
 /// `redirect = "https://$host$request_uri"` or `redirect = { to = "...", status = 308 }`.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, deny_unknown_fields)]
 pub(super) enum RawRedirect {
     To(String),
     Full { to: String, status: Option<i64> },
@@ -252,7 +252,7 @@ pub(super) fn answer(
 
 /// `hsts = true` (a year) or `hsts = { max_age = "180d", include_subdomains = true, preload = true }`.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, deny_unknown_fields)]
 pub(super) enum RawHsts {
     On(bool),
     Full {

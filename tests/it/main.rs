@@ -3,6 +3,7 @@
 //! loopback with ephemeral ports against real backends.
 
 mod common;
+mod compress;
 mod demo;
 mod discovery;
 

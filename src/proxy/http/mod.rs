@@ -23,6 +23,7 @@
 //! that holds no buffer) and every read and write has a deadline, so a
 //! timeout only ever drops a readiness wait, never bytes.
 
+mod compress;
 mod conn;
 pub mod errors;
 mod exchange;

@@ -30,6 +30,8 @@ pub(super) struct Plan {
     pub key: u64,
     /// The backend the request's sticky cookie names (its token).
     pub sticky: Option<u64>,
+    /// The route compresses and the client accepts this coding.
+    pub wanted: Option<crate::config::Coding>,
     /// Where the head ends in `request_head` (a small body may follow).
     pub head_end: usize,
     /// An HTTP/1.0 request without Host: the backend's address goes in.
@@ -295,9 +297,13 @@ pub(super) fn rewrite(c: &mut Conn<'_>, route: &Route, up: &Replica) -> Result<P
     let sticky = up.cfg.sticky.as_ref().and_then(|s| {
         super::sticky::token(codec::values(&req.headers, data, b"cookie"), &s.cookie)
     });
+    let wanted = route.cfg.compress.as_ref().and_then(|z| {
+        super::compress::wanted(z, codec::values(&req.headers, data, b"accept-encoding"))
+    });
     let mut plan = Plan {
         key,
         sticky,
+        wanted,
         head_end: c.request_head.len(),
         needs_host: req.host.is_none(),
         framing: req.framing,

@@ -12,6 +12,7 @@ use futures_util::future::{select, Either};
 use std::{io, pin::pin, time::Instant};
 
 use super::{
+    compress,
     conn::{Conn, Next},
     errors::{Kind, ProxyError},
     forward::judge,
@@ -232,6 +233,18 @@ pub(super) async fn respond(
                 // Asked now, as the head goes out: a drain may have
                 // begun while the backend was answering.
                 || drain.is_stopping();
+            let choice = match &route.cfg.compress {
+                Some(z) => compress::choose(
+                    z,
+                    plan.wanted,
+                    plan.client_minor == 1,
+                    resp,
+                    from_backend.data(),
+                    plan.is_head,
+                ),
+                None => compress::Choice::default(),
+            };
+            let encoder = choice.coding.map(compress::Encoder::new);
             rewrite::response_head(
                 response_head,
                 from_backend.data(),
@@ -242,6 +255,8 @@ pub(super) async fn respond(
                     dechunk,
                     switching: false,
                     ops: &route.cfg.response_headers,
+                    encoding: encoder.as_ref().map(|e| e.coding().token()),
+                    vary: choice.vary,
                 },
             );
             if let Some(s) = &up.cfg.sticky {
@@ -255,18 +270,38 @@ pub(super) async fn respond(
             from_backend.consume(resp.head_len);
             let resp_pace = l.body_pace();
             let moved = {
-                let relay = pin!(forward_body(
-                    &upstream,
-                    from_backend,
-                    client,
-                    resp_framing,
-                    dechunk,
-                    u64::MAX,
-                    l.http.body_timeout,
-                    response_head,
-                    &l.pools,
-                    &resp_pace,
-                ));
+                let relay = pin!(async {
+                    match encoder {
+                        Some(enc) => {
+                            compress::forward(
+                                &upstream,
+                                from_backend,
+                                client,
+                                resp_framing,
+                                enc,
+                                l.http.body_timeout,
+                                response_head,
+                                &resp_pace,
+                            )
+                            .await
+                        }
+                        None => {
+                            forward_body(
+                                &upstream,
+                                from_backend,
+                                client,
+                                resp_framing,
+                                dechunk,
+                                u64::MAX,
+                                l.http.body_timeout,
+                                response_head,
+                                &l.pools,
+                                &resp_pace,
+                            )
+                            .await
+                        }
+                    }
+                });
                 if duplex {
                     match select(pump.as_mut(), relay).await {
                         Either::Left((Ok(n), relay)) => {

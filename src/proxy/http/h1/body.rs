@@ -56,7 +56,7 @@ impl Pace {
     }
 
     /// `moved` body bytes so far: still fast enough?
-    fn check(&self, moved: u64) -> Result<(), BodyError> {
+    pub fn check(&self, moved: u64) -> Result<(), BodyError> {
         if self.min_rate == 0 {
             return Ok(());
         }

@@ -125,7 +125,7 @@ pub fn values<'b>(
     fields: &'b [(Span, Span)],
     buf: &'b [u8],
     name: &'b [u8],
-) -> impl Iterator<Item = &'b [u8]> + 'b {
+) -> impl Iterator<Item = &'b [u8]> + Clone + 'b {
     fields
         .iter()
         .filter(move |(n, _)| n.get(buf).eq_ignore_ascii_case(name))

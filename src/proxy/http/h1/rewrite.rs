@@ -208,6 +208,11 @@ pub struct ResponseCtx<'a> {
     /// upgrade` are for this hop too, and go on.
     pub switching: bool,
     pub ops: &'a HeaderOps,
+    /// The body goes out compressed with this coding (chunked; a strong
+    /// ETag becomes weak, as the bytes differ).
+    pub encoding: Option<&'static str>,
+    /// Add `Vary: Accept-Encoding` (the response depends on it).
+    pub vary: bool,
 }
 
 impl<'a> ResponseCtx<'a> {
@@ -220,6 +225,8 @@ impl<'a> ResponseCtx<'a> {
             dechunk: false,
             switching,
             ops,
+            encoding: None,
+            vary: false,
         }
     }
 }
@@ -250,10 +257,25 @@ pub fn response_head(out: &mut Vec<u8>, buf: &[u8], resp: &Response, cx: &Respon
         if (!cx.ops.remove.is_empty() || !cx.ops.set.is_empty()) && overridden(cx.ops, name) {
             continue;
         }
-        field(out, name, v.get(buf));
+        let value = v.get(buf);
+        if cx.encoding.is_some() && name.eq_ignore_ascii_case(b"etag") && !value.starts_with(b"W/")
+        {
+            out.extend_from_slice(b"ETag: W/");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+            continue;
+        }
+        field(out, name, value);
     }
     let chunked_out = resp.framing == Framing::Chunked && !cx.dechunk;
-    if chunked_out || (resp.framing == Framing::UntilClose && !resp.te.is_empty()) {
+    if cx.vary {
+        out.extend_from_slice(b"Vary: Accept-Encoding\r\n");
+    }
+    if let Some(coding) = cx.encoding {
+        out.extend_from_slice(b"Content-Encoding: ");
+        out.extend_from_slice(coding.as_bytes());
+        out.extend_from_slice(b"\r\nTransfer-Encoding: chunked\r\n");
+    } else if chunked_out || (resp.framing == Framing::UntilClose && !resp.te.is_empty()) {
         te_field(out, buf, &resp.te);
     } else if let Some(n) = resp.content_length {
         if resp.te.is_empty() {
