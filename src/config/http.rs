@@ -82,6 +82,8 @@ pub struct RouteConfig {
     pub retry: Option<super::retry::RetryConfig>,
     /// Response compression (`None`: responses go as they are).
     pub compress: Option<super::compress::CompressConfig>,
+    /// Copies of a share of the requests to a shadow upstream.
+    pub mirror: Option<super::mirror::MirrorConfig>,
 }
 
 /// A route's token bucket.
@@ -133,6 +135,7 @@ pub(super) struct RawRoute {
     pub redirect: Option<super::reply::RawRedirect>,
     pub retry: Option<super::retry::RawRetry>,
     pub compress: Option<super::compress::RawCompress>,
+    pub mirror: Option<super::mirror::RawMirror>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,6 +267,7 @@ pub(super) fn build(
             answer: None,
             retry: None,
             compress: None,
+            mirror: None,
         });
     }
     let mut seen = HashSet::new();
@@ -404,6 +408,7 @@ fn route(
         answer: answer.map(std::sync::Arc::new),
         retry: super::retry::build(key, r.retry)?,
         compress: super::compress::build(key, r.compress)?,
+        mirror: super::mirror::build(key, r.mirror, upstream, index)?,
     })
 }
 

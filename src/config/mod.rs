@@ -18,6 +18,7 @@ mod discovery;
 mod h2;
 mod http;
 mod listener;
+mod mirror;
 mod observe;
 mod reply;
 mod retry;
@@ -50,6 +51,7 @@ pub use listener::{
     FlowKey, ListenerConfig, Mode, ProxyAccept, ProxySend, SniRoute, SniTarget, Transfer,
     UdpConfig, DEFAULT_MAX_CONNECTIONS,
 };
+pub use mirror::MirrorConfig;
 pub use observe::{AccessLogConfig, LogFormat};
 pub use reply::{Answer, Template, Var, Vars};
 pub use retry::RetryConfig;

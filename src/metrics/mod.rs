@@ -97,6 +97,13 @@ pub struct RouteMetrics {
     pub retries: Counter,
     /// Retries the route's budget refused (the failure went to the client).
     pub retries_refused: Counter,
+    /// Copies sent to the route's mirror that got a response.
+    pub mirrored: Counter,
+    /// Copies that failed (no shadow backend, connect, timeout, bad answer).
+    pub mirror_failed: Counter,
+    /// Requests due a copy that were not copied (body not held whole, or
+    /// too many copies on their way).
+    pub mirror_skipped: Counter,
 }
 
 impl RouteMetrics {

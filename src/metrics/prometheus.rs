@@ -145,7 +145,7 @@ impl Registry {
             }
         }
         type RouteField = fn(&RouteMetrics) -> u64;
-        let per_route: [(&str, &str, RouteField); 4] = [
+        let per_route: [(&str, &str, RouteField); 7] = [
             (
                 "ringlb_rate_limited_total",
                 "HTTP requests refused by a rate limit.",
@@ -165,6 +165,21 @@ impl Registry {
                 "ringlb_http_retries_refused_total",
                 "Retries a route's retry budget refused.",
                 |r| r.retries_refused.get(),
+            ),
+            (
+                "ringlb_http_mirrored_total",
+                "Request copies the route's mirror sent and saw answered.",
+                |r| r.mirrored.get(),
+            ),
+            (
+                "ringlb_http_mirror_failed_total",
+                "Request copies to the route's mirror that failed or timed out.",
+                |r| r.mirror_failed.get(),
+            ),
+            (
+                "ringlb_http_mirror_skipped_total",
+                "Requests due a copy that were not copied (body not held whole, or 64 copies on their way).",
+                |r| r.mirror_skipped.get(),
             ),
         ];
         for (name, help, field) in per_route {

@@ -61,7 +61,13 @@ fn fixed_fds(cfg: &Config, workers: usize, members: &[usize]) -> u64 {
         .listeners
         .iter()
         .filter_map(|l| l.http.as_ref())
-        .flat_map(|h| h.routes.iter().filter_map(|r| r.upstream))
+        .flat_map(|h| {
+            h.routes.iter().flat_map(|r| {
+                r.upstream
+                    .into_iter()
+                    .chain(r.mirror.as_ref().map(|m| m.upstream))
+            })
+        })
         .collect();
     pooled_ups.sort_unstable();
     pooled_ups.dedup();

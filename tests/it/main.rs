@@ -15,6 +15,7 @@ mod fuzz_smoke;
 mod h2;
 mod http;
 mod lifecycle;
+mod mirror;
 mod ops_access_log;
 mod ops_admin;
 mod ops_log;

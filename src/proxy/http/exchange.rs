@@ -255,6 +255,7 @@ impl Conn<'_> {
             (None, None) => return Err(Kind::NoRoute.into()),
         };
         let mut plan = phases::rewrite(self, route, up)?;
+        super::mirror::maybe(l, route_idx, &plan, &self.request_head);
         let (upstream, inflight) = forward::forward(self, up, &mut plan).await?;
         super::response::respond(self, route_idx, up, upstream, inflight, &mut plan, started).await
     }

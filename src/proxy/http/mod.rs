@@ -31,6 +31,7 @@ mod forward;
 pub mod h1;
 mod h2;
 mod log;
+mod mirror;
 mod own;
 mod phases;
 mod response;
@@ -56,6 +57,8 @@ struct Route {
     cfg: RouteConfig,
     /// `None`: the route answers itself (`cfg.answer`).
     up: Option<Rc<Replica>>,
+    /// Copies of a share of the requests to a shadow upstream.
+    mirror: Option<mirror::Mirror>,
 }
 
 /// One http listener as one worker sees it.
@@ -123,7 +126,22 @@ impl HttpProxy {
                     })?))
                 }
             };
-            routes.push(Route { cfg: r.clone(), up });
+            let mirror = match &r.mirror {
+                None => None,
+                Some(m) => Some(mirror::Mirror::new(
+                    Rc::clone(
+                        p.upstreams
+                            .get(m.upstream)
+                            .ok_or_else(|| "route mirrors to an unknown upstream".to_string())?,
+                    ),
+                    m.share,
+                )),
+            };
+            routes.push(Route {
+                cfg: r.clone(),
+                up,
+                mirror,
+            });
         }
         let budgets = http
             .routes
