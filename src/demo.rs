@@ -62,13 +62,47 @@ fn certificate() -> Result<(PathBuf, PathBuf), Error> {
     let cert =
         rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
             .map_err(|e| fail("cannot make a certificate", &e))?;
-    let dir = std::env::temp_dir().join(format!("ringlb-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| fail("cannot make a temp dir", &e))?;
+    let dir = private_dir().map_err(|e| fail("cannot make a temp dir", &e))?;
     let (c, k) = (dir.join("demo.pem"), dir.join("demo.key"));
-    std::fs::write(&c, cert.cert.pem()).map_err(|e| fail("cannot write the certificate", &e))?;
-    std::fs::write(&k, cert.key_pair.serialize_pem())
+    new_file(&c, 0o644, cert.cert.pem().as_bytes())
+        .map_err(|e| fail("cannot write the certificate", &e))?;
+    new_file(&k, 0o600, cert.key_pair.serialize_pem().as_bytes())
         .map_err(|e| fail("cannot write the key", &e))?;
     Ok((c, k))
+}
+
+/// A new directory only this user can enter, under the temp dir: never
+/// one that exists already (another user could have made it to read the
+/// key or swap the files).
+fn private_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut last = None;
+    for attempt in 0..8u32 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "ringlb-demo-{}-{nanos:08x}{attempt}",
+            std::process::id()
+        ));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::ErrorKind::AlreadyExists.into()))
+}
+
+/// Write a file that must not exist yet, with `mode`.
+fn new_file(path: &std::path::Path, mode: u32, data: &[u8]) -> std::io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?
+        .write_all(data)
 }
 
 /// The demo's configuration over the built-in backends.

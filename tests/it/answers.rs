@@ -26,6 +26,7 @@ fn answering() -> (HttpBackend, Ringlb) {
         Cfg::http_proxy(&[b.addr])
             .route("path_prefix = \"/healthz\"\nreturn = { status = 200, body = \"ok\\n\" }")
             .route("path_prefix = \"/gone/\"\nreturn = 410")
+            .route("path_prefix = \"/reset\"\nreturn = 205")
             .route("path_prefix = \"/empty\"\nreturn = 204\nresponse_headers = { set = { \"Cache-Control\" = \"no-store\" } }")
             .route("path_prefix = \"/old/\"\nredirect = { to = \"https://$host/new$uri$is_args$args\", status = 308 }")
             .route("path_prefix = \"/moved\"\nredirect = \"$scheme://$host:$server_port/x$request_uri\""),
@@ -118,6 +119,13 @@ fn an_answer_keeps_the_connection_unless_a_body_is_left_unread() {
     assert!(!r.connection("close"));
     let r = c.response();
     assert_eq!(r.status, 200, "{}", r.text());
+    // A 205 says its body is empty (a client would otherwise read it until
+    // the connection closes), and the connection goes on.
+    c.send(b"GET /reset HTTP/1.1\r\nHost: a\r\n\r\nGET /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
+    let r = c.response();
+    assert_eq!(r.status, 205);
+    assert_eq!(r.header("content-length"), Some("0"), "{:?}", r.head.text());
+    assert_eq!(c.response().text(), "ok\n");
     // HEAD: the length, no body.
     c.send(b"HEAD /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
     let r = c.head_response();
@@ -140,6 +148,15 @@ fn an_answer_keeps_the_connection_unless_a_body_is_left_unread() {
         .unwrap()
         .iter()
         .all(|q| !q.target.contains("smuggled")));
+
+    // An HTTP/1.0 client that asks to keep the connection is told it is kept.
+    let mut c = Client::connect(lb.addr("web"));
+    for _ in 0..2 {
+        c.send(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        let r = c.response();
+        assert_eq!(r.text(), "ok\n");
+        assert!(r.connection("keep-alive"), "{:?}", r.head.text());
+    }
 }
 
 #[test]

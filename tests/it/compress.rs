@@ -58,7 +58,21 @@ fn backend() -> HttpBackend {
             "/z/no-transform" => {
                 Reply::new(r, 200, &[html, ("Cache-Control", "no-transform")], &page)
             }
+            "/z/etag" if r.header("if-none-match").is_some() => {
+                Reply::raw(b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n\r\n".to_vec())
+            }
             "/z/etag" => Reply::new(r, 200, &[html, ("ETag", "\"v1\"")], &page),
+            "/z/identity" => Reply::new(r, 200, &[html, ("Content-Encoding", "identity")], &page),
+            "/z/gzip-te" => {
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                gz.write_all(&page).expect("gzip");
+                let gz = gz.finish().expect("gzip");
+                let mut raw = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_vec();
+                raw.extend(format!("{:x}\r\n", gz.len()).as_bytes());
+                raw.extend(&gz);
+                raw.extend(b"\r\n0\r\n\r\n");
+                Reply::raw(raw)
+            }
             _ => Reply::new(r, 200, &[html], &page),
         }
     })
@@ -169,6 +183,38 @@ fn what_is_not_compressed() {
     c.send(b"HEAD /z/page HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\n\r\n");
     let r = c.head_response();
     assert_eq!(r.header("content-encoding"), None);
+}
+
+#[test]
+fn validators_codings_and_heads_agree_with_the_compressed_body() {
+    let b = backend();
+    let lb = start(&b);
+    // The backend's `Content-Encoding: identity` gives way to the coding.
+    let r = fetch(&lb, "/z/identity", "gzip", 1);
+    assert_eq!(
+        r.head.all("content-encoding"),
+        ["gzip"],
+        "{}",
+        r.head.text()
+    );
+    assert_eq!(decode("gzip", &r.body), page());
+    // A transfer coding besides chunked: passed on as it is, not read as
+    // if it were only chunked (that would compress gzip bytes again).
+    let r = fetch(&lb, "/z/gzip-te", "gzip", 1);
+    assert_eq!(r.header("content-encoding"), None, "{}", r.head.text());
+    assert_eq!(r.header("transfer-encoding"), Some("gzip, chunked"));
+    assert_eq!(decode("gzip", &r.body), page());
+    // HEAD and 304 describe the compressed body: Vary and the weak ETag.
+    let mut c = Client::connect(lb.addr("web"));
+    c.send(b"HEAD /z/etag HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\n\r\n");
+    let r = c.head_response();
+    assert_eq!(r.header("etag"), Some("W/\"v1\""), "{}", r.head.text());
+    assert!(r.head.lists("vary", "accept-encoding"), "{}", r.head.text());
+    c.send(b"GET /z/etag HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\nIf-None-Match: W/\"v1\"\r\n\r\n");
+    let r = c.head_response();
+    assert_eq!(r.status, 304);
+    assert_eq!(r.header("etag"), Some("W/\"v1\""), "{}", r.head.text());
+    assert!(r.head.lists("vary", "accept-encoding"), "{}", r.head.text());
 }
 
 #[test]

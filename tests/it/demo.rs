@@ -81,6 +81,27 @@ fn the_demo_starts_alone_and_every_printed_command_works() {
         }),
         "the demo never served {admin}"
     );
+    // The certificate's directory is new, this user's only, the key 0600.
+    let mine = || {
+        std::fs::read_dir(std::env::temp_dir())
+            .expect("temp dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("ringlb-demo-{pid}-")))
+            })
+            .collect::<Vec<_>>()
+    };
+    let dirs = mine();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let mode = |p: &std::path::Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).expect("stat").permissions())
+            & 0o777
+    };
+    assert_eq!(mode(&dirs[0]), 0o700);
+    assert_eq!(mode(&dirs[0].join("demo.key")), 0o600);
     for (part, wants) in EXPECT {
         let cmd = cmds
             .iter()
@@ -105,6 +126,9 @@ fn the_demo_starts_alone_and_every_printed_command_works() {
         .expect("the demo did not stop on SIGTERM")
         .expect("wait");
     assert!(status.success(), "{status:?}");
-    let dir = std::env::temp_dir().join(format!("ringlb-demo-{pid}"));
-    assert!(!dir.exists(), "the demo left {dir:?} behind");
+    assert_eq!(
+        mine(),
+        Vec::<std::path::PathBuf>::new(),
+        "the demo left these behind"
+    );
 }

@@ -153,3 +153,34 @@ fn bad_retry_tables_are_refused_by_check() {
         assert!(err.contains(what), "{retry}: {err}");
     }
 }
+
+#[test]
+fn an_h2_upstream_follows_the_route_policy_for_connect_failures() {
+    use crate::common::{
+        json::Json,
+        py::{grpc_client, GrpcServer},
+    };
+    let code = |j: &Json| j.get("code").and_then(Json::str).unwrap_or("?").to_string();
+    let mut dead = GrpcServer::start("gone");
+    let gone = dead.addr;
+    dead.kill();
+    let live = GrpcServer::start("live");
+    // Smooth weighted round robin picks the heavy (dead) backend first.
+    let lb = Ringlb::start(
+        Cfg::new(1)
+            .http("web", "")
+            .route("path_prefix = \"/ringlb.test.T/Unary\"\nupstream = \"g\"\nretry = { on = [\"reset\"] }")
+            .route("path_prefix = \"/ringlb.test.T/Echo\"\nupstream = \"g\"")
+            .upstream("g", &[])
+            .upstream_with("protocol = \"h2c\"\nbalance = \"weighted_round_robin\"")
+            .server(gone, "weight = 100")
+            .server(live.addr, "weight = 1"),
+    );
+    let t = lb.addr("web");
+    // A policy without `connect`: the failed connect is the answer.
+    let j = grpc_client(t, "unary", &["x"]);
+    assert_eq!(code(&j), "UNAVAILABLE", "{j:?}");
+    // No policy: connect failures go to another backend, as ever.
+    let j = grpc_client(t, "echo", &["10"]);
+    assert_eq!(code(&j), "OK", "{j:?}");
+}

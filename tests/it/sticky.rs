@@ -93,6 +93,40 @@ fn the_cookie_pins_a_client_to_its_backend_until_the_backend_is_gone() {
 }
 
 #[test]
+fn route_cache_rules_and_stale_cookies_of_the_same_name() {
+    let a = HttpBackend::named("a");
+    let b = HttpBackend::named("b");
+    let lb = Ringlb::start(sticky_cfg(&[a.addr, b.addr]).route(
+        "path_prefix = \"/nc/\"\nupstream = \"app\"\nresponse_headers = { set = { \"Cache-Control\" = \"no-store\" } }",
+    ));
+    let web = lb.addr("web");
+    // The route's own Cache-Control keeps caches away: no second field.
+    let mut c = Client::connect(web);
+    c.send(b"GET /nc/x HTTP/1.1\r\nHost: shop\r\n\r\n");
+    let r = c.response();
+    assert!(r
+        .head
+        .all("set-cookie")
+        .iter()
+        .any(|v| v.starts_with("srv=")));
+    assert_eq!(
+        r.head.all("cache-control"),
+        ["no-store"],
+        "{}",
+        r.head.text()
+    );
+    // A foreign value under the same name (another application's, or a
+    // stale one) does not hide ours.
+    let (first, cookie, _) = ask(web, None);
+    let cookie = cookie.expect("a cookie");
+    for _ in 0..6 {
+        let (who, set, r) = ask(web, Some(&format!("old; srv={cookie}")));
+        assert_eq!(who, first);
+        assert_eq!(set, None, "{}", r.head.text());
+    }
+}
+
+#[test]
 fn two_ringlb_processes_agree_on_the_cookie() {
     let a = HttpBackend::named("a");
     let b = HttpBackend::named("b");

@@ -26,6 +26,9 @@ pub(super) struct Choice {
     /// The response could be compressed for another client: `Vary:
     /// Accept-Encoding` goes on, compressed or not.
     pub vary: bool,
+    /// A strong ETag goes out weak: the body is compressed, or would be
+    /// (a HEAD or 304 for a client that wants a coding).
+    pub weak_etag: bool,
 }
 
 /// Whether the Accept-Encoding values accept `c` (an explicit `q=0`
@@ -53,32 +56,21 @@ fn accepts<'a>(values: impl Iterator<Item = &'a [u8]> + Clone, c: Coding) -> boo
     star.unwrap_or(false)
 }
 
-/// Whether the response is one `cfg` compresses, whatever the client.
-fn eligible(cfg: &CompressConfig, resp: &Response, buf: &[u8], is_head: bool) -> bool {
-    let s = resp.status;
-    if is_head || !(200..300).contains(&s) || s == 204 || s == 206 {
-        return false;
-    }
-    if resp.framing == Framing::None
-        || (resp.framing == Framing::UntilClose && !resp.te.is_empty())
-        || resp.content_length.is_some_and(|n| n < cfg.min_length)
-    {
-        return false;
-    }
-    let has = |name: &'static [u8]| codec::values(&resp.headers, buf, name);
-    if has(b"content-encoding").any(|v| !v.trim_ascii().eq_ignore_ascii_case(b"identity")) {
-        return false;
-    }
-    let no_transform = has(b"cache-control").any(|v| {
-        v.split(|&b| b == b',')
-            .any(|d| d.trim_ascii().eq_ignore_ascii_case(b"no-transform"))
-    });
-    if no_transform {
-        return false;
-    }
-    let Some(ct) = has(b"content-type").next() else {
-        return false;
-    };
+/// How a response stands toward compression, whatever the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fit {
+    /// Never compressed: sent as it is, no `Vary`.
+    No,
+    /// No body to compress, but it describes one that would be (a HEAD,
+    /// or a 304 for it): it gets `Vary` and the weak ETag the compressed
+    /// body would have had, so caches see one representation.
+    Like,
+    /// The body is compressed for a client that wants it.
+    Body,
+}
+
+/// Whether the response's media type is one `cfg` lists.
+fn listed(cfg: &CompressConfig, ct: &[u8]) -> bool {
     let media = ct
         .split(|&b| b == b';')
         .next()
@@ -94,6 +86,55 @@ fn eligible(cfg: &CompressConfig, resp: &Response, buf: &[u8], is_head: bool) ->
     })
 }
 
+/// The response's fit. `weak_inm`: the request's If-None-Match held a
+/// weak tag (a client that may hold a body compressed here, whose ETag
+/// was made weak), which is what a 304 without a Content-Type is judged
+/// by.
+fn fit(cfg: &CompressConfig, resp: &Response, buf: &[u8], is_head: bool, weak_inm: bool) -> Fit {
+    let has = |name: &'static [u8]| codec::values(&resp.headers, buf, name);
+    if has(b"content-encoding").any(|v| !v.trim_ascii().eq_ignore_ascii_case(b"identity")) {
+        return Fit::No;
+    }
+    let no_transform = has(b"cache-control").any(|v| {
+        v.split(|&b| b == b',')
+            .any(|d| d.trim_ascii().eq_ignore_ascii_case(b"no-transform"))
+    });
+    if no_transform {
+        return Fit::No;
+    }
+    let s = resp.status;
+    let typed = has(b"content-type").next().map(|ct| listed(cfg, ct));
+    if s == 304 {
+        return match typed {
+            Some(true) => Fit::Like,
+            None if weak_inm => Fit::Like,
+            _ => Fit::No,
+        };
+    }
+    if !(200..300).contains(&s) || s == 204 || s == 206 || typed != Some(true) {
+        return Fit::No;
+    }
+    if resp.content_length.is_some_and(|n| n < cfg.min_length) {
+        return Fit::No;
+    }
+    if is_head {
+        return Fit::Like;
+    }
+    // The body must be read as framed: a length, or chunked as the only
+    // transfer coding (`gzip, chunked` would need the gzip undone first).
+    let codings: usize = resp
+        .te
+        .iter()
+        .map(|v| v.get(buf).split(|&b| b == b',').count())
+        .sum();
+    match resp.framing {
+        Framing::Length(_) => Fit::Body,
+        Framing::Chunked if codings == 1 => Fit::Body,
+        Framing::UntilClose if codings == 0 => Fit::Body,
+        _ => Fit::No,
+    }
+}
+
 /// The route's coding the request's Accept-Encoding values accept first
 /// (decided with the request, whose fields are gone by the response).
 pub(super) fn wanted<'a>(
@@ -107,7 +148,9 @@ pub(super) fn wanted<'a>(
 }
 
 /// The choice for one response to a request that `wanted` a coding;
-/// `chunked_ok`: the client reads chunked bodies (HTTP/1.1).
+/// `chunked_ok`: the client reads chunked bodies (HTTP/1.1); `weak_inm`:
+/// see [`fit`]. Beyond [`MAX_ENCODERS`] at once on this worker the body
+/// goes out as it is.
 pub(super) fn choose(
     cfg: &CompressConfig,
     wanted: Option<Coding>,
@@ -115,18 +158,73 @@ pub(super) fn choose(
     resp: &Response,
     buf: &[u8],
     is_head: bool,
-) -> Choice {
-    if !eligible(cfg, resp, buf, is_head) {
-        return Choice::default();
+    weak_inm: bool,
+) -> (Choice, Option<Encoder>) {
+    match fit(cfg, resp, buf, is_head, weak_inm) {
+        Fit::No => (Choice::default(), None),
+        Fit::Like => (
+            Choice {
+                coding: None,
+                vary: true,
+                weak_etag: wanted.is_some() && chunked_ok,
+            },
+            None,
+        ),
+        Fit::Body => {
+            let enc = wanted.filter(|_| chunked_ok).and_then(Encoder::new);
+            let coding = enc.as_ref().map(Encoder::coding);
+            (
+                Choice {
+                    coding,
+                    vary: true,
+                    weak_etag: coding.is_some(),
+                },
+                enc,
+            )
+        }
     }
-    Choice {
-        coding: wanted.filter(|_| chunked_ok),
-        vary: true,
+}
+
+/// Responses compressed at once per worker, at most: each holds an
+/// encoder's window and tables (measured: about 0.37 MiB for gzip level 5
+/// and 1.1 MiB for brotli quality 4 with a 256 KiB window, after 300 KB
+/// of input), so this bounds the
+/// memory compression can take whatever the load (brotli's worst case,
+/// about 140 MiB per worker).
+pub(super) const MAX_ENCODERS: usize = 128;
+
+thread_local! {
+    static ENCODERS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// One of the worker's [`MAX_ENCODERS`] places, given back on drop.
+struct Slot(());
+
+impl Slot {
+    fn take() -> Option<Slot> {
+        ENCODERS.with(|n| {
+            let used = n.get();
+            (used < MAX_ENCODERS).then(|| {
+                n.set(used + 1);
+                Slot(())
+            })
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        ENCODERS.with(|n| n.set(n.get().saturating_sub(1)));
     }
 }
 
 /// A streaming compressor writing into its own buffer.
-pub(super) enum Encoder {
+pub(super) struct Encoder {
+    inner: Inner,
+    _slot: Slot,
+}
+
+enum Inner {
     Gzip(flate2::write::GzEncoder<Vec<u8>>),
     Br(Box<brotli::CompressorWriter<Vec<u8>>>),
 }
@@ -139,37 +237,41 @@ const BROTLI_QUALITY: u32 = 4;
 const BROTLI_LGWIN: u32 = 18;
 
 impl Encoder {
-    pub(super) fn new(c: Coding) -> Encoder {
-        match c {
-            Coding::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+    /// An encoder for `c`, or `None` when the worker has [`MAX_ENCODERS`]
+    /// at work.
+    pub(super) fn new(c: Coding) -> Option<Encoder> {
+        let slot = Slot::take()?;
+        let inner = match c {
+            Coding::Gzip => Inner::Gzip(flate2::write::GzEncoder::new(
                 Vec::new(),
                 flate2::Compression::new(GZIP_LEVEL),
             )),
-            Coding::Br => Encoder::Br(Box::new(brotli::CompressorWriter::new(
+            Coding::Br => Inner::Br(Box::new(brotli::CompressorWriter::new(
                 Vec::new(),
                 4096,
                 BROTLI_QUALITY,
                 BROTLI_LGWIN,
             ))),
-        }
+        };
+        Some(Encoder { inner, _slot: slot })
     }
 
     pub(super) fn coding(&self) -> Coding {
-        match self {
-            Encoder::Gzip(_) => Coding::Gzip,
-            Encoder::Br(_) => Coding::Br,
+        match self.inner {
+            Inner::Gzip(_) => Coding::Gzip,
+            Inner::Br(_) => Coding::Br,
         }
     }
 
     /// Compress `data`, flush, and take what came out.
     fn feed(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
-        match self {
-            Encoder::Gzip(e) => {
+        match &mut self.inner {
+            Inner::Gzip(e) => {
                 e.write_all(data)?;
                 e.flush()?;
                 Ok(std::mem::take(e.get_mut()))
             }
-            Encoder::Br(e) => {
+            Inner::Br(e) => {
                 e.write_all(data)?;
                 e.flush()?;
                 Ok(std::mem::take(e.get_mut()))
@@ -179,9 +281,9 @@ impl Encoder {
 
     /// The end of the stream.
     fn finish(self) -> std::io::Result<Vec<u8>> {
-        match self {
-            Encoder::Gzip(e) => e.finish(),
-            Encoder::Br(e) => Ok(e.into_inner()),
+        match self.inner {
+            Inner::Gzip(e) => e.finish(),
+            Inner::Br(e) => Ok(e.into_inner()),
         }
     }
 }
@@ -311,11 +413,110 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_runs_at_most_max_encoders_at_once() {
+        let mut held: Vec<Encoder> = (0..MAX_ENCODERS)
+            .map(|_| Encoder::new(Coding::Gzip).unwrap())
+            .collect();
+        assert!(Encoder::new(Coding::Br).is_none(), "the cap holds");
+        held.pop();
+        let e = Encoder::new(Coding::Br).expect("a place was given back");
+        drop(held);
+        drop(e);
+        assert!(std::thread::spawn(|| Encoder::new(Coding::Gzip).is_some())
+            .join()
+            .unwrap());
+    }
+
+    #[test]
+    fn framing_and_codings_decide_the_fit() {
+        let cfg = CompressConfig {
+            codings: vec![Coding::Gzip],
+            types: vec!["text/*".into()],
+            min_length: 10,
+        };
+        let parse = |raw: &str, head: bool| {
+            let mut r = Response::default();
+            assert!(codec::parse_response(raw.as_bytes(), 8192, head, &mut r).unwrap());
+            r
+        };
+        let f = |raw: &str, head: bool, weak: bool| {
+            fit(&cfg, &parse(raw, head), raw.as_bytes(), head, weak)
+        };
+        let ok = "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n";
+        assert_eq!(
+            f(&format!("{ok}Content-Length: 100\r\n\r\n"), false, false),
+            Fit::Body
+        );
+        assert_eq!(
+            f(
+                &format!("{ok}Transfer-Encoding: chunked\r\n\r\n"),
+                false,
+                false
+            ),
+            Fit::Body
+        );
+        assert_eq!(
+            f(
+                &format!("{ok}Transfer-Encoding: gzip, chunked\r\n\r\n"),
+                false,
+                false
+            ),
+            Fit::No,
+            "a transfer coding besides chunked"
+        );
+        assert_eq!(
+            f(
+                &format!("{ok}Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"),
+                false,
+                false
+            ),
+            Fit::No
+        );
+        assert_eq!(
+            f(&format!("{ok}Content-Length: 5\r\n\r\n"), false, false),
+            Fit::No,
+            "small"
+        );
+        assert_eq!(
+            f(&format!("{ok}Content-Length: 100\r\n\r\n"), true, false),
+            Fit::Like,
+            "HEAD"
+        );
+        assert_eq!(
+            f(
+                &format!("{ok}Content-Length: 100\r\nContent-Encoding: identity\r\n\r\n"),
+                false,
+                false
+            ),
+            Fit::Body
+        );
+        assert_eq!(
+            f(
+                &format!("{ok}Content-Length: 100\r\nContent-Encoding: br\r\n\r\n"),
+                false,
+                false
+            ),
+            Fit::No
+        );
+        let nm = "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n";
+        assert_eq!(f(nm, false, true), Fit::Like, "304 to a weak If-None-Match");
+        assert_eq!(f(nm, false, false), Fit::No);
+        assert_eq!(
+            f(
+                "HTTP/1.1 304 Not Modified\r\nContent-Type: image/png\r\n\r\n",
+                false,
+                true
+            ),
+            Fit::No
+        );
+    }
+
+    #[test]
     fn flushed_pieces_decode_to_the_input() {
         use std::io::Read;
         let text = b"hello hello hello hello, compressed world\n".repeat(100);
         for c in [Coding::Gzip, Coding::Br] {
-            let mut e = Encoder::new(c);
+            let mut e = Encoder::new(c).unwrap();
             let mut all = Vec::new();
             for part in text.chunks(333) {
                 let out = e.feed(part).unwrap();

@@ -57,15 +57,34 @@ fn kept(ops: &HeaderOps, name: &str, value: &[u8]) -> bool {
         && !ops.set.iter().any(|(s, _)| s.eq_ignore_ascii_case(name))
 }
 
-/// The whole HTTP/1.1 answer. `close`: add `Connection: close`; `is_head`:
-/// no body (Content-Length still says its length).
+/// Whether an answer with this status says how long its (empty or not)
+/// body is: all but 204 (RFC 9110 8.6). A 205 has no body but must say so
+/// (`Content-Length: 0`, RFC 9110 15.3.6), or an HTTP/1.1 client would
+/// read until the connection closes.
+fn has_length(status: u16) -> bool {
+    status != 204
+}
+
+/// What the `Connection` field of an HTTP/1.x answer says.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Persist {
+    /// Nothing: HTTP/1.1 keeps the connection by default.
+    Default,
+    /// `Connection: keep-alive`, for an HTTP/1.0 client that asked for it.
+    KeepAlive,
+    /// `Connection: close`.
+    Close,
+}
+
+/// The whole HTTP/1.1 answer. `is_head`: no body (Content-Length still
+/// says its length).
 pub(super) fn h1(
     out: &mut Vec<u8>,
     a: &Answer,
     location: Option<&[u8]>,
     ops: &HeaderOps,
     id: &str,
-    close: bool,
+    persist: Persist,
     is_head: bool,
 ) {
     let reason = StatusCode::from_u16(a.status)
@@ -85,12 +104,13 @@ pub(super) fn h1(
             out.extend_from_slice(part);
         }
     }
-    // 204 and 205 carry no Content-Length (RFC 9110 8.6, 15.3.6).
-    if a.status != 204 && a.status != 205 {
+    if has_length(a.status) {
         out.extend_from_slice(format!("Content-Length: {}\r\n", a.body.len()).as_bytes());
     }
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
+    match persist {
+        Persist::Default => {}
+        Persist::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        Persist::Close => out.extend_from_slice(b"Connection: close\r\n"),
     }
     out.extend_from_slice(b"\r\n");
     if !is_head {
@@ -99,12 +119,20 @@ pub(super) fn h1(
 }
 
 /// The HTTP/2 answer: the head and the body (empty for none).
+///
+/// # Errors
+/// `BadHead` (400): the expanded `Location` is not a valid field value
+/// (the request's target or authority put bytes in it that no field may
+/// carry); a redirect without its target would be wrong.
 pub(super) fn h2(
     a: &Answer,
     location: Option<&[u8]>,
     ops: &HeaderOps,
     id: &str,
-) -> (http::Response<()>, Bytes) {
+) -> Result<(http::Response<()>, Bytes), ProxyError> {
+    if location.is_some_and(|l| HeaderValue::from_bytes(l).is_err()) {
+        return Err(Kind::BadHead("the redirect target is not a valid field value").into());
+    }
     let mut r = http::Response::new(());
     *r.status_mut() = StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK);
     let h: &mut HeaderMap = r.headers_mut();
@@ -118,7 +146,7 @@ pub(super) fn h2(
             }
         }
     }
-    if a.status != 204 && a.status != 205 {
+    if has_length(a.status) {
         h.insert(
             http::header::CONTENT_LENGTH,
             HeaderValue::from(a.body.len()),
@@ -132,7 +160,7 @@ pub(super) fn h2(
             h.insert(n, v);
         }
     }
-    (r, Bytes::from(a.body.clone().into_bytes()))
+    Ok((r, Bytes::from(a.body.clone().into_bytes())))
 }
 
 impl Conn<'_> {
@@ -162,6 +190,11 @@ impl Conn<'_> {
         let location = location(a, &vars)?;
         let is_head = self.req.method.get(data) == b"HEAD";
         let keep = self.req.keeps_alive_without_body();
+        let persist = match (keep, self.req.minor) {
+            (false, _) => Persist::Close,
+            (true, 0) => Persist::KeepAlive,
+            (true, _) => Persist::Default,
+        };
         self.response_head.clear();
         h1(
             &mut self.response_head,
@@ -169,7 +202,7 @@ impl Conn<'_> {
             location.as_deref(),
             &route.cfg.response_headers,
             &self.id,
-            !keep,
+            persist,
             is_head,
         );
         if keep {

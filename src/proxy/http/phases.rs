@@ -32,6 +32,8 @@ pub(super) struct Plan {
     pub sticky: Option<u64>,
     /// The route compresses and the client accepts this coding.
     pub wanted: Option<crate::config::Coding>,
+    /// The client wants a coding and its If-None-Match holds a weak tag.
+    pub weak_inm: bool,
     /// Where the head ends in `request_head` (a small body may follow).
     pub head_end: usize,
     /// An HTTP/1.0 request without Host: the backend's address goes in.
@@ -300,10 +302,14 @@ pub(super) fn rewrite(c: &mut Conn<'_>, route: &Route, up: &Replica) -> Result<P
     let wanted = route.cfg.compress.as_ref().and_then(|z| {
         super::compress::wanted(z, codec::values(&req.headers, data, b"accept-encoding"))
     });
+    let weak_inm = wanted.is_some()
+        && codec::values(&req.headers, data, b"if-none-match")
+            .any(|v| v.windows(2).any(|w| w == b"W/"));
     let mut plan = Plan {
         key,
         sticky,
         wanted,
+        weak_inm,
         head_end: c.request_head.len(),
         needs_host: req.host.is_none(),
         framing: req.framing,

@@ -233,7 +233,7 @@ pub(super) async fn respond(
                 // Asked now, as the head goes out: a drain may have
                 // begun while the backend was answering.
                 || drain.is_stopping();
-            let choice = match &route.cfg.compress {
+            let (choice, encoder) = match &route.cfg.compress {
                 Some(z) => compress::choose(
                     z,
                     plan.wanted,
@@ -241,10 +241,10 @@ pub(super) async fn respond(
                     resp,
                     from_backend.data(),
                     plan.is_head,
+                    plan.weak_inm,
                 ),
-                None => compress::Choice::default(),
+                None => (compress::Choice::default(), None),
             };
-            let encoder = choice.coding.map(compress::Encoder::new);
             rewrite::response_head(
                 response_head,
                 from_backend.data(),
@@ -255,14 +255,14 @@ pub(super) async fn respond(
                     dechunk,
                     switching: false,
                     ops: &route.cfg.response_headers,
-                    encoding: encoder.as_ref().map(|e| e.coding().token()),
+                    encoding: choice.coding.map(|c| c.token()),
                     vary: choice.vary,
+                    weak_etag: choice.weak_etag,
                 },
             );
             if let Some(s) = &up.cfg.sticky {
                 if plan.sticky != Some(backend.sticky) {
-                    let cc = codec::values(&resp.headers, from_backend.data(), b"cache-control");
-                    super::sticky::add_h1(response_head, s, backend.sticky, l.tls.is_some(), cc);
+                    super::sticky::add_h1(response_head, s, backend.sticky, l.tls.is_some());
                 }
             }
             let resp_framing = resp.framing;

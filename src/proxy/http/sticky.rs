@@ -10,7 +10,9 @@ use http::{HeaderMap, HeaderValue};
 use crate::config::StickyConfig;
 
 /// The token of cookie `name` among `values` (each a `Cookie` field):
-/// 16 hex digits, else `None` (absent, or not one of ours).
+/// the first value of 16 hex digits, else `None` (absent, or none of them
+/// ours: a stale or foreign cookie of the same name, as another
+/// application on the host may set, does not hide ours).
 pub(super) fn token<'a>(values: impl Iterator<Item = &'a [u8]>, name: &str) -> Option<u64> {
     for v in values {
         for pair in v.split(|&b| b == b';') {
@@ -26,8 +28,8 @@ pub(super) fn token<'a>(values: impl Iterator<Item = &'a [u8]>, name: &str) -> O
                 .strip_prefix(b"\"")
                 .and_then(|v| v.strip_suffix(b"\""))
                 .unwrap_or(val);
-            if val.len() != 16 {
-                return None;
+            if val.len() != 16 || !val.iter().all(u8::is_ascii_hexdigit) {
+                continue;
             }
             return std::str::from_utf8(val)
                 .ok()
@@ -61,23 +63,29 @@ fn private<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> bool {
     })
 }
 
+/// The values of field `name` in a head as written (`name: value` lines).
+fn written<'a>(head: &'a [u8], name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    head.split(|&b| b == b'\n').filter_map(move |line| {
+        let colon = line.iter().position(|&b| b == b':')?;
+        line[..colon]
+            .eq_ignore_ascii_case(name)
+            .then(|| line[colon + 1..].trim_ascii())
+    })
+}
+
 /// Add the cookie to an HTTP/1.1 response head that ends in its blank
-/// line; `cache_control`: the response's own `Cache-Control` values.
-pub(super) fn add_h1<'a>(
-    head: &mut Vec<u8>,
-    cfg: &StickyConfig,
-    token: u64,
-    https: bool,
-    cache_control: impl Iterator<Item = &'a [u8]>,
-) {
+/// line, with `Cache-Control: private` unless the head (the backend's
+/// fields after the route's rules) keeps shared caches away already.
+pub(super) fn add_h1(head: &mut Vec<u8>, cfg: &StickyConfig, token: u64, https: bool) {
     if !head.ends_with(b"\r\n\r\n") {
         return;
     }
+    let cached = private(written(head, b"cache-control"));
     head.truncate(head.len() - 2);
     head.extend_from_slice(b"Set-Cookie: ");
     head.extend_from_slice(set_cookie(cfg, token, https).as_bytes());
     head.extend_from_slice(b"\r\n");
-    if !private(cache_control) {
+    if !cached {
         head.extend_from_slice(b"Cache-Control: private\r\n");
     }
     head.extend_from_slice(b"\r\n");
@@ -113,6 +121,12 @@ mod tests {
         assert_eq!(t(&["xsrv=00000000000000ff"]), None);
         assert_eq!(t(&["srv=ff"]), None, "not 16 digits");
         assert_eq!(t(&["srv=zz000000000000ff"]), None);
+        assert_eq!(
+            t(&["srv=stale; srv=00000000000000ff"]),
+            Some(255),
+            "a foreign value of the name does not hide ours"
+        );
+        assert_eq!(t(&["srv=+00000000000000f"]), None, "hex digits only");
         assert_eq!(t(&[]), None);
     }
 
@@ -123,13 +137,13 @@ mod tests {
             max_age: Some(std::time::Duration::from_secs(60)),
         };
         let mut head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec();
-        add_h1(&mut head, &cfg, 0xab, true, std::iter::empty());
+        add_h1(&mut head, &cfg, 0xab, true);
         assert_eq!(
             String::from_utf8(head).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nSet-Cookie: srv=00000000000000ab; Path=/; HttpOnly; Max-Age=60; Secure\r\nCache-Control: private\r\n\r\n"
         );
-        let mut head = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
-        add_h1(&mut head, &cfg, 1, false, [&b"no-store"[..]].into_iter());
+        let mut head = b"HTTP/1.1 200 OK\r\ncache-control: max-age=5, no-store\r\n\r\n".to_vec();
+        add_h1(&mut head, &cfg, 1, false);
         assert!(!String::from_utf8(head).unwrap().contains("Cache-Control"));
     }
 }

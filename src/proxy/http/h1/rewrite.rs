@@ -213,6 +213,8 @@ pub struct ResponseCtx<'a> {
     pub encoding: Option<&'static str>,
     /// Add `Vary: Accept-Encoding` (the response depends on it).
     pub vary: bool,
+    /// A strong ETag goes out weak (the body is, or would be, compressed).
+    pub weak_etag: bool,
 }
 
 impl<'a> ResponseCtx<'a> {
@@ -227,6 +229,7 @@ impl<'a> ResponseCtx<'a> {
             ops,
             encoding: None,
             vary: false,
+            weak_etag: false,
         }
     }
 }
@@ -258,8 +261,12 @@ pub fn response_head(out: &mut Vec<u8>, buf: &[u8], resp: &Response, cx: &Respon
             continue;
         }
         let value = v.get(buf);
-        if cx.encoding.is_some() && name.eq_ignore_ascii_case(b"etag") && !value.starts_with(b"W/")
-        {
+        // A compressed body replaces the backend's `Content-Encoding:
+        // identity` (no other coding is compressed).
+        if cx.encoding.is_some() && name.eq_ignore_ascii_case(b"content-encoding") {
+            continue;
+        }
+        if cx.weak_etag && name.eq_ignore_ascii_case(b"etag") && !value.starts_with(b"W/") {
             out.extend_from_slice(b"ETag: W/");
             out.extend_from_slice(value);
             out.extend_from_slice(b"\r\n");

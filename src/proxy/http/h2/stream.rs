@@ -210,7 +210,7 @@ async fn run(
                 remote: cx.peer.ip(),
             };
             let location = own::location(a, &vars)?;
-            let (head, text) = own::h2(a, location.as_deref(), &route.cfg.response_headers, id);
+            let (head, text) = own::h2(a, location.as_deref(), &route.cfg.response_headers, id)?;
             let end = text.is_empty() || parts.method == Method::HEAD;
             if reply.head(head, end).is_ok() && !end {
                 reply.bytes_out.set(text.len() as u64);

@@ -20,6 +20,7 @@ use super::{
     super::{
         errors::{Kind, ProxyError},
         forward::{connect_failed, judge, Queued},
+        retry::Failure,
     },
     body::{pump, PumpError, Slot},
     ctx::{pick, sticky_cookie, ConnCtx, Reply, Req, Trace},
@@ -96,9 +97,13 @@ pub(super) async fn forward(
     let mut tried: Vec<BackendId> = Vec::new();
     let mut queue = Queued::new(&up.upstream);
     let mut attempts = 0;
+    // The route's retry policy, for connect failures: the body streams to
+    // an HTTP/2 backend as it comes, so nothing after the connect replays.
+    let tries = l.tries(req.ri);
+    l.retry_deposit(req.ri);
     loop {
         attempts += 1;
-        if attempts > l.cfg.connect_tries as usize + 2 {
+        if attempts > tries + 2 {
             return Err(Kind::BackendsFailed.into());
         }
         let picked = pick(cx, req, &tried, &mut queue).await?;
@@ -140,6 +145,10 @@ pub(super) async fn forward(
                     Err(e) => {
                         connect_failed(l, up, &backend, &e, cx.peer, req.facts.request_id);
                         tried.push(backend.id);
+                        // pick() says whether a try is left.
+                        if !l.may_retry(req.ri, Failure::Connect, true, || true) {
+                            return Err(ProxyError::from(Kind::BackendsFailed).at(addr));
+                        }
                         continue;
                     }
                 }
