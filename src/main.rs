@@ -3,7 +3,9 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+
+mod docs;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -11,7 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(
     name = "ringlb",
-    version,
+    version = VERSION,
     about = "Thread-per-core io_uring load balancer"
 )]
 struct Cli {
@@ -47,7 +49,23 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:7000")]
         listen: std::net::SocketAddr,
     },
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions { shell: clap_complete::Shell },
+    /// Print a man page: 1 for ringlb(1), 5 for ringlb.toml(5) (roff, for the package).
+    #[command(hide = true)]
+    Manpage {
+        #[arg(value_parser = ["1", "5"])]
+        section: String,
+    },
 }
+
+/// The version and the commit it was built from (src/build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("RINGLB_COMMIT"),
+    ")"
+);
 
 const DEFAULT_CONFIG: &str = "/etc/ringlb/ringlb.toml";
 
@@ -58,6 +76,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = cli.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
     let command = cli.command.unwrap_or(Cmd::Run);
+    match &command {
+        Cmd::Completions { shell } => {
+            // Into memory first: writing to a closed pipe is an error
+            // here, not a panic in the generator.
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "ringlb", &mut script);
+            return print_bytes(&script, "the completion script");
+        }
+        Cmd::Manpage { section } => return manpage(section),
+        _ => {}
+    }
     if !matches!(command, Cmd::Run) {
         init_logging("info");
     }
@@ -92,12 +121,41 @@ fn main() -> ExitCode {
         Cmd::Demo { listen } => ringlb::demo::run(listen),
         Cmd::Reload { pid } => signal_running(&path, pid, libc::SIGHUP, "reload"),
         Cmd::Upgrade { pid } => signal_running(&path, pid, libc::SIGUSR2, "upgrade"),
+        Cmd::Completions { .. } | Cmd::Manpage { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringlb: {e}");
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Print man page `section` to stdout.
+fn manpage(section: &str) -> ExitCode {
+    let page = match section {
+        "1" => docs::page_1(Cli::command()).ok(),
+        _ => docs::page_5(VERSION).map(String::into_bytes),
+    };
+    match page {
+        Some(p) => print_bytes(&p, "the man page"),
+        None => {
+            eprintln!("ringlb: man page {section} cannot be made");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Write `bytes` to stdout; a failure (a closed pipe) is reported, not a panic.
+fn print_bytes(bytes: &[u8], what: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringlb: cannot write {what}: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -11,6 +11,7 @@ mod access;
 mod answers;
 mod backend_sets;
 mod c100k;
+mod cli;
 mod fuzz_smoke;
 mod h2;
 mod http;
